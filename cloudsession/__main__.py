@@ -1,0 +1,3 @@
+from cloudsession.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Domain errors that carry their HTTP status.
+
+Every layer below the doors (service, store, credentials) raises these; one middleware in
+``app.py`` renders them as JSON under ``/api/`` and as HTML pages elsewhere, and the RPC target
+turns them into Cap'n Web rejections. Handlers never build error responses by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ShareError(Exception):
+    """Base class: ``status`` is the HTTP status, ``message`` the client-facing text."""
+
+    status: int = 500
+    message: str = "Internal Server Error"
+    # The JS error class name used when the error travels over Cap'n Web RPC.
+    rpc_name: str = "Error"
+
+    def __init__(self, message: str | None = None, *, detail: Any = None) -> None:
+        if message is not None:
+            self.message = message
+        self.detail = detail
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body for this error (the reference's ``{"error": ...}`` shape)."""
+        return {"error": self.message}
+
+
+class ValidationFailed(ShareError):
+    """Bad input: the request is rejected before anything is read or written."""
+
+    status = 400
+    rpc_name = "TypeError"
+
+    def __init__(self, message: str = "Invalid request", issues: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, detail=issues or [])
+
+    def body(self) -> dict[str, Any]:
+        # The reference's schema errors look like {"success": false, "error": {name, message}}.
+        # Clients only check the status; we keep the envelope and make the message readable.
+        return {
+            "success": False,
+            "error": {"name": "ValidationError", "message": self.message, "issues": self.detail},
+        }
+
+
+class MalformedJSON(ValidationFailed):
+    def __init__(self) -> None:
+        super().__init__("Malformed JSON in request body")
+
+
+class Unauthorized(ShareError):
+    status = 401
+    message = "Unauthorized"
+
+
+class InvalidSecret(ShareError):
+    status = 403
+    message = "Invalid secret"
+
+
+class Forbidden(ShareError):
+    status = 403
+    message = "Forbidden"
+
+
+class ShareNotFound(ShareError):
+    """Unknown share on write routes (sync, delete): the reference's wording."""
+
+    status = 404
+    message = "Share not found"
+
+
+class SessionNotFound(ShareError):
+    """Unknown share on read routes (GET, metadata): the reference's wording, kept for COMPAT."""
+
+    status = 404
+    message = "Session not found"
+
+
+class ShareConflict(ShareError):
+    status = 409
+    message = "Conflict"
+
+
+class ShareGone(ShareError):
+    status = 410
+    message = "Share expired"
+
+
+class PayloadTooLarge(ShareError):
+    status = 413
+    message = "Payload too large"
+
+
+class StoreUnavailable(ShareError):
+    status = 503
+    message = "Storage unavailable"

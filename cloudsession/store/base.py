@@ -1,0 +1,84 @@
+"""The object-store interface every backend implements.
+
+The share service needs only a handful of operations on opaque byte blobs under string keys:
+read with the ETag, unconditional write, create-if-absent, compare-and-swap on the ETag, delete,
+and ordered listing by prefix with pagination. Conditional writes are what make concurrent
+writers (several coroutines, processes or replicas) safe; every backend must give them the same
+meaning, which ``tests/test_store_conformance.py`` checks against each backend.
+
+Keys are ``/``-separated strings made of ``[A-Za-z0-9_./-]``; backends may apply a prefix.
+ETags are opaque strings (without surrounding quotes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol, runtime_checkable
+
+
+class StoreError(Exception):
+    """A backend failure that is not a precondition failure (network, permissions, disk)."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write or delete lost: the key exists (put_if_absent) or its ETag moved on
+    (put_if_match / delete_if_match), or the key is absent for an ETag-conditional operation."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    body: bytes
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    keys: list[str]
+    # Pass as ``start_after`` to get the next page; None when this was the last page.
+    next_start_after: str | None
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Async object storage. All methods raise ``StoreError`` on backend failures."""
+
+    async def get(self, key: str) -> StoredObject | None:
+        """The object, or None when the key does not exist."""
+
+    async def head(self, key: str) -> str | None:
+        """The object's ETag, or None when the key does not exist. Cheap: no body is moved."""
+
+    async def put(self, key: str, body: bytes) -> str:
+        """Write unconditionally; returns the new ETag."""
+
+    async def put_if_absent(self, key: str, body: bytes) -> str:
+        """Create the key; raise ``PreconditionFailed`` if it already exists."""
+
+    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
+        """Replace the key only if its current ETag is ``etag``; otherwise (or when the key is
+        absent) raise ``PreconditionFailed``."""
+
+    async def delete(self, key: str) -> None:
+        """Delete the key; deleting an absent key is not an error."""
+
+    async def delete_if_match(self, key: str, etag: str) -> None:
+        """Delete only if the ETag matches; raise ``PreconditionFailed`` otherwise or if absent."""
+
+    async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
+        """Up to ``limit`` keys under ``prefix``, in ascending byte order, strictly after
+        ``start_after`` when given."""
+
+    async def close(self) -> None:
+        """Release connections and other resources."""
+
+
+async def iter_keys(store: ObjectStore, prefix: str, *, start_after: str | None = None, page_size: int = 1000) -> AsyncIterator[str]:
+    """Every key under ``prefix`` (after ``start_after``), following pagination to the end."""
+    cursor = start_after
+    while True:
+        page = await store.list_page(prefix, start_after=cursor, limit=page_size)
+        for key in page.keys:
+            yield key
+        if page.next_start_after is None:
+            return
+        cursor = page.next_start_after
