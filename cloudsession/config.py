@@ -1,0 +1,357 @@
+"""Configuration: a wrangler-like TOML file plus the environment, validated into one Settings.
+
+Precedence, lowest first: built-in defaults, the config file's top level, its ``[env.<name>]``
+section (chosen with ``--env``), environment variables, command-line flags. Secrets
+(``SESSIONS_SHARED_SECRET``, ``SESSIONS_RPC_SHARED_KEY``, AWS credentials) are read only from the
+environment; a config file may list them as required but never hold their values.
+
+The config file is shaped like Cloudflare's ``wrangler.toml`` so that operators moving off the
+Worker recognise it::
+
+    name = "cloudsession"
+    [vars]
+    PUBLIC_URL = "https://share.example.com"
+    [[r2_buckets]]
+    binding = "SESSIONS_STORE"
+    backend = "s3"                  # or "fs"
+    bucket_name = "opencode-sessions"
+    endpoint = "https://<account>.r2.cloudflarestorage.com"
+    region = "auto"
+    prefix = ""
+    [secrets]
+    required = ["SESSIONS_SHARED_SECRET"]
+    [env.production.vars]
+    PUBLIC_LISTING = false
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from cloudsession.credentials import parse_namespace
+
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator (names the key or variable)."""
+
+
+class StoreSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["fs", "s3"] = "fs"
+    bucket: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    prefix: str = ""
+    # Filesystem backend root; defaults to <data_dir>/store.
+    path: Path | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value and not value.endswith("/"):
+            value += "/"
+        return value
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(64 * MiB, ge=1024, description="Largest request body accepted (413 above).")
+    max_items_per_sync: int = Field(20_000, ge=1, description="Most items in one sync request (413 above).")
+    max_share_bytes: int = Field(512 * MiB, ge=MiB, description="Largest total size of one share (413 above).")
+    max_session_id_length: int = Field(256, ge=8)
+
+
+class Settings(BaseModel):
+    """Everything the service needs, validated once at startup."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "cloudsession"
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=lambda: default_data_dir())
+    # Origin of returned share URLs, e.g. "https://share.example.com". None: derive per request.
+    public_url: str | None = None
+    shared_secret: SecretStr | None = None
+    rpc_shared_key: SecretStr | None = None
+    public_listing: bool = False
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    limits: Limits = Field(default_factory=Limits)
+    # Journal compaction: fold the tail into the snapshot once it holds this many entries, or
+    # once its bytes exceed max(compact_min_bytes, snapshot size * compact_ratio).
+    compact_max_entries: int = Field(1024, ge=2)
+    compact_min_bytes: int = Field(1 * MiB, ge=1)
+    compact_ratio: float = Field(0.5, gt=0)
+    # Folded journal entries are deleted only after this long, so that a writer which checked
+    # the share just before a compaction can never write into a freed slot (see journal.py).
+    journal_grace_seconds: float = Field(300.0, ge=1)
+    # A writer re-checks the share when more than this passed since it last did.
+    write_deadline_seconds: float = Field(30.0, ge=0.1)
+    log_level: str = "INFO"
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be an origin like https://share.example.com (no path, query or fragment)")
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("shared_secret")
+    @classmethod
+    def _namespace(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_namespace(value.get_secret_value())
+        return value
+
+    @property
+    def namespace(self) -> uuid.UUID:
+        if self.shared_secret is None:
+            raise ConfigError("SESSIONS_SHARED_SECRET is not set")
+        return parse_namespace(self.shared_secret.get_secret_value())
+
+    @property
+    def store_path(self) -> Path:
+        return self.store.path or (self.data_dir / "store")
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration for display: secrets show only whether they are set."""
+        data = self.model_dump(mode="json")
+        for key in ("shared_secret", "rpc_shared_key"):
+            data[key] = "<set>" if getattr(self, key) is not None else None
+        return data
+
+    @classmethod
+    def for_tests(cls, data_dir: Path, **overrides: Any) -> "Settings":
+        values: dict[str, Any] = {
+            "data_dir": data_dir,
+            "shared_secret": "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+            "public_url": "http://share.test",
+        }
+        values.update(overrides)
+        return cls.model_validate(values)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "cloudsession"
+
+
+# -- the wrangler-like file ---------------------------------------------------------------------
+
+SECRET_NAMES = ("SESSIONS_SHARED_SECRET", "SESSIONS_RPC_SHARED_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+class BucketBinding(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    binding: Literal["SESSIONS_STORE"]
+    backend: Literal["fs", "s3"] = "s3"
+    bucket_name: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    prefix: str = ""
+    path: Path | None = None
+
+
+class SecretsSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    required: list[str] = Field(default_factory=list)
+
+
+class EnvSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vars: dict[str, Any] = Field(default_factory=dict)
+    r2_buckets: list[BucketBinding] | None = None
+    secrets: SecretsSection | None = None
+
+
+class WranglerFile(EnvSection):
+    name: str = "cloudsession"
+    env: dict[str, EnvSection] = Field(default_factory=dict)
+
+
+# vars (and environment variables) understood by cloudsession, mapped to Settings paths.
+VARS: dict[str, tuple[str, ...]] = {
+    "PUBLIC_URL": ("public_url",),
+    "PUBLIC_LISTING": ("public_listing",),
+    "HOST": ("host",),
+    "PORT": ("port",),
+    "DATA_DIR": ("data_dir",),
+    "LOG_LEVEL": ("log_level",),
+    "MAX_BODY_BYTES": ("limits", "max_body_bytes"),
+    "MAX_ITEMS_PER_SYNC": ("limits", "max_items_per_sync"),
+    "MAX_SHARE_BYTES": ("limits", "max_share_bytes"),
+    "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
+    "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
+}
+
+
+def _set(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        target = target.setdefault(key, {})
+    target[path[-1]] = value
+
+
+def _pydantic_problem(exc: ValidationError, source: str) -> ConfigError:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors(include_url=False):
+        lines.append(f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    return ConfigError("\n".join(lines))
+
+
+def _bucket_to_store(binding: BucketBinding) -> dict[str, Any]:
+    store: dict[str, Any] = {"backend": binding.backend, "prefix": binding.prefix}
+    for key, value in (("bucket", binding.bucket_name), ("endpoint", binding.endpoint), ("region", binding.region), ("path", binding.path)):
+        if value is not None:
+            store[key] = value
+    return store
+
+
+def _apply_section(values: dict[str, Any], section: EnvSection, source: str, required: set[str]) -> None:
+    for name, value in section.vars.items():
+        if name in SECRET_NAMES:
+            raise ConfigError(f"{source}: vars.{name} is a secret; set it in the environment, not in the config file")
+        if name == "API_DOMAIN":
+            _set(values, ("public_url",), f"https://{value}")
+            continue
+        if name not in VARS:
+            raise ConfigError(f"{source}: unknown variable vars.{name} (known: {', '.join(sorted(VARS))}, API_DOMAIN)")
+        _set(values, VARS[name], value)
+    if section.r2_buckets is not None:
+        if len(section.r2_buckets) != 1:
+            raise ConfigError(f"{source}: r2_buckets must hold exactly one SESSIONS_STORE binding")
+        values["store"] = _bucket_to_store(section.r2_buckets[0])
+    if section.secrets is not None:
+        required.update(section.secrets.required)
+
+
+def load_file(path: Path, env_name: str | None, values: dict[str, Any], required: set[str]) -> None:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        parsed = WranglerFile.model_validate(raw)
+    except ValidationError as exc:
+        raise _pydantic_problem(exc, str(path)) from None
+    values["name"] = parsed.name
+    _apply_section(values, parsed, str(path), required)
+    if env_name is not None:
+        if env_name not in parsed.env:
+            known = ", ".join(sorted(parsed.env)) or "none"
+            raise ConfigError(f"{path}: no [env.{env_name}] section (defined: {known})")
+        _apply_section(values, parsed.env[env_name], f"{path} [env.{env_name}]", required)
+
+
+def _truthy(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def apply_environment(values: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, path in VARS.items():
+        for env_name in (f"CLOUDSESSION_{name}", name if name in ("PUBLIC_URL",) else None):
+            if env_name and environ.get(env_name):
+                _set(values, path, environ[env_name])
+    if environ.get("API_DOMAIN") and not environ.get("PUBLIC_URL"):
+        values["public_url"] = f"https://{environ['API_DOMAIN']}"
+    if "public_listing" in values and isinstance(values["public_listing"], str):
+        values["public_listing"] = _truthy(values["public_listing"])
+    for env_name, key in (("SESSIONS_SHARED_SECRET", "shared_secret"), ("SESSIONS_RPC_SHARED_KEY", "rpc_shared_key")):
+        if environ.get(env_name):
+            values[key] = environ[env_name]
+    store_url = environ.get("CLOUDSESSION_STORE")
+    if store_url:
+        values["store"] = parse_store_url(store_url)
+    if environ.get("AWS_ENDPOINT_URL") and values.get("store", {}).get("backend") == "s3":
+        values["store"].setdefault("endpoint", environ["AWS_ENDPOINT_URL"])
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region and values.get("store", {}).get("backend") == "s3":
+        values["store"].setdefault("region", region)
+
+
+def parse_store_url(url: str) -> dict[str, Any]:
+    """``s3://bucket/prefix`` or ``file:///path`` (or a plain path) -> store settings."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ConfigError(f"CLOUDSESSION_STORE={url!r}: expected s3://bucket[/prefix]")
+        return {"backend": "s3", "bucket": parts.netloc, "prefix": parts.path.lstrip("/")}
+    if parts.scheme in ("file", ""):
+        return {"backend": "fs", "path": parts.path or url}
+    raise ConfigError(f"CLOUDSESSION_STORE={url!r}: unsupported scheme {parts.scheme!r} (use s3:// or file://)")
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    env_name: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build Settings from file, environment and flags; ConfigError with an operator-facing message."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    required: set[str] = set()
+    if config_file is not None:
+        load_file(config_file, env_name, values, required)
+    elif env_name is not None:
+        raise ConfigError("--env needs --config FILE")
+    apply_environment(values, environ)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    missing = sorted(name for name in required if not environ.get(name))
+    if missing:
+        raise ConfigError(f"required secrets missing from the environment: {', '.join(missing)}")
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        problem = _pydantic_problem(exc, "settings")
+        # Name the environment variable the operator actually set.
+        text = str(problem).replace("shared_secret", "SESSIONS_SHARED_SECRET")
+        raise ConfigError(text) from None
+    if settings.store.backend == "s3" and not settings.store.bucket:
+        raise ConfigError("the s3 store needs a bucket (r2_buckets.bucket_name or CLOUDSESSION_STORE=s3://bucket)")
+    return settings
+
+
+def ensure_namespace(settings: Settings) -> Settings:
+    """With no SESSIONS_SHARED_SECRET, create a development namespace once in the data dir.
+
+    Secrets derive from it, so it must survive restarts; it is written with mode 0600 and a
+    warning is printed because a per-machine namespace is not what a production deployment wants.
+    """
+    if settings.shared_secret is not None:
+        return settings
+    path = settings.data_dir / "dev-namespace"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(uuid.uuid4()) + "\n")
+    value = path.read_text().strip()
+    print(
+        f"warning: SESSIONS_SHARED_SECRET is not set; using the development namespace stored in {path}. "
+        "Set SESSIONS_SHARED_SECRET to a UUID for production.",
+        file=sys.stderr,
+    )
+    return settings.model_copy(update={"shared_secret": SecretStr(value)})

@@ -1,0 +1,264 @@
+"""Share state as a snapshot plus a journal, and the fold that merges them.
+
+Storage keys (all JSON, under the store's optional prefix):
+
+``share/<id>``
+    The snapshot, in the reference Worker's ``AgentSession`` shape (``session``, ``messages``,
+    ``parts``, ``diffs``, ``models``, ``metadata``) so that reference-written buckets are read
+    as they are. Our own bookkeeping lives in ``metadata.cloudsession`` (``seq`` folded so far,
+    ``incarnation``, capability ``epoch`` and the rest). A snapshot without it is a reference
+    blob: ``seq`` 0, incarnation ``"0"``, and its ``metadata.secret`` is honoured.
+``journal/<id>/<incarnation>/<seq:012d>``
+    One accepted change (a sync batch, or a metadata change such as a secret rotation). Written
+    with If-None-Match ``*``: the store hands out each ``seq`` exactly once, and a 412 tells the
+    writer that somebody else got there first, so it re-reads and tries the next one. The
+    incarnation is random per create, so a writer that raced a delete can never leak into a
+    later share with the same id.
+``index/<id>``
+    The listing entry (reference ``SessionIndex`` shape). Derived; it may lag, it is never the
+    source of truth.
+
+A read folds the snapshot with the entries after its ``seq``. Compaction writes a new snapshot
+(If-Match on the old ETag) and deletes folded entries only once the snapshot that folded them is
+older than a grace period; a writer re-checks the share before writing if its last check is older
+than a (much shorter) deadline. So a slot freed by compaction is never written again: whoever
+could target it has long since re-read the snapshot.
+
+Merge rules (see compat-contract.md §10 and §12): ``session`` replaced; messages and parts
+upserted by id, keeping their first position; ``session_diff`` replaces the list (the released
+client always sends the whole list); models accumulate per (providerID, id), upserted in place.
+``syncCount`` counts accepted syncs, so it is part of the folded state too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets as _secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudsession.models import json_bytes, model_key
+
+SEQ_WIDTH = 12
+
+
+def snapshot_key(share_id: str) -> str:
+    return f"share/{share_id}"
+
+
+def index_key(share_id: str) -> str:
+    return f"index/{share_id}"
+
+
+def journal_prefix(share_id: str, incarnation: str | None = None) -> str:
+    if incarnation is None:
+        return f"journal/{share_id}/"
+    return f"journal/{share_id}/{incarnation}/"
+
+
+def journal_key(share_id: str, incarnation: str, seq: int) -> str:
+    return f"{journal_prefix(share_id, incarnation)}{seq:0{SEQ_WIDTH}d}"
+
+
+def new_incarnation() -> str:
+    return _secrets.token_hex(6)
+
+
+@dataclass(slots=True)
+class ShareMeta:
+    """Private metadata of a share. Never serialised into a public response."""
+
+    session_id: str
+    created_at: int
+    last_updated: int
+    sync_count: int = 0
+    seq: int = 0
+    incarnation: str = "0"
+    epoch: int = 0
+    # Reference-written blobs carry their secret in clear text; we keep only its SHA-256 so that
+    # it stays valid at epoch 0 (it differs from ours only if the namespace changed).
+    legacy_secret_sha256: str | None = None
+    # Extension fields owned by later features (private shares, expiry, the ops ledger...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ShareState:
+    """The folded share: what the snapshot plus every journal entry up to ``meta.seq`` give."""
+
+    share_id: str
+    meta: ShareMeta
+    session: dict[str, Any]
+    messages: dict[str, dict[str, Any]]
+    parts: dict[str, dict[str, Any]]
+    diffs: list[dict[str, Any]]
+    models: dict[tuple[str, str], dict[str, Any]]
+    # Bookkeeping for cost control: which snapshot this came from and how much sits in the tail.
+    snapshot_etag: str | None = None
+    snapshot_seq: int = 0
+    snapshot_bytes: int = 0
+    compacted_at: int | None = None
+    tail_entries: int = 0
+    tail_bytes: int = 0
+    approx_bytes: int = 0
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def new(cls, share_id: str, session_id: str, now: int, *, incarnation: str | None = None) -> "ShareState":
+        """A fresh share, initialised like the reference's create (§8.3)."""
+        session = {
+            "id": session_id, "slug": session_id, "projectID": "", "directory": "", "title": "",
+            "version": "1", "time": {"created": now, "updated": now},
+        }
+        meta = ShareMeta(session_id=session_id, created_at=now, last_updated=now, incarnation=incarnation or new_incarnation())
+        return cls(share_id, meta, session, {}, {}, [], {})
+
+    @classmethod
+    def from_snapshot(cls, share_id: str, doc: Any, etag: str | None, size: int) -> "ShareState":
+        """Read a snapshot written by us or by the reference Worker. Defensive: a reference
+        blob may hold nulls or odd types, which are skipped rather than allowed to poison reads."""
+        if not isinstance(doc, dict):
+            raise ValueError("snapshot is not a JSON object")
+        metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        ours = metadata.get("cloudsession") if isinstance(metadata.get("cloudsession"), dict) else {}
+        session = doc.get("session") if isinstance(doc.get("session"), dict) else {}
+        session_id = metadata.get("sessionID") if isinstance(metadata.get("sessionID"), str) else session.get("id")
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError("snapshot has no session ID")
+        created = _int(metadata.get("createdAt"), 0)
+        meta = ShareMeta(
+            session_id=session_id,
+            created_at=created,
+            last_updated=_int(metadata.get("lastUpdated"), created),
+            sync_count=_int(metadata.get("syncCount"), 0),
+            seq=_int(ours.get("seq"), 0),
+            incarnation=str(ours.get("incarnation", "0")),
+            epoch=_int(ours.get("epoch"), 0),
+            legacy_secret_sha256=_legacy_secret_hash(metadata, ours),
+            extra=dict(ours.get("extra") or {}),
+        )
+        state = cls(share_id, meta, session, {}, {}, [], {})
+        for message in _objects_with_id(doc.get("messages")):
+            state.messages[message["id"]] = message
+        for part in _objects_with_id(doc.get("parts")):
+            state.parts[part["id"]] = part
+        state.diffs = [d for d in doc.get("diffs") or [] if isinstance(d, dict)] if isinstance(doc.get("diffs"), list) else []
+        for model in _objects_with_id(doc.get("models")):
+            state.models[model_key(model)] = model
+        state.snapshot_etag = etag
+        state.snapshot_seq = meta.seq
+        state.snapshot_bytes = size
+        state.approx_bytes = size
+        state.compacted_at = ours.get("compactedAt") if isinstance(ours.get("compactedAt"), int) else None
+        return state
+
+    # -- folding ----------------------------------------------------------------------------
+
+    def apply_items(self, items: list[dict[str, Any]]) -> None:
+        """Merge validated sync items, in order (later items see earlier ones)."""
+        for item in items:
+            kind, data = item["type"], item["data"]
+            if kind == "session":
+                self.session = data
+            elif kind == "message":
+                self.messages[data["id"]] = data
+            elif kind == "part":
+                self.parts[data["id"]] = data
+            elif kind == "session_diff":
+                self.diffs = data
+            elif kind == "model":
+                for model in data:
+                    self.models[model_key(model)] = model
+
+    def apply_entry(self, entry: dict[str, Any], size: int) -> None:
+        """Fold one journal entry (its ``seq`` must be the next one)."""
+        self.apply_items(entry.get("items") or [])
+        self.meta.sync_count += int(entry.get("syncs", 0))
+        self.meta.last_updated = max(self.meta.last_updated, int(entry.get("at", 0)))
+        meta_update = entry.get("meta") or {}
+        if "epoch" in meta_update:
+            self.meta.epoch = int(meta_update["epoch"])
+        for key, value in (meta_update.get("extra") or {}).items():
+            if value is None:
+                self.meta.extra.pop(key, None)
+            else:
+                self.meta.extra[key] = value
+        self.meta.seq = int(entry["seq"])
+        self.tail_entries += 1
+        self.tail_bytes += size
+        self.approx_bytes += size
+
+    # -- output -----------------------------------------------------------------------------
+
+    def snapshot_doc(self, compacted_at: int) -> dict[str, Any]:
+        meta = self.meta
+        return {
+            "session": self.session,
+            "messages": list(self.messages.values()),
+            "parts": list(self.parts.values()),
+            "diffs": self.diffs,
+            "models": list(self.models.values()),
+            "metadata": {
+                "createdAt": meta.created_at,
+                "lastUpdated": meta.last_updated,
+                "syncCount": meta.sync_count,
+                "sessionID": meta.session_id,
+                "cloudsession": {
+                    "v": 1,
+                    "seq": meta.seq,
+                    "incarnation": meta.incarnation,
+                    "epoch": meta.epoch,
+                    "compactedAt": compacted_at,
+                    "extra": meta.extra,
+                    # So a reference-written share keeps its original secret after compaction.
+                    **({"legacySecretSha256": meta.legacy_secret_sha256} if meta.legacy_secret_sha256 else {}),
+                },
+            },
+        }
+
+    def index_doc(self) -> dict[str, Any]:
+        """The reference's ``SessionIndex`` (key order kept), plus a few listing extras."""
+        session = self.session
+        doc: dict[str, Any] = {"id": self.share_id, "sessionID": self.meta.session_id}
+        for key in ("title", "directory"):
+            if isinstance(session.get(key), str):
+                doc[key] = session[key]
+        doc.update(
+            messageCount=len(self.messages),
+            partCount=len(self.parts),
+            diffCount=len(self.diffs),
+            modelCount=len(self.models),
+            lastUpdated=self.meta.last_updated,
+            syncCount=self.meta.sync_count,
+            createdAt=self.meta.created_at,
+        )
+        if self.meta.extra.get("private"):
+            doc["private"] = True
+        if self.meta.extra.get("expiresAt"):
+            doc["expiresAt"] = self.meta.extra["expiresAt"]
+        return doc
+
+    def snapshot_bytes_now(self, compacted_at: int) -> bytes:
+        return json_bytes(self.snapshot_doc(compacted_at))
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _legacy_secret_hash(metadata: dict[str, Any], ours: dict[str, Any]) -> str | None:
+    if isinstance(metadata.get("secret"), str):
+        return sha256_hex(metadata["secret"])
+    value = ours.get("legacySecretSha256")
+    return value if isinstance(value, str) else None
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _objects_with_id(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, dict) and isinstance(v.get("id"), str)]

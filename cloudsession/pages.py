@@ -1,0 +1,371 @@
+"""Server-side rendering of the share page, its fragments and the session list.
+
+This module knows templates and share data, not HTTP: ``views.py`` calls it, tests call it
+directly with ``PublicShare`` objects. Two caches keep rendering cheap while a session streams:
+
+- a ``ShareView`` (messages ordered, parts grouped, pages assigned) per share state, keyed by
+  (share id, sync count, last update), so a burst of fragment requests after one sync pays for
+  the grouping once;
+- rendered message fragments keyed by a hash of the message and its parts, so a sync re-renders
+  only the messages it touched and a page load re-renders only what changed since the last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import orjson
+from jinja2 import ChainableUndefined, Environment, FileSystemLoader, Template
+from markupsafe import Markup
+
+from cloudsession import render
+from cloudsession.models import PublicShare
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+# Messages per page of the share view: large enough that most sessions fit on one page, small
+# enough that a 2,000-message session renders in a fraction of a second.
+PAGE_SIZE = 100
+# Bump when templates change the markup of a message, so cached fragments are not reused.
+FRAGMENT_VERSION = "1"
+# Total characters of rendered fragments kept in memory (roughly bytes for ASCII-heavy HTML).
+FRAGMENT_CACHE_CHARS = 96 * 1024 * 1024
+SHARE_VIEW_CACHE_SIZE = 32
+PREVIEW_CHARS = 90
+
+
+def _templates_dir() -> Path:
+    # Installed wheels carry the templates inside the package (see pyproject); a checkout has
+    # them at the top level.
+    packaged = Path(__file__).resolve().parent / "templates"
+    return packaged if packaged.is_dir() else TEMPLATES_DIR
+
+
+@lru_cache(maxsize=64)
+def static_url(name: str) -> str:
+    """``/static/<name>?v=<content hash>``: browsers may cache static files forever."""
+    digest = hashlib.blake2b((STATIC_DIR / name).read_bytes(), digest_size=6).hexdigest()
+    return f"/static/{name}?v={digest}"
+
+
+def css_token(value: Any, fallback: str = "other") -> str:
+    """A value made safe to use as a CSS class name (roles, statuses, part types)."""
+    text = render.as_text(value).lower()
+    token = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "-" for ch in text)[:40]
+    return token or fallback
+
+
+def make_environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(_templates_dir())),
+        autoescape=True,
+        # Share data is arbitrary JSON: a missing key renders as nothing instead of failing the page.
+        undefined=ChainableUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals.update(
+        static_url=static_url,
+        css_token=css_token,
+        as_text=render.as_text,
+        as_number=render.as_number,
+        as_dict=render.as_dict,
+        as_list=render.as_list,
+        dig=render.dig,
+        pretty_json=render.pretty_json,
+        format_time=render.format_time,
+        iso_time=render.iso_time,
+        format_number=render.format_number,
+        format_cost=render.format_cost,
+        format_duration=render.format_duration,
+        short_hash=render.short_hash,
+        basename=render.basename,
+        relative_path=render.relative_path,
+        safe_http_url=render.safe_http_url,
+        highlight=render.highlight,
+        render_markdown=render.render_markdown,
+        split_output=render.split_output,
+        file_diff=render.file_diff,
+        tool_view=render.tool_view,
+        edit_diff=render.edit_diff,
+        todos=render.todos,
+        questions=render.questions,
+        attachment=render.attachment,
+    )
+    return env
+
+
+# --------------------------------------------------------------------------- share view model
+
+
+@dataclass
+class MessageEntry:
+    """One message with its parts, its place in the page order and its content hash."""
+
+    message: dict[str, Any]
+    parts: list[dict[str, Any]]
+    number: int  # 1-based position in display order
+    page: int  # 1-based page
+
+    @property
+    def id(self) -> str:
+        return self.message["id"]
+
+    @property
+    def role(self) -> str:
+        return render.as_text(self.message.get("role")) or "unknown"
+
+    @cached_property
+    def hash(self) -> str:
+        # Hashing the compact JSON of the message and its parts: any change to either changes it.
+        payload = orjson.dumps([FRAGMENT_VERSION, self.message, self.parts], option=orjson.OPT_NON_STR_KEYS)
+        return hashlib.blake2b(payload, digest_size=8).hexdigest()
+
+    @cached_property
+    def preview(self) -> str:
+        """A one-line summary for the navigator: the first text, else the first tool's title."""
+        for part in self.parts:
+            if part.get("type") == "text" and not part.get("synthetic"):
+                text = " ".join(render.as_text(part.get("text")).split())
+                if text:
+                    return text[:PREVIEW_CHARS] + ("…" if len(text) > PREVIEW_CHARS else "")
+        for part in self.parts:
+            if part.get("type") == "tool":
+                view = render.tool_view(part)
+                return f"{view.tool}: {view.title}"[:PREVIEW_CHARS]
+        return ""
+
+
+@dataclass
+class ShareStats:
+    message_count: int
+    part_count: int
+    total_cost: float
+    input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cache_read: int
+    cache_write: int
+    models: list[str]
+
+    @property
+    def total_tokens(self) -> int:
+        # The reference's total: input plus output over assistant messages.
+        return self.input_tokens + self.output_tokens
+
+
+def _created(message: dict[str, Any]) -> float:
+    created = render.as_number(render.dig(message, "time", "created"))
+    # Messages without a time go last instead of breaking the sort (the reference crashed).
+    return created if created > 0 else math.inf
+
+
+class ShareView:
+    """A ``PublicShare`` arranged for display. Built once per share state and cached."""
+
+    def __init__(self, share: PublicShare, page_size: int = PAGE_SIZE) -> None:
+        self.share = share
+        self.page_size = page_size
+        by_message: dict[str, list[dict[str, Any]]] = {}
+        for part in share.parts:
+            message_id = part.get("messageID") if isinstance(part, dict) else None
+            if isinstance(message_id, str):
+                by_message.setdefault(message_id, []).append(part)
+        messages = [m for m in share.messages if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        ordered = sorted(messages, key=_created)  # stable: ties keep stored order, as the reference
+        self.entries = [
+            MessageEntry(m, by_message.get(m["id"], []), index + 1, index // page_size + 1)
+            for index, m in enumerate(ordered)
+        ]
+        self.by_id = {entry.id: entry for entry in self.entries}
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(len(self.entries) / self.page_size))
+
+    def page_entries(self, page: int) -> list[MessageEntry]:
+        start = (page - 1) * self.page_size
+        return self.entries[start : start + self.page_size]
+
+    def next_on_page(self, entry: MessageEntry) -> str | None:
+        """The id of the message displayed after ``entry`` on the same page (for in-place inserts)."""
+        if entry.number < len(self.entries):
+            following = self.entries[entry.number]
+            if following.page == entry.page:
+                return following.id
+        return None
+
+    @cached_property
+    def stats(self) -> ShareStats:
+        cost = 0.0
+        tokens = {"input": 0, "output": 0, "reasoning": 0, "read": 0, "write": 0}
+        used: dict[tuple[str, str], str] = {}
+        for model in self.share.models:
+            if isinstance(model, dict):
+                provider = render.as_text(model.get("providerID"))
+                model_id = render.as_text(model.get("id"))
+                name = render.as_text(model.get("name"))
+                used[(provider, model_id)] = f"{name} ({provider}/{model_id})" if name else f"{provider}/{model_id}"
+        for entry in self.entries:
+            message = entry.message
+            if message.get("role") != "assistant":
+                continue
+            cost += render.as_number(message.get("cost"))
+            counts = render.as_dict(message.get("tokens"))
+            cache = render.as_dict(counts.get("cache"))
+            tokens["input"] += int(render.as_number(counts.get("input")))
+            tokens["output"] += int(render.as_number(counts.get("output")))
+            tokens["reasoning"] += int(render.as_number(counts.get("reasoning")))
+            tokens["read"] += int(render.as_number(cache.get("read")))
+            tokens["write"] += int(render.as_number(cache.get("write")))
+            provider = render.as_text(message.get("providerID"))
+            model_id = render.as_text(message.get("modelID"))
+            if model_id and (provider, model_id) not in used:
+                used[(provider, model_id)] = f"{provider}/{model_id}" if provider else model_id
+        return ShareStats(
+            message_count=len(self.entries),
+            part_count=len(self.share.parts),
+            total_cost=cost,
+            input_tokens=tokens["input"],
+            output_tokens=tokens["output"],
+            reasoning_tokens=tokens["reasoning"],
+            cache_read=tokens["read"],
+            cache_write=tokens["write"],
+            models=list(used.values()),
+        )
+
+    @cached_property
+    def diffs(self) -> list[render.FileDiff]:
+        return [render.file_diff(d) for d in self.share.diffs if isinstance(d, dict)]
+
+
+# --------------------------------------------------------------------------- the renderer
+
+
+class _FragmentCache:
+    """LRU of rendered message HTML, bounded by total characters."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.chars = 0
+        self._items: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, key: str) -> str | None:
+        html = self._items.get(key)
+        if html is not None:
+            self._items.move_to_end(key)
+        return html
+
+    def put(self, key: str, html: str) -> None:
+        if key in self._items or len(html) > self.max_chars // 4:
+            return
+        self._items[key] = html
+        self.chars += len(html)
+        while self.chars > self.max_chars:
+            _, evicted = self._items.popitem(last=False)
+            self.chars -= len(evicted)
+
+
+@dataclass
+class Fragment:
+    id: str
+    hash: str
+    page: int
+    number: int
+    before: str | None
+    html: str
+    nav: str
+
+
+@dataclass
+class PageRenderer:
+    """Renders pages and fragments; one per application (holds the caches)."""
+
+    page_size: int = PAGE_SIZE
+    env: Environment = field(default_factory=make_environment)
+    fragment_cache_chars: int = FRAGMENT_CACHE_CHARS
+
+    def __post_init__(self) -> None:
+        self._fragments = _FragmentCache(self.fragment_cache_chars)
+        self._views: OrderedDict[tuple[str, int, int], ShareView] = OrderedDict()
+
+    def template(self, name: str) -> Template:
+        return self.env.get_template(name)
+
+    def view(self, share: PublicShare) -> ShareView:
+        key = (share.id, share.sync_count, share.last_updated)
+        view = self._views.get(key)
+        if view is None:
+            view = ShareView(share, self.page_size)
+            self._views[key] = view
+            while len(self._views) > SHARE_VIEW_CACHE_SIZE:
+                self._views.popitem(last=False)
+        self._views.move_to_end(key)
+        return view
+
+    @cached_property
+    def _macros(self) -> Any:
+        return self.template("parts.html").module
+
+    def message_html(self, entry: MessageEntry) -> str:
+        html = self._fragments.get(entry.hash)
+        if html is None:
+            html = str(self._macros.message(entry))
+            self._fragments.put(entry.hash, html)
+        return html
+
+    def messages_html(self, entries: Iterable[MessageEntry]) -> Markup:
+        # Safe: each fragment is the output of the autoescaping parts.html templates.
+        return Markup("".join(self.message_html(entry) for entry in entries))
+
+    def header_html(self, view: ShareView) -> str:
+        return str(self._macros.share_header(view))
+
+    def diffs_html(self, view: ShareView) -> str:
+        return str(self._macros.diff_panel(view))
+
+    def nav_html(self, view: ShareView, entry: MessageEntry, current_page: int) -> str:
+        return str(self._macros.nav_item(entry, current_page))
+
+    def share_page(self, share: PublicShare, page: int, *, live_format: str = "events") -> str:
+        view = self.view(share)
+        page = min(max(page, 1), view.pages)
+        return self.template("share.html").render(
+            view=view,
+            share=share,
+            page=page,
+            entries=view.page_entries(page),
+            messages_html=self.messages_html(view.page_entries(page)),
+            header_html=Markup(self.header_html(view)),  # safe: rendered by parts.html (autoescape)
+            diffs_html=Markup(self.diffs_html(view)),  # safe: rendered by parts.html (autoescape)
+            live_format=live_format,
+        )
+
+    def fragments(self, share: PublicShare, ids: Iterable[str], page: int) -> list[Fragment | str]:
+        """Fragments for the requested message ids; an unknown id comes back as the bare id."""
+        view = self.view(share)
+        result: list[Fragment | str] = []
+        for message_id in ids:
+            entry = view.by_id.get(message_id)
+            if entry is None:
+                result.append(message_id)
+                continue
+            result.append(
+                Fragment(
+                    id=entry.id,
+                    hash=entry.hash,
+                    page=entry.page,
+                    number=entry.number,
+                    before=view.next_on_page(entry),
+                    html=self.message_html(entry) if entry.page == page else "",
+                    nav=self.nav_html(view, entry, page),
+                )
+            )
+        return result

@@ -1,0 +1,37 @@
+"""The one routing table. Every route is named; doors own their handlers, not their paths.
+
+JSON API under ``/api/``, the Cap'n Web endpoint at ``/rpc/share``, HTML at human URLs and
+operational endpoints (``/healthz``, ``/readyz``) apart. Anything unmatched under ``/api/`` is a
+JSON 404 (with CORS); anything else is the reference's plain-text 404, rendered by the error
+middleware in ``app.py``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cloudsession import api, ops
+
+SHARE = r"/api/{family:shares?}/{id}"
+
+
+async def root(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/sessions")
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/", root, name="root")
+    r.add_get("/healthz", ops.healthz, name="healthz")
+    r.add_get("/readyz", ops.readyz, name="readyz")
+
+    # REST share API; /api/shares/... are exact aliases (the client's console-mode paths).
+    r.add_post(r"/api/{family:shares?}", api.create_share, name="api.create")
+    r.add_post(SHARE + "/sync", api.sync_share, name="api.sync")
+    r.add_get(SHARE + "/data", api.get_share_data, name="api.data")
+    r.add_get(SHARE + "/metadata", api.get_share_metadata, name="api.metadata")
+    r.add_get(SHARE, api.get_share, name="api.get")
+    r.add_delete(SHARE, api.delete_share, name="api.delete")
+    r.add_get("/api/sessions", api.list_sessions, name="api.sessions")
+    r.add_route("OPTIONS", "/api/{tail:.*}", api.api_options, name="api.options")
+    r.add_route("*", "/api/{tail:.*}", api.api_not_found, name="api.not_found")

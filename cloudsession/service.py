@@ -1,0 +1,526 @@
+"""The share service: the only code that writes shares.
+
+Every door (REST in ``api.py``, Cap'n Web RPC in ``rpc/``, the HTML views, the durable ops
+protocol, the admin CLI) calls this class; none touches the store directly. It owns credentials,
+validation of state transitions, the merge rules, limits and the public view of a share. The
+storage design (snapshot + journal, conditional writes) is described in ``journal.py``.
+
+Writes go through :meth:`ShareService.commit`, which appends one journal entry with
+create-if-absent semantics and retries on conflict, so concurrent writers in one process or in
+many never lose an update. Within a process a per-share lock keeps writers from racing each other
+needlessly, and a cache of folded state means a sync reads only what changed since the last one:
+a HEAD of the snapshot and a listing of the journal tail, independent of the session's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping
+
+import orjson
+
+from cloudsession import credentials
+from cloudsession.config import Settings
+from cloudsession.errors import (
+    InvalidSecret,
+    PayloadTooLarge,
+    SessionNotFound,
+    ShareConflict,
+    ShareError,
+    ShareGone,
+    ShareNotFound,
+    StoreUnavailable,
+    ValidationFailed,
+)
+from cloudsession.journal import (
+    ShareState,
+    index_key,
+    journal_key,
+    journal_prefix,
+    sha256_hex,
+    snapshot_key,
+)
+from cloudsession.live import EventSink, NullSink
+from cloudsession.models import PublicShare, json_bytes
+from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys
+
+log = logging.getLogger(__name__)
+
+MAX_WRITE_ATTEMPTS = 64
+# Replace the real session ID in serialised public output only when it is long enough that a
+# plain substring replacement cannot hit unrelated text.
+MIN_REDACT_LENGTH = 12
+
+EntryBuilder = Callable[[ShareState], "dict[str, Any] | None"]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class ShareCredentials:
+    id: str
+    secret: str
+    url: str
+    created: bool = False
+
+    def as_json(self) -> dict[str, str]:
+        # Key order of the reference's responses: id, secret, url.
+        return {"id": self.id, "secret": self.secret, "url": self.url}
+
+
+@dataclass(slots=True)
+class CommitResult:
+    state: ShareState
+    entry: dict[str, Any] | None
+
+
+class ShareService:
+    def __init__(self, store: ObjectStore, settings: Settings, events: EventSink | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.namespace = settings.namespace
+        self.events: EventSink = events or NullSink()
+        self._cache: OrderedDict[str, ShareState] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit_bytes = 512 * 1024 * 1024
+        self._cache_limit_entries = 2048
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._public_cache: dict[str, tuple[int, PublicShare]] = {}
+        self._compacting: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Wait briefly for background compactions, then cancel what is left."""
+        if self._background:
+            done, pending = await asyncio.wait(self._background, timeout=5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- credentials --------------------------------------------------------------------------
+
+    def secret_for(self, meta_session_id: str, epoch: int) -> str:
+        return credentials.derive_secret(self.namespace, meta_session_id, epoch)
+
+    def check_secret(self, state: ShareState, secret: object) -> None:
+        """Raise InvalidSecret unless ``secret`` is the share's current write capability."""
+        meta = state.meta
+        ok = credentials.secrets_equal(secret, self.secret_for(meta.session_id, meta.epoch))
+        if not ok and meta.epoch == 0 and meta.legacy_secret_sha256 and isinstance(secret, str):
+            ok = credentials.secrets_equal(sha256_hex(secret), meta.legacy_secret_sha256)
+        if not ok:
+            raise InvalidSecret()
+
+    def public_id(self, session_id: str) -> str:
+        return credentials.public_session_id(self.namespace, session_id)
+
+    def share_url(self, origin: str, share_id: str) -> str:
+        return f"{origin}/share/{share_id}"
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def _lock(self, share_id: str) -> asyncio.Lock:
+        lock = self._locks.get(share_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[share_id] = lock
+        return lock
+
+    def _cache_put(self, state: ShareState) -> None:
+        old = self._cache.pop(state.share_id, None)
+        if old is not None:
+            self._cache_bytes -= old.approx_bytes
+        self._cache[state.share_id] = state
+        self._cache_bytes += state.approx_bytes
+        while self._cache and (self._cache_bytes > self._cache_limit_bytes or len(self._cache) > self._cache_limit_entries):
+            _, evicted = self._cache.popitem(last=False)
+            self._cache_bytes -= evicted.approx_bytes
+            self._public_cache.pop(evicted.share_id, None)
+
+    def _cache_drop(self, share_id: str) -> None:
+        old = self._cache.pop(share_id, None)
+        if old is not None:
+            self._cache_bytes -= old.approx_bytes
+        self._public_cache.pop(share_id, None)
+
+    async def _store_call(self, coro: Awaitable[Any]) -> Any:
+        try:
+            return await coro
+        except PreconditionFailed:
+            raise
+        except StoreError as exc:
+            log.error("store error: %s", exc)
+            raise StoreUnavailable() from exc
+
+    async def load(self, share_id: str, *, missing: type[ShareError] = SessionNotFound) -> ShareState:
+        """The share's current folded state (cached; brought up to date with the store)."""
+        if not credentials.SHARE_ID_RE.match(share_id):
+            raise missing()
+        for _ in range(8):
+            cached = self._cache.get(share_id)
+            etag = await self._store_call(self.store.head(snapshot_key(share_id)))
+            if etag is None:
+                self._cache_drop(share_id)
+                raise missing()
+            if cached is not None and cached.snapshot_etag == etag:
+                state = cached
+                self._cache.move_to_end(share_id)
+            else:
+                obj = await self._store_call(self.store.get(snapshot_key(share_id)))
+                if obj is None:
+                    continue
+                try:
+                    state = ShareState.from_snapshot(share_id, orjson.loads(obj.body), obj.etag, len(obj.body))
+                except (ValueError, orjson.JSONDecodeError) as exc:
+                    log.error("share %s has an unreadable snapshot: %s", share_id, exc)
+                    raise missing() from None
+            if await self._catch_up(state):
+                self._cache_put(state)
+                return state
+            self._cache_drop(share_id)
+        raise StoreUnavailable("the share kept changing while it was being read; retry")
+
+    async def _catch_up(self, state: ShareState) -> bool:
+        """Fold journal entries newer than ``state``. False when the snapshot must be re-read
+        (an entry vanished under a concurrent compaction)."""
+        prefix = journal_prefix(state.share_id, state.meta.incarnation)
+        after = journal_key(state.share_id, state.meta.incarnation, state.meta.seq)
+        async for key in iter_keys(self.store, prefix, start_after=after):
+            obj = await self._store_call(self.store.get(key))
+            if obj is None:
+                return False
+            entry = orjson.loads(obj.body)
+            if entry.get("seq") != state.meta.seq + 1:
+                log.error("share %s: journal gap at %s (expected seq %d)", state.share_id, key, state.meta.seq + 1)
+                return True
+            state.apply_entry(entry, len(obj.body))
+        return True
+
+    def ensure_live(self, state: ShareState, *, now: int | None = None) -> None:
+        """Raise ShareGone for an expired share (the sweep deletes it later)."""
+        expires = state.meta.extra.get("expiresAt")
+        if isinstance(expires, int) and (now or now_ms()) >= expires:
+            raise ShareGone()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def commit(self, share_id: str, build: EntryBuilder, *, missing: type[ShareError] = ShareNotFound) -> CommitResult:
+        """Append one journal entry built from the current state.
+
+        ``build(state)`` validates against the state (raising ShareError to refuse) and returns
+        the entry's content (``items``, ``syncs``, ``meta``...), or None to write nothing. It may
+        run several times when other writers get in first, so it must not have side effects.
+        """
+        limits = self.settings.limits
+        async with self._lock(share_id):
+            for attempt in range(MAX_WRITE_ATTEMPTS):
+                state = await self.load(share_id, missing=missing)
+                checked = time.monotonic()
+                self.ensure_live(state)
+                content = build(state)
+                if content is None:
+                    return CommitResult(state, None)
+                seq = state.meta.seq + 1
+                entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), **content}
+                body = json_bytes(entry)
+                if state.approx_bytes + len(body) > limits.max_share_bytes:
+                    raise PayloadTooLarge(f"Share would exceed its size limit of {limits.max_share_bytes} bytes")
+                if time.monotonic() - checked > self.settings.write_deadline_seconds:
+                    continue
+                try:
+                    await self._store_call(self.store.put_if_absent(journal_key(share_id, state.meta.incarnation, seq), body))
+                except PreconditionFailed:
+                    # Another writer took this seq; back off a little so retries spread out.
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
+                    continue
+                state.apply_entry(entry, len(body))
+                self._cache_put(state)
+                index = state.index_doc()
+                break
+            else:
+                raise StoreUnavailable("Too many concurrent writers on this share; retry")
+        await self._write_index(share_id, index)
+        self._maybe_compact(state)
+        return CommitResult(state, entry)
+
+    async def _write_index(self, share_id: str, index: dict[str, Any]) -> None:
+        # The index is derived and may lag; losing a write here must not fail a durable sync.
+        try:
+            await self.store.put(index_key(share_id), json_bytes(index))
+        except StoreError as exc:
+            log.warning("share %s: index write failed (%s); it will be rewritten on the next change", share_id, exc)
+
+    async def create(
+        self,
+        session_id: Any,
+        *,
+        origin: str,
+        initial_items: list[dict[str, Any]] | None = None,
+        on_create: Callable[[ShareState], None] | None = None,
+    ) -> ShareCredentials:
+        """Create the share of ``session_id``, or return the existing one (idempotent: same id,
+        secret and url, data kept). ``initial_items`` are applied as one sync either way."""
+        if not isinstance(session_id, str) or not session_id:
+            raise ValidationFailed("sessionID must be a non-empty string", [{"path": ["sessionID"], "message": "must be a non-empty string"}])
+        if len(session_id) > self.settings.limits.max_session_id_length:
+            raise ValidationFailed(f"sessionID is longer than {self.settings.limits.max_session_id_length} characters")
+        if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in session_id):
+            raise ValidationFailed("sessionID contains control characters or lone surrogates")
+        state, created = await self._find_or_create(session_id, on_create)
+        if initial_items:
+            result = await self.commit(state.share_id, lambda _s: {"items": initial_items, "syncs": 1})
+            state = result.state
+            await self._notify_sync(state, initial_items)
+        secret = self.secret_for(session_id, state.meta.epoch)
+        return ShareCredentials(state.share_id, secret, self.share_url(origin, state.share_id), created)
+
+    async def _find_or_create(self, session_id: str, on_create: Callable[[ShareState], None] | None) -> tuple[ShareState, bool]:
+        for share_id in credentials.share_id_candidates(self.namespace, session_id):
+            for _ in range(4):
+                try:
+                    state = await self.load(share_id)
+                except SessionNotFound:
+                    state = None
+                if state is not None:
+                    if credentials.secrets_equal(state.meta.session_id, session_id):
+                        self.ensure_live(state)
+                        return state, False
+                    break  # another session owns this id: try the next candidate
+                now = now_ms()
+                state = ShareState.new(share_id, session_id, now)
+                if on_create is not None:
+                    on_create(state)
+                body = state.snapshot_bytes_now(now)
+                try:
+                    etag = await self._store_call(self.store.put_if_absent(snapshot_key(share_id), body))
+                except PreconditionFailed:
+                    continue  # a concurrent create won; look again
+                state.snapshot_etag, state.snapshot_bytes, state.approx_bytes, state.compacted_at = etag, len(body), len(body), now
+                self._cache_put(state)
+                await self._write_index(share_id, state.index_doc())
+                return state, True
+        raise ShareConflict("Share id collision: another session already owns this share id")
+
+    async def sync(self, share_id: str, secret: str, items: list[dict[str, Any]]) -> int:
+        """Apply validated sync items; returns the new syncCount."""
+
+        def build(state: ShareState) -> dict[str, Any]:
+            self.check_secret(state, secret)
+            return {"items": items, "syncs": 1}
+
+        result = await self.commit(share_id, build)
+        await self._notify_sync(result.state, items)
+        return result.state.meta.sync_count
+
+    async def _notify_sync(self, state: ShareState, items: list[dict[str, Any]]) -> None:
+        try:
+            await self.events.share_synced(state.share_id, self.public_items(state, items), state.meta.sync_count)
+        except Exception:  # a viewer problem must never fail a durable write
+            log.exception("share %s: live notification failed", state.share_id)
+
+    async def delete(self, share_id: str, secret: str | None, *, admin: bool = False) -> None:
+        """Delete a share (``admin`` skips the secret check: the operator's kill switch)."""
+        async with self._lock(share_id):
+            for _ in range(8):
+                state = await self.load(share_id, missing=ShareNotFound)
+                if not admin:
+                    self.check_secret(state, secret)
+                try:
+                    await self._store_call(self.store.delete_if_match(snapshot_key(share_id), state.snapshot_etag or ""))
+                    break
+                except PreconditionFailed:
+                    continue
+            else:
+                raise StoreUnavailable("the share kept changing while it was being deleted; retry")
+            self._cache_drop(share_id)
+        await self.purge(share_id)
+        try:
+            await self.events.share_deleted(share_id)
+        except Exception:
+            log.exception("share %s: delete notification failed", share_id)
+
+    async def purge(self, share_id: str) -> int:
+        """Remove the index entry and every journal entry of a share whose snapshot is gone."""
+        await self._store_call(self.store.delete(index_key(share_id)))
+        keys = [key async for key in iter_keys(self.store, journal_prefix(share_id))]
+        await self._delete_many(keys)
+        return len(keys)
+
+    async def _delete_many(self, keys: list[str]) -> None:
+        semaphore = asyncio.Semaphore(16)
+
+        async def one(key: str) -> None:
+            async with semaphore:
+                await self._store_call(self.store.delete(key))
+
+        await asyncio.gather(*(one(k) for k in keys))
+
+    # -- compaction ---------------------------------------------------------------------------
+
+    def _needs_compaction(self, state: ShareState) -> bool:
+        s = self.settings
+        if state.tail_entries == 0:
+            return False
+        return state.tail_entries >= s.compact_max_entries or state.tail_bytes >= max(
+            s.compact_min_bytes, int(state.snapshot_bytes * s.compact_ratio)
+        )
+
+    def _maybe_compact(self, state: ShareState) -> None:
+        if state.share_id in self._compacting or not self._needs_compaction(state):
+            return
+        self._compacting.add(state.share_id)
+        task = asyncio.get_running_loop().create_task(self._compact_task(state.share_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _compact_task(self, share_id: str) -> None:
+        try:
+            await self.compact(share_id)
+        except ShareError:
+            pass  # deleted or expired meanwhile: nothing to compact
+        except Exception:
+            log.exception("share %s: compaction failed", share_id)
+        finally:
+            self._compacting.discard(share_id)
+
+    async def compact(self, share_id: str, *, force: bool = False) -> bool:
+        """Fold the journal tail into a new snapshot; off the request path. True if written."""
+        async with self._lock(share_id):
+            state = await self.load(share_id)
+            if state.tail_entries == 0 or not (force or self._needs_compaction(state)):
+                return False
+            now = now_ms()
+            # Serialise under the lock (no writer in this process can change the state), but
+            # upload without it so that syncs are not held up by a large snapshot write.
+            body = await asyncio.to_thread(state.snapshot_bytes_now, now)
+            folded_seq, folded_bytes, old_etag = state.meta.seq, state.tail_bytes, state.snapshot_etag
+            previous_seq, previous_at = state.snapshot_seq, state.compacted_at
+        try:
+            etag = await self._store_call(self.store.put_if_match(snapshot_key(share_id), body, old_etag or ""))
+        except PreconditionFailed:
+            return False  # another replica compacted, or the share was deleted
+        async with self._lock(share_id):
+            cached = self._cache.get(share_id)
+            if cached is not None and cached.snapshot_etag == old_etag:
+                cached.snapshot_etag, cached.snapshot_seq, cached.compacted_at = etag, folded_seq, now
+                cached.tail_entries = cached.meta.seq - folded_seq
+                cached.tail_bytes = max(0, cached.tail_bytes - folded_bytes)
+                cached.snapshot_bytes = len(body)
+        if previous_at is not None and now - previous_at >= self.settings.journal_grace_seconds * 1000:
+            await self.prune_journal(share_id, state.meta.incarnation, previous_seq)
+        return True
+
+    async def prune_journal(self, share_id: str, incarnation: str, upto_seq: int) -> int:
+        """Delete journal entries with seq <= ``upto_seq`` (folded long enough ago)."""
+        if upto_seq <= 0:
+            return 0
+        last = journal_key(share_id, incarnation, upto_seq)
+        keys = []
+        async for key in iter_keys(self.store, journal_prefix(share_id, incarnation)):
+            if key > last:
+                break
+            keys.append(key)
+        await self._delete_many(keys)
+        return len(keys)
+
+    # -- public reads -------------------------------------------------------------------------
+
+    def _rewrite_owner(self, entity: dict[str, Any], real: str, public: str) -> dict[str, Any]:
+        if entity.get("sessionID") == real:
+            return {**entity, "sessionID": public}
+        return entity
+
+    def public_session(self, session: dict[str, Any], real: str, public: str) -> dict[str, Any]:
+        out = dict(session)
+        if out.get("id") == real:
+            out["id"] = public
+        if out.get("slug") == real:
+            out["slug"] = public
+        if isinstance(out.get("parentID"), str):
+            out["parentID"] = self.public_id(out["parentID"])
+        return out
+
+    def public_items(self, state: ShareState, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Sync items as a viewer may see them (for live frames)."""
+        real = state.meta.session_id
+        public = self.public_id(real)
+        out = []
+        for item in items:
+            kind, data = item["type"], item["data"]
+            if kind == "session":
+                data = self.public_session(data, real, public)
+            elif kind in ("message", "part"):
+                data = self._rewrite_owner(data, real, public)
+            out.append({"type": kind, "data": data})
+        return out
+
+    def public_view(self, state: ShareState) -> PublicShare:
+        cached = self._public_cache.get(state.share_id)
+        if cached is not None and cached[0] == state.meta.seq and cached[1].sync_count == state.meta.sync_count:
+            return cached[1]
+        real = state.meta.session_id
+        public = self.public_id(real)
+        view = PublicShare(
+            id=state.share_id,
+            session=self.public_session(state.session, real, public),
+            messages=[self._rewrite_owner(m, real, public) for m in state.messages.values()],
+            parts=[self._rewrite_owner(p, real, public) for p in state.parts.values()],
+            diffs=list(state.diffs),
+            models=list(state.models.values()),
+            created_at=state.meta.created_at,
+            last_updated=state.meta.last_updated,
+            sync_count=state.meta.sync_count,
+            private=bool(state.meta.extra.get("private")),
+            expires_at=state.meta.extra.get("expiresAt"),
+            _redactions=((real, public),) if len(real) >= MIN_REDACT_LENGTH else (),
+        )
+        self._public_cache[state.share_id] = (state.meta.seq, view)
+        return view
+
+    async def public_share(self, share_id: str) -> PublicShare:
+        state = await self.load(share_id)
+        self.ensure_live(state)
+        return self.public_view(state)
+
+    def public_index(self, index: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(index)
+        if isinstance(out.get("sessionID"), str):
+            out["sessionID"] = self.public_id(out["sessionID"])
+        return out
+
+    async def metadata(self, share_id: str) -> dict[str, Any]:
+        state = await self.load(share_id)
+        self.ensure_live(state)
+        return self.public_index(state.index_doc())
+
+    async def list_index(self) -> list[dict[str, Any]]:
+        """Every index entry (all pages), public ids, newest first. Unreadable entries skipped."""
+        keys = [key async for key in iter_keys(self.store, "index/")]
+        semaphore = asyncio.Semaphore(16)
+
+        async def one(key: str) -> dict[str, Any] | None:
+            async with semaphore:
+                obj = await self._store_call(self.store.get(key))
+            if obj is None:
+                return None
+            try:
+                doc = orjson.loads(obj.body)
+            except orjson.JSONDecodeError:
+                return None
+            return self.public_index(doc) if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
+
+        entries = [e for e in await asyncio.gather(*(one(k) for k in keys)) if e is not None]
+        now = now_ms()
+        entries = [e for e in entries if not (isinstance(e.get("expiresAt"), int) and e["expiresAt"] <= now)]
+        entries.sort(key=lambda e: e.get("lastUpdated") if isinstance(e.get("lastUpdated"), int) else 0, reverse=True)
+        return entries
