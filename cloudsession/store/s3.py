@@ -31,7 +31,11 @@ failure becomes ``StoreError``; botocore types never leave this module.
 The lost-response trap: botocore retries a request whose response was lost (connection reset,
 timeout). If the first attempt of a conditional PUT did succeed, the retry fails its own
 precondition and comes back 412. So a 412 after a retry is checked by reading the object back:
-if it holds exactly the bytes we wrote, the write was ours and counts as a success.
+if it holds exactly the bytes we wrote, the write was ours and counts as a success (callers that
+need certainty should make every conditional body unique, e.g. with a write id). The same goes
+for a 404 on a retried conditional DELETE. aiohttp would otherwise resend PUT and DELETE once by
+itself when a keep-alive connection drops, invisibly to botocore's retry count; that silent
+retry is switched off so every retry is one botocore counts.
 
 ETags are returned without quotes. For single-part uploads without SSE-KMS, AWS, MinIO and moto
 use the MD5 of the body, so rewriting identical bytes keeps the same ETag (see docs/storage.md).
@@ -46,6 +50,7 @@ from typing import Any, Literal
 
 import aioboto3
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError
@@ -87,6 +92,23 @@ def _failure(action: str, key: str, exc: BotoCoreError | ClientError) -> StoreEr
     return StoreError(f"S3 {action} of {key!r} failed: {detail}")
 
 
+class _CountedRetriesOnly(AIOHTTPSession):
+    """aiobotocore's HTTP session without aiohttp's own silent retry of idempotent requests.
+
+    aiohttp resends a PUT or DELETE once when a persistent connection drops before the response
+    arrives. That retry is invisible to botocore (``RetryAttempts`` stays 0), so a conditional
+    write that landed but lost its response would come back as an unexplained 412/404. Without
+    it the drop surfaces as ``ConnectionClosedError``, which botocore retries and counts.
+    """
+
+    async def _get_session(self, proxy_url: str | None) -> Any:
+        session = await super()._get_session(proxy_url)
+        # Private since aiohttp 3.9; aiohttp's own test client switches it off the same way.
+        # tests/test_store_s3.py fails if this stops taking effect.
+        session._retry_connection = False
+        return session
+
+
 class S3Store:
     """``ObjectStore`` on an S3 bucket. Build it with ``await S3Store.open(...)``."""
 
@@ -119,8 +141,10 @@ class S3Store:
         )
         config = AioConfig(
             max_pool_connections=max_pool_connections,
+            # botocore counts max_attempts here as retries: up to 4 attempts in all.
             retries={"mode": "standard", "max_attempts": 3},
             s3={"addressing_style": addressing_style},
+            http_session_cls=_CountedRetriesOnly,
         )
         resources = AsyncExitStack()
         try:
