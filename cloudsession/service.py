@@ -78,8 +78,12 @@ class ShareCredentials:
 
 @dataclass(slots=True)
 class CommitResult:
+    # ``state`` is the live cached object and moves on with later writes; ``seq`` and
+    # ``sync_count`` are the values as of this commit.
     state: ShareState
     entry: dict[str, Any] | None
+    seq: int
+    sync_count: int
 
 
 class ShareService:
@@ -229,7 +233,7 @@ class ShareService:
                 self.ensure_live(state)
                 content = build(state)
                 if content is None:
-                    return CommitResult(state, None)
+                    return CommitResult(state, None, state.meta.seq, state.meta.sync_count)
                 seq = state.meta.seq + 1
                 entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), **content}
                 body = json_bytes(entry)
@@ -249,9 +253,10 @@ class ShareService:
                 break
             else:
                 raise StoreUnavailable("Too many concurrent writers on this share; retry")
+        result = CommitResult(state, entry, state.meta.seq, state.meta.sync_count)
         await self._write_index(share_id, index)
         self._maybe_compact(state)
-        return CommitResult(state, entry)
+        return result
 
     async def _write_index(self, share_id: str, index: dict[str, Any]) -> None:
         # The index is derived and may lag; losing a write here must not fail a durable sync.
@@ -280,7 +285,7 @@ class ShareService:
         if initial_items:
             result = await self.commit(state.share_id, lambda _s: {"items": initial_items, "syncs": 1})
             state = result.state
-            await self._notify_sync(state, initial_items)
+            await self._notify_sync(state, initial_items, result.sync_count)
         secret = self.secret_for(session_id, state.meta.epoch)
         return ShareCredentials(state.share_id, secret, self.share_url(origin, state.share_id), created)
 
@@ -319,12 +324,12 @@ class ShareService:
             return {"items": items, "syncs": 1}
 
         result = await self.commit(share_id, build)
-        await self._notify_sync(result.state, items)
-        return result.state.meta.sync_count
+        await self._notify_sync(result.state, items, result.sync_count)
+        return result.sync_count
 
-    async def _notify_sync(self, state: ShareState, items: list[dict[str, Any]]) -> None:
+    async def _notify_sync(self, state: ShareState, items: list[dict[str, Any]], sync_count: int) -> None:
         try:
-            await self.events.share_synced(state.share_id, self.public_items(state, items), state.meta.sync_count)
+            await self.events.share_synced(state.share_id, self.public_items(state, items), sync_count)
         except Exception:  # a viewer problem must never fail a durable write
             log.exception("share %s: live notification failed", state.share_id)
 
