@@ -240,7 +240,10 @@ class _Decoder:
             return {key: self.value(item, depth + 1) for key, item in expr.items()}
         if isinstance(expr, int) and not isinstance(expr, bool) and abs(expr) > MAX_SAFE_INTEGER:
             # JSON numbers are doubles to every JavaScript peer; keep that meaning.
-            return float(expr) if abs(expr) < 2**1024 else math.copysign(math.inf, expr)
+            try:
+                return float(expr)
+            except OverflowError:
+                return math.inf if expr > 0 else -math.inf
         return expr
 
     def special(self, expr: list[Any], depth: int) -> Any:

@@ -1,0 +1,162 @@
+"""aiohttp transports for Cap'n Web: HTTP batch (POST) and WebSocket (GET + Upgrade) on one URL.
+
+``serve_rpc(request, main_factory, limits)`` dispatches one request the way capnweb's Workers
+entry point does, with one fresh session (and one fresh main object) per request or connection:
+
+* ``POST``: the body is newline-separated messages; the answer is 200 with every message the
+  session sent, once every pulled id is answered. Protocol errors are a 4xx JSON
+  ``{"error": ...}`` (413 for size and count limits), never a hang or a 500.
+* ``GET`` with ``Upgrade: websocket``: one text frame per message, calls run concurrently,
+  answers are written by a single writer so frames stay whole and ordered.
+* anything else: 400 with the reference's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .codec import LimitExceeded, ProtocolError, RpcLimits, dumps
+from .session import PeerAborted, RpcSession
+
+log = logging.getLogger(__name__)
+
+WRONG_METHOD_TEXT = "This endpoint only accepts POST or WebSocket requests."
+# The reference answers batches with this header so browser pages elsewhere can read them.
+BATCH_HEADERS = {"Access-Control-Allow-Origin": "*"}
+_READ_CHUNK = 256 * 1024
+# How long a closing connection may take to flush what is already queued.
+_FLUSH_TIMEOUT = 5.0
+
+MainFactory = Callable[[], Any]
+
+
+async def serve_rpc(request: web.Request, main_factory: MainFactory, limits: RpcLimits) -> web.StreamResponse:
+    """Answer one request on an RPC endpoint (batch, WebSocket, or the wrong-method 400)."""
+    if request.method == "POST":
+        return await handle_batch(request, main_factory(), limits)
+    if request.method == "GET" and web.WebSocketResponse().can_prepare(request).ok:
+        return await handle_websocket(request, main_factory(), limits)
+    return web.Response(status=400, text=WRONG_METHOD_TEXT)
+
+
+def rpc_handler(main_factory: Callable[[web.Request], Any], limits: RpcLimits | None = None) -> Callable[
+    [web.Request], Awaitable[web.StreamResponse]
+]:
+    """An aiohttp handler serving ``main_factory(request)`` with no authentication of its own."""
+    chosen = limits or RpcLimits()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await serve_rpc(request, lambda: main_factory(request), chosen)
+
+    return handler
+
+
+# --- HTTP batch -----------------------------------------------------------------------------------
+
+
+async def handle_batch(request: web.Request, main: Any, limits: RpcLimits) -> web.Response:
+    try:
+        lines = await _read_batch(request, limits.max_batch_bytes)
+    except ProtocolError as error:
+        return _protocol_error_response(error)
+    sent: list[str] = []
+    session = RpcSession(main, lambda message: sent.append(dumps(message)), limits=limits, batch=True)
+    try:
+        for line in lines:
+            session.receive(line)
+    except ProtocolError as error:
+        # Calls already started keep running (as in the reference); the peer gets a clear status.
+        session.close(error.message)
+        return _protocol_error_response(error)
+    session.end_of_input()
+    await session.drain()
+    session.close("Batch RPC request ended.")
+    return web.Response(text="\n".join(sent), content_type="text/plain", headers=BATCH_HEADERS)
+
+
+async def _read_batch(request: web.Request, max_bytes: int) -> list[str]:
+    """The body's messages. An empty body is no message; one trailing newline is tolerated."""
+    too_large = LimitExceeded(f"RPC batch exceeds the maximum size of {max_bytes} bytes")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    # Read the stream ourselves so this limit, not the app-wide client_max_size, applies.
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        body = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("RPC batch is not valid UTF-8") from None
+    if body.endswith("\n"):
+        body = body[:-1]
+    if not body:
+        return []
+    lines = body.split("\n")
+    if any(not line.strip() for line in lines):
+        raise ProtocolError("empty line in RPC batch")
+    return lines
+
+
+def _protocol_error_response(error: ProtocolError) -> web.Response:
+    status = 413 if isinstance(error, LimitExceeded) else 400
+    return web.json_response({"error": error.message}, status=status)
+
+
+# --- WebSocket ------------------------------------------------------------------------------------
+
+
+async def handle_websocket(request: web.Request, main: Any, limits: RpcLimits) -> web.WebSocketResponse:
+    # aiohttp closes with 1009 (message too big) by itself when a frame exceeds max_msg_size.
+    ws = web.WebSocketResponse(max_msg_size=limits.max_message_bytes, heartbeat=30.0)
+    await ws.prepare(request)
+    outbox: asyncio.Queue[str | None] = asyncio.Queue()
+    session = RpcSession(main, lambda message: outbox.put_nowait(dumps(message)), limits=limits, batch=False)
+    writer = asyncio.create_task(_write_frames(ws, outbox))
+    close_code, close_reason = WSCloseCode.OK, ""
+    try:
+        async for frame in ws:
+            if frame.type is not WSMsgType.TEXT:
+                # The client always sends text; anything else would break its JSON parsing too.
+                if frame.type is WSMsgType.BINARY:
+                    raise ProtocolError("binary WebSocket frames are not supported; send text frames")
+                break
+            session.receive(frame.data)
+    except PeerAborted as error:
+        session.close(error.message)
+    except ProtocolError as error:
+        session.abort(error)  # queues ["abort", ...] for the peer, then stops sending
+        close_code, close_reason = WSCloseCode.PROTOCOL_ERROR, error.message
+    finally:
+        session.close("WebSocket closed")
+        outbox.put_nowait(None)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(writer, _FLUSH_TIMEOUT)
+        if not ws.closed:
+            await ws.close(code=close_code, message=_close_reason(close_reason))
+    return ws
+
+
+async def _write_frames(ws: web.WebSocketResponse, outbox: asyncio.Queue[str | None]) -> None:
+    """The single writer: frames leave in the order the session produced them."""
+    while (text := await outbox.get()) is not None:
+        if ws.closed:
+            continue  # drain the queue; the peer is gone
+        try:
+            await ws.send_str(text)
+        except ConnectionError:
+            log.debug("RPC WebSocket peer went away while we were sending")
+
+
+def _close_reason(reason: str) -> bytes:
+    # A close frame's reason is limited to 123 bytes; cut on a character boundary.
+    return reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
