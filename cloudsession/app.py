@@ -16,11 +16,12 @@ from aiohttp import web
 from cloudsession.app_keys import LIVE, SERVICE, SETTINGS, STORE
 from cloudsession.config import Settings
 from cloudsession.errors import PayloadTooLarge, ShareError
-from cloudsession.live import NullSink
+from cloudsession.live import LiveHub
 from cloudsession.models import json_bytes
 from cloudsession.routes import setup_routes
 from cloudsession.service import ShareService
 from cloudsession.store import open_store
+from cloudsession.views import RENDERER, ViewRenderer
 
 __all__ = ["create_app", "SETTINGS", "STORE", "SERVICE", "LIVE"]
 
@@ -82,7 +83,8 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.limits.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[LIVE] = NullSink()
+    LiveHub().attach(app)  # sets app[LIVE]: viewers of /ws/<id> hear about every sync
+    app[RENDERER] = ViewRenderer()
 
     async def storage(app: web.Application) -> AsyncIterator[None]:
         async with open_store(settings) as store:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cloudsession import api, ops
+from cloudsession import api, live, ops, views
+from cloudsession.pages import STATIC_DIR
 
 SHARE = r"/api/{family:shares?}/{id}"
 
@@ -35,3 +36,12 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/sessions", api.list_sessions, name="api.sessions")
     r.add_route("OPTIONS", "/api/{tail:.*}", api.api_options, name="api.options")
     r.add_route("*", "/api/{tail:.*}", api.api_not_found, name="api.not_found")
+
+    # HTML views (views.py) and live updates (live.py); see docs/views.md.
+    r.add_get("/sessions", views.sessions_page, name="views.sessions")
+    r.add_post("/sessions/login", views.login, name="views.login")
+    r.add_post("/sessions/logout", views.logout, name="views.logout")
+    r.add_get("/share/{id}", views.share_page, name="views.share")
+    r.add_get("/share/{id}/fragments", views.share_fragments, name="views.fragments")
+    r.add_get("/ws/{id}", live.share_socket, name="live.socket")
+    r.add_static("/static", STATIC_DIR, name="static")

@@ -1,0 +1,315 @@
+// Live updates for the share page (served by cloudsession; see docs/views.md).
+//
+// The page is complete without this script. With it, the page listens on /ws/<id>?format=events
+// and, for every sync, fetches rendered fragments of just the messages that changed from
+// /share/<id>/fragments, then swaps them in place: no reload, the reader's scroll position and
+// opened sections are kept. After a disconnect it reconnects with backoff and catches up by
+// comparing content hashes of the messages on this page.
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var shareId = body.getAttribute("data-share-id");
+  if (!shareId) return;
+
+  var page = parseInt(body.getAttribute("data-page"), 10) || 1;
+  var syncCount = parseInt(body.getAttribute("data-sync-count"), 10) || 0;
+  var base = "/share/" + encodeURIComponent(shareId);
+  var pending = { ids: new Set(), header: false, diffs: false, digest: false };
+  var inflight = false;
+  var timer = null;
+  var retries = 0;
+  var stopped = false;
+  var socket = null;
+
+  function byId(id) {
+    return document.getElementById(id);
+  }
+
+  function setStatus(text, kind) {
+    var el = byId("live-status");
+    if (!el) return;
+    el.hidden = false;
+    el.textContent = text;
+    el.className = "live-status " + kind;
+  }
+
+  function banner(id, text, link, kind) {
+    var el = byId(id);
+    if (!el) return;
+    el.textContent = text;
+    if (link) {
+      var a = document.createElement("a");
+      a.href = link.href;
+      a.textContent = link.text;
+      el.appendChild(document.createTextNode(" "));
+      el.appendChild(a);
+    }
+    el.className = "banner" + (kind ? " " + kind : "");
+    el.hidden = false;
+  }
+
+  // Server-rendered, sanitised HTML to a node (a <template> keeps it inert while parsing).
+  function fromHtml(html) {
+    var t = document.createElement("template");
+    t.innerHTML = html.trim();
+    return t.content.firstElementChild;
+  }
+
+  // Carry the open/closed state of <details data-k> from the old element to its replacement.
+  function keepOpen(oldEl, newEl) {
+    var state = {};
+    oldEl.querySelectorAll("details[data-k]").forEach(function (d) {
+      state[d.getAttribute("data-k")] = d.open;
+    });
+    newEl.querySelectorAll("details[data-k]").forEach(function (d) {
+      var key = d.getAttribute("data-k");
+      if (Object.prototype.hasOwnProperty.call(state, key)) d.open = state[key];
+    });
+  }
+
+  function replaceEl(oldEl, html) {
+    if (!oldEl) return;
+    var fresh = fromHtml(html);
+    if (!fresh) return;
+    keepOpen(oldEl, fresh);
+    if (oldEl.id === "share-header") {
+      // The live indicator lives in the header; keep its current text.
+      var oldStatus = byId("live-status");
+      var newStatus = fresh.querySelector("#live-status");
+      if (oldStatus && newStatus) newStatus.replaceWith(oldStatus);
+    }
+    oldEl.replaceWith(fresh);
+  }
+
+  // Run a DOM change without moving what the reader is looking at: the first message visible
+  // at the top keeps its position; a reader at the very bottom stays at the bottom (following).
+  function keepScroll(change) {
+    var doc = document.documentElement;
+    var following = window.innerHeight + window.scrollY >= doc.scrollHeight - 40 && window.scrollY > 0;
+    var anchorId = null;
+    var anchorTop = 0;
+    var candidates = document.querySelectorAll("#messages > article, #diffs");
+    for (var i = 0; i < candidates.length; i++) {
+      var rect = candidates[i].getBoundingClientRect();
+      if (rect.bottom > 0) {
+        anchorId = candidates[i].id;
+        anchorTop = rect.top;
+        break;
+      }
+    }
+    change();
+    if (following) {
+      window.scrollTo(0, doc.scrollHeight);
+    } else if (anchorId && window.scrollY > 0) {
+      var anchor = byId(anchorId);
+      if (anchor) {
+        var delta = anchor.getBoundingClientRect().top - anchorTop;
+        if (delta) window.scrollBy(0, delta);
+      }
+    }
+  }
+
+  function navList() {
+    return byId("nav-list");
+  }
+
+  function applyNav(m) {
+    var list = navList();
+    if (!list || !m.nav) return;
+    var item = fromHtml(m.nav);
+    var existing = list.querySelector('li[data-id="' + CSS.escape(m.id) + '"]');
+    if (existing) {
+      existing.replaceWith(item);
+    } else {
+      var at = list.children[m.number - 1];
+      if (at) list.insertBefore(item, at);
+      else list.appendChild(item);
+    }
+    var count = byId("nav-count");
+    if (count) count.textContent = String(list.children.length);
+  }
+
+  function applyMessage(m) {
+    applyNav(m);
+    var el = byId("msg-" + m.id);
+    if (m.page !== page || !m.html) {
+      if (!el && m.page > page) {
+        banner("new-below", "New messages on later pages.", { href: "?page=last", text: "Go to the latest" });
+      }
+      return;
+    }
+    if (el) {
+      if (el.getAttribute("data-hash") !== m.hash) replaceEl(el, m.html);
+      return;
+    }
+    var fresh = fromHtml(m.html);
+    var list = byId("messages");
+    var before = m.before ? byId("msg-" + m.before) : null;
+    if (before) list.insertBefore(fresh, before);
+    else list.appendChild(fresh);
+    fresh.classList.add("flash");
+    var waiting = byId("waiting");
+    if (waiting) waiting.remove();
+  }
+
+  function apply(data) {
+    keepScroll(function () {
+      if (typeof data.header === "string") replaceEl(byId("share-header"), data.header);
+      if (typeof data.diffs === "string") replaceEl(byId("diffs"), data.diffs);
+      if (typeof data.nav === "string" && data.nav) {
+        var list = navList();
+        var holder = document.createElement("template");
+        holder.innerHTML = data.nav;
+        if (list) list.appendChild(holder.content);
+      }
+      (data.messages || []).forEach(applyMessage);
+    });
+    if (Array.isArray(data.digest)) {
+      // Catch-up: anything on this page whose content hash differs (or is absent) is refetched.
+      data.digest.forEach(function (d) {
+        var el = byId("msg-" + d.id);
+        if (!el || el.getAttribute("data-hash") !== d.hash) pending.ids.add(d.id);
+      });
+    }
+    if (typeof data.syncCount === "number") syncCount = data.syncCount;
+    body.setAttribute("data-sync-count", String(syncCount));
+  }
+
+  function schedule(delay) {
+    if (timer || inflight || stopped) return;
+    timer = setTimeout(flush, delay);
+  }
+
+  function requeue(ids, want) {
+    ids.forEach(function (id) { pending.ids.add(id); });
+    pending.header = pending.header || want.header;
+    pending.diffs = pending.diffs || want.diffs;
+    pending.digest = pending.digest || want.digest;
+  }
+
+  function flush() {
+    timer = null;
+    if (inflight || stopped) return;
+    var ids = Array.from(pending.ids).slice(0, 200);
+    ids.forEach(function (id) { pending.ids.delete(id); });
+    var want = { header: pending.header, diffs: pending.diffs, digest: pending.digest };
+    pending.header = pending.diffs = pending.digest = false;
+    if (!ids.length && !want.header && !want.diffs && !want.digest) return;
+
+    var params = new URLSearchParams({ page: String(page) });
+    if (ids.length) params.set("ids", ids.join(","));
+    if (want.header) params.set("header", "1");
+    if (want.diffs) params.set("diffs", "1");
+    if (want.digest) {
+      params.set("digest", "1");
+      var list = navList();
+      params.set("nav_from", String((list ? list.children.length : 0) + 1));
+    }
+    inflight = true;
+    fetch(base + "/fragments?" + params.toString(), { cache: "no-store", headers: { Accept: "application/json" } })
+      .then(function (res) {
+        if (res.status === 404) {
+          gone();
+          return null;
+        }
+        if (!res.ok) throw new Error("HTTP " + res.status);
+        return res.json();
+      })
+      .then(function (data) {
+        inflight = false;
+        if (data) apply(data);
+        if (pending.ids.size || pending.header || pending.diffs || pending.digest) schedule(0);
+      })
+      .catch(function () {
+        inflight = false;
+        requeue(ids, want);
+        setTimeout(function () { schedule(0); }, 2000);
+      });
+  }
+
+  function catchUp() {
+    pending.digest = pending.header = pending.diffs = true;
+    schedule(0);
+  }
+
+  function handle(event) {
+    if (event.type === "hello") {
+      if (event.syncCount !== syncCount) catchUp();
+    } else if (event.type === "sync") {
+      (event.messages || []).forEach(function (id) { pending.ids.add(id); });
+      pending.header = true; // counts, times and the sync count change with every sync
+      if (event.diffs) pending.diffs = true;
+      schedule(30);
+    } else if (event.type === "resync") {
+      catchUp();
+    } else if (event.type === "deleted") {
+      gone();
+    }
+  }
+
+  function gone() {
+    if (stopped) return;
+    stopped = true;
+    if (socket) socket.close();
+    setStatus("deleted", "down");
+    banner("live-banner", "This share has been deleted. What you see is the last version shown.", null, "gone");
+  }
+
+  function reconnectLater() {
+    if (stopped) return;
+    // 1 s, 2 s, 4 s ... capped at 30 s, with jitter so viewers do not reconnect in lockstep.
+    var delay = Math.min(30000, 1000 * Math.pow(2, retries)) * (0.5 + Math.random() / 2);
+    retries += 1;
+    setTimeout(connect, delay);
+  }
+
+  function connect() {
+    if (stopped) return;
+    var scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    var url = scheme + "//" + location.host + "/ws/" + encodeURIComponent(shareId) + "?format=events";
+    try {
+      socket = new WebSocket(url);
+    } catch (e) {
+      reconnectLater();
+      return;
+    }
+    socket.onopen = function () {
+      retries = 0;
+      setStatus("live", "ok");
+    };
+    socket.onmessage = function (message) {
+      var event;
+      try {
+        event = JSON.parse(message.data);
+      } catch (e) {
+        return;
+      }
+      if (event && typeof event.type === "string") handle(event);
+    };
+    socket.onclose = function (closeEvent) {
+      socket = null;
+      if (closeEvent.code === 4404) {
+        gone();
+        return;
+      }
+      setStatus("reconnecting…", "down");
+      // While disconnected, one fetch tells whether the share still exists and catches up.
+      catchUp();
+      reconnectLater();
+    };
+  }
+
+  // A link to #msg-<id> of a message on another page: follow the navigator to its page.
+  function followHash() {
+    var hash = decodeURIComponent(location.hash.slice(1));
+    if (hash.indexOf("msg-") !== 0 || byId(hash)) return;
+    var list = navList();
+    var item = list && list.querySelector('li[data-id="' + CSS.escape(hash.slice(4)) + '"] a');
+    if (item && item.getAttribute("href").indexOf("?page=") === 0) location.href = item.href;
+  }
+
+  window.addEventListener("hashchange", followHash);
+  followHash();
+  connect();
+})();

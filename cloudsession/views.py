@@ -1,0 +1,279 @@
+"""HTML doors: the share page, its fragment endpoint, the session list with its sign-in, and the
+HTML not-found page.
+
+Handlers parse the request, ask the share service for public data, and hand it to
+``cloudsession.pages`` for rendering. Rendering runs in a worker thread (one at a time, under the
+renderer's lock) so that a large share never stalls the event loop that acknowledges syncs.
+Every HTML response carries a strict Content-Security-Policy: scripts and styles only from this
+server, no inline code, no third-party requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import math
+import re
+import threading
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from cloudsession.app_keys import SERVICE, SETTINGS
+from cloudsession.credentials import secrets_equal
+from cloudsession.errors import SessionNotFound
+from cloudsession.models import PublicShare, json_bytes
+from cloudsession.pages import Fragment, PageRenderer
+
+T = TypeVar("T")
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+ADMIN_HEADER = "x-opencode-share-key"
+ADMIN_COOKIE = "cloudsession_admin"
+ADMIN_COOKIE_MAX_AGE = 30 * 24 * 3600
+SESSIONS_PER_PAGE = 50
+MAX_QUERY_CHARS = 200
+MAX_FRAGMENT_IDS = 200
+MAX_ID_CHARS = 128
+MAX_PAGE = 1_000_000
+# A wrong admin key costs this long: slows guessing without any shared state.
+LOGIN_FAILURE_DELAY = 0.5
+
+
+class ViewRenderer:
+    """The application's ``PageRenderer`` plus the lock that serialises its use across threads."""
+
+    def __init__(self, renderer: PageRenderer | None = None) -> None:
+        self.pages = renderer or PageRenderer()
+        self._lock = threading.Lock()
+
+    async def run(self, work: Callable[[PageRenderer], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return work(self.pages)
+
+        return await asyncio.to_thread(locked)
+
+
+RENDERER: web.AppKey[ViewRenderer] = web.AppKey("renderer", ViewRenderer)
+
+
+def html_response(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    response = web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+    response.headers.update(SECURITY_HEADERS)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _json_response(data: Any) -> web.Response:
+    response = web.Response(body=json_bytes(data), content_type="application/json")
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _int_param(request: web.Request, name: str, default: int, maximum: int = MAX_PAGE) -> int:
+    raw = request.query.get(name, "")
+    if not raw.isdigit() or len(raw) > 9:
+        return default
+    return min(max(int(raw), 1), maximum)
+
+
+async def not_found_page(request: web.Request) -> web.Response:
+    text = await request.app[RENDERER].run(lambda pages: pages.template("404.html").render())
+    return html_response(text, status=404)
+
+
+async def _public_share(request: web.Request) -> PublicShare | None:
+    try:
+        return await request.app[SERVICE].public_share(request.match_info["id"])
+    except SessionNotFound:
+        return None
+
+
+# --------------------------------------------------------------------------- share page
+
+
+async def share_page(request: web.Request) -> web.Response:
+    """``GET /share/{id}``: the rendered share, one page of messages (``?page=N`` or ``last``)."""
+    share = await _public_share(request)
+    if share is None:
+        return await not_found_page(request)
+    renderer = request.app[RENDERER]
+    if request.query.get("page") == "last":
+        page = MAX_PAGE  # clamped to the last page by the renderer
+    else:
+        page = _int_param(request, "page", 1)
+    text = await renderer.run(lambda pages: pages.share_page(share, page))
+    return html_response(text)
+
+
+_ID_LIST_RE = re.compile(r"^[A-Za-z0-9_\-,]*$")
+
+
+async def share_fragments(request: web.Request) -> web.Response:
+    """``GET /share/{id}/fragments``: what a live page needs to update itself in place.
+
+    Query: ``ids`` (comma-separated message ids, at most 200), ``page`` (the viewer's page),
+    ``header=1``, ``diffs=1``, ``digest=1`` (id and content hash of every message on ``page``),
+    ``nav_from=N`` (navigator entries from position N on). Only public data is returned.
+    """
+    share = await _public_share(request)
+    if share is None:
+        raise web.HTTPNotFound(text="Session not found")
+    raw_ids = request.query.get("ids", "")
+    if len(raw_ids) > MAX_FRAGMENT_IDS * (MAX_ID_CHARS + 1) or not _ID_LIST_RE.match(raw_ids):
+        raise web.HTTPBadRequest(text="ids must be a comma-separated list of message ids")
+    ids = [i for i in dict.fromkeys(raw_ids.split(",")) if i]
+    if len(ids) > MAX_FRAGMENT_IDS or any(len(i) > MAX_ID_CHARS for i in ids):
+        raise web.HTTPBadRequest(text=f"at most {MAX_FRAGMENT_IDS} ids of at most {MAX_ID_CHARS} characters")
+    page = _int_param(request, "page", 1)
+    flags = {name: request.query.get(name) == "1" for name in ("header", "diffs", "digest")}
+    nav_from = _int_param(request, "nav_from", 0) if "nav_from" in request.query else None
+
+    def build(pages: PageRenderer) -> dict[str, Any]:
+        view = pages.view(share)
+        body: dict[str, Any] = {
+            "syncCount": share.sync_count,
+            "lastUpdated": share.last_updated,
+            "pages": view.pages,
+            "messageCount": len(view.entries),
+        }
+        if flags["header"]:
+            body["header"] = pages.header_html(view)
+        if flags["diffs"]:
+            body["diffs"] = pages.diffs_html(view)
+        if flags["digest"]:
+            body["digest"] = [{"id": e.id, "hash": e.hash} for e in view.page_entries(min(page, view.pages))]
+        if nav_from is not None:
+            body["nav"] = "".join(pages.nav_html(view, e, page) for e in view.entries[max(nav_from - 1, 0) :])
+        messages, missing = [], []
+        for fragment in pages.fragments(share, ids, page):
+            if isinstance(fragment, Fragment):
+                messages.append(fragment.__dict__)
+            else:
+                missing.append(fragment)
+        body["messages"] = messages
+        body["missing"] = missing
+        return body
+
+    return _json_response(await request.app[RENDERER].run(build))
+
+
+# --------------------------------------------------------------------------- session list
+
+
+def _admin_key(request: web.Request) -> str | None:
+    key = request.app[SETTINGS].rpc_shared_key
+    return key.get_secret_value() if key is not None and key.get_secret_value() else None
+
+
+def _cookie_token(key: str) -> str:
+    # The cookie holds a MAC derived from the key, never the key itself.
+    return hmac.new(key.encode(), b"cloudsession sessions login v1", hashlib.sha256).hexdigest()
+
+
+def is_admin(request: web.Request) -> bool:
+    """The admin key in the header, or the sign-in cookie; both compared in constant time."""
+    key = _admin_key(request)
+    if key is None:
+        return False
+    given = request.headers.get(ADMIN_HEADER)
+    if given is not None and secrets_equal(given, key):
+        return True
+    cookie = request.cookies.get(ADMIN_COOKIE)
+    return cookie is not None and secrets_equal(cookie, _cookie_token(key))
+
+
+def _matches(entry: dict[str, Any], needle: str) -> bool:
+    return any(isinstance(entry.get(k), str) and needle in entry[k].lower() for k in ("title", "directory", "id"))
+
+
+async def sessions_page(request: web.Request) -> web.Response:
+    """``GET /sessions``: shares newest first, searchable, paginated; admin only unless
+    ``public_listing`` is on (then private shares stay hidden)."""
+    admin = is_admin(request)
+    public = request.app[SETTINGS].public_listing
+    renderer = request.app[RENDERER]
+    if not (admin or public):
+        return await _login_page(request, failed=False)
+    query = request.query.get("q", "").strip()[:MAX_QUERY_CHARS]
+    entries = await request.app[SERVICE].list_index()
+    if not admin:
+        entries = [e for e in entries if not e.get("private")]
+    if query:
+        needle = query.lower()
+        entries = [e for e in entries if _matches(e, needle)]
+    pages = max(1, math.ceil(len(entries) / SESSIONS_PER_PAGE))
+    page = min(_int_param(request, "page", 1), pages)
+    shown = entries[(page - 1) * SESSIONS_PER_PAGE : page * SESSIONS_PER_PAGE]
+
+    def page_query(n: int) -> str:
+        return urlencode({"q": query, "page": n} if query else {"page": n})
+
+    text = await renderer.run(
+        lambda p: p.template("sessions.html").render(
+            sessions=shown,
+            total=len(entries),
+            query=query,
+            page=page,
+            pages=pages,
+            page_query=page_query,
+            can_logout=ADMIN_COOKIE in request.cookies,
+        )
+    )
+    return html_response(text)
+
+
+async def _login_page(request: web.Request, *, failed: bool) -> web.Response:
+    configured = _admin_key(request) is not None
+    text = await request.app[RENDERER].run(
+        lambda p: p.template("login.html").render(failed=failed, configured=configured)
+    )
+    return html_response(text, status=401)
+
+
+def _is_https(request: web.Request) -> bool:
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.scheme == "https" or forwarded == "https"
+
+
+async def login(request: web.Request) -> web.Response:
+    """``POST /sessions/login``: the sign-in form; a right key sets the cookie and redirects."""
+    key = _admin_key(request)
+    if request.content_length is not None and request.content_length > 4096:
+        raise web.HTTPRequestEntityTooLarge(max_size=4096, actual_size=request.content_length)
+    form = await request.post()
+    given = form.get("key")
+    if key is None or not isinstance(given, str) or not secrets_equal(given, key):
+        await asyncio.sleep(LOGIN_FAILURE_DELAY)
+        return await _login_page(request, failed=True)
+    response = web.HTTPSeeOther("/sessions")
+    response.set_cookie(
+        ADMIN_COOKIE,
+        _cookie_token(key),
+        max_age=ADMIN_COOKIE_MAX_AGE,
+        path="/sessions",
+        httponly=True,
+        samesite="Strict",
+        secure=_is_https(request),
+    )
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    response = web.HTTPSeeOther("/sessions")
+    response.del_cookie(ADMIN_COOKIE, path="/sessions")
+    raise response
