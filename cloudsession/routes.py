@@ -12,6 +12,7 @@ from aiohttp import web
 
 from cloudsession import api, live, ops, views
 from cloudsession.pages import STATIC_DIR
+from cloudsession.rpc import share_rpc
 
 SHARE = r"/api/{family:shares?}/{id}"
 
@@ -45,3 +46,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/share/{id}/fragments", views.share_fragments, name="views.fragments")
     r.add_get("/ws/{id}", live.share_socket, name="live.socket")
     r.add_static("/static", STATIC_DIR, name="static")
+
+    # Cap'n Web RPC (docs/rpc.md): POST is an HTTP batch, GET with Upgrade a WebSocket session,
+    # any other method the reference's 400; auth is checked first, inside the handler.
+    r.add_route("*", "/rpc/share", share_rpc.handle, name="rpc.share")

@@ -1,0 +1,138 @@
+"""The ``/rpc/share`` door: the reference's ``ShareRpc`` contract over Cap'n Web.
+
+``createShare``, ``syncShare`` and ``deleteShare`` call the same ``ShareService`` as REST, with
+the same validation, limits and error messages; a ``ShareError`` becomes the rejection
+``["error", e.rpc_name, e.message]`` and anything unexpected a generic "Internal error". The
+reference's diagnostic methods (``probeValue``, ``probeCallback``) are deliberately absent.
+
+Auth runs before anything else: with ``SESSIONS_RPC_SHARED_KEY`` set, the header
+``x-opencode-share-key`` must match it (constant time) or the answer is 401 JSON, before any
+message is read. Without a key the endpoint is open, as in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from cloudsession.api import json_response, public_origin
+from cloudsession.app_keys import SERVICE, SETTINGS
+from cloudsession.credentials import secrets_equal
+from cloudsession.errors import ShareError, Unauthorized, ValidationFailed
+from cloudsession.models import parse_sync_items
+from cloudsession.service import ShareService
+
+from .codec import INVALID_DATE, UNDEFINED, BigInt, RpcError, RpcLimits, RpcTarget
+from .transport import serve_rpc
+
+KEY_HEADER = "x-opencode-share-key"
+
+
+class ShareRpc(RpcTarget):
+    """The main object of one RPC session. Method names are the wire contract (camelCase)."""
+
+    def __init__(self, service: ShareService, *, origin: str, max_items: int) -> None:
+        self._service = service
+        self._origin = origin
+        self._max_items = max_items
+
+    async def createShare(self, sessionID: Any, initialData: Any = UNDEFINED) -> dict[str, str]:  # noqa: N802, N803
+        """Create (or return, idempotently) the share of ``sessionID``; ``initialData`` is one sync."""
+        with _rejections():
+            items = None
+            if initialData is not UNDEFINED and initialData is not None:
+                items = self._items(initialData, "initialData")
+            credentials = await self._service.create(sessionID, origin=self._origin, initial_items=items)
+            return credentials.as_json()
+
+    async def syncShare(self, id: Any, secret: Any, data: Any) -> dict[str, Any]:  # noqa: A002, N802
+        with _rejections():
+            share_id, secret = _text(id, "id"), _text(secret, "secret")
+            items = self._items(data, "data")
+            sync_count = await self._service.sync(share_id, secret, items)
+            return {"success": True, "syncCount": sync_count}
+
+    async def deleteShare(self, id: Any, secret: Any) -> dict[str, bool]:  # noqa: A002, N802
+        with _rejections():
+            await self._service.delete(_text(id, "id"), _text(secret, "secret"))
+            return {"success": True}
+
+    def _items(self, raw: Any, name: str) -> list[dict[str, Any]]:
+        return parse_sync_items(json_data(raw, name), max_items=self._max_items, path=(name,))
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """``/rpc/share``, every method: auth, then batch (POST), WebSocket (GET upgrade) or 400."""
+    settings = request.app[SETTINGS]
+    key = settings.rpc_shared_key.get_secret_value() if settings.rpc_shared_key else ""
+    if key and not secrets_equal(request.headers.get(KEY_HEADER), key):
+        return json_response(Unauthorized().body(), status=401)
+    # One sync may be as large over RPC as over REST; the other limits keep their defaults.
+    size = settings.limits.max_body_bytes
+    limits = RpcLimits(max_message_bytes=size, max_batch_bytes=size)
+    service = request.app[SERVICE]
+    origin = public_origin(request)
+    return await serve_rpc(
+        request,
+        lambda: ShareRpc(service, origin=origin, max_items=settings.limits.max_items_per_sync),
+        limits,
+    )
+
+
+@contextmanager
+def _rejections() -> Iterator[None]:
+    """Domain errors cross the wire with their own name and message (no status, no detail)."""
+    try:
+        yield
+    except ShareError as error:
+        raise RpcError(error.rpc_name, error.message) from None
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValidationFailed(f"{name} must be a string", [{"path": [name], "message": "must be a string"}])
+    return value
+
+
+def json_data(value: Any, name: str) -> Any:
+    """What JSON.stringify would store for a decoded RPC value (the reference stores that).
+
+    ``undefined`` members are dropped (``null`` inside arrays), dates become ISO strings and
+    non-finite numbers ``null``. Values JSON cannot carry (bytes, bigints, errors, stubs) and
+    strings with lone surrogates are a validation error instead of a later storage failure.
+    """
+    return _json_data(value, [name])
+
+
+def _json_data(value: Any, path: list[Any]) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_data(v, [*path, k]) for k, v in value.items() if v is not UNDEFINED}
+    if isinstance(value, list):
+        return [None if v is UNDEFINED else _json_data(v, [*path, i]) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _not_json(path, "a string with a lone surrogate") from None
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime):
+        # Date.prototype.toJSON: "1970-01-01T00:00:00.000Z".
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if value is INVALID_DATE or value is None or value is UNDEFINED:
+        return None
+    if isinstance(value, bool) or (isinstance(value, int) and not isinstance(value, BigInt)):
+        return value
+    raise _not_json(path, f"a value of type {type(value).__name__}")
+
+
+def _not_json(path: list[Any], what: str) -> ValidationFailed:
+    where = ".".join(str(p) for p in path)
+    return ValidationFailed(f"{where} holds {what}, which JSON data cannot contain", [{"path": path, "message": what}])
