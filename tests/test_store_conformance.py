@@ -153,6 +153,8 @@ async def test_put_if_match_with_stale_etag_fails_and_keeps_data(store: ObjectSt
     current = await store.put("share/s", b"v2")
     with pytest.raises(PreconditionFailed):
         await store.put_if_match("share/s", b"v3", stale)
+    with pytest.raises(PreconditionFailed):
+        await store.put_if_match("share/s", b"v3", "")
     got = await store.get("share/s")
     assert got is not None and got.body == b"v2" and got.etag == current
 
@@ -197,6 +199,8 @@ async def test_delete_if_match_with_stale_etag_fails_and_keeps_data(store: Objec
     current = await store.put("share/d", b"x2")
     with pytest.raises(PreconditionFailed):
         await store.delete_if_match("share/d", stale)
+    with pytest.raises(PreconditionFailed):
+        await store.delete_if_match("share/d", "")
     assert await store.head("share/d") == current
 
 

@@ -222,12 +222,12 @@ class S3Store:
             return _unquote(resp["ETag"])
         except ClientError as exc:
             code = _error_code(exc)
-            if code in _CONFLICT_CODES and _retried(exc):
-                pass  # checked below, outside the handler
-            elif code in _CONFLICT_CODES or ("IfMatch" in condition and code in _MISSING_CODES):
-                raise PreconditionFailed(key) from None
-            else:
+            if code not in _CONFLICT_CODES:
+                if "IfMatch" in condition and code in _MISSING_CODES:
+                    raise PreconditionFailed(key) from None
                 raise _failure("conditional put", key, exc) from exc
+            if not _retried(exc):
+                raise PreconditionFailed(key) from None
         except BotoCoreError as exc:
             raise _failure("conditional put", key, exc) from exc
         # A precondition failure on a retried request: our first attempt may have landed and
