@@ -183,7 +183,8 @@ class RpcSession:
         decoded = decode(expr, self._limits)
         bound = [self._bind(ref) for ref in decoded.refs]  # validates every id before starting
 
-        if self._running_calls >= self._limits.max_concurrent_calls:
+        # A batch arrives all at once and is bounded by its push count; this guards WebSockets.
+        if not self._batch and self._running_calls >= self._limits.max_concurrent_calls:
             limit = self._limits.max_concurrent_calls
             outcome = self._failed(RpcError("Error", f"Too many concurrent calls on this connection (limit {limit})."))
             for ref in decoded.refs:
