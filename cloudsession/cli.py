@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from cloudsession import __version__
 from cloudsession.config import ConfigError, Settings, ensure_namespace, load_settings
@@ -34,6 +35,17 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
     return ensure_namespace(settings)
 
 
+class AccessLogger(AbstractAccessLogger):
+    """One line per request without the query string: read tokens of private shares may travel
+    in ``?token=`` and must never reach a log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %.4fs',
+            request.remote, request.method, request.path, response.status, response.body_length, time,
+        )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from cloudsession.app import create_app
 
@@ -43,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = settings.store.backend if settings.store.backend == "s3" else f"fs:{settings.store_path}"
     print(f"cloudsession {__version__} listening on http://{settings.host}:{settings.port} (store {store})", flush=True)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log_format='%a "%r" %s %b %Tfs')
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log_class=AccessLogger)
     return 0
 
 

@@ -116,3 +116,13 @@ def test_serve_with_no_environment_uses_embedded_defaults(tmp_path):
             assert json.loads(resp.read())["secret"] == first["secret"]
     finally:
         server.stop()
+
+
+def test_access_log_has_no_query_strings(tmp_path):
+    server = ServerProcess(tmp_path / "data", env={"CLOUDSESSION_LOG_LEVEL": "INFO"}).start()
+    try:
+        urllib.request.urlopen(server.url + "/healthz?token=s3cr3t-read-token").read()
+    finally:
+        server.stop()
+    log = server.log()
+    assert '"GET /healthz" 200' in log and "s3cr3t-read-token" not in log
