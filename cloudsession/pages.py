@@ -3,9 +3,8 @@
 This module knows templates and share data, not HTTP: ``views.py`` calls it, tests call it
 directly with ``PublicShare`` objects. Two caches keep rendering cheap while a session streams:
 
-- a ``ShareView`` (messages ordered, parts grouped, pages assigned) per share state, keyed by
-  (share id, sync count, last update), so a burst of fragment requests after one sync pays for
-  the grouping once;
+- a ``ShareView`` (messages ordered, parts grouped, pages assigned) per share state, so a burst
+  of fragment requests after one sync pays for the grouping once;
 - rendered message fragments keyed by a hash of the message and its parts, so a sync re-renders
   only the messages it touched and a page load re-renders only what changed since the last one.
 """
@@ -294,20 +293,22 @@ class PageRenderer:
 
     def __post_init__(self) -> None:
         self._fragments = _FragmentCache(self.fragment_cache_chars)
-        self._views: OrderedDict[tuple[str, int, int], ShareView] = OrderedDict()
+        self._views: OrderedDict[str, ShareView] = OrderedDict()
 
     def template(self, name: str) -> Template:
         return self.env.get_template(name)
 
     def view(self, share: PublicShare) -> ShareView:
-        key = (share.id, share.sync_count, share.last_updated)
-        view = self._views.get(key)
-        if view is None:
+        # Keyed by the object itself: the service hands out one PublicShare per share state, so
+        # the same object means the same content; anything else is rebuilt (the grouping is
+        # cheap, and message fragments stay cached by content hash either way).
+        view = self._views.get(share.id)
+        if view is None or view.share is not share:
             view = ShareView(share, self.page_size)
-            self._views[key] = view
+            self._views[share.id] = view
             while len(self._views) > SHARE_VIEW_CACHE_SIZE:
                 self._views.popitem(last=False)
-        self._views.move_to_end(key)
+        self._views.move_to_end(share.id)
         return view
 
     @cached_property

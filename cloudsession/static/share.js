@@ -191,14 +191,26 @@
   function flush() {
     timer = null;
     if (inflight || stopped) return;
-    var ids = Array.from(pending.ids).slice(0, 200);
-    ids.forEach(function (id) { pending.ids.delete(id); });
     var want = { header: pending.header, diffs: pending.diffs, digest: pending.digest };
     pending.header = pending.diffs = pending.digest = false;
+    var params = new URLSearchParams({ page: String(page) });
+    // At most 200 ids, and a URL well under the server's 8 KB request-line limit; the rest
+    // go in the next request.
+    var ids = [];
+    var length = 0;
+    pending.ids.forEach(function (id) {
+      var cost = encodeURIComponent(id).length + 4;
+      if (ids.length < 200 && (length + cost <= 6000 || !ids.length)) {
+        ids.push(id);
+        length += cost;
+      }
+    });
+    ids.forEach(function (id) {
+      pending.ids.delete(id);
+      params.append("id", id);
+    });
     if (!ids.length && !want.header && !want.diffs && !want.digest) return;
 
-    var params = new URLSearchParams({ page: String(page) });
-    if (ids.length) params.set("ids", ids.join(","));
     if (want.header) params.set("header", "1");
     if (want.diffs) params.set("diffs", "1");
     if (want.digest) {
@@ -213,6 +225,7 @@
           gone();
           return null;
         }
+        if (res.status >= 400 && res.status < 500) return null; // a bad request is not retried
         if (!res.ok) throw new Error("HTTP " + res.status);
         return res.json();
       })

@@ -1,0 +1,302 @@
+"""The HTML doors through HTTP: share page, fragment endpoint, session list with its sign-in,
+404 page, security headers, and the absence of secrets and real session ids in every response."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bs4 import BeautifulSoup
+
+from cloudsession.app import create_app
+from cloudsession.config import Settings
+from view_data import SES, hostile_items, item, part, rich_items, session, user
+
+ADMIN_KEY = "admin-key-for-tests-0123456789"
+
+
+@pytest.fixture
+def view_settings(tmp_path: Path) -> Settings:
+    return Settings.for_tests(tmp_path / "data", rpc_shared_key=ADMIN_KEY)
+
+
+@pytest.fixture
+async def web(aiohttp_client, view_settings):  # type: ignore[no-untyped-def]
+    return await aiohttp_client(create_app(view_settings))
+
+
+async def create(web, session_id: str = SES) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    response = await web.post("/api/share", json={"sessionID": session_id})
+    assert response.status == 200
+    return await response.json()
+
+
+async def sync(web, creds: dict[str, str], items: list[dict[str, Any]]) -> None:  # type: ignore[no-untyped-def]
+    response = await web.post(f"/api/share/{creds['id']}/sync", json={"secret": creds["secret"], "data": items})
+    assert response.status == 200, await response.text()
+
+
+def soup_of(html: str) -> BeautifulSoup:
+    return BeautifulSoup(html, "html.parser")
+
+
+# --------------------------------------------------------------------------- share page
+
+
+async def test_share_page_renders_synced_data_with_security_headers(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    await sync(web, creds, rich_items())
+    response = await web.get(f"/share/{creds['id']}")
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    page = soup_of(await response.text())
+    assert len(page.select("#messages article")) == 6
+    assert page.select_one("body")["data-share-id"] == creds["id"]
+    # No inline script or style anywhere: the CSP would block them, and none is needed.
+    assert all(s.get("src", "").startswith("/static/") for s in page.select("script"))
+    assert page.select("style") == [] and page.select("[style]") == []
+
+
+async def test_static_assets_are_served_by_the_app(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    page = soup_of(await (await web.get(f"/share/{creds['id']}")).text())
+    urls = [l["href"] for l in page.select("link[href]")] + [s["src"] for s in page.select("script[src]")]
+    assert len(urls) == 4
+    for url in urls:
+        assert url.startswith("/static/")
+        response = await web.get(url)
+        assert response.status == 200 and len(await response.read()) > 100
+
+
+async def test_new_share_waits_for_its_first_sync(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    response = await web.get(f"/share/{creds['id']}")
+    assert response.status == 200
+    assert "Waiting for the first sync" in soup_of(await response.text()).select_one("#waiting").get_text()
+
+
+@pytest.mark.parametrize("share_id", ["Nope1234", "a..b", "x" * 300, "%3Cscript%3E"])
+async def test_unknown_share_gets_the_404_page(web, share_id: str) -> None:  # type: ignore[no-untyped-def]
+    response = await web.get(f"/share/{share_id}")
+    assert response.status == 404
+    assert response.content_type == "text/html"
+    page = soup_of(await response.text())
+    assert page.select_one("title").get_text() == "Not Found"
+    assert page.select_one("h1").get_text() == "404 - Not Found"
+    assert page.select_one("main a[href=\"/sessions\"]").get_text() == "Back to sessions"
+    assert "<script>" not in await response.text()
+
+
+async def test_deleted_share_gets_the_404_page(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    await sync(web, creds, rich_items())
+    assert (await web.delete(f"/api/share/{creds['id']}", json={"secret": creds["secret"]})).status == 200
+    assert (await web.get(f"/share/{creds['id']}")).status == 404
+
+
+async def test_page_parameter_selects_and_clamps_pages(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    items = [item("session", session())]
+    for n in range(130):
+        message = user(n * 1000)
+        items += [item("message", message), item("part", part(message, "text", text=f"number {n + 1}"))]
+    await sync(web, creds, items)
+    for query, page, count in [("", "1", 100), ("?page=2", "2", 30), ("?page=last", "2", 30), ("?page=999", "2", 30), ("?page=-3", "1", 100), ("?page=abc", "1", 100)]:
+        body = soup_of(await (await web.get(f"/share/{creds['id']}{query}")).text())
+        assert body.select_one("body")["data-page"] == page
+        assert len(body.select("#messages article")) == count
+
+
+# --------------------------------------------------------------------------- fragments
+
+
+async def test_fragments_return_requested_messages_header_diffs_and_digest(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    items = rich_items()
+    await sync(web, creds, items)
+    messages = [i["data"]["id"] for i in items if i["type"] == "message"]
+    response = await web.get(
+        f"/share/{creds['id']}/fragments",
+        params=[("id", messages[1]), ("id", "msg_unknown"), ("header", "1"), ("diffs", "1"), ("digest", "1"), ("page", "1"), ("nav_from", "5")],
+    )
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    body = await response.json()
+    assert body["syncCount"] == 1 and body["pages"] == 1 and body["messageCount"] == 6
+    [fragment] = body["messages"]
+    assert fragment["id"] == messages[1] and fragment["page"] == 1 and fragment["number"] == 2
+    assert fragment["before"] == messages[2]
+    html = soup_of(fragment["html"])
+    assert html.select_one("article")["id"] == f"msg-{messages[1]}"
+    assert html.select_one("article")["data-hash"] == fragment["hash"]
+    assert soup_of(fragment["nav"]).select_one("li")["data-id"] == messages[1]
+    assert body["missing"] == ["msg_unknown"]
+    assert soup_of(body["header"]).select_one("#share-header h1").get_text() == "Add a greeting module"
+    assert len(soup_of(body["diffs"]).select("details.file-diff")) == 2
+    assert [d["id"] for d in body["digest"]] == messages
+    assert len(soup_of(body["nav"]).select("li")) == 2  # entries 5 and 6
+
+
+async def test_fragment_hash_changes_only_for_the_touched_message(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    items = rich_items()
+    await sync(web, creds, items)
+    before = {d["id"]: d["hash"] for d in (await (await web.get(f"/share/{creds['id']}/fragments?digest=1")).json())["digest"]}
+    text_part = copy.deepcopy(next(i for i in items if i["type"] == "part" and i["data"]["type"] == "text"))
+    text_part["data"]["text"] = "changed"
+    await sync(web, creds, [text_part])
+    after = {d["id"]: d["hash"] for d in (await (await web.get(f"/share/{creds['id']}/fragments?digest=1")).json())["digest"]}
+    assert {k for k in after if after[k] != before[k]} == {text_part["data"]["messageID"]}
+
+
+async def test_fragments_reject_too_many_ids_and_unknown_shares(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    too_many = [("id", f"msg_{n}") for n in range(201)]
+    assert (await web.get(f"/share/{creds['id']}/fragments", params=too_many)).status == 400
+    assert (await web.get(f"/share/{creds['id']}/fragments", params=[("id", "m" * 300)])).status == 400
+    assert (await web.get("/share/Nope1234/fragments")).status == 404
+
+
+async def test_no_secret_or_real_session_id_in_any_view_response(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    items = rich_items()
+    await sync(web, creds, items)
+    ids = [("id", i["data"]["id"]) for i in items if i["type"] == "message"]
+    bodies = [
+        await (await web.get(f"/share/{creds['id']}")).text(),
+        await (await web.get(f"/share/{creds['id']}/fragments", params=ids + [("header", "1"), ("diffs", "1"), ("digest", "1"), ("nav_from", "1")])).text(),
+        await (await web.get("/sessions", headers={"x-opencode-share-key": ADMIN_KEY})).text(),
+    ]
+    for body in bodies:
+        assert creds["secret"] not in body
+        assert SES not in body
+
+
+# --------------------------------------------------------------------------- hostile content
+
+
+async def test_hostile_content_is_inert_in_page_and_fragments(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    items = hostile_items()
+    await sync(web, creds, items)
+    page = await (await web.get(f"/share/{creds['id']}")).text()
+    ids = [("id", i["data"]["id"]) for i in items if i["type"] == "message"]
+    fragments = await (await web.get(f"/share/{creds['id']}/fragments", params=ids + [("header", "1"), ("diffs", "1")])).json()
+    assert len(fragments["messages"]) == 2  # crafted ids are looked up, not rejected
+    documents = [page, fragments["header"], fragments["diffs"]] + [m["html"] + m["nav"] for m in fragments["messages"]]
+    for document in documents:
+        soup = soup_of(document)
+        scripts = soup.select("script")
+        assert all(s.get("src", "").startswith("/static/share.js") for s in scripts), scripts
+        for element in soup.find_all(True):
+            handlers = [a for a in element.attrs if a.lower().startswith("on")]
+            assert handlers == [], (element.name, handlers)
+            for attribute in ("href", "src", "action"):
+                value = str(element.get(attribute, "")).strip().lower()
+                assert not value.startswith(("javascript:", "vbscript:", "data:text", "data:image/svg")), value
+    title = soup_of(page).select_one("title").get_text()
+    assert title.startswith("<script>window.__xss=1</script>")  # shown as text, not markup
+
+
+def test_every_safe_filter_in_the_templates_is_explained() -> None:
+    templates = Path(__file__).resolve().parents[1] / "templates"
+    unexplained = []
+    for path in sorted(templates.rglob("*.html")):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if re.search(r"\|\s*safe\b", line):
+                context = " ".join(lines[max(0, number - 2) : number + 1])
+                if "{# safe:" not in context:
+                    unexplained.append(f"{path.name}:{number + 1}")
+    assert unexplained == []
+    assert any("| safe" in p.read_text() for p in templates.glob("*.html"))  # the check has work to do
+
+
+# --------------------------------------------------------------------------- session list
+
+
+async def _shares(web, count: int) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+    made = []
+    for n in range(count):
+        creds = await create(web, f"ses_list{n:04d}aaaaaaaaaaaaaaaaaaaa")
+        title = "Alpha project" if n % 2 else f"Session {n}"
+        await sync(web, creds, [item("session", session(id=f"ses_list{n:04d}aaaaaaaaaaaaaaaaaaaa", title=title, directory=f"/w/dir{n}"))])
+        made.append(creds)
+    return made
+
+
+async def test_session_list_requires_the_admin_key(web) -> None:  # type: ignore[no-untyped-def]
+    await _shares(web, 1)
+    for headers in ({}, {"x-opencode-share-key": "wrong"}):
+        response = await web.get("/sessions", headers=headers)
+        assert response.status == 401
+        page = soup_of(await response.text())
+        assert page.select_one("form.login input[type=password]") is not None
+        assert page.select(".session-card") == []
+    response = await web.get("/sessions", headers={"x-opencode-share-key": ADMIN_KEY})
+    assert response.status == 200
+    assert len(soup_of(await response.text()).select(".session-card")) == 1
+
+
+async def test_login_form_sets_a_cookie_that_is_not_the_key(web) -> None:  # type: ignore[no-untyped-def]
+    made = await _shares(web, 1)
+    wrong = await web.post("/sessions/login", data={"key": "nope"})
+    assert wrong.status == 401
+    assert "not right" in await wrong.text()
+    assert "cloudsession_admin" not in wrong.cookies
+    right = await web.post("/sessions/login", data={"key": ADMIN_KEY}, allow_redirects=False)
+    assert right.status == 303 and right.headers["Location"] == "/sessions"
+    cookie = right.cookies["cloudsession_admin"]
+    assert ADMIN_KEY not in cookie.value
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/sessions"
+    listed = await web.get("/sessions")  # the test client keeps the cookie
+    assert listed.status == 200
+    assert soup_of(await listed.text()).select_one(".session-card")["href"] == f"/share/{made[0]['id']}"
+    await web.post("/sessions/logout", allow_redirects=False)
+    web.session.cookie_jar.clear()
+    assert (await web.get("/sessions")).status == 401
+    # A failed sign-in changed nothing stored.
+    assert (await web.get(f"/api/share/{made[0]['id']}/metadata")).status == 200
+
+
+async def test_session_list_sorts_searches_and_paginates(web) -> None:  # type: ignore[no-untyped-def]
+    made = await _shares(web, 55)
+    key = {"x-opencode-share-key": ADMIN_KEY}
+    first = soup_of(await (await web.get("/sessions", headers=key)).text())
+    cards = first.select(".session-card")
+    assert len(cards) == 50
+    assert cards[0]["href"] == f"/share/{made[-1]['id']}"  # newest first
+    assert "55 shares · page 1 of 2" in first.select_one("p.meta").get_text()
+    meta = " ".join(cards[0].select_one(".meta").get_text().split())
+    assert re.fullmatch(r"/w/dir54 · 0 messages · 0 parts · 1 sync · \w{3} \d+, \d\d:\d\d [AP]M", meta)
+    second = soup_of(await (await web.get("/sessions?page=2", headers=key)).text())
+    assert len(second.select(".session-card")) == 5
+    found = soup_of(await (await web.get("/sessions", params={"q": "ALPHA"}, headers=key)).text())
+    assert len(found.select(".session-card")) == 27
+    assert all(c.select_one(".session-title").get_text() == "Alpha project" for c in found.select(".session-card"))
+    by_dir = soup_of(await (await web.get("/sessions", params={"q": "/w/dir7"}, headers=key)).text())
+    assert [c["href"] for c in by_dir.select(".session-card")] == [f"/share/{made[7]['id']}"]
+    none = soup_of(await (await web.get("/sessions", params={"q": "<script>"}, headers=key)).text())
+    assert "No session matches" in none.get_text()
+
+
+async def test_public_listing_setting_opens_the_list(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    web = await aiohttp_client(create_app(Settings.for_tests(tmp_path / "d", public_listing=True)))
+    await _shares(web, 2)
+    response = await web.get("/sessions")
+    assert response.status == 200
+    assert len(soup_of(await response.text()).select(".session-card")) == 2
+
+
+async def test_login_page_says_when_no_key_is_configured(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    web = await aiohttp_client(create_app(Settings.for_tests(tmp_path / "d")))
+    response = await web.get("/sessions")
+    assert response.status == 401
+    assert "No admin key is configured" in await response.text()
+    assert (await web.post("/sessions/login", data={"key": ""})).status == 401

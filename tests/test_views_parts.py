@@ -1,0 +1,351 @@
+"""HTML tests of the share page: every part type, tool and tool state, the header, the diff panel,
+ordering, anchors, pagination and the waiting state, rendered from PublicShare objects (the real
+client's share and synthetic ones) and checked with CSS selectors on the parsed HTML."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from bs4 import BeautifulSoup, Tag
+
+from cloudsession.pages import PageRenderer
+from view_data import ROOT, fold, real_share, rich_items, session, user, assistant, part, item
+
+
+@pytest.fixture(scope="module")
+def renderer() -> PageRenderer:
+    return PageRenderer()
+
+
+@pytest.fixture(scope="module")
+def rich_data() -> list[dict]:
+    return rich_items()
+
+
+@pytest.fixture(scope="module")
+def rich(renderer: PageRenderer, rich_data: list[dict]) -> BeautifulSoup:
+    return BeautifulSoup(renderer.share_page(fold(rich_data), 1), "html.parser")
+
+
+def text(node: Tag | None) -> str:
+    assert node is not None
+    return " ".join(node.get_text(" ").split())
+
+
+def tool_section(soup: BeautifulSoup, name: str, status: str = "completed") -> Tag:
+    found = soup.select(f"section.tool.tool-{name}.status-{status}")
+    assert found, f"no {name} tool in state {status}"
+    return found[0]
+
+
+# --------------------------------------------------------------------------- the real client's share
+
+
+def test_real_share_renders_every_message_and_part(renderer: PageRenderer) -> None:
+    share = real_share()
+    soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    articles = soup.select("#messages > article.message")
+    assert [a["id"] for a in articles] == [
+        "msg-" + m["id"] for m in sorted(share.messages, key=lambda m: m["time"]["created"])
+    ]
+    assert len(soup.select("section.part")) == len(share.parts)
+    assert text(soup.select_one("h1")) == "Hello from the stub model. (title)"
+    header = text(soup.select_one("#share-header"))
+    assert "/home/devel/sandbox-serve/proj" in header and "5 messages" in header and "12 parts" in header
+    assert "54 tokens" in header and "4 syncs" in header and "Stub Model (stub/stub-model)" in header
+    write = tool_section(soup, "write")
+    assert text(write.select_one(".tool-title")) == "hello.txt"
+    assert "hello from stub" in text(write.select_one("pre.file-content"))
+    assert [text(s) for s in soup.select(".step-finish .tokens")] == ["11in / 7out"] * 3
+    assert text(soup.select_one(".part-patch li")) == "hello.txt"
+    assert soup.select_one('meta[name="robots"]')["content"].startswith("noindex")
+
+
+# --------------------------------------------------------------------------- header, order, anchors
+
+
+def test_header_sums_cost_tokens_and_lists_models(rich: BeautifulSoup) -> None:
+    header = text(rich.select_one("#share-header"))
+    assert "Add a greeting module" in header
+    assert ROOT in header
+    assert "6 messages" in header
+    assert "$0.1263" in header  # three assistant messages at $0.0421
+    assert "4,620 tokens" in header  # (1,200 in + 340 out) x 3
+    assert "Claude Sonnet 4 (anthropic/claude-sonnet-4)" in header
+    assert re.search(r"Created \w{3} \d+, \d\d:\d\d:\d\d [AP]M · Updated .* · 1 syncs", header)
+
+
+def test_messages_have_role_time_model_and_anchor(rich: BeautifulSoup) -> None:
+    articles = rich.select("#messages > article.message")
+    assert [a["class"][1] for a in articles] == ["user", "assistant"] * 3
+    numbers = [int(a["data-n"]) for a in articles]
+    assert numbers == sorted(numbers)
+    first_assistant = articles[1]
+    assert text(first_assistant.select_one(".model")) == "claude-sonnet-4 · anthropic"
+    assert first_assistant.select_one("time")["datetime"].endswith("Z")
+    anchor = first_assistant.select_one("a.anchor")
+    assert anchor["href"] == "#" + first_assistant["id"]
+    assert all(a.get("data-hash") for a in articles)
+
+
+def test_every_part_gets_a_section(rich: BeautifulSoup, rich_data: list[dict]) -> None:
+    parts = [i["data"] for i in rich_data if i["type"] == "part"]
+    sections = rich.select("section.part")
+    assert len(sections) == len(parts)
+    assert {s["id"] for s in sections} == {"part-" + p["id"] for p in parts}
+
+
+# --------------------------------------------------------------------------- part types
+
+
+def test_text_part_is_rendered_markdown(rich: BeautifulSoup) -> None:
+    content = rich.select("section.part-text .text-content")[1]
+    assert text(content.select_one("h2")) == "Plan"
+    assert [text(li) for li in content.select("ol li")] == ["write tests", "run pytest"]
+    assert content.select_one("pre.code.hl span.k") is not None  # Pygments-highlighted python
+    assert text(content.select_one("table td")) == "greet.py"
+    link = content.select_one('a[href="https://docs.python.org/3/"]')
+    assert link is not None and "nofollow" in link["rel"]
+    assert text(content.select_one("s")) == "maybe"
+
+
+def test_synthetic_text_is_marked(rich: BeautifulSoup) -> None:
+    synthetic = rich.select_one("section.part-text.synthetic")
+    assert "synthetic" in text(synthetic.select_one(".badge"))
+
+
+def test_reasoning_is_collapsed(rich: BeautifulSoup) -> None:
+    details = rich.select_one("section.part-reasoning details.reasoning")
+    assert not details.has_attr("open")
+    assert text(details.select_one("summary")).startswith("Thinking")
+    assert "800ms" in text(details.select_one("summary"))
+    assert text(details.select_one("strong")) == "greet"
+
+
+def test_file_parts_show_images_inline_and_text_content(rich: BeautifulSoup) -> None:
+    files = rich.select("section.part-file")
+    image = files[0].select_one("img.inline-image")
+    assert image["src"].startswith("data:image/png;base64,")
+    assert image["alt"] == "screen.png"
+    assert "remember: be polite" in text(files[1].select_one("pre"))
+    assert "from notes.txt" in text(files[1])
+
+
+def test_step_parts_show_snapshot_tokens_and_cost(rich: BeautifulSoup) -> None:
+    assert "@4b825dc6" in text(rich.select_one("section.part-step-start"))
+    finish = rich.select_one("section.part-step-finish")
+    assert text(finish.select_one(".tokens")) == "1,200in / 340out / 80reasoning / cache 4,000r 0w"
+    assert text(finish.select_one(".cost")) == "$0.0421"
+    assert "stop" in text(finish)
+
+
+def test_patch_snapshot_agent_parts(rich: BeautifulSoup) -> None:
+    patch = rich.select_one("section.part-patch")
+    assert [text(li) for li in patch.select("li")] == ["greet.py", "test_greet.py"]
+    assert "Files changed (2)" in text(patch)
+    assert "@5c36d82d" in text(rich.select_one("section.part-snapshot"))
+    assert "@build" in text(rich.select_one("section.part-agent"))
+
+
+def test_subtask_retry_compaction_and_unknown_parts(rich: BeautifulSoup) -> None:
+    subtask = rich.select_one("section.part-subtask")
+    assert "Edge-case review" in text(subtask) and "general" in text(subtask)
+    assert "anthropic/claude-haiku" in text(subtask) and "/review" in text(subtask)
+    assert text(subtask.select_one("details.prompt strong")) == "greet.py"
+    retry = text(rich.select_one("section.part-retry"))
+    assert "retry #1" in retry and "Overloaded" in retry and "HTTP 529" in retry
+    assert text(rich.select_one("section.part-compaction")) == "Context compacted (automatic, after overflow)"
+    unknown = rich.select_one("section.part-x-future-part details.unknown")
+    assert text(unknown.select_one("summary")) == "x-future-part"
+    assert "a part type this server does not know" in text(unknown)
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def test_bash_shows_command_and_collapsed_long_output(rich: BeautifulSoup) -> None:
+    bash = tool_section(rich, "bash")
+    assert text(bash.select_one(".tool-title")) == "Run the tests"
+    assert text(bash.select_one("pre.command")) == "$ pytest -q test_greet.py"
+    head = text(bash.select_one("pre.output"))
+    assert "line 1:" in head and "line 60:" not in head
+    more = bash.select_one("details.more")
+    assert text(more.select_one("summary")) == "show more (48 more lines)"
+    assert "line 60:" in text(more)
+    assert "850ms" in text(bash.select_one(".duration"))
+
+
+def test_edit_shows_a_diff(rich: BeautifulSoup) -> None:
+    edit = tool_section(rich, "edit")
+    assert text(edit.select_one(".tool-title")) == "greet.py"
+    added = [text(r.select_one(".dc")) for r in edit.select("tr.d-add")]
+    removed = [text(r.select_one(".dc")) for r in edit.select("tr.d-del")]
+    assert added == ['+ """Greet someone politely."""', '+ return f"Hello, {name}!"']
+    assert removed == ["− return 'hi ' + name"]
+    assert [text(td) for td in edit.select("tr.d-add")[0].select("td.ln")] == ["", "2"]
+    assert "Edit applied successfully." not in text(edit)
+
+
+def test_write_shows_the_file_highlighted_by_extension(rich: BeautifulSoup) -> None:
+    write = tool_section(rich, "write")
+    code = write.select_one("pre.file-content")
+    assert code.select_one("span.k") is not None  # "def" as a Python keyword
+    assert 'assert greet("Ada") == "Hello, Ada!"' in code.get_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "summary", "inside"),
+    [
+        ("read", "greet.py", "00001| def greet(name):"),
+        ("grep", "def greet in . (*.py) 1 matches", "Line 1: def greet(name):"),
+        ("glob", "**/*.py in . 2 files", "/home/dev/proj/test_greet.py"),
+        ("list", ". 2 entries", "README.md"),
+    ],
+)
+def test_search_tools_show_a_summary_and_collapsed_output(rich: BeautifulSoup, name: str, summary: str, inside: str) -> None:
+    section = tool_section(rich, name)
+    title = text(section.select_one(".tool-title")).replace(ROOT, ".")
+    assert title == summary
+    output = section.select_one("details.tool-output")
+    assert not output.has_attr("open")
+    assert inside in output.get_text()
+
+
+def test_webfetch_links_the_url_and_collapses_the_content(rich: BeautifulSoup) -> None:
+    fetch = tool_section(rich, "webfetch")
+    link = fetch.select_one('a[href="https://peps.python.org/pep-0008/"]')
+    assert link is not None and "noopener" in link["rel"]
+    assert "markdown" in text(fetch.select_one("p.meta"))
+    assert "Style Guide" in text(fetch.select_one("details.tool-output"))
+
+
+def test_todowrite_is_a_checklist(rich: BeautifulSoup) -> None:
+    items = tool_section(rich, "todowrite").select("ul.todos li")
+    assert [(li["class"][1], text(li.select_one(".todo-text"))) for li in items] == [
+        ("completed", "Create greet.py"),
+        ("in_progress", "Write tests"),
+        ("pending", "Update README"),
+        ("cancelled", "Publish to PyPI"),
+    ]
+    assert [text(li.select_one(".check")) for li in items] == ["☑", "◐", "☐", "☒"]
+
+
+def test_task_shows_prompt_steps_and_result(rich: BeautifulSoup) -> None:
+    task = tool_section(rich, "task")
+    assert "Review the change" in text(task.select_one(".tool-title"))
+    assert text(task.select_one(".tool-title .badge")) == "general"
+    assert text(task.select_one("details.prompt strong")) == "greet.py"
+    assert "read greet.py completed" in text(task.select_one("details.task-steps"))
+    assert "add a docstring" in text(task.select_one(".task-result"))
+
+
+def test_question_shows_options_and_the_answer(rich: BeautifulSoup) -> None:
+    question = tool_section(rich, "question")
+    assert "Which greeting style?" in text(question)
+    assert text(question.select_one("li.chosen")).startswith("● Casual")
+    assert len(question.select("ul.options li")) == 2
+
+
+def test_unknown_tool_shows_input_and_output(rich: BeautifulSoup) -> None:
+    generic = tool_section(rich, "github_create_issue")
+    assert text(generic.select_one(".tool-title")) == "Created issue #7"
+    assert '"repo": "dev/proj"' in generic.select_one("details.tool-input").get_text()
+    assert '{"number": 7}' in generic.select_one("details.tool-output").get_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "shown"),
+    [
+        ("bash", "pending", "pending"),
+        ("bash", "running", "running"),
+        ("bash", "error", "cat: missing.txt: No such file or directory"),
+        ("write", "aborted", "Tool execution aborted"),
+    ],
+)
+def test_tool_states_are_visible(rich: BeautifulSoup, name: str, status: str, shown: str) -> None:
+    section = tool_section(rich, name, status)
+    assert text(section.select_one(".tool-status")) == status
+    assert shown in text(section)
+
+
+def test_message_errors_are_shown(rich: BeautifulSoup) -> None:
+    errors = [text(e) for e in rich.select(".message-error")]
+    assert errors == ["APIError : Overloaded (HTTP 529)", "Aborted : The operation was aborted."]
+
+
+# --------------------------------------------------------------------------- diffs
+
+
+def test_session_diff_panel_shows_each_file(rich: BeautifulSoup) -> None:
+    panel = rich.select_one("#diffs")
+    assert not panel.has_attr("hidden")
+    assert "2 files · +11 −1" in text(panel.select_one("h2"))
+    files = panel.select("details.file-diff")
+    assert [text(f.select_one(".path")) for f in files] == ["greet.py", "test_greet.py"]
+    assert text(files[0].select_one(".badge")) == "modified"
+    # The legacy {before, after} shape gets a computed unified diff.
+    assert len(files[1].select("tr.d-add")) == 9
+
+
+def test_turn_diffs_on_user_messages(rich: BeautifulSoup) -> None:
+    turn = rich.select_one("details.turn-diffs")
+    assert "Files changed in this turn (1)" in text(turn.select_one("summary"))
+    assert turn.select("tr.d-add")
+
+
+# --------------------------------------------------------------------------- states and pagination
+
+
+def test_share_without_messages_is_waiting_for_first_sync(renderer: PageRenderer) -> None:
+    soup = BeautifulSoup(renderer.share_page(fold([item("session", session())]), 1), "html.parser")
+    assert "Waiting for the first sync" in text(soup.select_one("#waiting"))
+    assert soup.select("#messages article") == []
+
+
+def _long_share(count: int):
+    items = [item("session", session())]
+    for n in range(count):
+        message = user(n * 1000) if n % 2 == 0 else assistant({"id": "msg_parent"}, n * 1000)
+        items += [item("message", message), item("part", part(message, "text", text=f"message number {n + 1}"))]
+    return fold(items)
+
+
+def test_pagination_keeps_anchors_working(renderer: PageRenderer) -> None:
+    share = _long_share(250)
+    first = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    assert len(first.select("#messages article")) == 100
+    nav = first.select("#nav-list li")
+    assert len(nav) == 250
+    target = nav[230]
+    link = target.select_one("a")["href"]
+    assert link == f"?page=3#msg-{target['data-id']}"
+    third = BeautifulSoup(renderer.share_page(share, 3), "html.parser")
+    assert third.select_one(f"#msg-{target['data-id']}") is not None
+    assert len(third.select("#messages article")) == 50
+    assert "messages 201–250 of 250" in text(third.select_one("nav.pager"))
+    # Past the end is clamped to the last page, not an error.
+    assert BeautifulSoup(renderer.share_page(share, 99), "html.parser").select_one("body")["data-page"] == "3"
+
+
+def test_messages_without_time_go_last_and_parts_without_message_are_skipped(renderer: PageRenderer) -> None:
+    timeless = user(0)
+    del timeless["time"]
+    early = user(5)
+    orphan = {"id": "prt_orphan", "sessionID": "s", "messageID": "msg_missing", "type": "text", "text": "ORPHAN"}
+    share = fold([item("session", session()), item("message", timeless), item("message", early), item("part", orphan)])
+    soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    assert [a["id"] for a in soup.select("#messages article")] == ["msg-" + early["id"], "msg-" + timeless["id"]]
+    assert "ORPHAN" not in soup.get_text()
+
+
+def test_fragment_cache_reuses_unchanged_messages_and_rerenders_changed_ones(renderer: PageRenderer) -> None:
+    items = rich_items()
+    first = renderer.view(fold(items, sync_count=1))
+    changed_items = [dict(i) for i in items]
+    target = next(i for i in changed_items if i["type"] == "part" and i["data"]["type"] == "text")
+    target["data"] = {**target["data"], "text": "edited text"}
+    second = renderer.view(fold(changed_items, sync_count=2))
+    changed = {e.id for e in second.entries if e.hash != first.by_id[e.id].hash}
+    assert changed == {target["data"]["messageID"]}
+    assert "edited text" in renderer.message_html(second.by_id[target["data"]["messageID"]])
