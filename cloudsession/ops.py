@@ -14,9 +14,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The store answers: a cheap HEAD of a key that need not exist."""
+    """The store answers: a one-key listing (a HEAD cannot tell a missing bucket from a missing key)."""
     try:
-        await request.app[STORE].head("index/.readyz")
+        await request.app[STORE].list_page("index/", limit=1)
     except StoreError:
         return web.json_response({"ok": False, "store": "unavailable"}, status=503)
     return web.json_response({"ok": True})

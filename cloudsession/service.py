@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 import weakref
 from collections import OrderedDict
@@ -235,7 +236,10 @@ class ShareService:
                 if content is None:
                     return CommitResult(state, None, state.meta.seq, state.meta.sync_count)
                 seq = state.meta.seq + 1
-                entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), **content}
+                # "w" makes every entry's bytes unique, so the S3 store's lost-response check
+                # (compare what is stored with what was sent) can never mistake a rival's write
+                # for ours.
+                entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": secrets.token_hex(8), **content}
                 body = json_bytes(entry)
                 if state.approx_bytes + len(body) > limits.max_share_bytes:
                     raise PayloadTooLarge(f"Share would exceed its size limit of {limits.max_share_bytes} bytes")
@@ -492,9 +496,20 @@ class ShareService:
         self._public_cache[state.share_id] = (state.meta.seq, view)
         return view
 
-    async def public_share(self, share_id: str) -> PublicShare:
-        state = await self.load(share_id)
+    def read_token_for(self, state: ShareState) -> str:
+        """The read capability of a private share at its current epoch (rotation revokes it)."""
+        return credentials.derive_read_token(self.namespace, state.meta.session_id, state.meta.epoch)
+
+    def check_readable(self, state: ShareState, read_token: str | None) -> None:
+        """A private share is invisible (404, not 403: existence is not revealed) without its
+        current read token; checked before expiry so that a 410 does not reveal it either."""
+        if state.meta.extra.get("private") and not credentials.secrets_equal(read_token, self.read_token_for(state)):
+            raise SessionNotFound()
         self.ensure_live(state)
+
+    async def public_share(self, share_id: str, read_token: str | None = None) -> PublicShare:
+        state = await self.load(share_id)
+        self.check_readable(state, read_token)
         return self.public_view(state)
 
     def public_index(self, index: Mapping[str, Any]) -> dict[str, Any]:
@@ -503,13 +518,14 @@ class ShareService:
             out["sessionID"] = self.public_id(out["sessionID"])
         return out
 
-    async def metadata(self, share_id: str) -> dict[str, Any]:
+    async def metadata(self, share_id: str, read_token: str | None = None) -> dict[str, Any]:
         state = await self.load(share_id)
-        self.ensure_live(state)
+        self.check_readable(state, read_token)
         return self.public_index(state.index_doc())
 
-    async def list_index(self) -> list[dict[str, Any]]:
-        """Every index entry (all pages), public ids, newest first. Unreadable entries skipped."""
+    async def list_index(self, *, include_expired: bool = False) -> list[dict[str, Any]]:
+        """Every index entry (all pages), public ids, newest first. Unreadable entries skipped;
+        expired ones too unless ``include_expired`` (the expiry sweep needs them)."""
         keys = [key async for key in iter_keys(self.store, "index/")]
         semaphore = asyncio.Semaphore(16)
 
@@ -526,6 +542,7 @@ class ShareService:
 
         entries = [e for e in await asyncio.gather(*(one(k) for k in keys)) if e is not None]
         now = now_ms()
-        entries = [e for e in entries if not (isinstance(e.get("expiresAt"), int) and e["expiresAt"] <= now)]
+        if not include_expired:
+            entries = [e for e in entries if not (isinstance(e.get("expiresAt"), int) and e["expiresAt"] <= now)]
         entries.sort(key=lambda e: e.get("lastUpdated") if isinstance(e.get("lastUpdated"), int) else 0, reverse=True)
         return entries

@@ -7,8 +7,10 @@ operations hold an exclusive ``flock`` on ``<root>/store.lock`` while they check
 which makes them atomic across coroutines, threads and processes sharing the directory; the lock
 is held only for the check and the rename, never while a body is written.
 
-The ETag is derived from the file's inode, modification time and size: every write renames a
-fresh inode into place, so a rewrite with identical content still gets a new ETag (no ABA).
+Every write appends a random 16-byte token to the file, and the token is the ETag: a HEAD reads
+just those bytes, and a rewrite, even with identical content, always gets a new ETag. (Inode and
+mtime are not enough: ext4 reuses inode numbers at once, and coarse timestamps could then make a
+stale ETag match again.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import fcntl
 import os
 import re
+import secrets
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,10 +29,19 @@ from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, 
 
 _SUFFIX = ".obj"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+_TOKEN_BYTES = 16
 
 
-def _etag(st: os.stat_result) -> str:
-    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+def _tail_token(path: Path) -> str | None:
+    """The ETag of the object at ``path`` (its trailing token), or None when it is absent."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-_TOKEN_BYTES, os.SEEK_END)
+            return fh.read(_TOKEN_BYTES).hex()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # shorter than a token: not written by this store
+        raise StoreError(f"corrupt object file {path.name}: {exc}") from exc
 
 
 class FilesystemStore:
@@ -65,22 +77,24 @@ class FilesystemStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _write_temp(self, body: bytes) -> str:
+    def _write_temp(self, body: bytes) -> tuple[str, str]:
+        """Write body + a fresh token to a temporary file; returns (path, etag)."""
+        token = secrets.token_bytes(_TOKEN_BYTES)
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(body)
+                fh.write(token)
                 fh.flush()
                 os.fsync(fh.fileno())
         except BaseException:
             os.unlink(tmp)
             raise
-        return tmp
+        return tmp, token.hex()
 
-    def _install(self, tmp: str, path: Path) -> str:
+    def _install(self, tmp: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
-        return _etag(os.stat(path))
 
     # -- blocking implementations ---------------------------------------------------------------
 
@@ -88,30 +102,31 @@ class FilesystemStore:
         path = self._path(key)
         try:
             with open(path, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                return StoredObject(fh.read(), _etag(st))
+                data = fh.read()
         except FileNotFoundError:
             return None
+        if len(data) < _TOKEN_BYTES:
+            raise StoreError(f"corrupt object file for key {key!r}")
+        return StoredObject(data[:-_TOKEN_BYTES], data[-_TOKEN_BYTES:].hex())
 
     def _head(self, key: str) -> str | None:
-        try:
-            return _etag(os.stat(self._path(key)))
-        except FileNotFoundError:
-            return None
+        return _tail_token(self._path(key))
 
     def _put(self, key: str, body: bytes, condition: str | None, etag: str | None) -> str:
         path = self._path(key)
-        tmp = self._write_temp(body)
+        tmp, new_etag = self._write_temp(body)
         try:
             if condition is None:
-                return self._install(tmp, path)
+                self._install(tmp, path)
+                return new_etag
             with self._locked():
                 current = self._head(key)
                 if condition == "absent" and current is not None:
                     raise PreconditionFailed(key)
                 if condition == "match" and current != etag:
                     raise PreconditionFailed(key)
-                return self._install(tmp, path)
+                self._install(tmp, path)
+                return new_etag
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
