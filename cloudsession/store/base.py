@@ -12,8 +12,11 @@ ETags are opaque strings (without surrounding quotes).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, runtime_checkable
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
 
 class StoreError(Exception):
@@ -70,6 +73,15 @@ class ObjectStore(Protocol):
 
     async def close(self) -> None:
         """Release connections and other resources."""
+
+
+def full_key(prefix: str, key: str) -> str:
+    """``prefix + key``, refused (StoreError) unless made of safe ``/``-separated segments with
+    no ``.`` or ``..`` segment: ids from URLs can never reach outside their key space."""
+    full = prefix + key
+    if not _KEY_RE.match(full) or any(seg in (".", "..") for seg in full.split("/")):
+        raise StoreError(f"invalid object key {key!r}")
+    return full
 
 
 async def iter_keys(store: ObjectStore, prefix: str, *, start_after: str | None = None, page_size: int = 1000) -> AsyncIterator[str]:

@@ -18,17 +18,15 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import re
 import secrets
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError
+from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError, full_key
 
 _SUFFIX = ".obj"
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 _TOKEN_BYTES = 16
 
 
@@ -63,10 +61,7 @@ class FilesystemStore:
     # -- key mapping -------------------------------------------------------------------------
 
     def _path(self, key: str) -> Path:
-        full = self.prefix + key
-        if not _KEY_RE.match(full) or any(seg in (".", "..") for seg in full.split("/")):
-            raise StoreError(f"invalid object key {key!r}")
-        return self._objects / (full + _SUFFIX)
+        return self._objects / (full_key(self.prefix, key) + _SUFFIX)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

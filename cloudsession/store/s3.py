@@ -43,7 +43,6 @@ use the MD5 of the body, so rewriting identical bytes keeps the same ETag (see d
 
 from __future__ import annotations
 
-import re
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Literal
@@ -53,11 +52,10 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError
+from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError, full_key
 
 # The key alphabet promised by store/base.py; checked here too so that a key the filesystem
 # store would refuse is refused on S3 as well (the backends must stay interchangeable).
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
 # S3 never returns more than 1000 keys per ListObjectsV2 call.
 _MAX_LIST_KEYS = 1000
@@ -198,10 +196,7 @@ class S3Store:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _key(self, key: str) -> str:
-        full = self.prefix + key
-        if not _KEY_RE.match(full) or any(seg in (".", "..") for seg in full.split("/")):
-            raise StoreError(f"invalid object key {key!r}")
-        return full
+        return full_key(self.prefix, key)
 
     async def _read(self, full_key: str) -> StoredObject | None:
         try:
