@@ -58,3 +58,24 @@ async def test_replay_rename_and_unshare(client):
     resp = await client.delete(delete["path"].replace(RECORDED_ID, share["id"]), json={"secret": share["secret"]})
     assert resp.status == 200
     assert (await client.get(f"/api/share/{share['id']}/data")).status == 404
+
+
+async def test_data_output_validates_against_client_schemas(client):
+    """Everything /data emits for the real client's session validates against opencode's own
+    entity schemas (which are stricter than the client: no extra keys)."""
+    from jsonschema import Draft202012Validator
+
+    schemas = f.load_fixture("entity-schemas.json")
+
+    def validator(name):
+        return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": schemas["components"]})
+
+    by_type = {"session": validator("Session"), "message": validator("Message"), "part": validator("Part")}
+    element = {"session_diff": validator("SnapshotFileDiff"), "model": validator("Model")}
+    share = await replay(client, f.load_fixture("real-client-sync-requests.json")[:5])
+    items = await (await client.get(f"/api/share/{share['id']}/data")).json()
+    for it in items:
+        checks = [(by_type[it["type"]], it["data"])] if it["type"] in by_type else [(element[it["type"]], e) for e in it["data"]]
+        for check, value in checks:
+            errors = [e.message for e in check.iter_errors(value)]
+            assert errors == [], (it["type"], errors)
