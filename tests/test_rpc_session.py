@@ -179,6 +179,8 @@ async def test_release_drops_results():
         (["push"], "bad RPC message"),
         (["pull", "1"], "bad RPC message"),
         (["push", [1, 2]], "unknown special value"),
+        (["push", ["pipeline", 0, ["echo"], [["export", 1]]]], "must be negative"),
+        (["push", ["pipeline", 0, ["echo"], [["promise", 0]]]], "must be negative"),
     ],
 )
 async def test_protocol_errors(message, error):

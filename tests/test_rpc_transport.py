@@ -221,3 +221,18 @@ async def test_websocket_close_ends_the_session_cleanly(toy):
     # The server is still healthy for the next session.
     resp, text = await batch(toy, lines(push("echo", 1), ["pull", 1]))
     assert (resp.status, text) == (200, '["resolve",1,1]')
+
+
+async def test_websocket_bug_ends_the_session_without_details(toy, monkeypatch, caplog):
+    from cloudsession.rpc.session import RpcSession
+
+    def broken(self, text):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(RpcSession, "receive", broken)
+    async with toy.ws_connect("/rpc") as ws:
+        await ws.send_str(json.dumps(["pull", 1]))
+        assert await receive(ws) == ["abort", ["error", "Error", "Internal error"]]
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.INTERNAL_ERROR
+    assert "secret internals" in caplog.text

@@ -213,6 +213,9 @@ class RpcSession:
 
     def _bind(self, ref: Reference) -> _Export | None:
         if isinstance(ref, PeerExportRef):
+            # Exporters number their own exports -1, -2, ...; positive ids are our calls' results.
+            if ref.import_id >= 0:
+                raise ProtocolError(f"bad export ID from the peer: {ref.import_id} (must be negative)")
             return None
         entry = self._exports.get(ref.export_id)
         if entry is None:

@@ -136,6 +136,11 @@ async def handle_websocket(request: web.Request, main: Any, limits: RpcLimits) -
     except ProtocolError as error:
         session.abort(error)  # queues ["abort", ...] for the peer, then stops sending
         close_code, close_reason = WSCloseCode.PROTOCOL_ERROR, error.message
+    except Exception:
+        # A bug of ours: the upgraded response cannot become an error page, so end the session.
+        log.exception("RPC WebSocket session failed")
+        session.abort(ProtocolError("Internal error"))
+        close_code, close_reason = WSCloseCode.INTERNAL_ERROR, "Internal error"
     finally:
         session.close("WebSocket closed")
         outbox.put_nowait(None)
