@@ -152,7 +152,7 @@ async def share_fragments(request: web.Request) -> web.Response:
         if flags["digest"]:
             body["digest"] = [{"id": e.id, "hash": e.hash} for e in view.page_entries(min(page, view.pages))]
         if nav_from is not None:
-            body["nav"] = "".join(pages.nav_html(view, e, page) for e in view.entries[max(nav_from - 1, 0) :])
+            body["nav"] = "".join(pages.nav_html(e, page) for e in view.entries[max(nav_from - 1, 0) :])
         messages, missing = [], []
         for fragment in pages.fragments(share, ids, page):
             if isinstance(fragment, Fragment):

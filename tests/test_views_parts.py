@@ -270,8 +270,8 @@ def test_tool_states_are_visible(rich: BeautifulSoup, name: str, status: str, sh
 
 
 def test_message_errors_are_shown(rich: BeautifulSoup) -> None:
-    errors = [text(e) for e in rich.select(".message-error")]
-    assert errors == ["APIError : Overloaded (HTTP 529)", "Aborted : The operation was aborted."]
+    errors = [" ".join(e.get_text().split()) for e in rich.select(".message-error")]
+    assert errors == ["APIError: Overloaded (HTTP 529)", "Aborted: The operation was aborted."]
 
 
 # --------------------------------------------------------------------------- diffs

@@ -65,9 +65,13 @@ def fold(items: list[dict[str, Any]], share_id: str = "D0r58s46", *, sync_count:
     )
 
 
+def load_fixture_items() -> list[dict[str, Any]]:
+    """The /data array of the share the real opencode 1.18.33 client produced."""
+    return load_fixture("real-share-data.json")
+
+
 def real_share() -> PublicShare:
-    """The share the real opencode 1.18.33 client produced (fixtures/real-share-data.json)."""
-    return fold(load_fixture("real-share-data.json"), sync_count=4)
+    return fold(load_fixture_items(), sync_count=4)
 
 
 def tiny_png() -> str:

@@ -1,0 +1,175 @@
+"""Live updates on /ws/<id> through real WebSockets: both frame formats, the handshake checks
+(426, Origin, unknown share, viewer limits), deletion, and the hub's slow-viewer handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cloudsession.app import create_app
+from cloudsession.app_keys import LIVE
+from cloudsession.config import Settings
+from cloudsession.live import CLOSE_DELETED, FORMAT_EVENTS, FORMAT_REFERENCE, LiveHub, Viewer, sync_event
+from view_data import SES, item, part, rich_items, session, user
+
+
+@pytest.fixture
+async def web(aiohttp_client, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return await aiohttp_client(create_app(Settings.for_tests(tmp_path / "data")))
+
+
+async def create(web) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return await (await web.post("/api/share", json={"sessionID": SES})).json()
+
+
+async def sync(web, creds: dict[str, str], items: list[dict[str, Any]]) -> int:  # type: ignore[no-untyped-def]
+    response = await web.post(f"/api/share/{creds['id']}/sync", json={"secret": creds["secret"], "data": items})
+    assert response.status == 200
+    return (await response.json())["syncCount"]
+
+
+async def next_json(ws: aiohttp.ClientWebSocketResponse) -> Any:
+    message = await asyncio.wait_for(ws.receive(), timeout=5)
+    assert message.type == aiohttp.WSMsgType.TEXT, message
+    return json.loads(message.data)
+
+
+async def test_reference_frame_is_the_syncs_public_data_array(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    ws = await web.ws_connect(f"/ws/{creds['id']}")
+    message = user(1000)
+    items = [
+        {"type": "message", "data": message, "extra": "stripped like the reference"},
+        item("part", part(message, "text", text="a")),
+        item("session", session()),
+    ]
+    await sync(web, creds, items)
+    frame = await next_json(ws)
+    assert [f["type"] for f in frame] == ["message", "part", "session"]
+    assert all(set(f) == {"type", "data"} for f in frame)
+    assert frame[0]["data"]["id"] == message["id"] and frame[1]["data"]["text"] == "a"
+    # The real session id is replaced by the public one, and the secret never appears.
+    raw = json.dumps(frame)
+    assert SES not in raw and creds["secret"] not in raw
+    assert frame[0]["data"]["sessionID"] == frame[2]["data"]["id"] != SES
+    await ws.close()
+
+
+async def test_events_frames_name_what_changed(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    ws = await web.ws_connect(f"/ws/{creds['id']}?format=events")
+    assert await next_json(ws) == {"type": "hello", "syncCount": 0}
+    items = rich_items()
+    count = await sync(web, creds, items)
+    event = await next_json(ws)
+    assert event["type"] == "sync" and event["syncCount"] == count
+    assert event["messages"] == [i["data"]["id"] for i in items if i["type"] == "message"]
+    assert (event["session"], event["diffs"], event["models"]) == (True, True, True)
+    only_part = next(i for i in items if i["type"] == "part")
+    await sync(web, creds, [only_part])
+    event = await next_json(ws)
+    assert event["messages"] == [only_part["data"]["messageID"]]
+    assert (event["session"], event["diffs"], event["models"]) == (False, False, False)
+    await ws.close()
+
+
+async def test_deletion_tells_viewers_and_closes_their_sockets(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    events = await web.ws_connect(f"/ws/{creds['id']}?format=events")
+    reference = await web.ws_connect(f"/ws/{creds['id']}")
+    await next_json(events)  # hello
+    assert (await web.delete(f"/api/share/{creds['id']}", json={"secret": creds["secret"]})).status == 200
+    assert await next_json(events) == {"type": "deleted"}
+    for ws in (events, reference):
+        closing = await asyncio.wait_for(ws.receive(), timeout=5)
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == CLOSE_DELETED
+    assert web.app[LIVE].viewer_count == 0
+
+
+async def test_handshake_checks(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    plain = await web.get(f"/ws/{creds['id']}", headers={"Connection": "keep-alive"})
+    assert plain.status == 426 and await plain.text() == "Expected WebSocket upgrade"
+    assert plain.content_type == "text/plain"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as unknown:
+        await web.ws_connect("/ws/Nope1234")
+    assert unknown.value.status == 404
+    with pytest.raises(aiohttp.WSServerHandshakeError) as foreign:
+        await web.ws_connect(f"/ws/{creds['id']}", origin="https://evil.example")
+    assert foreign.value.status == 403
+    host = f"http://{web.host}:{web.port}"
+    same = await web.ws_connect(f"/ws/{creds['id']}", origin=host)
+    public = await web.ws_connect(f"/ws/{creds['id']}", origin="http://share.test")  # PUBLIC_URL
+    await same.close()
+    await public.close()
+
+
+async def test_viewer_limit_per_share(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    web.app[LIVE].max_viewers_per_share = 2
+    first = await web.ws_connect(f"/ws/{creds['id']}")
+    second = await web.ws_connect(f"/ws/{creds['id']}")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as full:
+        await web.ws_connect(f"/ws/{creds['id']}")
+    assert full.value.status == 503
+    await first.close()
+    await asyncio.sleep(0.05)
+    third = await web.ws_connect(f"/ws/{creds['id']}")
+    for ws in (second, third):
+        await ws.close()
+
+
+async def test_client_frames_are_ignored(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    ws = await web.ws_connect(f"/ws/{creds['id']}")
+    await ws.send_str("hello?")
+    await sync(web, creds, [item("session", session())])
+    frame = await next_json(ws)
+    assert frame[0]["type"] == "session"  # nothing echoed before the sync frame
+    await ws.close()
+
+
+# --------------------------------------------------------------------------- the hub (unit level)
+
+
+class _Sink:
+    """Stands in for a socket so the queue policy can be tested without a network."""
+
+    closed = False
+
+
+def _viewer(fmt: str) -> Viewer:
+    return Viewer(_Sink(), fmt)  # type: ignore[arg-type]
+
+
+async def test_slow_events_viewer_gets_one_resync_instead_of_a_backlog() -> None:
+    hub = LiveHub()
+    viewer = _viewer(FORMAT_EVENTS)
+    hub.add("share1", viewer)
+    for n in range(200):
+        await hub.share_synced("share1", [item("session", {"id": "s"})], n)
+    queued = [viewer.queue.get_nowait() for _ in range(viewer.queue.qsize())]
+    frames = [json.loads(f) for f in queued]
+    assert len(frames) < 64
+    assert frames[0]["type"] == "resync"
+    assert [f["type"] for f in frames[1:]] == ["sync"] * (len(frames) - 1)
+    assert frames[-1]["syncCount"] == 199
+
+
+async def test_slow_reference_viewer_is_disconnected() -> None:
+    hub = LiveHub()
+    viewer = _viewer(FORMAT_REFERENCE)
+    hub.add("share1", viewer)
+    for n in range(65):
+        await hub.share_synced("share1", [item("session", {"id": "s"})], n)
+    assert viewer.queue.get_nowait() is None and viewer.close_code == 1013
+
+
+def test_sync_event_resyncs_when_too_many_messages_changed() -> None:
+    items = [item("message", {"id": f"msg_{n}"}) for n in range(501)]
+    assert sync_event(items, 9) == {"type": "resync", "syncCount": 9}
