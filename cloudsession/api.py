@@ -1,4 +1,5 @@
 """REST handlers under ``/api/``: parse the request, call the share service, shape the response.
+(Create, and sync and delete with an Idempotency-Key, are served by ``durable_api.py``.)
 
 The routes, status codes and error strings follow the reference Worker (compat-contract.md §3)
 except where it was unsafe: reads never contain the secret or the real session ID, create is
@@ -15,7 +16,7 @@ from aiohttp import web
 from cloudsession.app_keys import SERVICE, SETTINGS
 from cloudsession.credentials import secrets_equal
 from cloudsession.errors import PayloadTooLarge, Unauthorized
-from cloudsession.models import CreateShareBody, SecretBody, SyncBody, json_bytes, parse_body, parse_json, parse_sync_items
+from cloudsession.models import SecretBody, SyncBody, json_bytes, parse_body, parse_json, parse_sync_items
 
 # The reference parses a body as JSON only for these content types (hono's rule); anything else
 # is treated as an empty object, which then fails validation with a 400.
@@ -53,12 +54,6 @@ def public_origin(request: web.Request) -> str:
     return f"{proto}://{host}"
 
 
-async def create_share(request: web.Request) -> web.Response:
-    body = parse_body(CreateShareBody, await read_json(request))
-    creds = await request.app[SERVICE].create(body.sessionID, origin=public_origin(request))
-    return json_response(creds.as_json())
-
-
 async def sync_share(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     body = parse_body(SyncBody, await read_json(request))
@@ -73,13 +68,22 @@ async def delete_share(request: web.Request) -> web.Response:
     return json_response({"success": True})
 
 
+READ_TOKEN_HEADER = "x-opencode-share-token"
+
+
+def request_read_token(request: web.Request) -> str | None:
+    """A private share's read token: the ``x-opencode-share-token`` header, or ``?token=`` (how a
+    browser link carries it; the access log leaves query strings out). See docs/protocol.md."""
+    return request.headers.get(READ_TOKEN_HEADER) or request.query.get("token")
+
+
 async def get_share(request: web.Request) -> web.Response:
-    view = await request.app[SERVICE].public_share(request.match_info["id"])
+    view = await request.app[SERVICE].public_share(request.match_info["id"], request_read_token(request))
     return _public_json(view.agent_session(), view.redact)
 
 
 async def get_share_data(request: web.Request) -> web.Response:
-    view = await request.app[SERVICE].public_share(request.match_info["id"])
+    view = await request.app[SERVICE].public_share(request.match_info["id"], request_read_token(request))
     return _public_json(view.data_items(), view.redact)
 
 
@@ -90,7 +94,8 @@ def _public_json(data: Any, redact: Any) -> web.Response:
 
 
 async def get_share_metadata(request: web.Request) -> web.Response:
-    return json_response(await request.app[SERVICE].metadata(request.match_info["id"]), headers={"Cache-Control": "no-store"})
+    metadata = await request.app[SERVICE].metadata(request.match_info["id"], request_read_token(request))
+    return json_response(metadata, headers={"Cache-Control": "no-store"})
 
 
 def require_admin(request: web.Request) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from cloudsession.app_keys import LIVE, SERVICE, SETTINGS, STORE
 from cloudsession.config import Settings
+from cloudsession.durable import periodic_sweep
 from cloudsession.errors import PayloadTooLarge, ShareError
 from cloudsession.live import LiveHub
 from cloudsession.models import json_bytes
@@ -95,5 +96,6 @@ def create_app(settings: Settings) -> web.Application:
             await service.close()
 
     app.cleanup_ctx.append(storage)
+    app.cleanup_ctx.append(periodic_sweep)  # expired shares and folded journal entries
     setup_routes(app)
     return app

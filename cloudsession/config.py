@@ -99,6 +99,9 @@ class Settings(BaseModel):
     journal_grace_seconds: float = Field(300.0, ge=1)
     # A writer re-checks the share when more than this passed since it last did.
     write_deadline_seconds: float = Field(30.0, ge=0.1)
+    # How often the server deletes expired shares and prunes folded journal entries
+    # (durable.py; `cloudsession gc` does the same once). 0 turns the periodic sweep off.
+    sweep_interval_seconds: float = Field(300.0, ge=0)
     log_level: str = "INFO"
 
     @field_validator("public_url")
@@ -200,6 +203,7 @@ VARS: dict[str, tuple[str, ...]] = {
     "MAX_SHARE_BYTES": ("limits", "max_share_bytes"),
     "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
+    "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
 }
 
 

@@ -11,6 +11,8 @@ therefore shows a *public ID* derived from the session ID with a keyed hash inst
 - secret: ``uuid5(namespace, sessionID)`` at capability epoch 0, byte-identical to the reference;
   later epochs (after a rotation) derive from the session ID and the epoch number.
 - public id: ``ses_`` + 26 base62 characters of HMAC-SHA256(namespace, sessionID).
+- read token (private shares): ``rt_`` + 32 base62 characters of HMAC-SHA256 over the session ID
+  and the capability epoch, so a rotation revokes it with the secret; it opens reads only.
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ def derive_secret(namespace: uuid.UUID, session_id: str, epoch: int = 0) -> str:
     """The write capability. Epoch 0 equals the reference's ``uuid5(namespace, sessionID)``."""
     name = session_id if epoch == 0 else f"{session_id}\x00epoch:{epoch}"
     return str(uuid.uuid5(namespace, name))
+
+
+def derive_read_token(namespace: uuid.UUID, session_id: str, epoch: int) -> str:
+    return "rt_" + _base62(_hmac(namespace, "read", f"{session_id}\x00{epoch}"), 32)
 
 
 def public_session_id(namespace: uuid.UUID, session_id: str) -> str:

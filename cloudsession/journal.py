@@ -28,6 +28,12 @@ Merge rules (see compat-contract.md §10 and §12): ``session`` replaced; messag
 upserted by id, keeping their first position; ``session_diff`` replaces the list (the released
 client always sends the whole list); models accumulate per (providerID, id), upserted in place.
 ``syncCount`` counts accepted syncs, so it is part of the folded state too.
+
+The durable sync protocol (``durable.py``, ``docs/protocol.md``) keeps its bookkeeping here too,
+folded from the same entries so that every replica reaches the same answer: the ack ``cursor``
+(applied operations; a legacy sync is one operation), the bounded op ledger (recent op ids ->
+the cursor they were applied at, or why they were rejected) and the Idempotency-Key ledger
+(recent key digests -> first response). Entries carry them as ``ops`` and ``idem``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ from typing import Any
 from cloudsession.models import json_bytes, model_key
 
 SEQ_WIDTH = 12
+# The ledgers are bounded so that a share's metadata stays small however long it lives; the
+# oldest records are forgotten first. Documented in docs/protocol.md ("ledger window").
+OP_LEDGER_WINDOW = 4096
+IDEMPOTENCY_WINDOW = 256
 
 
 def snapshot_key(share_id: str) -> str:
@@ -78,8 +88,32 @@ class ShareMeta:
     # Reference-written blobs carry their secret in clear text; we keep only its SHA-256 so that
     # it stays valid at epoch 0 (it differs from ours only if the namespace changed).
     legacy_secret_sha256: str | None = None
-    # Extension fields owned by later features (private shares, expiry, the ops ledger...).
+    # Extension fields owned by later features (private shares, expiry...).
     extra: dict[str, Any] = field(default_factory=dict)
+    # Durable sync protocol: ``cursor`` counts applied operations; ``op_ledger`` maps recent op
+    # ids to the cursor they were applied at (int) or their rejection reason (str), oldest
+    # first; ``op_floor_ms`` is the newest UUIDv7 time the ledger has forgotten, so that an op
+    # older than the window is refused rather than applied twice; ``idempotency`` maps recent
+    # Idempotency-Key digests to the first response.
+    cursor: int = 0
+    op_ledger: dict[str, int | str] = field(default_factory=dict)
+    op_floor_ms: int = 0
+    idempotency: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def record_ops(self, outcomes: list[Any]) -> None:
+        """Fold ``[[op_id, cursor | reason], ...]`` into the op ledger, evicting the oldest."""
+        for op_id, outcome in outcomes:
+            self.op_ledger[op_id] = outcome
+        while len(self.op_ledger) > OP_LEDGER_WINDOW:
+            forgotten = next(iter(self.op_ledger))
+            del self.op_ledger[forgotten]
+            self.op_floor_ms = max(self.op_floor_ms, uuid7_ms(forgotten))
+
+    def record_idempotency(self, records: dict[str, Any]) -> None:
+        for digest, record in records.items():
+            self.idempotency[digest] = record
+        while len(self.idempotency) > IDEMPOTENCY_WINDOW:
+            del self.idempotency[next(iter(self.idempotency))]
 
 
 @dataclass(slots=True)
@@ -137,7 +171,13 @@ class ShareState:
             epoch=_int(ours.get("epoch"), 0),
             legacy_secret_sha256=_legacy_secret_hash(metadata, ours),
             extra=dict(ours.get("extra") or {}),
+            cursor=_int(ours.get("cursor"), 0),
         )
+        ledger = ours.get("ledger") if isinstance(ours.get("ledger"), dict) else {}
+        meta.record_ops([pair for pair in ledger.get("ops") or [] if _is_ledger_pair(pair)])
+        meta.op_floor_ms = max(meta.op_floor_ms, _int(ledger.get("floorMs"), 0))
+        keys = ledger.get("keys")
+        meta.record_idempotency({k: v for k, v in keys.items() if isinstance(v, dict)} if isinstance(keys, dict) else {})
         state = cls(share_id, meta, session, {}, {}, [], {})
         for message in _objects_with_id(doc.get("messages")):
             state.messages[message["id"]] = message
@@ -175,6 +215,12 @@ class ShareState:
         """Fold one journal entry (its ``seq`` must be the next one)."""
         self.apply_items(entry.get("items") or [])
         self.meta.sync_count += int(entry.get("syncs", 0))
+        # Every accepted sync is one applied operation, so it moves the ack cursor too.
+        self.meta.cursor += int(entry.get("syncs", 0))
+        if entry.get("ops"):
+            self.meta.record_ops(entry["ops"])
+        if entry.get("idem"):
+            self.meta.record_idempotency(entry["idem"])
         self.meta.last_updated = max(self.meta.last_updated, int(entry.get("at", 0)))
         meta_update = entry.get("meta") or {}
         if "epoch" in meta_update:
@@ -211,6 +257,8 @@ class ShareState:
                     "epoch": meta.epoch,
                     "compactedAt": compacted_at,
                     "extra": meta.extra,
+                    "cursor": meta.cursor,
+                    **({"ledger": _ledger_doc(meta)} if meta.op_ledger or meta.idempotency or meta.op_floor_ms else {}),
                     # So a reference-written share keeps its original secret after compaction.
                     **({"legacySecretSha256": meta.legacy_secret_sha256} if meta.legacy_secret_sha256 else {}),
                 },
@@ -245,6 +293,29 @@ class ShareState:
 
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def uuid7_ms(op_id: str) -> int:
+    """The millisecond timestamp in a UUIDv7's first 48 bits (0 if it is not one)."""
+    digits = op_id.replace("-", "")
+    if len(digits) != 32 or digits[12:13] != "7":
+        return 0
+    try:
+        return int(digits[:12], 16)
+    except ValueError:
+        return 0
+
+
+def _ledger_doc(meta: ShareMeta) -> dict[str, Any]:
+    # Lists of pairs, not objects, so that the eviction order survives the round trip.
+    return {"ops": [[k, v] for k, v in meta.op_ledger.items()], "floorMs": meta.op_floor_ms, "keys": meta.idempotency}
+
+
+def _is_ledger_pair(pair: Any) -> bool:
+    return (
+        isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+        and isinstance(pair[1], (int, str)) and not isinstance(pair[1], bool)
+    )
 
 
 def _legacy_secret_hash(metadata: dict[str, Any], ours: dict[str, Any]) -> str | None:

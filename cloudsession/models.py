@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
 from cloudsession.errors import MalformedJSON, PayloadTooLarge, ValidationFailed
 
@@ -28,6 +28,11 @@ class _Body(BaseModel):
 
 class CreateShareBody(_Body):
     sessionID: StrictStr
+    # Options of the durable protocol (durable.py), applied only when the share is new:
+    # a private share, and an expiry as ``ttl`` seconds or ``expiresAt`` epoch milliseconds.
+    private: StrictBool = False
+    ttl: StrictInt | None = None
+    expiresAt: StrictInt | None = None
 
 
 class SyncBody(_Body):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cloudsession import api, live, ops, views
+from cloudsession import api, durable_api, live, ops, views
 from cloudsession.pages import STATIC_DIR
 from cloudsession.rpc import share_rpc
 
@@ -28,12 +28,14 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/readyz", ops.readyz, name="readyz")
 
     # REST share API; /api/shares/... are exact aliases (the client's console-mode paths).
-    r.add_post(r"/api/{family:shares?}", api.create_share, name="api.create")
-    r.add_post(SHARE + "/sync", api.sync_share, name="api.sync")
+    # create, sync and delete go through durable_api for Idempotency-Key and create options.
+    r.add_post(r"/api/{family:shares?}", durable_api.create_share, name="api.create")
+    r.add_post(SHARE + "/sync", durable_api.sync_share, name="api.sync")
     r.add_get(SHARE + "/data", api.get_share_data, name="api.data")
     r.add_get(SHARE + "/metadata", api.get_share_metadata, name="api.metadata")
     r.add_get(SHARE, api.get_share, name="api.get")
-    r.add_delete(SHARE, api.delete_share, name="api.delete")
+    r.add_delete(SHARE, durable_api.delete_share, name="api.delete")
+    durable_api.add_routes(r, SHARE)  # the durable sync protocol; see docs/protocol.md
     r.add_get("/api/sessions", api.list_sessions, name="api.sessions")
     r.add_route("OPTIONS", "/api/{tail:.*}", api.api_options, name="api.options")
     r.add_route("*", "/api/{tail:.*}", api.api_not_found, name="api.not_found")

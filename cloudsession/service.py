@@ -158,7 +158,8 @@ class ShareService:
             self._cache_bytes -= old.approx_bytes
         self._public_cache.pop(share_id, None)
 
-    async def _store_call(self, coro: Awaitable[Any]) -> Any:
+    async def store_call(self, coro: Awaitable[Any]) -> Any:
+        """Await a store call, turning store failures into StoreUnavailable (503)."""
         try:
             return await coro
         except PreconditionFailed:
@@ -173,7 +174,7 @@ class ShareService:
             raise missing()
         for _ in range(8):
             cached = self._cache.get(share_id)
-            etag = await self._store_call(self.store.head(snapshot_key(share_id)))
+            etag = await self.store_call(self.store.head(snapshot_key(share_id)))
             if etag is None:
                 self._cache_drop(share_id)
                 raise missing()
@@ -181,7 +182,7 @@ class ShareService:
                 state = cached
                 self._cache.move_to_end(share_id)
             else:
-                obj = await self._store_call(self.store.get(snapshot_key(share_id)))
+                obj = await self.store_call(self.store.get(snapshot_key(share_id)))
                 if obj is None:
                     continue
                 try:
@@ -201,7 +202,7 @@ class ShareService:
         prefix = journal_prefix(state.share_id, state.meta.incarnation)
         after = journal_key(state.share_id, state.meta.incarnation, state.meta.seq)
         async for key in iter_keys(self.store, prefix, start_after=after):
-            obj = await self._store_call(self.store.get(key))
+            obj = await self.store_call(self.store.get(key))
             if obj is None:
                 return False
             entry = orjson.loads(obj.body)
@@ -246,7 +247,7 @@ class ShareService:
                 if time.monotonic() - checked > self.settings.write_deadline_seconds:
                     continue
                 try:
-                    await self._store_call(self.store.put_if_absent(journal_key(share_id, state.meta.incarnation, seq), body))
+                    await self.store_call(self.store.put_if_absent(journal_key(share_id, state.meta.incarnation, seq), body))
                 except PreconditionFailed:
                     # Another writer took this seq; back off a little so retries spread out.
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
@@ -289,7 +290,7 @@ class ShareService:
         if initial_items:
             result = await self.commit(state.share_id, lambda _s: {"items": initial_items, "syncs": 1})
             state = result.state
-            await self._notify_sync(state, initial_items, result.sync_count)
+            await self.notify_sync(state, initial_items, result.sync_count)
         secret = self.secret_for(session_id, state.meta.epoch)
         return ShareCredentials(state.share_id, secret, self.share_url(origin, state.share_id), created)
 
@@ -311,7 +312,7 @@ class ShareService:
                     on_create(state)
                 body = state.snapshot_bytes_now(now)
                 try:
-                    etag = await self._store_call(self.store.put_if_absent(snapshot_key(share_id), body))
+                    etag = await self.store_call(self.store.put_if_absent(snapshot_key(share_id), body))
                 except PreconditionFailed:
                     continue  # a concurrent create won; look again
                 state.snapshot_etag, state.snapshot_bytes, state.approx_bytes, state.compacted_at = etag, len(body), len(body), now
@@ -328,10 +329,10 @@ class ShareService:
             return {"items": items, "syncs": 1}
 
         result = await self.commit(share_id, build)
-        await self._notify_sync(result.state, items, result.sync_count)
+        await self.notify_sync(result.state, items, result.sync_count)
         return result.sync_count
 
-    async def _notify_sync(self, state: ShareState, items: list[dict[str, Any]], sync_count: int) -> None:
+    async def notify_sync(self, state: ShareState, items: list[dict[str, Any]], sync_count: int) -> None:
         try:
             await self.events.share_synced(state.share_id, self.public_items(state, items), sync_count)
         except Exception:  # a viewer problem must never fail a durable write
@@ -345,7 +346,7 @@ class ShareService:
                 if not admin:
                     self.check_secret(state, secret)
                 try:
-                    await self._store_call(self.store.delete_if_match(snapshot_key(share_id), state.snapshot_etag or ""))
+                    await self.store_call(self.store.delete_if_match(snapshot_key(share_id), state.snapshot_etag or ""))
                     break
                 except PreconditionFailed:
                     continue
@@ -360,7 +361,7 @@ class ShareService:
 
     async def purge(self, share_id: str) -> int:
         """Remove the index entry and every journal entry of a share whose snapshot is gone."""
-        await self._store_call(self.store.delete(index_key(share_id)))
+        await self.store_call(self.store.delete(index_key(share_id)))
         keys = [key async for key in iter_keys(self.store, journal_prefix(share_id))]
         await self._delete_many(keys)
         return len(keys)
@@ -370,7 +371,7 @@ class ShareService:
 
         async def one(key: str) -> None:
             async with semaphore:
-                await self._store_call(self.store.delete(key))
+                await self.store_call(self.store.delete(key))
 
         await asyncio.gather(*(one(k) for k in keys))
 
@@ -415,7 +416,7 @@ class ShareService:
             folded_seq, folded_bytes, old_etag = state.meta.seq, state.tail_bytes, state.snapshot_etag
             previous_seq, previous_at = state.snapshot_seq, state.compacted_at
         try:
-            etag = await self._store_call(self.store.put_if_match(snapshot_key(share_id), body, old_etag or ""))
+            etag = await self.store_call(self.store.put_if_match(snapshot_key(share_id), body, old_etag or ""))
         except PreconditionFailed:
             return False  # another replica compacted, or the share was deleted
         async with self._lock(share_id):
@@ -531,7 +532,7 @@ class ShareService:
 
         async def one(key: str) -> dict[str, Any] | None:
             async with semaphore:
-                obj = await self._store_call(self.store.get(key))
+                obj = await self.store_call(self.store.get(key))
             if obj is None:
                 return None
             try:
