@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
+from cloudsession.api import request_read_token
 from cloudsession.app_keys import LIVE, SERVICE, SETTINGS
 from cloudsession.errors import SessionNotFound
 from cloudsession.models import json_bytes
@@ -227,7 +228,7 @@ async def share_socket(request: web.Request) -> web.StreamResponse:
         return web.Response(status=403, text="Origin not allowed", content_type="text/plain", charset="UTF-8")
     share_id = request.match_info["id"]
     try:
-        metadata = await request.app[SERVICE].metadata(share_id)
+        metadata = await request.app[SERVICE].metadata(share_id, request_read_token(request))
     except SessionNotFound:
         return web.Response(status=404, text="Session not found", content_type="text/plain", charset="UTF-8")
     hub = request.app[LIVE]

@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from cloudsession.api import request_read_token
 from cloudsession.app_keys import SERVICE, SETTINGS
 from cloudsession.credentials import secrets_equal
 from cloudsession.errors import SessionNotFound
@@ -96,7 +97,7 @@ async def not_found_page(request: web.Request) -> web.Response:
 
 async def _public_share(request: web.Request) -> PublicShare | None:
     try:
-        return await request.app[SERVICE].public_share(request.match_info["id"])
+        return await request.app[SERVICE].public_share(request.match_info["id"], request_read_token(request))
     except SessionNotFound:
         return None
 

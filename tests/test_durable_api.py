@@ -348,3 +348,19 @@ async def test_expiry_can_be_changed_and_cleared(client):
     assert await resp.json() == {"expiresAt": None}
     assert "expiresAt" not in await (await client.get(f"/api/share/{sid}/metadata")).json()
     assert (await client.post(f"/api/share/{sid}/expiry", json={"secret": secret, "expiresAt": 5})).status == 400
+
+
+async def test_private_share_html_fragments_and_websocket_need_the_token(client):
+    share = await create(client, "ses_durableprivatehtml00001", private=True)
+    sid, token = share["id"], share["readToken"]
+    assert (await client.get(f"/share/{sid}")).status == 404
+    page = await client.get(f"/share/{sid}", params={"token": token})
+    assert page.status == 200 and token not in await page.text()
+    assert (await client.get(f"/share/{sid}/fragments")).status == 404
+    assert (await client.get(f"/share/{sid}/fragments", params={"token": token})).status == 200
+    assert (await client.get(f"/ws/{sid}", headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})).status == 404
+    ws = await client.ws_connect(f"/ws/{sid}", params={"token": token})
+    await client.post(f"/api/share/{sid}/sync", json={"secret": share["secret"], "data": [f.item("message", {"id": "m1", "role": "user"})]})
+    frame = await asyncio.wait_for(ws.receive_json(), 5)
+    assert frame == [f.item("message", {"id": "m1", "role": "user"})]
+    await ws.close()

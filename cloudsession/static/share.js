@@ -15,6 +15,9 @@
   var page = parseInt(body.getAttribute("data-page"), 10) || 1;
   var syncCount = parseInt(body.getAttribute("data-sync-count"), 10) || 0;
   var base = "/share/" + encodeURIComponent(shareId);
+  // A private share's read token arrives in the link (?token=); every request of the page
+  // must carry it on, or the share answers 404 (docs/protocol.md).
+  var readToken = new URLSearchParams(location.search).get("token");
   var pending = { ids: new Set(), header: false, diffs: false, digest: false };
   var inflight = false;
   var timer = null;
@@ -194,6 +197,7 @@
     var want = { header: pending.header, diffs: pending.diffs, digest: pending.digest };
     pending.header = pending.diffs = pending.digest = false;
     var params = new URLSearchParams({ page: String(page) });
+    if (readToken) params.set("token", readToken);
     // At most 200 ids, and a URL well under the server's 8 KB request-line limit; the rest
     // go in the next request.
     var ids = [];
@@ -281,6 +285,7 @@
     if (stopped) return;
     var scheme = location.protocol === "https:" ? "wss:" : "ws:";
     var url = scheme + "//" + location.host + "/ws/" + encodeURIComponent(shareId) + "?format=events";
+    if (readToken) url += "&token=" + encodeURIComponent(readToken);
     try {
       socket = new WebSocket(url);
     } catch (e) {
