@@ -43,7 +43,7 @@ from cloudsession.errors import (
     ValidationFailed,
 )
 from cloudsession.journal import SEQ_WIDTH, ShareMeta, ShareState, journal_prefix, snapshot_key, uuid7_ms
-from cloudsession.models import SecretBody, json_bytes, parse_body, parse_sync_items
+from cloudsession.models import SecretBody, ShareOptionsBody, json_bytes, parse_body, parse_sync_items
 from cloudsession.service import ShareCredentials, ShareService, now_ms
 from cloudsession.store.base import PreconditionFailed, iter_keys
 
@@ -342,8 +342,11 @@ class CreateOptions:
     ttl: int | None = None
     expires_at: int | None = None
 
-    def __bool__(self) -> bool:
-        return self.private or self.ttl is not None or self.expires_at is not None
+    @classmethod
+    def parse(cls, raw: Any) -> "CreateOptions":
+        """From ``{private?, ttl?, expiresAt?}`` (a create body or the RPC options argument)."""
+        body: ShareOptionsBody = parse_body(ShareOptionsBody, raw)
+        return cls(body.private, body.ttl, body.expiresAt)
 
 
 async def create(

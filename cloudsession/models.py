@@ -26,13 +26,17 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class CreateShareBody(_Body):
-    sessionID: StrictStr
-    # Options of the durable protocol (durable.py), applied only when the share is new:
-    # a private share, and an expiry as ``ttl`` seconds or ``expiresAt`` epoch milliseconds.
+class ShareOptionsBody(_Body):
+    """Options of the durable protocol (durable.py), applied only when the share is new: a
+    private share, and an expiry as ``ttl`` seconds or ``expiresAt`` epoch milliseconds."""
+
     private: StrictBool = False
     ttl: StrictInt | None = None
     expiresAt: StrictInt | None = None
+
+
+class CreateShareBody(ShareOptionsBody):
+    sessionID: StrictStr
 
 
 class SyncBody(_Body):

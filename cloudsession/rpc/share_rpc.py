@@ -4,6 +4,8 @@
 the same validation, limits and error messages; a ``ShareError`` becomes the rejection
 ``["error", e.rpc_name, e.message]`` and anything unexpected a generic "Internal error". The
 reference's diagnostic methods (``probeValue``, ``probeCallback``) are deliberately absent.
+``appendOps``, ``redeemShare``, ``rotateSecret``, ``getReadToken``, ``setPrivate`` and
+``setExpiry`` serve the durable sync protocol (``durable.py``, ``docs/protocol.md``).
 
 Auth runs before anything else: with ``SESSIONS_RPC_SHARED_KEY`` set, the header
 ``x-opencode-share-key`` must match it (constant time) or the answer is 401 JSON, before any
@@ -20,11 +22,12 @@ from typing import Any
 
 from aiohttp import web
 
+from cloudsession import durable
 from cloudsession.api import json_response, public_origin
 from cloudsession.app_keys import SERVICE, SETTINGS
 from cloudsession.credentials import secrets_equal
 from cloudsession.errors import ShareError, Unauthorized, ValidationFailed
-from cloudsession.models import parse_sync_items
+from cloudsession.models import parse_body, parse_sync_items
 from cloudsession.service import ShareService
 
 from .codec import INVALID_DATE, UNDEFINED, BigInt, RpcError, RpcLimits, RpcTarget
@@ -41,14 +44,15 @@ class ShareRpc(RpcTarget):
         self._origin = origin
         self._max_items = max_items
 
-    async def createShare(self, sessionID: Any, initialData: Any = UNDEFINED) -> dict[str, str]:  # noqa: N802, N803
-        """Create (or return, idempotently) the share of ``sessionID``; ``initialData`` is one sync."""
+    async def createShare(self, sessionID: Any, initialData: Any = UNDEFINED, options: Any = UNDEFINED) -> dict[str, Any]:  # noqa: N802, N803
+        """Create (or return, idempotently) the share of ``sessionID``; ``initialData`` is one sync;
+        ``options`` ``{private?, ttl?, expiresAt?}`` apply to a new share (durable.py)."""
         with _rejections():
             items = None
             if initialData is not UNDEFINED and initialData is not None:
                 items = self._items(initialData, "initialData")
-            credentials = await self._service.create(sessionID, origin=self._origin, initial_items=items)
-            return credentials.as_json()
+            chosen = durable.CreateOptions.parse(_options(options, "options"))
+            return await durable.create(self._service, sessionID, origin=self._origin, options=chosen, initial_items=items)
 
     async def syncShare(self, id: Any, secret: Any, data: Any) -> dict[str, Any]:  # noqa: A002, N802
         with _rejections():
@@ -61,6 +65,39 @@ class ShareRpc(RpcTarget):
         with _rejections():
             await self._service.delete(_text(id, "id"), _text(secret, "secret"))
             return {"success": True}
+
+    # -- the durable sync protocol (durable.py, docs/protocol.md) --------------------------------
+
+    async def appendOps(self, shareID: Any, secret: Any, epoch: Any, ops: Any) -> dict[str, Any]:  # noqa: N802, N803
+        with _rejections():
+            raw = {"secret": secret, "epoch": None if epoch is UNDEFINED else epoch, "ops": json_data(ops, "ops")}
+            limit = min(durable.MAX_OPS_PER_REQUEST, self._max_items)
+            secret, epoch, parsed = durable.parse_ops_request(raw, max_items=limit)
+            return await durable.append_ops(self._service, _text(shareID, "shareID"), secret, epoch, parsed)
+
+    async def redeemShare(self, shareID: Any, secret: Any) -> dict[str, Any]:  # noqa: N802, N803
+        with _rejections():
+            return await durable.redeem(self._service, _text(shareID, "shareID"), _text(secret, "secret"), self._origin)
+
+    async def rotateSecret(self, shareID: Any, secret: Any) -> dict[str, Any]:  # noqa: N802, N803
+        with _rejections():
+            return await durable.rotate_secret(self._service, _text(shareID, "shareID"), _text(secret, "secret"), self._origin)
+
+    async def getReadToken(self, shareID: Any, secret: Any) -> dict[str, Any]:  # noqa: N802, N803
+        with _rejections():
+            return await durable.read_token(self._service, _text(shareID, "shareID"), _text(secret, "secret"))
+
+    async def setPrivate(self, shareID: Any, secret: Any, private: Any) -> dict[str, Any]:  # noqa: N802, N803
+        with _rejections():
+            if not isinstance(private, bool):
+                raise ValidationFailed("private must be a boolean", [{"path": ["private"], "message": "must be a boolean"}])
+            return await durable.set_private(self._service, _text(shareID, "shareID"), _text(secret, "secret"), private)
+
+    async def setExpiry(self, shareID: Any, secret: Any, expiry: Any = UNDEFINED) -> dict[str, Any]:  # noqa: N802, N803
+        """``expiry`` is ``{ttl}`` or ``{expiresAt}``; null or nothing: never expire."""
+        with _rejections():
+            body = parse_body(durable.ExpiryBody, {**_options(expiry, "expiry"), "secret": _text(secret, "secret")})
+            return await durable.set_expiry(self._service, _text(shareID, "shareID"), body.secret, body.ttl, body.expiresAt)
 
     def _items(self, raw: Any, name: str) -> list[dict[str, Any]]:
         return parse_sync_items(json_data(raw, name), max_items=self._max_items, path=(name,))
@@ -91,6 +128,16 @@ def _rejections() -> Iterator[None]:
         yield
     except ShareError as error:
         raise RpcError(error.rpc_name, error.message) from None
+
+
+def _options(value: Any, name: str) -> dict[str, Any]:
+    """An optional options object: absent and null mean none."""
+    if value is UNDEFINED or value is None:
+        return {}
+    data = json_data(value, name)
+    if not isinstance(data, dict):
+        raise ValidationFailed(f"{name} must be an object", [{"path": [name], "message": "must be an object"}])
+    return data
 
 
 def _text(value: Any, name: str) -> str:
