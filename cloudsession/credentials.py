@@ -23,11 +23,11 @@ import hmac
 import re
 import uuid
 
-SHARE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_SAFE_TAIL_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+SHARE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_SAFE_TAIL_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # The uuid npm library (v13) that the reference uses accepts exactly these namespaces.
-_NAMESPACE_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I)
+_NAMESPACE_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z", re.I)
 _SPECIAL_NAMESPACES = {"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"}
 
 

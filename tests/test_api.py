@@ -251,7 +251,7 @@ async def test_unknown_and_invalid_ids(client):
     for path in ("/api/share/nosuch01", "/api/share/nosuch01/metadata", "/api/share/nosuch01/data"):
         resp = await client.get(path)
         assert resp.status == 404 and await resp.json() == {"error": "Session not found"}
-    for path in ("/api/share/a%2Fb", "/api/share/%2e%2e", "/api/share/a%20b/data"):
+    for path in ("/api/share/a%2Fb", "/api/share/%2e%2e", "/api/share/a%20b/data", "/api/share/nosuch01%0A"):
         assert (await client.get(path)).status == 404
 
 
