@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from servers import ServerProcess
-from view_data import SES, hostile_items, item, load_fixture_items, part, rich_items, session, user
+from view_data import hostile_items, item, load_fixture_items, part, rich_items, session, user
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -55,15 +55,11 @@ def browser() -> Iterator[Browser]:
             instance.close()
 
 
-class PageErrors(list[str]):
-    pass
-
-
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     tab = context.new_page()
-    errors = PageErrors()
+    errors: list[str] = []
     tab.on("pageerror", lambda error: errors.append(str(error)))
     tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     tab.errors = errors  # type: ignore[attr-defined]
