@@ -333,12 +333,12 @@ class PageRenderer:
         return str(self._macros.diff_panel(view))
 
     @staticmethod
-    def nav_html(entry: MessageEntry, current_page: int) -> str:
+    def nav_html(entry: MessageEntry, current_page: int, link_suffix: str = "") -> str:
         """One navigator entry. Built in Python rather than by a macro: the navigator lists every
         message of the share (2,000 entries for a long session), and a macro call per entry
         would cost more than rendering a whole page of messages. Every value is escaped."""
         here = entry.page == current_page
-        href = f"#msg-{entry.id}" if here else f"?page={entry.page}#msg-{entry.id}"
+        href = f"#msg-{entry.id}" if here else f"?page={entry.page}{link_suffix}#msg-{entry.id}"
         role = entry.role
         return (
             f'<li class="nav-{css_token(role)}{" here" if here else ""}" data-id="{escape(entry.id)}">'
@@ -346,10 +346,12 @@ class PageRenderer:
             f'<span class="pv">{escape(entry.preview)}</span></a></li>'
         )
 
-    def navigator_html(self, view: ShareView, current_page: int) -> str:
-        return "\n".join(self.nav_html(entry, current_page) for entry in view.entries)
+    def navigator_html(self, view: ShareView, current_page: int, link_suffix: str = "") -> str:
+        return "\n".join(self.nav_html(entry, current_page, link_suffix) for entry in view.entries)
 
-    def share_page(self, share: PublicShare, page: int, *, live_format: str = "events") -> str:
+    def share_page(self, share: PublicShare, page: int, *, live_format: str = "events", link_suffix: str = "") -> str:
+        """The whole page. ``link_suffix`` (for example ``&token=...`` on a private share) is
+        appended to links to other pages so they keep working."""
         view = self.view(share)
         page = min(max(page, 1), view.pages)
         return self.template("share.html").render(
@@ -360,11 +362,12 @@ class PageRenderer:
             messages_html=self.messages_html(view.page_entries(page)),
             header_html=Markup(self.header_html(view)),  # safe: rendered by parts.html (autoescape)
             diffs_html=Markup(self.diffs_html(view)),  # safe: rendered by parts.html (autoescape)
-            navigator_html=self.navigator_html(view, page),
+            navigator_html=self.navigator_html(view, page, link_suffix),
+            link_suffix=link_suffix,
             live_format=live_format,
         )
 
-    def fragments(self, share: PublicShare, ids: Iterable[str], page: int) -> list[Fragment | str]:
+    def fragments(self, share: PublicShare, ids: Iterable[str], page: int, link_suffix: str = "") -> list[Fragment | str]:
         """Fragments for the requested message ids; an unknown id comes back as the bare id."""
         view = self.view(share)
         result: list[Fragment | str] = []
@@ -381,7 +384,7 @@ class PageRenderer:
                     number=entry.number,
                     before=view.next_on_page(entry),
                     html=self.message_html(entry) if entry.page == page else "",
-                    nav=self.nav_html(entry, page),
+                    nav=self.nav_html(entry, page, link_suffix),
                 )
             )
         return result

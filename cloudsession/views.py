@@ -115,8 +115,16 @@ async def share_page(request: web.Request) -> web.Response:
         page = MAX_PAGE  # clamped to the last page by the renderer
     else:
         page = _int_param(request, "page", 1)
-    text = await renderer.run(lambda pages: pages.share_page(share, page))
+    suffix = _link_suffix(request, share)
+    text = await renderer.run(lambda pages: pages.share_page(share, page, link_suffix=suffix))
     return html_response(text)
+
+
+def _link_suffix(request: web.Request, share: PublicShare) -> str:
+    """Query text that links to other pages of a private share carry: its read token, which
+    the reader already has in this page's address."""
+    token = request.query.get("token")
+    return "&" + urlencode({"token": token}) if share.private and token else ""
 
 
 async def share_fragments(request: web.Request) -> web.Response:
@@ -137,6 +145,7 @@ async def share_fragments(request: web.Request) -> web.Response:
     page = _int_param(request, "page", 1)
     flags = {name: request.query.get(name) == "1" for name in ("header", "diffs", "digest")}
     nav_from = _int_param(request, "nav_from", 0) if "nav_from" in request.query else None
+    suffix = _link_suffix(request, share)
 
     def build(pages: PageRenderer) -> dict[str, Any]:
         view = pages.view(share)
@@ -153,9 +162,9 @@ async def share_fragments(request: web.Request) -> web.Response:
         if flags["digest"]:
             body["digest"] = [{"id": e.id, "hash": e.hash} for e in view.page_entries(min(page, view.pages))]
         if nav_from is not None:
-            body["nav"] = "".join(pages.nav_html(e, page) for e in view.entries[max(nav_from - 1, 0) :])
+            body["nav"] = "".join(pages.nav_html(e, page, suffix) for e in view.entries[max(nav_from - 1, 0) :])
         messages, missing = [], []
-        for fragment in pages.fragments(share, ids, page):
+        for fragment in pages.fragments(share, ids, page, suffix):
             if isinstance(fragment, Fragment):
                 messages.append(fragment.__dict__)
             else:

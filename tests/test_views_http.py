@@ -300,3 +300,23 @@ async def test_login_page_says_when_no_key_is_configured(aiohttp_client, tmp_pat
     assert response.status == 401
     assert "No admin key is configured" in await response.text()
     assert (await web.post("/sessions/login", data={"key": ""})).status == 401
+
+
+async def test_private_share_links_keep_the_read_token(web) -> None:  # type: ignore[no-untyped-def]
+    response = await web.post("/api/share", json={"sessionID": SES, "private": True})
+    creds = await response.json()
+    token = creds["readToken"]
+    items = [item("session", session())]
+    for n in range(130):
+        message = user(n * 1000)
+        items += [item("message", message), item("part", part(message, "text", text=f"number {n + 1}"))]
+    await sync(web, creds, items)
+    assert (await web.get(f"/share/{creds['id']}")).status == 404  # no token, no page
+    page = soup_of(await (await web.get(f"/share/{creds['id']}", params={"token": token})).text())
+    pager_links = [a["href"] for a in page.select("nav.pager a")]
+    assert pager_links and all(h.endswith(f"&token={token}") for h in pager_links)
+    far = page.select("#nav-list li")[120].select_one("a")["href"]
+    assert far.startswith(f"?page=2&token={token}#msg-")
+    assert (await web.get(f"/share/{creds['id']}{pager_links[-1]}")).status == 200
+    fragments = await (await web.get(f"/share/{creds['id']}/fragments", params={"token": token, "nav_from": "130"})).json()
+    assert f"token={token}" in fragments["nav"]

@@ -138,7 +138,8 @@
     var el = byId("msg-" + m.id);
     if (m.page !== page || !m.html) {
       if (!el && m.page > page) {
-        banner("new-below", "New messages on later pages.", { href: "?page=last", text: "Go to the latest" });
+        var latest = "?page=last" + (readToken ? "&token=" + encodeURIComponent(readToken) : "");
+        banner("new-below", "New messages on later pages.", { href: latest, text: "Go to the latest" });
       }
       return;
     }
