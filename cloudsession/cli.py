@@ -16,7 +16,8 @@ from typing import Any, Callable
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from cloudsession import __version__
+from cloudsession import __version__, admin, durable
+from cloudsession.client import push
 from cloudsession.config import ConfigError, Settings, ensure_namespace, load_settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="print the effective configuration, secrets redacted")
     add_config_flags(check)
     check.set_defaults(func=cmd_check_config)
+
+    durable.add_subcommands(sub)  # gc
+    admin.add_subcommands(sub)  # import, export, admin ...
+    push.add_subcommands(sub)  # push
     return parser
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import re
 from collections import defaultdict
@@ -45,6 +46,7 @@ from cloudsession.errors import (
 from cloudsession.journal import SEQ_WIDTH, ShareMeta, ShareState, journal_prefix, snapshot_key, uuid7_ms
 from cloudsession.models import SecretBody, ShareOptionsBody, json_bytes, parse_body, parse_sync_items
 from cloudsession.service import ShareCredentials, ShareService, now_ms
+from cloudsession.store import open_store
 from cloudsession.store.base import PreconditionFailed, iter_keys
 
 log = logging.getLogger(__name__)
@@ -623,3 +625,32 @@ async def periodic_sweep(app: web.Application) -> AsyncIterator[None]:
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# -- `cloudsession gc` ----------------------------------------------------------------------------
+
+
+def add_subcommands(sub: Any) -> None:
+    gc = sub.add_parser("gc", help="delete expired shares and prune folded journal entries (what the server's periodic sweep does)")
+    from cloudsession.cli import add_config_flags  # the CLI imports this module
+
+    add_config_flags(gc)
+    gc.set_defaults(func=cmd_gc)
+
+
+def cmd_gc(args: Any) -> int:
+    from cloudsession.cli import settings_from_args
+
+    settings = settings_from_args(args)
+
+    async def run() -> SweepReport:
+        async with open_store(settings) as store:
+            service = ShareService(store, settings)
+            try:
+                return await sweep(service)
+            finally:
+                await service.close()
+
+    report = asyncio.run(run())
+    print(json.dumps(report.as_json()))
+    return 0
