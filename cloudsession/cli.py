@@ -16,7 +16,7 @@ from typing import Any, Callable
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from cloudsession import __version__, durable
+from cloudsession import __version__, admin, durable
 from cloudsession.client import push
 from cloudsession.config import ConfigError, Settings, ensure_namespace, load_settings
 
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     durable.add_subcommands(sub)  # gc
+    admin.add_subcommands(sub)  # import, export, admin ...
     push.add_subcommands(sub)  # push
     return parser
 

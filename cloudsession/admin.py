@@ -1,0 +1,293 @@
+"""The ``import``, ``export`` and ``admin`` commands of the ``cloudsession`` CLI.
+
+``cli.py`` calls :func:`add_subcommands` to register them. ``import`` is a client of any share
+server (``importer.py``); ``export`` and ``admin ...`` work on the configured store directly,
+through the share service (``maintenance.py``), so they need no running server. Every store
+command takes ``--store URL`` to work on another store than the configured one, ``--dry-run`` to
+change nothing, shows a progress bar on a terminal (``--progress`` forces it) and ends with a
+summary. Exit status: 0 when everything is in order, 1 when something needs attention, 2 for a
+usage or configuration problem. Documented in docs/import-export.md and docs/admin.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, TextIO
+from urllib.parse import parse_qs, urlsplit
+
+from cloudsession import importer, maintenance
+from cloudsession.config import ConfigError, Settings, StoreSettings, parse_store_url
+from cloudsession.errors import SessionNotFound, ShareError
+from cloudsession.service import ShareService
+from cloudsession.store import open_store
+
+TOKEN_ENV = "CLOUDSESSION_SHARE_TOKEN"
+
+
+# cli.py imports this module to register the commands, so its helpers are imported on use.
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from cloudsession.cli import add_config_flags as add
+
+    add(parser)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    from cloudsession.cli import settings_from_args as build
+
+    return build(args)
+
+
+# -- progress and summaries ---------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str, *, enabled: bool, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.total = 0
+        self.done = 0
+        self._drawn = 0.0
+
+    def start(self, total: int) -> Callable[[int], None]:
+        self.total, self.done = total, 0
+        self._draw(force=True)
+        return self.tick
+
+    def tick(self, count: int) -> None:
+        self.done += count
+        self._draw(force=self.done >= self.total)
+
+    def _draw(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._drawn < 0.1):
+            return
+        self._drawn = now
+        filled = self.WIDTH * self.done // self.total if self.total else self.WIDTH
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
+        if self.done >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def progress_for(args: argparse.Namespace, label: str) -> Progress:
+    return Progress(label, enabled=args.progress or sys.stderr.isatty())
+
+
+def print_report(title: str, report: maintenance.Report, *, dry_run: bool) -> None:
+    for finding in report.findings:
+        print(finding.line())
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items())) or "nothing to do"
+    print(f"{title}{' (dry run: nothing was changed)' if dry_run else ''}: {counts}")
+
+
+# -- stores -------------------------------------------------------------------------------------
+
+
+def store_settings(url: str) -> StoreSettings:
+    """``s3://bucket[/prefix][?endpoint=URL&region=R]``, ``file:///path`` or a path.
+
+    An S3 store without ``endpoint`` uses ``AWS_ENDPOINT_URL`` (then AWS's default), so one
+    command can read R2 and write another provider. Credentials come from the AWS environment.
+    """
+    spec = parse_store_url(url)
+    if spec["backend"] == "s3":
+        query = parse_qs(urlsplit(url).query)
+        unknown = sorted(set(query) - {"endpoint", "region"})
+        if unknown:
+            raise ConfigError(f"store URL {url.split('?')[0]!r}: unknown parameter(s) {', '.join(unknown)} (known: endpoint, region)")
+        spec["endpoint"] = (query.get("endpoint") or [os.environ.get("AWS_ENDPOINT_URL")])[0]
+        spec["region"] = (query.get("region") or [os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")])[0]
+    return StoreSettings(**spec)
+
+
+@asynccontextmanager
+async def open_service(settings: Settings, store_url: str | None = None) -> AsyncIterator[ShareService]:
+    """A share service on the configured store, or on ``store_url``."""
+    if store_url:
+        settings = settings.model_copy(update={"store": store_settings(store_url)})
+    async with open_store(settings) as store:
+        service = ShareService(store, settings)
+        try:
+            yield service
+        finally:
+            await service.close()
+
+
+def run(coro: Any) -> int:
+    """Run a command coroutine; a share or store problem is one line on stderr and exit 1."""
+    try:
+        return asyncio.run(coro)
+    except ShareError as exc:
+        print(f"cloudsession: {exc.message}", file=sys.stderr)
+        return 1
+
+
+# -- import / export ----------------------------------------------------------------------------
+
+
+def _write(data: bytes, output: Path | None) -> int:
+    try:
+        importer.write_output(data, output)
+    except OSError as exc:
+        print(f"cloudsession: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    try:
+        conversion = asyncio.run(importer.import_share(args.url, token=token, timeout=args.timeout, max_bytes=args.max_bytes))
+    except importer.ImportFailed as exc:
+        print(f"cloudsession import: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    for warning in conversion.warnings:
+        print(f"cloudsession import: warning: {warning}", file=sys.stderr)
+    status = _write(importer.export_json(conversion.document), args.output)
+    if status == 0 and args.output is not None:
+        doc = conversion.document
+        print(f"Wrote session {doc['info']['id']} ({len(doc['messages'])} messages) to {args.output}", file=sys.stderr)
+    return status
+
+
+async def _export(args: argparse.Namespace) -> int:
+    async with open_service(settings_from_args(args), args.store) as service:
+        try:
+            state = await service.load(args.share_id)
+        except SessionNotFound:
+            print(f"cloudsession export: no readable share {args.share_id!r} in the store", file=sys.stderr)
+            return 1
+        if args.original_ids:
+            items = [{"type": "session", "data": state.session}]
+            items += [{"type": "message", "data": m} for m in state.messages.values()]
+            items += [{"type": "part", "data": p} for p in state.parts.values()]
+            redact: Callable[[str], str] = lambda text: text  # noqa: E731
+        else:
+            view = service.public_view(state)
+            items, redact = view.data_items(), view.redact
+    try:
+        conversion = importer.to_export(items)
+    except importer.ImportFailed as exc:
+        print(f"cloudsession export: {args.share_id}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    data = redact(importer.export_json(conversion.document).decode("utf-8")).encode("utf-8")
+    return _write(data, args.output)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    return run(_export(args))
+
+
+# -- admin --------------------------------------------------------------------------------------
+
+
+async def _backfill(args: argparse.Namespace) -> int:
+    async with open_service(settings_from_args(args), args.store) as service:
+        progress = progress_for(args, "backfill-index")
+        report = await maintenance.backfill_index(service, dry_run=args.dry_run, start=progress.start)
+    print_report("backfill-index", report, dry_run=args.dry_run)
+    return 1 if report.counts["failed"] or report.counts["unreadable"] else 0
+
+
+async def _fsck(args: argparse.Namespace) -> int:
+    options = maintenance.FsckOptions(repair=args.repair, delete_unrepairable=args.delete_unrepairable, dry_run=args.dry_run)
+    async with open_service(settings_from_args(args), args.store) as service:
+        progress = progress_for(args, "fsck")
+        report = await maintenance.fsck(service, options, start=progress.start)
+    print_report("fsck", report, dry_run=args.dry_run)
+    unresolved = report.unresolved
+    if unresolved:
+        print(f"{len(unresolved)} problem(s) left" + ("" if args.repair else "; --repair fixes the repairable ones"))
+    return 1 if unresolved else 0
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    async with open_service(settings, args.source) as source, open_service(settings, args.target) as target:
+        progress = progress_for(args, "migrate")
+        report = await maintenance.migrate(source, target, dry_run=args.dry_run, start=progress.start)
+    print_report("migrate", report, dry_run=args.dry_run)
+    return 1 if report.counts["failed"] else 0
+
+
+async def _delete(args: argparse.Namespace) -> int:
+    missing = 0
+    async with open_service(settings_from_args(args), args.store) as service:
+        progress = progress_for(args, "delete")
+        tick = progress.start(len(args.share_ids))
+        outcomes = []
+        for share_id in args.share_ids:
+            outcome = await maintenance.delete_share(service, share_id, dry_run=args.dry_run)
+            outcomes.append((share_id, outcome))
+            missing += outcome == "not found"
+            tick(1)
+    for share_id, outcome in outcomes:
+        print(f"{share_id}: {outcome}")
+    print(f"delete{' (dry run: nothing was changed)' if args.dry_run else ''}: {len(outcomes) - missing} of {len(outcomes)} found")
+    return 1 if missing else 0
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+def _store_flags(parser: argparse.ArgumentParser, *, store: bool = True, changes: bool = True) -> None:
+    add_config_flags(parser)
+    if store:
+        parser.add_argument("--store", metavar="URL", help="work on this store instead of the configured one (s3://bucket/prefix, file:///path)")
+    if changes:
+        parser.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
+        parser.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+
+
+def add_subcommands(sub: Any) -> None:
+    """Register ``import``, ``export`` and ``admin`` on the CLI's subparsers."""
+    imp = sub.add_parser("import", help="download a share into an opencode export file (for `opencode import FILE`)")
+    imp.add_argument("url", help="the share link, e.g. https://share.example.com/share/abc123")
+    imp.add_argument("-o", "--output", type=Path, help="write here instead of to stdout")
+    imp.add_argument("--token", help=f"read token of a private share (or set {TOKEN_ENV}; a ?token= in the link also works)")
+    imp.add_argument("--timeout", type=float, default=importer.DEFAULT_TIMEOUT, help="seconds before giving up (default %(default)s)")
+    imp.add_argument("--max-bytes", type=int, default=importer.DEFAULT_MAX_BYTES, help="largest answer accepted (default %(default)s)")
+    imp.set_defaults(func=cmd_import)
+
+    exp = sub.add_parser("export", help="write a share from the store as an opencode export file (operators)")
+    _store_flags(exp, changes=False)
+    exp.add_argument("share_id")
+    exp.add_argument("-o", "--output", type=Path, help="write here instead of to stdout")
+    exp.add_argument("--original-ids", action="store_true", help="keep the owner's real session ID instead of the public one")
+    exp.set_defaults(func=cmd_export)
+
+    admin = sub.add_parser("admin", help="store maintenance: backfill-index, fsck, migrate, delete")
+    tools = admin.add_subparsers(dest="admin_command", required=True, metavar="TOOL")
+
+    backfill = tools.add_parser("backfill-index", help="rebuild missing or stale index entries")
+    _store_flags(backfill)
+    backfill.set_defaults(func=lambda args: run(_backfill(args)))
+
+    check = tools.add_parser("fsck", help="find damaged shares and index drift; --repair fixes what it can")
+    _store_flags(check)
+    check.add_argument("--repair", action="store_true", help="repair malformed shares, index drift and orphaned keys")
+    check.add_argument("--delete-unrepairable", action="store_true", help="delete shares that cannot be repaired (empty or invalid blobs)")
+    check.set_defaults(func=lambda args: run(_fsck(args)))
+
+    move = tools.add_parser("migrate", help="copy a reference Worker bucket (or another store) into cloudsession's layout")
+    _store_flags(move, store=False)
+    move.add_argument("--from", dest="source", required=True, metavar="STORE", help="source store URL (s3://bucket[/prefix][?endpoint=URL], file:///path)")
+    move.add_argument("--to", dest="target", metavar="STORE", help="target store URL (default: the configured store)")
+    move.set_defaults(func=lambda args: run(_migrate(args)))
+
+    kill = tools.add_parser("delete", help="delete shares without their secret (the operator's kill switch)")
+    _store_flags(kill)
+    kill.add_argument("share_ids", nargs="+", metavar="SHARE_ID")
+    kill.set_defaults(func=lambda args: run(_delete(args)))

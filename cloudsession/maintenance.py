@@ -1,0 +1,493 @@
+"""Store maintenance for operators: rebuild the index, check and repair shares, migrate a bucket
+written by the reference Worker, delete a share whatever state it is in.
+
+The CLI (``admin.py``) is a thin shell over these coroutines. They read and fold shares through
+:class:`~cloudsession.service.ShareService` and ``journal.ShareState`` (the same code that serves
+requests), write with conditional puts where a concurrent server could be writing too, and never
+let one bad share stop a run: every per-share failure becomes a line in the :class:`Report`.
+
+What counts as a damaged snapshot (``share/<id>``), from worst to mildest:
+
+``empty`` / ``invalid-json`` / ``not-an-object``
+    Nothing to rebuild from. Reported; deleted only on request (``--delete-unrepairable``).
+``no-session-id``
+    Neither ``metadata.sessionID``, ``session.id`` nor the index entry names the session, so the
+    owner's secret cannot be derived and import would fail. Unrepairable, like the above.
+``malformed``
+    Readable, but missing or mistyped parts: no ``session`` or ``metadata`` object, session keys
+    that ``opencode import`` requires (``id``, ``slug``, ``title``, ``version``, ``time``), arrays
+    that are not arrays or hold entries without ids. Repaired by filling defaults the way the
+    reference's create does and dropping the unusable entries; every present value is kept.
+
+The reference Worker's ``fix-malformed`` script crashes when ``metadata`` is missing and its
+``backfill-index`` aborts on the first unparsable blob; here both are just findings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable
+
+import orjson
+
+from cloudsession.errors import SessionNotFound, ShareError, ShareNotFound
+from cloudsession.journal import ShareState, index_key, journal_prefix, snapshot_key
+from cloudsession.models import json_bytes
+from cloudsession.service import ShareService
+from cloudsession.store.base import ObjectStore, PreconditionFailed, iter_keys
+
+CONCURRENCY = 16
+# Keys are listed a page at a time and worked on in batches of this size, so memory stays flat
+# however many shares a bucket holds.
+BATCH = 1000
+
+Tick = Callable[[int], None]
+
+# Session keys ``opencode import`` requires, with the defaults the reference's create writes.
+_SESSION_DEFAULTS: tuple[tuple[str, Callable[[str], Any]], ...] = (
+    ("id", lambda sid: sid),
+    ("slug", lambda sid: sid),
+    ("projectID", lambda sid: ""),
+    ("directory", lambda sid: ""),
+    ("title", lambda sid: ""),
+    ("version", lambda sid: "1"),
+)
+
+
+@dataclass(slots=True)
+class Finding:
+    share_id: str
+    kind: str
+    detail: str
+    # "repaired", "would repair", "deleted", "would delete", or "" (reported only).
+    action: str = ""
+
+    def line(self) -> str:
+        suffix = f" [{self.action}]" if self.action else ""
+        return f"{self.share_id}: {self.kind}: {self.detail}{suffix}"
+
+
+@dataclass(slots=True)
+class Report:
+    """Counters for the summary and the findings worth a line each."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, finding: Finding) -> None:
+        self.findings.append(finding)
+        self.counts[finding.kind] += 1
+
+    @property
+    def unresolved(self) -> list[Finding]:
+        return [f for f in self.findings if f.action in ("", "would repair", "would delete")]
+
+
+# -- listing ------------------------------------------------------------------------------------
+
+
+async def ids_under(store: ObjectStore, prefix: str) -> list[str]:
+    """Share ids of the ``<prefix><id>`` keys (every page); deeper keys count once by their id."""
+    seen: dict[str, None] = {}
+    async for key in iter_keys(store, prefix):
+        seen.setdefault(key[len(prefix):].split("/", 1)[0], None)
+    return list(seen)
+
+
+async def for_each(ids: list[str], work: Callable[[str], Awaitable[None]], tick: Tick) -> None:
+    """Run ``work`` on every id, ``CONCURRENCY`` at a time, in batches of ``BATCH``."""
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(share_id: str) -> None:
+        async with semaphore:
+            await work(share_id)
+        tick(1)
+
+    for start in range(0, len(ids), BATCH):
+        await asyncio.gather(*(one(i) for i in ids[start:start + BATCH]))
+
+
+# -- snapshot checks ----------------------------------------------------------------------------
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass(slots=True)
+class Diagnosis:
+    kind: str  # "ok", "malformed", or an unrepairable kind
+    issues: list[str]
+    fixed: dict[str, Any] | None = None
+
+
+def diagnose(body: bytes, share_id: str, index: dict[str, Any] | None = None, *, now: int | None = None) -> Diagnosis:
+    """Classify a ``share/<id>`` blob and, when it can be, build the repaired document.
+
+    ``index`` (the share's index entry, if readable) may supply a session ID and times that the
+    blob lost. Present values are never changed; only missing or mistyped ones are filled in.
+    """
+    if not body.strip():
+        return Diagnosis("empty", ["the blob is empty"])
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return Diagnosis("invalid-json", [f"not valid JSON ({exc})"])
+    if not isinstance(doc, dict):
+        return Diagnosis("not-an-object", [f"the blob is a JSON {type(doc).__name__}, not an object"])
+    index = index or {}
+    issues: list[str] = []
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict):
+        issues.append("metadata is missing" if metadata is None else "metadata is not an object")
+        metadata = {}
+    session = doc.get("session")
+    if not isinstance(session, dict):
+        issues.append("session is missing" if session is None else "session is not an object")
+        session = {}
+    session_id = _text(metadata.get("sessionID")) or _text(session.get("id")) or _text(index.get("sessionID"))
+    if session_id is None:
+        return Diagnosis("no-session-id", issues + ["no session ID in metadata, session or index"])
+    stamp = int(time.time() * 1000) if now is None else now
+    times = session.get("time") if isinstance(session.get("time"), dict) else {}
+    created = _int(metadata.get("createdAt")) or _int(times.get("created")) or _int(index.get("createdAt")) or stamp
+    updated = _int(metadata.get("lastUpdated")) or _int(times.get("updated")) or _int(index.get("lastUpdated")) or created
+
+    fixed_session = dict(session)
+    for key, default in _SESSION_DEFAULTS:
+        if not isinstance(fixed_session.get(key), str) or (key in ("id", "slug") and not fixed_session[key]):
+            issues.append(f"session.{key} is missing or not a string")
+            fixed_session[key] = default(session_id)
+    fixed_times = dict(times)
+    for key, value in (("created", created), ("updated", updated)):
+        if _int(fixed_times.get(key)) is None:
+            issues.append(f"session.time.{key} is missing or not a number")
+            fixed_times[key] = value
+    fixed_session["time"] = fixed_times
+
+    arrays: dict[str, list[Any]] = {}
+    for key, need in (("messages", ("id",)), ("parts", ("id", "messageID")), ("diffs", ()), ("models", ("id",))):
+        value = doc.get(key)
+        if not isinstance(value, list):
+            if value is not None or key in doc:
+                issues.append(f"{key} is not an array")
+            else:
+                issues.append(f"{key} is missing")
+            value = []
+        good = [v for v in value if isinstance(v, dict) and all(_text(v.get(k)) for k in need)]
+        if len(good) != len(value):
+            issues.append(f"{len(value) - len(good)} {key} entries are not objects with {' and '.join(need) or 'fields'}")
+        arrays[key] = good
+
+    fixed_meta = dict(metadata)
+    for key, value in (("createdAt", created), ("lastUpdated", updated), ("syncCount", 0)):
+        if _int(fixed_meta.get(key)) is None:
+            issues.append(f"metadata.{key} is missing or not a number")
+            fixed_meta[key] = value
+    if _text(fixed_meta.get("sessionID")) is None:
+        issues.append("metadata.sessionID is missing")
+        fixed_meta["sessionID"] = session_id
+    if not issues:
+        return Diagnosis("ok", [])
+    fixed = {"session": fixed_session, **arrays, "metadata": fixed_meta}
+    fixed.update({k: v for k, v in doc.items() if k not in fixed})
+    return Diagnosis("malformed", issues, fixed)
+
+
+def _summary(issues: list[str]) -> str:
+    shown = "; ".join(issues[:4])
+    return shown + (f"; and {len(issues) - 4} more" if len(issues) > 4 else "")
+
+
+async def _read_index(store: ObjectStore, share_id: str) -> dict[str, Any] | None:
+    obj = await store.get(index_key(share_id))
+    if obj is None:
+        return None
+    try:
+        doc = orjson.loads(obj.body)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+# -- backfill-index -----------------------------------------------------------------------------
+
+
+async def sync_index(service: ShareService, share_id: str, *, dry_run: bool) -> str:
+    """Bring ``index/<id>`` in line with the folded share: "ok", "missing" or "stale"."""
+    state = await service.load(share_id)
+    expected = state.index_doc()
+    current = await service.store_call(service.store.get(index_key(share_id)))
+    if current is not None:
+        try:
+            if orjson.loads(current.body) == expected:
+                return "ok"
+        except orjson.JSONDecodeError:
+            pass
+    if not dry_run:
+        await service.store_call(service.store.put(index_key(share_id), json_bytes(expected)))
+    return "missing" if current is None else "stale"
+
+
+async def backfill_index(service: ShareService, *, dry_run: bool = False, start: Callable[[int], Tick]) -> Report:
+    """Write every missing or stale index entry (``start(total)`` returns the progress tick)."""
+    report = Report()
+    ids = await ids_under(service.store, "share/")
+    tick = start(len(ids))
+
+    async def work(share_id: str) -> None:
+        try:
+            outcome = await sync_index(service, share_id, dry_run=dry_run)
+        except SessionNotFound:
+            report.add(Finding(share_id, "unreadable", "the snapshot cannot be read; run `cloudsession admin fsck`"))
+            return
+        except Exception as exc:  # one share must never stop the run
+            report.add(Finding(share_id, "failed", _describe(exc)))
+            return
+        report.counts[outcome] += 1
+        if outcome != "ok":
+            verb = "would write" if dry_run else "written"
+            report.findings.append(Finding(share_id, f"index {outcome}", verb))
+
+    await for_each(ids, work, tick)
+    return report
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ShareError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- fsck ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FsckOptions:
+    repair: bool = False
+    delete_unrepairable: bool = False
+    dry_run: bool = False
+
+    def act(self, done: str, planned: str) -> str:
+        return planned if self.dry_run else done
+
+
+async def fsck(service: ShareService, options: FsckOptions, *, start: Callable[[int], Tick]) -> Report:
+    """Check every share, index entry and journal; repair, delete or report (module docstring)."""
+    store = service.store
+    report = Report()
+    share_ids = await ids_under(store, "share/")
+    index_ids = await ids_under(store, "index/")
+    journal_ids = await ids_under(store, "journal/")
+    shares = set(share_ids)
+    orphans = sorted((set(index_ids) | set(journal_ids)) - shares)
+    tick = start(len(share_ids) + len(orphans))
+
+    async def check(share_id: str) -> None:
+        try:
+            await _check_share(service, share_id, options, report)
+        except Exception as exc:  # one share must never stop the run
+            report.add(Finding(share_id, "check-failed", _describe(exc)))
+
+    async def orphan(share_id: str) -> None:
+        try:
+            await _check_orphan(service, share_id, options, report)
+        except Exception as exc:
+            report.add(Finding(share_id, "check-failed", _describe(exc)))
+
+    await for_each(share_ids, check, tick)
+    await for_each(orphans, orphan, tick)
+    report.counts["shares"] = len(share_ids)
+    return report
+
+
+async def _check_share(service: ShareService, share_id: str, options: FsckOptions, report: Report) -> None:
+    store = service.store
+    obj = await service.store_call(store.get(snapshot_key(share_id)))
+    if obj is None:
+        return  # deleted while we were listing
+    diagnosis = diagnose(obj.body, share_id, await _read_index(store, share_id))
+    if diagnosis.kind not in ("ok", "malformed"):
+        action = ""
+        if options.delete_unrepairable:
+            action = options.act("deleted", "would delete")
+            if not options.dry_run:
+                await _delete_raw(service, share_id)
+        report.add(Finding(share_id, diagnosis.kind, _summary(diagnosis.issues), action))
+        return
+    if diagnosis.kind == "malformed":
+        action = ""
+        if options.repair and diagnosis.fixed is not None:
+            action = options.act("repaired", "would repair")
+            if not options.dry_run:
+                try:
+                    await service.store_call(store.put_if_match(snapshot_key(share_id), json_bytes(diagnosis.fixed), obj.etag))
+                except PreconditionFailed:
+                    action = ""
+                    diagnosis.issues.append("changed while being repaired; run fsck again")
+        report.add(Finding(share_id, "malformed", _summary(diagnosis.issues), action))
+        if action != "repaired":
+            return  # the index and journal checks need a readable share
+    state = await service.load(share_id)
+    await _check_index(service, state, options, report)
+    await _check_journal(service, state, options, report)
+
+
+async def _check_index(service: ShareService, state: ShareState, options: FsckOptions, report: Report) -> None:
+    expected = state.index_doc()
+    current = await _read_index(service.store, state.share_id)
+    if current == expected:
+        return
+    kind = "index-missing" if current is None else "index-stale"
+    action = ""
+    if options.repair:
+        action = options.act("repaired", "would repair")
+        if not options.dry_run:
+            await sync_index(service, state.share_id, dry_run=False)
+    detail = "no readable index entry" if current is None else "the index entry does not match the share"
+    report.add(Finding(state.share_id, kind, detail, action))
+
+
+async def _check_journal(service: ShareService, state: ShareState, options: FsckOptions, report: Report) -> None:
+    """Journal entries under a dead incarnation (left by a writer that raced a delete)."""
+    share_id = state.share_id
+    current = journal_prefix(share_id, state.meta.incarnation)
+    dead = [key async for key in iter_keys(service.store, journal_prefix(share_id)) if not key.startswith(current)]
+    if not dead:
+        return
+    action = ""
+    if options.repair:
+        action = options.act("deleted", "would delete")
+        if not options.dry_run:
+            await _delete_keys(service, dead)
+    report.add(Finding(share_id, "orphan-journal", f"{len(dead)} journal entries of an earlier incarnation", action))
+
+
+async def _check_orphan(service: ShareService, share_id: str, options: FsckOptions, report: Report) -> None:
+    """Index or journal keys whose snapshot is gone (an interrupted delete)."""
+    if await service.store_call(service.store.head(snapshot_key(share_id))) is not None:
+        return  # created since the listing
+    action = ""
+    if options.repair:
+        action = options.act("deleted", "would delete")
+        if not options.dry_run:
+            await service.purge(share_id)
+    report.add(Finding(share_id, "orphan", "index or journal entries without a snapshot", action))
+
+
+async def _delete_keys(service: ShareService, keys: Iterable[str]) -> None:
+    for key in keys:
+        await service.store_call(service.store.delete(key))
+
+
+async def _delete_raw(service: ShareService, share_id: str) -> None:
+    """Remove a share's keys without reading it (it may be unreadable)."""
+    await service.store_call(service.store.delete(snapshot_key(share_id)))
+    await service.purge(share_id)
+
+
+# -- delete -------------------------------------------------------------------------------------
+
+
+async def delete_share(service: ShareService, share_id: str, *, dry_run: bool = False) -> str:
+    """The operator's kill switch: remove a share and everything under its id, without its
+    secret, even when it cannot be read. Returns "deleted", "would delete", "leftovers removed"
+    or "not found"."""
+    store = service.store
+    exists = await service.store_call(store.head(snapshot_key(share_id))) is not None
+    leftovers = await service.store_call(store.head(index_key(share_id))) is not None or bool(
+        (await service.store_call(store.list_page(journal_prefix(share_id), limit=1))).keys
+    )
+    if not exists and not leftovers:
+        return "not found"
+    if dry_run:
+        return "would delete"
+    if not exists:
+        await service.purge(share_id)
+        return "leftovers removed"
+    try:
+        await service.delete(share_id, None, admin=True)
+    except (ShareNotFound, SessionNotFound):
+        await _delete_raw(service, share_id)  # unreadable snapshot: delete by key
+    return "deleted"
+
+
+# -- migrate ------------------------------------------------------------------------------------
+
+
+async def migrate(source: ShareService, target: ShareService, *, dry_run: bool = False, start: Callable[[int], Tick]) -> Report:
+    """Copy every share of ``source`` (a reference Worker bucket, or another cloudsession store)
+    into ``target`` in cloudsession's layout. Idempotent and resumable: a share already copied
+    is left alone unless the source moved on and the target was not written since."""
+    report = Report()
+    ids = await ids_under(source.store, "share/")
+    tick = start(len(ids))
+
+    async def work(share_id: str) -> None:
+        try:
+            outcome = await _migrate_one(source, target, share_id, dry_run=dry_run)
+        except Exception as exc:  # one share must never stop the run
+            report.add(Finding(share_id, "failed", _describe(exc)))
+            return
+        report.counts[outcome] += 1
+
+    await for_each(ids, work, tick)
+    return report
+
+
+async def _source_state(source: ShareService, share_id: str) -> tuple[ShareState, bool]:
+    """The share as the source holds it, folded; repaired in memory if malformed."""
+    obj = await source.store_call(source.store.get(snapshot_key(share_id)))
+    if obj is None:
+        raise ShareNotFound("deleted from the source during the run")
+    diagnosis = diagnose(obj.body, share_id, await _read_index(source.store, share_id))
+    if diagnosis.kind == "ok":
+        return await source.load(share_id), False
+    if diagnosis.fixed is None:
+        raise ValueError(f"{diagnosis.kind}: {_summary(diagnosis.issues)}")
+    if (await source.store_call(source.store.list_page(journal_prefix(share_id), limit=1))).keys:
+        raise ValueError("malformed snapshot with journal entries: repair the source first (admin fsck --repair)")
+    return ShareState.from_snapshot(share_id, diagnosis.fixed, None, len(obj.body)), True
+
+
+async def _migrate_one(source: ShareService, target: ShareService, share_id: str, *, dry_run: bool) -> str:
+    state, repaired = await _source_state(source, share_id)
+    # compactedAt = lastUpdated keeps the bytes a function of the share, so a re-run can tell
+    # "already copied" by comparing them.
+    body = state.snapshot_bytes_now(state.meta.last_updated)
+    key = snapshot_key(share_id)
+    existing = await target.store_call(target.store.get(key))
+    if existing is None:
+        outcome = "copied"
+        if not dry_run:
+            try:
+                await target.store_call(target.store.put_if_absent(key, body))
+            except PreconditionFailed:
+                return "kept"  # created on the target meanwhile: the live copy wins
+    elif existing.body == body:
+        outcome = "unchanged"
+    else:
+        try:
+            current = await target.load(share_id)
+        except SessionNotFound:
+            raise ValueError("the target's copy cannot be read; run `cloudsession admin fsck` on the target") from None
+        # A copy the target has written to since (a sync moves seq on) or a share re-created
+        # there (new incarnation) is newer than anything the source can offer.
+        if current.meta.seq > state.meta.seq or current.meta.incarnation != state.meta.incarnation:
+            return "kept"
+        outcome = "updated"
+        if not dry_run:
+            try:
+                await target.store_call(target.store.put_if_match(key, body, existing.etag))
+            except PreconditionFailed:
+                return "kept"
+    if not dry_run:
+        await sync_index(target, share_id, dry_run=False)
+    return f"{outcome} (repaired)" if repaired else outcome
