@@ -17,7 +17,7 @@ from aiohttp import web
 
 from cloudsession.client.ids import uuid7
 from cloudsession.client.outbox import ACKED, Backoff, NewOp, Outbox
-from cloudsession.client.sync import DurableClient
+from cloudsession.client.sync import DeliveryFailed, DurableClient
 from cloudsession.client.transport import TransportError, open_transport
 from cloudsession.rpc.codec import RpcLimits, decode
 from servers import ServerProcess
@@ -240,21 +240,30 @@ async def test_expired_share_answers_410_and_the_servers_sweep_deletes_it(tmp_pa
         proc.stop()
 
 
-def test_gc_command_deletes_expired_shares(tmp_path):
+async def test_gc_command_deletes_expired_shares_and_a_client_gives_up_after_410(tmp_path):
     data_dir = tmp_path / "data"
     proc = ServerProcess(data_dir, {"CLOUDSESSION_SWEEP_INTERVAL_SECONDS": "0"}).start()
     try:
-        share = asyncio.run(post_json(proc.url, "/api/share", {"sessionID": "ses_gccommand0000000000001", "ttl": 1}))[1]
-        keep = asyncio.run(post_json(proc.url, "/api/share", {"sessionID": "ses_gccommand00000000000kept"}))[1]
-        asyncio.run(asyncio.sleep(1.1))
-        assert asyncio.run(get_json(proc.url, f"/api/share/{share['id']}"))[0] == 410
-        done = subprocess.run(
-            [sys.executable, "-m", "cloudsession", "gc", "--data-dir", str(data_dir)], env=proc.env, capture_output=True, text=True, timeout=60
-        )
+        client, outbox = client_for(tmp_path, proc.url, "rest", "ses_gccommand0000000000001", create_options={"ttl": 1})
+        outbox.enqueue(client.share, message_ops(1, "gc"))
+        await client.deliver()
+        share_id = client.share.share_id
+        keep = (await post_json(proc.url, "/api/share", {"sessionID": "ses_gccommand00000000000kept"}))[1]
+        await asyncio.sleep(1.1)
+        assert (await get_json(proc.url, f"/api/share/{share_id}"))[0] == 410
+        # A client with ops still queued learns the share is gone and gives them up.
+        outbox.enqueue(client.share, message_ops(1, "late"))
+        with pytest.raises(DeliveryFailed, match="410"):
+            await client.deliver()
+        assert outbox.counts(client.share) == {"pending": 0, "in_flight": 0, "acked": 2, "failed": 2}
+        await client.transport.close()
+        outbox.close()
+        command = [sys.executable, "-m", "cloudsession", "gc", "--data-dir", str(data_dir)]
+        done = await asyncio.to_thread(subprocess.run, command, env=proc.env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["expired"] == [share["id"]]
-        assert asyncio.run(get_json(proc.url, f"/api/share/{share['id']}"))[0] == 404
-        assert asyncio.run(get_json(proc.url, f"/api/share/{keep['id']}"))[0] == 200
+        assert json.loads(done.stdout)["expired"] == [share_id]
+        assert (await get_json(proc.url, f"/api/share/{share_id}"))[0] == 404
+        assert (await get_json(proc.url, f"/api/share/{keep['id']}"))[0] == 200
     finally:
         proc.stop()
 

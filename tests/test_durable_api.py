@@ -364,3 +364,14 @@ async def test_private_share_html_fragments_and_websocket_need_the_token(client)
     frame = await asyncio.wait_for(ws.receive_json(), 5)
     assert frame == [f.item("message", {"id": "m1", "role": "user"})]
     await ws.close()
+
+
+async def test_creating_an_expired_share_again_starts_afresh_without_waiting_for_the_sweep(client):
+    share = await create(client, expiresAt=int(time.time() * 1000) + 300)
+    await appended(client, share, [op(1)])
+    await asyncio.sleep(0.4)
+    assert (await client.get(f"/api/share/{share['id']}")).status == 410
+    fresh = await create(client)
+    assert fresh["id"] == share["id"] and "expiresAt" not in fresh
+    data = await read(client, fresh)
+    assert data["messages"] == [] and data["metadata"]["syncCount"] == 0
