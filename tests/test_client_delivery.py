@@ -320,3 +320,29 @@ def test_push_killed_mid_way_resumes_and_applies_every_op_once(server, tmp_path,
     third = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert third.returncode == 0 and f"done: {total} ops delivered" in third.stdout
     assert asyncio.run(get_json(server.url, f"/api/share/{share.share_id}"))[1]["metadata"]["syncCount"] == total
+
+
+async def test_capability_privacy_and_expiry_calls_over_rpc(server):
+    rpc = open_transport("rpc", server.url)
+    try:
+        share = await rpc.create("ses_rpccalls0000000000000001", {})
+        sid, secret = share["id"], share["secret"]
+        token = (await rpc.call("getReadToken", sid, secret))["readToken"]
+        assert (await rpc.call("setPrivate", sid, secret, True)) == {"private": True, "readToken": token, "capabilityEpoch": 0}
+        assert (await get_json(server.url, f"/api/share/{sid}"))[0] == 404
+        assert (await get_json(server.url, f"/api/share/{sid}?token={token}"))[0] == 200
+        with pytest.raises(TransportError) as bad:
+            await rpc.call("setPrivate", sid, secret, "yes")
+        assert bad.value.status == 400
+        expiry = await rpc.call("setExpiry", sid, secret, {"ttl": 600})
+        assert (await rpc.redeem(sid, secret))["expiresAt"] == expiry["expiresAt"]
+        assert await rpc.call("setExpiry", sid, secret, None) == {"expiresAt": None}
+        rotated = await rpc.call("rotateSecret", sid, secret)
+        assert rotated["capabilityEpoch"] == 1 and rotated["readToken"] != token
+        with pytest.raises(TransportError) as refused:
+            await rpc.call("syncShare", sid, secret, [])
+        assert refused.value.status == 403 and refused.value.message == "Invalid secret"
+        assert (await rpc.call("syncShare", sid, rotated["secret"], []))["success"] is True
+        assert (await rpc.create("ses_rpccalls0000000000000001", {}))["secret"] == rotated["secret"]
+    finally:
+        await rpc.close()
