@@ -217,6 +217,15 @@ async def _read_index(store: ObjectStore, share_id: str) -> dict[str, Any] | Non
     return doc if isinstance(doc, dict) else None
 
 
+async def diagnose_stored(store: ObjectStore, share_id: str, body: bytes) -> Diagnosis:
+    """``diagnose``, consulting the index entry only for a damaged blob (one GET saved per
+    healthy share, which counts on a bucket of many thousands)."""
+    diagnosis = diagnose(body, share_id)
+    if diagnosis.kind in ("no-session-id", "malformed"):
+        diagnosis = diagnose(body, share_id, await _read_index(store, share_id))
+    return diagnosis
+
+
 # -- backfill-index -----------------------------------------------------------------------------
 
 
@@ -260,9 +269,15 @@ async def backfill_index(service: ShareService, *, dry_run: bool = False, start:
     return report
 
 
+class CannotMigrate(Exception):
+    """A source share that cannot be copied; the message says why and what to do."""
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ShareError):
         return exc.message
+    if isinstance(exc, CannotMigrate):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -313,7 +328,7 @@ async def _check_share(service: ShareService, share_id: str, options: FsckOption
     obj = await service.store_call(store.get(snapshot_key(share_id)))
     if obj is None:
         return  # deleted while we were listing
-    diagnosis = diagnose(obj.body, share_id, await _read_index(store, share_id))
+    diagnosis = await diagnose_stored(store, share_id, obj.body)
     if diagnosis.kind not in ("ok", "malformed"):
         action = ""
         if options.delete_unrepairable:
@@ -443,18 +458,22 @@ async def migrate(source: ShareService, target: ShareService, *, dry_run: bool =
 
 
 async def _source_state(source: ShareService, share_id: str) -> tuple[ShareState, bool]:
-    """The share as the source holds it, folded; repaired in memory if malformed."""
+    """The share as the source holds it, folded; repaired in memory if malformed. A reference
+    blob has no journal, so it is read with one GET; a cloudsession snapshot goes through the
+    service so that its journal tail is folded in."""
     obj = await source.store_call(source.store.get(snapshot_key(share_id)))
     if obj is None:
         raise ShareNotFound("deleted from the source during the run")
-    diagnosis = diagnose(obj.body, share_id, await _read_index(source.store, share_id))
-    if diagnosis.kind == "ok":
+    diagnosis = await diagnose_stored(source.store, share_id, obj.body)
+    if diagnosis.fixed is None and diagnosis.kind != "ok":
+        raise CannotMigrate(f"{diagnosis.kind}: {_summary(diagnosis.issues)}")
+    doc = diagnosis.fixed if diagnosis.fixed is not None else orjson.loads(obj.body)
+    ours = isinstance(doc["metadata"].get("cloudsession"), dict)
+    if ours and diagnosis.kind == "ok":
         return await source.load(share_id), False
-    if diagnosis.fixed is None:
-        raise ValueError(f"{diagnosis.kind}: {_summary(diagnosis.issues)}")
-    if (await source.store_call(source.store.list_page(journal_prefix(share_id), limit=1))).keys:
-        raise ValueError("malformed snapshot with journal entries: repair the source first (admin fsck --repair)")
-    return ShareState.from_snapshot(share_id, diagnosis.fixed, None, len(obj.body)), True
+    if ours and (await source.store_call(source.store.list_page(journal_prefix(share_id), limit=1))).keys:
+        raise CannotMigrate("malformed snapshot with journal entries: repair the source first (admin fsck --repair)")
+    return ShareState.from_snapshot(share_id, doc, obj.etag, len(obj.body)), diagnosis.kind != "ok"
 
 
 async def _migrate_one(source: ShareService, target: ShareService, share_id: str, *, dry_run: bool) -> str:
@@ -477,7 +496,7 @@ async def _migrate_one(source: ShareService, target: ShareService, share_id: str
         try:
             current = await target.load(share_id)
         except SessionNotFound:
-            raise ValueError("the target's copy cannot be read; run `cloudsession admin fsck` on the target") from None
+            raise CannotMigrate("the target's copy cannot be read; run `cloudsession admin fsck` on the target") from None
         # A copy the target has written to since (a sync moves seq on) or a share re-created
         # there (new incarnation) is newer than anything the source can offer.
         if current.meta.seq > state.meta.seq or current.meta.incarnation != state.meta.incarnation:
@@ -488,6 +507,10 @@ async def _migrate_one(source: ShareService, target: ShareService, share_id: str
                 await target.store_call(target.store.put_if_match(key, body, existing.etag))
             except PreconditionFailed:
                 return "kept"
-    if not dry_run:
-        await sync_index(target, share_id, dry_run=False)
+    if dry_run:
+        pass
+    elif outcome == "unchanged":
+        await sync_index(target, share_id, dry_run=False)  # the target may have synced since
+    elif await _read_index(target.store, share_id) != state.index_doc():
+        await target.store_call(target.store.put(index_key(share_id), json_bytes(state.index_doc())))
     return f"{outcome} (repaired)" if repaired else outcome
