@@ -17,7 +17,7 @@ from cloudsession.app_keys import LIVE, SERVICE, SETTINGS, STORE
 from cloudsession.config import Settings
 from cloudsession.durable import periodic_sweep
 from cloudsession.errors import PayloadTooLarge, ShareError
-from cloudsession.live import LiveHub
+from cloudsession.live import LiveHub, redis_fanout
 from cloudsession.models import json_bytes
 from cloudsession.routes import setup_routes
 from cloudsession.service import ShareService
@@ -97,5 +97,6 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(storage)
     app.cleanup_ctx.append(periodic_sweep)  # expired shares and folded journal entries
+    app.cleanup_ctx.append(redis_fanout)  # live updates across replicas when REDIS_URL is set
     setup_routes(app)
     return app

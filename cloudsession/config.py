@@ -102,6 +102,9 @@ class Settings(BaseModel):
     # How often the server deletes expired shares and prunes folded journal entries
     # (durable.py; `cloudsession gc` does the same once). 0 turns the periodic sweep off.
     sweep_interval_seconds: float = Field(300.0, ge=0)
+    # redis://[user:password@]host:port/db: live updates reach viewers on every replica
+    # (live.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
+    redis_url: SecretStr | None = None
     log_level: str = "INFO"
 
     @field_validator("public_url")
@@ -113,6 +116,16 @@ class Settings(BaseModel):
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("must be an origin like https://share.example.com (no path, query or fragment)")
         return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("shared_secret")
     @classmethod
@@ -136,6 +149,7 @@ class Settings(BaseModel):
         data = self.model_dump(mode="json")
         for key in ("shared_secret", "rpc_shared_key"):
             data[key] = "<set>" if getattr(self, key) is not None else None
+        data["redis_url"] = redact_url(self.redis_url.get_secret_value()) if self.redis_url else None
         return data
 
     @classmethod
@@ -147,6 +161,17 @@ class Settings(BaseModel):
         }
         values.update(overrides)
         return cls.model_validate(values)
+
+
+def redact_url(url: str) -> str:
+    """A URL for display: scheme, host, port and path kept; credentials and query replaced."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    userinfo = "<redacted>@" if parts.username is not None or parts.password is not None else ""
+    query = "?<redacted>" if parts.query else ""
+    return f"{parts.scheme}://{userinfo}{host}{parts.path}{query}"
 
 
 def default_data_dir() -> Path:
@@ -204,6 +229,7 @@ VARS: dict[str, tuple[str, ...]] = {
     "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
+    "REDIS_URL": ("redis_url",),
 }
 
 
@@ -272,7 +298,7 @@ def _truthy(text: str) -> bool:
 
 def apply_environment(values: dict[str, Any], environ: Mapping[str, str]) -> None:
     for name, path in VARS.items():
-        for env_name in (f"CLOUDSESSION_{name}", name if name in ("PUBLIC_URL",) else None):
+        for env_name in (f"CLOUDSESSION_{name}", name if name in ("PUBLIC_URL", "REDIS_URL") else None):
             if env_name and environ.get(env_name):
                 _set(values, path, environ[env_name])
     if environ.get("API_DOMAIN") and not environ.get("PUBLIC_URL"):

@@ -20,23 +20,37 @@ Both formats close with code 4404 when the share is deleted. Unlike the referenc
 that the share exists and that a browser's ``Origin`` is this server, bounds the number of
 viewers, pings idle sockets, and never lets a slow viewer delay a sync: each viewer has a small
 queue, and a viewer whose queue is full is told to resync (events) or disconnected (reference).
+
+With several replicas, ``REDIS_URL`` makes the hub relay every event through Redis pub/sub
+(``RedisRelay`` below), so a viewer connected to one replica hears about syncs accepted by any.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import AsyncIterator
+import random
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from cloudsession.api import request_read_token
 from cloudsession.app_keys import LIVE, SERVICE, SETTINGS
+from cloudsession.config import ConfigError, Settings
+from cloudsession.credentials import SHARE_ID_RE
 from cloudsession.errors import SessionNotFound
 from cloudsession.models import json_bytes
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from cloudsession.service import ShareService
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +143,15 @@ class Viewer:
 
 
 class LiveHub:
-    """In-process fan-out of share events to WebSocket viewers (one process; see docs/views.md)."""
+    """Fan-out of share events to this process's WebSocket viewers, and through ``relay`` (when
+    Redis is configured) to the viewers of the other replicas (see docs/views.md)."""
 
     def __init__(self, *, max_viewers: int = 10_000, max_viewers_per_share: int = 500) -> None:
         self.max_viewers = max_viewers
         self.max_viewers_per_share = max_viewers_per_share
         self._viewers: dict[str, set[Viewer]] = {}
+        # Set by ``redis_fanout`` while Redis is configured; None: this process's viewers only.
+        self.relay: RedisRelay | None = None
 
     def attach(self, app: web.Application) -> LiveHub:
         """Become the application's event sink, and close every socket on shutdown."""
@@ -166,9 +183,37 @@ class LiveHub:
             if not viewers:
                 del self._viewers[share_id]
 
+    def watched_shares(self) -> list[str]:
+        return list(self._viewers)
+
+    # The EventSink methods: this process's viewers first (at once, whatever Redis is doing), then
+    # the other replicas through the relay, which only queues and so can neither fail nor slow a sync.
+
     async def share_synced(self, share_id: str, items: list[dict[str, Any]], sync_count: int) -> None:
+        await self.deliver_synced(share_id, items, sync_count)
+        if self.relay is not None:
+            self.relay.publish(share_id, sync_count, items)
+
+    async def share_deleted(self, share_id: str) -> None:
+        await self.deliver_deleted(share_id)
+        if self.relay is not None:
+            self.relay.publish(share_id, None)
+
+    async def deliver_synced(self, share_id: str, items: list[dict[str, Any]] | None, sync_count: int) -> None:
+        """Tell this process's viewers of a sync. ``items`` is None when they are unknown (a
+        relayed sync too large to carry them, or syncs possibly missed while Redis was away)."""
         viewers = self._viewers.get(share_id)
         if not viewers:
+            return
+        if items is None:
+            # Events viewers re-read the page; a reference viewer cannot be told to, so it is
+            # closed, as when it falls behind (it knows to reconnect and re-read).
+            resync = json_bytes({"type": "resync", "syncCount": sync_count}).decode()
+            for viewer in list(viewers):
+                if viewer.format == FORMAT_EVENTS:
+                    viewer.offer(resync, sync_count)
+                else:
+                    viewer.finish(CLOSE_TOO_SLOW, "Missed updates")
             return
         # Serialised once per format, however many viewers there are.
         reference = event = ""
@@ -180,7 +225,7 @@ class LiveHub:
                 reference = reference or json_bytes(items).decode()
                 viewer.offer(reference, sync_count)
 
-    async def share_deleted(self, share_id: str) -> None:
+    async def deliver_deleted(self, share_id: str) -> None:
         deleted = json_bytes({"type": "deleted"}).decode()
         for viewer in list(self._viewers.get(share_id, ())):
             viewer.finish(CLOSE_DELETED, "Share deleted", deleted if viewer.format == FORMAT_EVENTS else None)
@@ -189,6 +234,284 @@ class LiveHub:
         for share_id in list(self._viewers):
             for viewer in list(self._viewers.get(share_id, ())):
                 viewer.finish(1001, "Server shutting down")
+
+
+# --------------------------------------------------------------------------- across replicas
+
+
+# One relayed message at most; a sync whose items do not fit goes out without them (its viewers
+# elsewhere resync). Every replica receives every message, so this bounds what one sync costs them.
+MAX_RELAY_BYTES = 1024 * 1024
+# Events waiting for Redis at most; beyond it (Redis slow or away) they are remembered as "missed".
+MAX_OUTBOX_BYTES = 16 * 1024 * 1024
+# Shares remembered as missed while Redis is away, announced (as resyncs) when it is back.
+MAX_MISSED_SHARES = 10_000
+RELAY_VERSION = 1
+BACKOFF_FIRST_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 10.0
+# One read of the subscription waits this long; between reads the connection is health-checked.
+POLL_SECONDS = 5.0
+
+
+def relay_channel(settings: Settings) -> str:
+    """The channel of one deployment: replicas on the same store meet on it, deployments on other
+    stores sharing the Redis server do not hear each other. Hashed: no bucket or path in Redis."""
+    if settings.store.backend == "s3":
+        location = f"s3:{settings.store.bucket}/{settings.store.prefix}"
+    else:
+        location = f"fs:{settings.store_path.resolve()}"
+    return "cloudsession:live:" + hashlib.sha256(location.encode()).hexdigest()[:32]
+
+
+def _backoff() -> Iterator[float]:
+    """Retry delays: doubling up to a cap, with jitter so replicas do not retry in lockstep."""
+    delay = BACKOFF_FIRST_SECONDS
+    while True:
+        yield delay * random.uniform(0.5, 1.0)
+        delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+
+
+@dataclass
+class _Outgoing:
+    share_id: str
+    sync_count: int | None  # None: deleted
+    data: bytes
+
+
+class RedisRelay:
+    """Carries this replica's share events to the other replicas, and theirs to its viewers.
+
+    Design: one channel per deployment (``relay_channel``), the share id inside the message. A
+    replica subscribes once at startup, so viewers coming and going cost Redis nothing and a
+    viewer can never connect in the gap before a per-share subscription takes effect; the price
+    is that every replica receives every event and drops those of shares it has no viewers of
+    (a dictionary lookup). Replicas are few; the message size is bounded (``MAX_RELAY_BYTES``).
+
+    A message is ``{"v": 1, "from": <replica>, "share": <share id>, "kind": "synced",
+    "syncCount": n, "items": [...] | null}`` or ``{..., "kind": "deleted"}``: the public items the
+    local viewers got (never the secret or the real session id). ``from`` is a random id per
+    process: a replica has already told its own viewers and skips its own messages, so each
+    viewer gets each event exactly once.
+
+    Redis never stands in the way of a sync: ``publish`` only queues (bounded), a background
+    task sends. While Redis is away, events for other replicas are remembered per share and
+    announced as resyncs when it is back; after the subscription was lost, this replica's viewers
+    are told to resync (they may have missed other replicas' syncs). Both loops retry with backoff.
+    """
+
+    def __init__(self, hub: LiveHub, client: Redis, channel: str, service: ShareService | None = None) -> None:
+        self.hub = hub
+        self.client = client
+        self.channel = channel
+        self.service = service  # reads sync counts for the catch-up after an outage
+        self.replica = secrets.token_hex(8)
+        self.subscribed = asyncio.Event()
+        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._outbox_bytes = 0
+        self._missed: dict[str, int | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._warned_invalid = False
+
+    # -- lifecycle
+
+    async def start(self, wait_seconds: float = 5.0) -> None:
+        """Start both loops; wait (briefly) for the subscription so that a replica reporting
+        healthy already hears the others. Redis being away is no reason not to start."""
+        self._spawn(self._publish_loop())
+        self._spawn(self._subscribe_loop())
+        try:
+            await asyncio.wait_for(self.subscribed.wait(), wait_seconds)
+        except asyncio.TimeoutError:
+            log.warning("Redis not reachable at startup; live updates from other replicas start when it is")
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- outgoing
+
+    def _message(self, share_id: str, sync_count: int | None, items: list[dict[str, Any]] | None) -> bytes:
+        if sync_count is None:
+            return json_bytes({"v": RELAY_VERSION, "from": self.replica, "share": share_id, "kind": "deleted"})
+        body = {"v": RELAY_VERSION, "from": self.replica, "share": share_id, "kind": "synced", "syncCount": sync_count}
+        data = json_bytes({**body, "items": items})
+        return data if len(data) <= MAX_RELAY_BYTES else json_bytes({**body, "items": None})
+
+    def publish(self, share_id: str, sync_count: int | None, items: list[dict[str, Any]] | None = None) -> None:
+        """Queue an event (``sync_count`` None: deleted) for the other replicas. Never waits."""
+        data = self._message(share_id, sync_count, items)
+        if self._outbox_bytes + len(data) > MAX_OUTBOX_BYTES:
+            self._miss(share_id, sync_count)
+            return
+        self._outbox_bytes += len(data)
+        self._outbox.put_nowait(_Outgoing(share_id, sync_count, data))
+
+    def _miss(self, share_id: str, sync_count: int | None) -> None:
+        if share_id in self._missed or len(self._missed) < MAX_MISSED_SHARES:
+            self._missed[share_id] = sync_count  # the latest state is all the others need
+
+    async def _publish_loop(self) -> None:
+        delays, failing = _backoff(), False
+        while True:
+            outgoing: _Outgoing | None = None
+            try:
+                while self._missed:
+                    share_id, sync_count = next(iter(self._missed.items()))
+                    await self.client.publish(self.channel, self._message(share_id, sync_count, None))
+                    del self._missed[share_id]
+                outgoing = await self._outbox.get()
+                self._outbox_bytes -= len(outgoing.data)
+                await self.client.publish(self.channel, outgoing.data)
+            except Exception as exc:  # noqa: BLE001 - Redis gone, refused, timed out...: retry later
+                if outgoing is not None:
+                    self._miss(outgoing.share_id, outgoing.sync_count)
+                while not self._outbox.empty():
+                    queued = self._outbox.get_nowait()
+                    self._outbox_bytes -= len(queued.data)
+                    self._miss(queued.share_id, queued.sync_count)
+                if not failing:
+                    log.warning("Redis publish failed (%s); other replicas' viewers will resync when it is back", _describe(exc))
+                failing = True
+                await asyncio.sleep(next(delays))
+                continue
+            if failing:
+                log.warning("Redis publish works again")
+                delays, failing = _backoff(), False
+
+    # -- incoming
+
+    async def _subscribe_loop(self) -> None:
+        delays, failing = _backoff(), False
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                if failing:
+                    log.warning("Redis subscription restored; telling this replica's viewers to resync")
+                    self._spawn(self._catch_up())
+                    delays, failing = _backoff(), False
+                self.subscribed.set()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_SECONDS)
+                    if message is not None and message.get("type") == "message":
+                        await self.receive(message["data"])
+            except Exception as exc:  # noqa: BLE001 - any failure of the connection: resubscribe
+                self.subscribed.clear()
+                if not failing:
+                    log.warning("Redis subscription lost (%s); this replica's viewers hear only its own syncs until it is back", _describe(exc))
+                failing = True
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:  # noqa: BLE001 - closing a broken connection may fail too
+                    pass
+            await asyncio.sleep(next(delays))
+
+    async def receive(self, data: bytes) -> None:
+        """Deliver one relayed message to this replica's viewers, unless it is this replica's own."""
+        message = self._parse(data)
+        if message is None or message["from"] == self.replica:
+            return  # invalid, or already delivered here when it happened
+        if message["kind"] == "deleted":
+            await self.hub.deliver_deleted(message["share"])
+        else:
+            await self.hub.deliver_synced(message["share"], message["items"], message["syncCount"])
+
+    def _parse(self, data: bytes) -> dict[str, Any] | None:
+        """The message if it is one of ours and well-formed; anyone able to publish on the
+        channel could send anything, and the viewers must only ever get what a sync would give."""
+        try:
+            message = orjson.loads(data) if len(data) <= MAX_RELAY_BYTES else None
+        except orjson.JSONDecodeError:
+            message = None
+        if (
+            isinstance(message, dict)
+            and message.get("v") == RELAY_VERSION
+            and isinstance(message.get("from"), str)
+            and isinstance(message.get("share"), str)
+            and SHARE_ID_RE.match(message["share"])
+            and (message.get("kind") == "deleted" or _valid_sync(message))
+        ):
+            return message
+        if not self._warned_invalid:  # once: a flood of bad messages must not flood the log
+            log.warning("ignored a malformed message on the live channel (another version, or not ours)")
+            self._warned_invalid = True
+        return None
+
+    async def _catch_up(self) -> None:
+        """After the subscription was lost, other replicas' syncs may have been missed: tell the
+        viewers of every watched share to resync (or that the share is gone)."""
+        if self.service is None:
+            return
+        for share_id in self.hub.watched_shares():
+            try:
+                state = await self.service.load(share_id)
+            except SessionNotFound:
+                await self.hub.deliver_deleted(share_id)
+            except Exception as exc:  # noqa: BLE001 - the store away too: their next reconnect catches up
+                log.warning("share %s: catch-up after the Redis outage failed (%s)", share_id, _describe(exc))
+            else:
+                await self.hub.deliver_synced(share_id, None, state.meta.sync_count)
+
+
+def _valid_sync(message: dict[str, Any]) -> bool:
+    count, items = message.get("syncCount"), message.get("items")
+    return (
+        message.get("kind") == "synced"
+        and isinstance(count, int)
+        and not isinstance(count, bool)
+        and count >= 0
+        and (items is None or (isinstance(items, list) and all(isinstance(item, dict) for item in items)))
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    # Redis errors name host and port at most, never the password of the URL.
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def redis_client(url: str) -> Redis:
+    """The relay's client: bounded waits, and no retrying inside the library (the relay's loops
+    retry with backoff, and must see a failure to know that events were missed)."""
+    try:  # imported here: the package is needed only by deployments that configure Redis
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+    except ImportError:
+        raise ConfigError("REDIS_URL is set but the redis package is not installed (pip install 'redis>=5.0.1')") from None
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=10,
+        socket_keepalive=True,
+        health_check_interval=int(POLL_SECONDS * 3),
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+async def redis_fanout(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: with ``REDIS_URL`` set, relay share events between replicas while the
+    application runs (``RedisRelay``); without it, nothing (viewers hear their own replica)."""
+    settings, hub = app[SETTINGS], app[LIVE]
+    if settings.redis_url is None or not isinstance(hub, LiveHub):
+        yield
+        return
+    relay = RedisRelay(hub, redis_client(settings.redis_url.get_secret_value()), relay_channel(settings), app.get(SERVICE))
+    await relay.start()
+    hub.relay = relay
+    try:
+        yield
+    finally:
+        hub.relay = None
+        await relay.stop()
 
 
 # --------------------------------------------------------------------------- the /ws/<id> door
