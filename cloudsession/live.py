@@ -32,7 +32,7 @@ import hashlib
 import logging
 import random
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -43,7 +43,6 @@ from aiohttp import WSMsgType, web
 from cloudsession.api import request_read_token
 from cloudsession.app_keys import LIVE, SERVICE, SETTINGS
 from cloudsession.config import ConfigError, Settings
-from cloudsession.credentials import SHARE_ID_RE
 from cloudsession.errors import SessionNotFound
 from cloudsession.models import json_bytes
 
@@ -205,22 +204,16 @@ class LiveHub:
         viewers = self._viewers.get(share_id)
         if not viewers:
             return
-        if items is None:
-            # Events viewers re-read the page; a reference viewer cannot be told to, so it is
-            # closed, as when it falls behind (it knows to reconnect and re-read).
-            resync = json_bytes({"type": "resync", "syncCount": sync_count}).decode()
-            for viewer in list(viewers):
-                if viewer.format == FORMAT_EVENTS:
-                    viewer.offer(resync, sync_count)
-                else:
-                    viewer.finish(CLOSE_TOO_SLOW, "Missed updates")
-            return
         # Serialised once per format, however many viewers there are.
         reference = event = ""
         for viewer in list(viewers):
             if viewer.format == FORMAT_EVENTS:
-                event = event or json_bytes(sync_event(items, sync_count)).decode()
+                unknown = {"type": "resync", "syncCount": sync_count}  # re-read the page
+                event = event or json_bytes(unknown if items is None else sync_event(items, sync_count)).decode()
                 viewer.offer(event, sync_count)
+            elif items is None:
+                # A reference viewer cannot be told to resync: closed, as when it falls behind.
+                viewer.finish(CLOSE_TOO_SLOW, "Missed updates")
             else:
                 reference = reference or json_bytes(items).decode()
                 viewer.offer(reference, sync_count)
@@ -254,8 +247,9 @@ POLL_SECONDS = 5.0
 
 
 def relay_channel(settings: Settings) -> str:
-    """The channel of one deployment: replicas on the same store meet on it, deployments on other
-    stores sharing the Redis server do not hear each other. Hashed: no bucket or path in Redis."""
+    """The channel prefix of one deployment (a share's channel is ``<prefix>:<share id>``):
+    replicas on the same store meet under it, deployments on other stores sharing the Redis
+    server do not hear each other. Hashed: no bucket name or path shows in Redis."""
     if settings.store.backend == "s3":
         location = f"s3:{settings.store.bucket}/{settings.store.prefix}"
     else:
@@ -281,14 +275,16 @@ class _Outgoing:
 class RedisRelay:
     """Carries this replica's share events to the other replicas, and theirs to its viewers.
 
-    Design: one channel per deployment (``relay_channel``), the share id inside the message. A
-    replica subscribes once at startup, so viewers coming and going cost Redis nothing and a
-    viewer can never connect in the gap before a per-share subscription takes effect; the price
-    is that every replica receives every event and drops those of shares it has no viewers of
-    (a dictionary lookup). Replicas are few; the message size is bounded (``MAX_RELAY_BYTES``).
+    Design: a channel per share (``<prefix>:<share id>``) under one pattern subscription per
+    replica (``<prefix>:*``), taken once at startup. Subscribing per share as viewers come and go
+    would spare replicas the events of shares nobody watches there, but costs a round trip per
+    viewer and leaves a gap in which a new viewer's events are lost; with one pattern a viewer
+    costs Redis nothing. The price, every replica receiving every event, stays small: the share
+    id is read from the channel name, so events of unwatched shares are dropped unparsed, and
+    messages are bounded (``MAX_RELAY_BYTES``). Replicas are few.
 
-    A message is ``{"v": 1, "from": <replica>, "share": <share id>, "kind": "synced",
-    "syncCount": n, "items": [...] | null}`` or ``{..., "kind": "deleted"}``: the public items the
+    A message is ``{"v": 1, "from": <replica>, "kind": "synced", "syncCount": n, "items":
+    [...] | null}`` or ``{"v": 1, "from": <replica>, "kind": "deleted"}``: the public items the
     local viewers got (never the secret or the real session id). ``from`` is a random id per
     process: a replica has already told its own viewers and skips its own messages, so each
     viewer gets each event exactly once.
@@ -331,7 +327,7 @@ class RedisRelay:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -340,8 +336,8 @@ class RedisRelay:
 
     def _message(self, share_id: str, sync_count: int | None, items: list[dict[str, Any]] | None) -> bytes:
         if sync_count is None:
-            return json_bytes({"v": RELAY_VERSION, "from": self.replica, "share": share_id, "kind": "deleted"})
-        body = {"v": RELAY_VERSION, "from": self.replica, "share": share_id, "kind": "synced", "syncCount": sync_count}
+            return json_bytes({"v": RELAY_VERSION, "from": self.replica, "kind": "deleted"})
+        body = {"v": RELAY_VERSION, "from": self.replica, "kind": "synced", "syncCount": sync_count}
         data = json_bytes({**body, "items": items})
         return data if len(data) <= MAX_RELAY_BYTES else json_bytes({**body, "items": None})
 
@@ -365,11 +361,11 @@ class RedisRelay:
             try:
                 while self._missed:
                     share_id, sync_count = next(iter(self._missed.items()))
-                    await self.client.publish(self.channel, self._message(share_id, sync_count, None))
+                    await self.client.publish(f"{self.channel}:{share_id}", self._message(share_id, sync_count, None))
                     del self._missed[share_id]
                 outgoing = await self._outbox.get()
                 self._outbox_bytes -= len(outgoing.data)
-                await self.client.publish(self.channel, outgoing.data)
+                await self.client.publish(f"{self.channel}:{outgoing.share_id}", outgoing.data)
             except Exception as exc:  # noqa: BLE001 - Redis gone, refused, timed out...: retry later
                 if outgoing is not None:
                     self._miss(outgoing.share_id, outgoing.sync_count)
@@ -393,7 +389,7 @@ class RedisRelay:
         while True:
             pubsub = self.client.pubsub()
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.psubscribe(f"{self.channel}:*")
                 if failing:
                     log.warning("Redis subscription restored; telling this replica's viewers to resync")
                     self._spawn(self._catch_up())
@@ -401,8 +397,8 @@ class RedisRelay:
                 self.subscribed.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_SECONDS)
-                    if message is not None and message.get("type") == "message":
-                        await self.receive(message["data"])
+                    if message is not None and message.get("type") == "pmessage":
+                        await self.receive(message["channel"], message["data"])
             except Exception as exc:  # noqa: BLE001 - any failure of the connection: resubscribe
                 self.subscribed.clear()
                 if not failing:
@@ -415,15 +411,18 @@ class RedisRelay:
                     pass
             await asyncio.sleep(next(delays))
 
-    async def receive(self, data: bytes) -> None:
+    async def receive(self, channel: bytes, data: bytes) -> None:
         """Deliver one relayed message to this replica's viewers, unless it is this replica's own."""
+        share_id = channel.decode("utf-8", "replace").removeprefix(self.channel + ":")
+        if not self.hub.viewers_of(share_id):
+            return  # nobody watches it here (so only ids of real shares get further)
         message = self._parse(data)
         if message is None or message["from"] == self.replica:
             return  # invalid, or already delivered here when it happened
         if message["kind"] == "deleted":
-            await self.hub.deliver_deleted(message["share"])
+            await self.hub.deliver_deleted(share_id)
         else:
-            await self.hub.deliver_synced(message["share"], message["items"], message["syncCount"])
+            await self.hub.deliver_synced(share_id, message["items"], message["syncCount"])
 
     def _parse(self, data: bytes) -> dict[str, Any] | None:
         """The message if it is one of ours and well-formed; anyone able to publish on the
@@ -436,8 +435,6 @@ class RedisRelay:
             isinstance(message, dict)
             and message.get("v") == RELAY_VERSION
             and isinstance(message.get("from"), str)
-            and isinstance(message.get("share"), str)
-            and SHARE_ID_RE.match(message["share"])
             and (message.get("kind") == "deleted" or _valid_sync(message))
         ):
             return message

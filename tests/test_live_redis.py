@@ -209,7 +209,7 @@ async def test_relayed_messages_carry_only_public_data(replicas: list[ServerProc
     text = raw.decode()
     assert_public(text, creds)
     relayed = json.loads(text)
-    assert set(relayed) == {"v", "from", "share", "kind", "syncCount", "items"}
+    assert set(relayed) == {"v", "from", "kind", "syncCount", "items"}
     assert (relayed["kind"], relayed["syncCount"]) == ("synced", 1)
     assert relayed["items"][0]["data"]["id"] == message["id"]
 
@@ -218,7 +218,7 @@ async def _relayed(pubsub: Any, share_id: str) -> bytes:
     async def first() -> bytes:
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None and json.loads(message["data"]).get("share") == share_id:
+            if message is not None and message["channel"].endswith(f":{share_id}".encode()):
                 return bytes(message["data"])
 
     return await asyncio.wait_for(first(), timeout=5)
@@ -345,13 +345,12 @@ async def test_a_replica_does_not_deliver_its_own_event_twice(relays: list[tuple
 async def test_malformed_or_foreign_messages_are_ignored(relays: list[tuple[LiveHub, RedisRelay]], redis_server: RedisServer) -> None:
     (hub, relay), _ = relays
     viewer = _viewer(hub, "share1", FORMAT_EVENTS)
-    base = {"v": 1, "from": "elsewhere", "share": "share1", "kind": "synced", "syncCount": 5, "items": []}
+    base = {"v": 1, "from": "elsewhere", "kind": "synced", "syncCount": 5, "items": []}
     hostile: list[bytes] = [
         b"not json",
         b"[1, 2]",
         json.dumps({**base, "v": 2}).encode(),
-        json.dumps({**base, "share": "../etc"}).encode(),
-        json.dumps({**base, "share": "x" * 65}).encode(),
+        json.dumps({**base, "from": 7}).encode(),
         json.dumps({**base, "syncCount": "5"}).encode(),
         json.dumps({**base, "syncCount": True}).encode(),
         json.dumps({**base, "syncCount": -1}).encode(),
@@ -364,8 +363,10 @@ async def test_malformed_or_foreign_messages_are_ignored(relays: list[tuple[Live
     publisher = redis.asyncio.Redis.from_url(redis_server.url)
     try:
         for data in hostile:
-            await publisher.publish(relay.channel, data)
-        await publisher.publish(relay.channel, json.dumps({**base, "syncCount": 6, "items": titled("valid")}))
+            await publisher.publish(f"{relay.channel}:share1", data)
+        for channel in (f"{relay.channel}:share2", f"{relay.channel}:../share1", f"{relay.channel}:", "elsewhere:share1"):
+            await publisher.publish(channel, json.dumps(base))  # other shares or other channels
+        await publisher.publish(f"{relay.channel}:share1", json.dumps({**base, "syncCount": 6, "items": titled("valid")}))
     finally:
         await publisher.aclose()
     assert await _frame(viewer) == {"type": "sync", "syncCount": 6, "messages": [], "session": True, "diffs": False, "models": False}
