@@ -151,6 +151,9 @@ class LiveHub:
         self._viewers: dict[str, set[Viewer]] = {}
         # Set by ``redis_fanout`` while Redis is configured; None: this process's viewers only.
         self.relay: RedisRelay | None = None
+        # The latest sync count told to each watched share's viewers: with several replicas,
+        # syncs accepted by different ones can arrive out of order (see deliver_synced).
+        self._sync_counts: dict[str, int] = {}
 
     def attach(self, app: web.Application) -> LiveHub:
         """Become the application's event sink, and close every socket on shutdown."""
@@ -181,6 +184,7 @@ class LiveHub:
             viewers.discard(viewer)
             if not viewers:
                 del self._viewers[share_id]
+                self._sync_counts.pop(share_id, None)
 
     def watched_shares(self) -> list[str]:
         return list(self._viewers)
@@ -204,6 +208,11 @@ class LiveHub:
         viewers = self._viewers.get(share_id)
         if not viewers:
             return
+        # A sync older than one already told (relayed from another replica after a later local
+        # one) is harmless to events viewers, which fetch the current state, but its items would
+        # overwrite newer ones for a reference viewer.
+        late = sync_count < self._sync_counts.get(share_id, -1)
+        self._sync_counts[share_id] = max(sync_count, self._sync_counts.get(share_id, -1))
         # Serialised once per format, however many viewers there are.
         reference = event = ""
         for viewer in list(viewers):
@@ -211,7 +220,7 @@ class LiveHub:
                 unknown = {"type": "resync", "syncCount": sync_count}  # re-read the page
                 event = event or json_bytes(unknown if items is None else sync_event(items, sync_count)).decode()
                 viewer.offer(event, sync_count)
-            elif items is None:
+            elif items is None or late:
                 # A reference viewer cannot be told to resync: closed, as when it falls behind.
                 viewer.finish(CLOSE_TOO_SLOW, "Missed updates")
             else:
