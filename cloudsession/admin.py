@@ -25,7 +25,7 @@ from cloudsession import importer, maintenance
 from cloudsession.config import ConfigError, Settings, StoreSettings, parse_store_url
 from cloudsession.errors import SessionNotFound, ShareError
 from cloudsession.service import ShareService
-from cloudsession.store import open_store
+from cloudsession.store import StoreError, open_store
 
 TOKEN_ENV = "CLOUDSESSION_SHARE_TOKEN"
 
@@ -131,6 +131,9 @@ def run(coro: Any) -> int:
         return asyncio.run(coro)
     except ShareError as exc:
         print(f"cloudsession: {exc.message}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"cloudsession: the store failed: {exc}", file=sys.stderr)
         return 1
 
 

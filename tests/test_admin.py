@@ -406,11 +406,13 @@ async def test_migrate_between_cloudsession_stores_folds_the_journal(located: Lo
     assert await copy.sync(creds.id, creds.secret, []) == 3
 
 
-async def test_store_url_problems_are_configuration_errors(cli_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_store_problems_are_one_line_messages(moto_endpoint: str, cli_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert await admin("migrate", "--from", "gs://bucket", "--to", "/tmp/x") == 2
     assert "unsupported scheme 'gs'" in capsys.readouterr().err
     assert await admin("fsck", "--store", "s3://bucket?endpont=http://x") == 2
     assert "unknown parameter(s) endpont" in capsys.readouterr().err
+    assert await admin("fsck", "--store", f"s3://no-such-bucket-here?endpoint={moto_endpoint}&region=us-east-1") == 1
+    assert capsys.readouterr().err.startswith("cloudsession: the store failed: ")
 
 
 # -- delete -------------------------------------------------------------------------------------
