@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -68,9 +69,7 @@ async def make_share(live, items: list[dict[str, Any]] | None = None, **options:
     return share
 
 
-def live_client(live):  # type: ignore[no-untyped-def]
-    import aiohttp
-
+def live_client(live) -> aiohttp.ClientSession:  # type: ignore[no-untyped-def]
     return aiohttp.ClientSession(base_url=str(live.make_url("/")))
 
 
@@ -168,7 +167,8 @@ def test_unusable_payloads_are_refused(payload: Any, message: str) -> None:
 async def test_import_writes_the_export_format(live, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     share = await make_share(live)
     out = tmp_path / "out.json"
-    assert await run_cli("import", share["url"].replace("http://share.test", str(live.make_url("")).rstrip("/")), "-o", str(out)) == 0
+    assert share["url"].endswith(f"/share/{share['id']}")
+    assert await run_cli("import", str(live.make_url(f"/share/{share['id']}")), "-o", str(out)) == 0
     doc = json.loads(out.read_text())
     assert doc["info"]["id"].startswith("ses_") and doc["info"]["id"] != SES  # the public id
     assert SES not in out.read_text()
