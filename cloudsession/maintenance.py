@@ -37,7 +37,7 @@ from cloudsession.errors import SessionNotFound, ShareError, ShareNotFound
 from cloudsession.journal import ShareState, index_key, journal_prefix, snapshot_key
 from cloudsession.models import json_bytes
 from cloudsession.service import ShareService
-from cloudsession.store.base import ObjectStore, PreconditionFailed, iter_keys
+from cloudsession.store.base import ObjectStore, PreconditionFailed, iter_keys, read_json_object
 
 CONCURRENCY = 16
 # Keys are listed a page at a time and worked on in batches of this size, so memory stays flat
@@ -207,14 +207,7 @@ def _summary(issues: list[str]) -> str:
 
 
 async def _read_index(store: ObjectStore, share_id: str) -> dict[str, Any] | None:
-    obj = await store.get(index_key(share_id))
-    if obj is None:
-        return None
-    try:
-        doc = orjson.loads(obj.body)
-    except orjson.JSONDecodeError:
-        return None
-    return doc if isinstance(doc, dict) else None
+    return await read_json_object(store, index_key(share_id))
 
 
 async def diagnose_stored(store: ObjectStore, share_id: str, body: bytes) -> Diagnosis:

@@ -49,7 +49,7 @@ from cloudsession.journal import (
 )
 from cloudsession.live import EventSink, NullSink
 from cloudsession.models import PublicShare, json_bytes
-from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys
+from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -532,14 +532,8 @@ class ShareService:
 
         async def one(key: str) -> dict[str, Any] | None:
             async with semaphore:
-                obj = await self.store_call(self.store.get(key))
-            if obj is None:
-                return None
-            try:
-                doc = orjson.loads(obj.body)
-            except orjson.JSONDecodeError:
-                return None
-            return self.public_index(doc) if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
+                doc = await self.store_call(read_json_object(self.store, key))
+            return self.public_index(doc) if doc is not None and isinstance(doc.get("id"), str) else None
 
         entries = [e for e in await asyncio.gather(*(one(k) for k in keys)) if e is not None]
         now = now_ms()

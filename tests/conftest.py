@@ -143,3 +143,17 @@ def settings(tmp_path: Path) -> _Settings:
 async def client(aiohttp_client, settings):  # type: ignore[no-untyped-def]
     """An aiohttp test client talking HTTP to the app built by ``create_app``."""
     return await aiohttp_client(_create_app(settings))
+
+
+@pytest.fixture(params=["fs", "s3"])
+def replica_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[str]]:
+    """Three real ``cloudsession serve`` processes on one store: a shared data directory, or one
+    bucket on the moto server (whose write lock makes its conditional checks atomic)."""
+    from servers import running_servers
+
+    env = None
+    if request.param == "s3":
+        endpoint, bucket = request.getfixturevalue("moto_endpoint"), request.getfixturevalue("s3_bucket")
+        env = {"CLOUDSESSION_STORE": f"s3://{bucket}/shares", "AWS_ENDPOINT_URL": endpoint}
+    with running_servers(3, tmp_path / "data", env) as servers:
+        yield [s.url for s in servers]

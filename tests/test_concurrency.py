@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import pytest
-
-from servers import running_servers
 
 SYNCS = 90
 CONCURRENCY = 24
@@ -41,12 +38,5 @@ async def hammer(urls: list[str]) -> None:
             assert sorted(m["id"] for m in data["messages"]) == [f"msg_{i:04d}" for i in range(SYNCS)]
 
 
-async def test_three_processes_on_one_filesystem_store(tmp_path):
-    with running_servers(3, tmp_path / "data") as servers:
-        await hammer([s.url for s in servers])
-
-
-async def test_three_processes_on_one_s3_endpoint(tmp_path, moto_endpoint, s3_bucket):
-    env = {"CLOUDSESSION_STORE": f"s3://{s3_bucket}/shares", "AWS_ENDPOINT_URL": moto_endpoint}
-    with running_servers(3, tmp_path / "data", env) as servers:
-        await hammer([s.url for s in servers])
+async def test_three_processes_on_one_store(replica_urls):
+    await hammer(replica_urls)

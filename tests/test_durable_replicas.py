@@ -9,7 +9,6 @@ import asyncio
 import aiohttp
 
 from cloudsession.client.ids import batch_id, uuid7
-from servers import running_servers
 
 OPS = 20
 DELIVERIES = 12
@@ -42,12 +41,5 @@ async def deliver_everywhere(urls: list[str]) -> None:
             assert data["metadata"]["syncCount"] == OPS and len(data["messages"]) == OPS
 
 
-async def test_same_batch_on_three_processes_sharing_a_filesystem_store(tmp_path):
-    with running_servers(3, tmp_path / "data") as servers:
-        await deliver_everywhere([s.url for s in servers])
-
-
-async def test_same_batch_on_three_processes_sharing_an_s3_bucket(tmp_path, moto_endpoint, s3_bucket):
-    env = {"CLOUDSESSION_STORE": f"s3://{s3_bucket}/shares", "AWS_ENDPOINT_URL": moto_endpoint}
-    with running_servers(3, tmp_path / "data", env) as servers:
-        await deliver_everywhere([s.url for s in servers])
+async def test_same_batch_on_three_processes_sharing_one_store(replica_urls):
+    await deliver_everywhere(replica_urls)

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, runtime_checkable
 
+import orjson
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
 
@@ -82,6 +84,19 @@ def full_key(prefix: str, key: str) -> str:
     if not _KEY_RE.match(full) or any(seg in (".", "..") for seg in full.split("/")):
         raise StoreError(f"invalid object key {key!r}")
     return full
+
+
+async def read_json_object(store: "ObjectStore", key: str) -> dict | None:
+    """The object at ``key`` parsed as a JSON object; None when absent, not JSON or not an object
+    (derived keys such as index entries are allowed to be damaged; callers rebuild them)."""
+    obj = await store.get(key)
+    if obj is None:
+        return None
+    try:
+        doc = orjson.loads(obj.body)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 async def iter_keys(store: ObjectStore, prefix: str, *, start_after: str | None = None, page_size: int = 1000) -> AsyncIterator[str]:
