@@ -21,12 +21,14 @@ import aiohttp
 import pytest
 import redis
 import redis.asyncio
+from playwright.sync_api import sync_playwright
 
 from cloudsession.config import ConfigError, load_settings
 from cloudsession.live import (
     CLOSE_DELETED, CLOSE_TOO_SLOW, FORMAT_EVENTS, FORMAT_REFERENCE, MAX_RELAY_BYTES, LiveHub, RedisRelay, Viewer, redis_client,
 )
 from servers import ServerProcess, free_port, running_servers
+from test_browser_share import CHROMIUM, CHROMIUM_ARGS, call as call_sync, open_live
 from view_data import SES, item, part, session, user
 
 PASSWORD = "relay-pw-4f1c2b"  # test-only Redis password, checked never to reach logs or output
@@ -289,6 +291,23 @@ async def _outage(redis_server: RedisServer, a: ServerProcess, b: ServerProcess)
             except asyncio.TimeoutError:
                 assert time.monotonic() < deadline, "B's syncs never reached A after Redis came back"
         await events.close()
+
+
+def test_the_share_page_on_one_replica_shows_a_sync_sent_to_the_other(replicas: list[ServerProcess]) -> None:
+    a, b = replicas
+    session_id = new_session_id()
+    creds = {**call_sync(a, "POST", "/api/share", {"sessionID": session_id}), "session_id": session_id}
+    message, items = message_items(creds, 4000, "Hello from **replica B**")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            open_live(page, a, creds["id"])
+            call_sync(b, "POST", f"/api/share/{creds['id']}/sync", {"secret": creds["secret"], "data": items})
+            page.wait_for_selector(f"#msg-{message['id']} strong", timeout=5_000)
+            assert page.evaluate("window.__sameDocument") is True  # shown live, not by a reload
+        finally:
+            browser.close()
 
 
 # --------------------------------------------------------------------------- the relay in-process
