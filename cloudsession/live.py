@@ -343,7 +343,7 @@ class RedisRelay:
 
     # -- outgoing
 
-    def _message(self, share_id: str, sync_count: int | None, items: list[dict[str, Any]] | None) -> bytes:
+    def _message(self, sync_count: int | None, items: list[dict[str, Any]] | None) -> bytes:
         if sync_count is None:
             return json_bytes({"v": RELAY_VERSION, "from": self.replica, "kind": "deleted"})
         body = {"v": RELAY_VERSION, "from": self.replica, "kind": "synced", "syncCount": sync_count}
@@ -352,7 +352,7 @@ class RedisRelay:
 
     def publish(self, share_id: str, sync_count: int | None, items: list[dict[str, Any]] | None = None) -> None:
         """Queue an event (``sync_count`` None: deleted) for the other replicas. Never waits."""
-        data = self._message(share_id, sync_count, items)
+        data = self._message(sync_count, items)
         if self._outbox_bytes + len(data) > MAX_OUTBOX_BYTES:
             self._miss(share_id, sync_count)
             return
@@ -370,7 +370,7 @@ class RedisRelay:
             try:
                 while self._missed:
                     share_id, sync_count = next(iter(self._missed.items()))
-                    await self.client.publish(f"{self.channel}:{share_id}", self._message(share_id, sync_count, None))
+                    await self.client.publish(f"{self.channel}:{share_id}", self._message(sync_count, None))
                     del self._missed[share_id]
                 outgoing = await self._outbox.get()
                 self._outbox_bytes -= len(outgoing.data)
