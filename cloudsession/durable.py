@@ -296,6 +296,7 @@ async def rotate_secret(service: ShareService, share_id: str, secret: str, origi
     """Bump the capability epoch: the old secret and read token stop working everywhere."""
     before = await _change(service, share_id, secret, lambda s: {"meta": {"epoch": s.meta.epoch + 1}})
     epoch = before.epoch + 1
+    await service.notify_access_changed(share_id)  # viewers holding the old read token
     return {
         "id": share_id,
         "secret": service.secret_for(before.session_id, epoch),
@@ -312,6 +313,8 @@ async def read_token(service: ShareService, share_id: str, secret: str) -> dict[
 
 async def set_private(service: ShareService, share_id: str, secret: str, private: bool) -> dict[str, Any]:
     meta = await _change(service, share_id, secret, lambda s: {"meta": {"extra": {"private": True if private else None}}})
+    if private:
+        await service.notify_access_changed(share_id)  # viewers without a read token
     token = credentials.derive_read_token(service.namespace, meta.session_id, meta.epoch)
     return {"private": private, "readToken": token, "capabilityEpoch": meta.epoch}
 

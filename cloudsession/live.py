@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 FORMAT_REFERENCE = "reference"
 FORMAT_EVENTS = "events"
 CLOSE_DELETED = 4404
+# The share's read capabilities changed (secret rotated, made private): the viewer must reconnect,
+# and the handshake checks its read token again. The page reconnects on any code but 4404.
+CLOSE_ACCESS_CHANGED = 4401
 CLOSE_TOO_SLOW = 1013  # "try again later": the viewer fell too far behind
 # An events frame lists at most this many message ids; beyond it the page resyncs instead.
 MAX_EVENT_MESSAGES = 500
@@ -68,6 +71,9 @@ class EventSink(Protocol):
     async def share_deleted(self, share_id: str) -> None:
         """The share was deleted (or expired); viewers should be told and closed."""
 
+    async def share_access_changed(self, share_id: str) -> None:
+        """Who may read the share changed (rotation, private); viewers must re-authenticate."""
+
 
 class NullSink:
     """Used when nobody listens (CLI tools, tests of the service alone)."""
@@ -76,6 +82,9 @@ class NullSink:
         return None
 
     async def share_deleted(self, share_id: str) -> None:
+        return None
+
+    async def share_access_changed(self, share_id: str) -> None:
         return None
 
 
@@ -202,6 +211,11 @@ class LiveHub:
         if self.relay is not None:
             self.relay.publish(share_id, None)
 
+    async def share_access_changed(self, share_id: str) -> None:
+        await self.deliver_access_changed(share_id)
+        if self.relay is not None:
+            self.relay.publish(share_id, None, kind="access")
+
     async def deliver_synced(self, share_id: str, items: list[dict[str, Any]] | None, sync_count: int) -> None:
         """Tell this process's viewers of a sync. ``items`` is None when they are unknown (a
         relayed sync too large to carry them, or syncs possibly missed while Redis was away)."""
@@ -231,6 +245,12 @@ class LiveHub:
         deleted = json_bytes({"type": "deleted"}).decode()
         for viewer in list(self._viewers.get(share_id, ())):
             viewer.finish(CLOSE_DELETED, "Share deleted", deleted if viewer.format == FORMAT_EVENTS else None)
+
+    async def deliver_access_changed(self, share_id: str) -> None:
+        # Closing is simpler and safer than re-checking each viewer's token here: the handshake
+        # is the one place that checks read access, and a viewer still allowed just reconnects.
+        for viewer in list(self._viewers.get(share_id, ())):
+            viewer.finish(CLOSE_ACCESS_CHANGED, "Access changed; reconnect")
 
     async def close_all(self) -> None:
         for share_id in list(self._viewers):
@@ -277,8 +297,9 @@ def _backoff() -> Iterator[float]:
 @dataclass
 class _Outgoing:
     share_id: str
-    sync_count: int | None  # None: deleted
+    sync_count: int | None  # None: deleted (or an access change)
     data: bytes
+    kind: str = "synced"
 
 
 class RedisRelay:
@@ -293,7 +314,8 @@ class RedisRelay:
     messages are bounded (``MAX_RELAY_BYTES``). Replicas are few.
 
     A message is ``{"v": 1, "from": <replica>, "kind": "synced", "syncCount": n, "items":
-    [...] | null}`` or ``{"v": 1, "from": <replica>, "kind": "deleted"}``: the public items the
+    [...] | null}``, ``{"v": 1, "from": <replica>, "kind": "deleted"}`` or ``{..., "kind":
+    "access"}`` (viewers must re-authenticate): the public items the
     local viewers got (never the secret or the real session id). ``from`` is a random id per
     process: a replica has already told its own viewers and skips its own messages, so each
     viewer gets each event exactly once.
@@ -314,6 +336,8 @@ class RedisRelay:
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._outbox_bytes = 0
         self._missed: dict[str, int | None] = {}
+        # Access changes missed while Redis was away: re-sent as such, never folded into a resync.
+        self._missed_access: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned_invalid = False
 
@@ -343,23 +367,32 @@ class RedisRelay:
 
     # -- outgoing
 
-    def _message(self, sync_count: int | None, items: list[dict[str, Any]] | None) -> bytes:
+    def _message(self, sync_count: int | None, items: list[dict[str, Any]] | None, kind: str = "synced") -> bytes:
+        if kind == "access":
+            return json_bytes({"v": RELAY_VERSION, "from": self.replica, "kind": "access"})
         if sync_count is None:
             return json_bytes({"v": RELAY_VERSION, "from": self.replica, "kind": "deleted"})
         body = {"v": RELAY_VERSION, "from": self.replica, "kind": "synced", "syncCount": sync_count}
         data = json_bytes({**body, "items": items})
         return data if len(data) <= MAX_RELAY_BYTES else json_bytes({**body, "items": None})
 
-    def publish(self, share_id: str, sync_count: int | None, items: list[dict[str, Any]] | None = None) -> None:
-        """Queue an event (``sync_count`` None: deleted) for the other replicas. Never waits."""
-        data = self._message(sync_count, items)
+    def publish(self, share_id: str, sync_count: int | None, items: list[dict[str, Any]] | None = None, *, kind: str = "synced") -> None:
+        """Queue an event (``sync_count`` None: deleted; ``kind="access"``: an access change)
+        for the other replicas. Never waits."""
+        data = self._message(sync_count, items, kind)
+        outgoing = _Outgoing(share_id, sync_count, data, kind)
         if self._outbox_bytes + len(data) > MAX_OUTBOX_BYTES:
-            self._miss(share_id, sync_count)
+            self._miss(outgoing)
             return
         self._outbox_bytes += len(data)
-        self._outbox.put_nowait(_Outgoing(share_id, sync_count, data))
+        self._outbox.put_nowait(outgoing)
 
-    def _miss(self, share_id: str, sync_count: int | None) -> None:
+    def _miss(self, outgoing: _Outgoing) -> None:
+        share_id, sync_count = outgoing.share_id, outgoing.sync_count
+        if outgoing.kind == "access":
+            if len(self._missed_access) < MAX_MISSED_SHARES:
+                self._missed_access.add(share_id)
+            return
         if share_id in self._missed or len(self._missed) < MAX_MISSED_SHARES:
             self._missed[share_id] = sync_count  # the latest state is all the others need
 
@@ -368,6 +401,10 @@ class RedisRelay:
         while True:
             outgoing: _Outgoing | None = None
             try:
+                while self._missed_access:
+                    share_id = next(iter(self._missed_access))
+                    await self.client.publish(f"{self.channel}:{share_id}", self._message(None, None, "access"))
+                    self._missed_access.discard(share_id)
                 while self._missed:
                     share_id, sync_count = next(iter(self._missed.items()))
                     await self.client.publish(f"{self.channel}:{share_id}", self._message(sync_count, None))
@@ -377,11 +414,11 @@ class RedisRelay:
                 await self.client.publish(f"{self.channel}:{outgoing.share_id}", outgoing.data)
             except Exception as exc:  # noqa: BLE001 - Redis gone, refused, timed out...: retry later
                 if outgoing is not None:
-                    self._miss(outgoing.share_id, outgoing.sync_count)
+                    self._miss(outgoing)
                 while not self._outbox.empty():
                     queued = self._outbox.get_nowait()
                     self._outbox_bytes -= len(queued.data)
-                    self._miss(queued.share_id, queued.sync_count)
+                    self._miss(queued)
                 if not failing:
                     log.warning("Redis publish failed (%s); other replicas' viewers will resync when it is back", _describe(exc))
                 failing = True
@@ -430,6 +467,8 @@ class RedisRelay:
             return  # invalid, or already delivered here when it happened
         if message["kind"] == "deleted":
             await self.hub.deliver_deleted(share_id)
+        elif message["kind"] == "access":
+            await self.hub.deliver_access_changed(share_id)
         else:
             await self.hub.deliver_synced(share_id, message["items"], message["syncCount"])
 
@@ -444,7 +483,7 @@ class RedisRelay:
             isinstance(message, dict)
             and message.get("v") == RELAY_VERSION
             and isinstance(message.get("from"), str)
-            and (message.get("kind") == "deleted" or _valid_sync(message))
+            and (message.get("kind") in ("deleted", "access") or _valid_sync(message))
         ):
             return message
         if not self._warned_invalid:  # once: a flood of bad messages must not flood the log

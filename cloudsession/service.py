@@ -332,6 +332,13 @@ class ShareService:
         await self.notify_sync(result.state, items, result.sync_count)
         return result.sync_count
 
+    async def notify_access_changed(self, share_id: str) -> None:
+        """Tell live viewers that read access changed, so they re-authenticate."""
+        try:
+            await self.events.share_access_changed(share_id)
+        except Exception:  # a viewer problem must never fail a durable write
+            log.exception("share %s: access-change notification failed", share_id)
+
     async def notify_sync(self, state: ShareState, items: list[dict[str, Any]], sync_count: int) -> None:
         try:
             await self.events.share_synced(state.share_id, self.public_items(state, items), sync_count)

@@ -14,7 +14,7 @@ import pytest
 from cloudsession.app import create_app
 from cloudsession.app_keys import LIVE
 from cloudsession.config import Settings
-from cloudsession.live import CLOSE_DELETED, FORMAT_EVENTS, FORMAT_REFERENCE, LiveHub, Viewer, sync_event
+from cloudsession.live import CLOSE_ACCESS_CHANGED, CLOSE_DELETED, FORMAT_EVENTS, FORMAT_REFERENCE, LiveHub, Viewer, sync_event
 from view_data import SES, item, part, rich_items, session, user
 
 
@@ -173,3 +173,42 @@ async def test_slow_reference_viewer_is_disconnected() -> None:
 def test_sync_event_resyncs_when_too_many_messages_changed() -> None:
     items = [item("message", {"id": f"msg_{n}"}) for n in range(501)]
     assert sync_event(items, 9) == {"type": "resync", "syncCount": 9}
+
+
+async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> int:
+    """The close code the server sent, skipping frames queued before it (an events "hello")."""
+    while True:
+        message = await asyncio.wait_for(ws.receive(), timeout=5)
+        if message.type == aiohttp.WSMsgType.CLOSE:
+            return int(message.data)
+        assert message.type == aiohttp.WSMsgType.TEXT, message
+
+
+async def test_making_a_share_private_disconnects_viewers_without_a_token(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    viewers = [await web.ws_connect(f"/ws/{creds['id']}"), await web.ws_connect(f"/ws/{creds['id']}?format=events")]
+    resp = await web.post(f"/api/share/{creds['id']}/privacy", json={"secret": creds["secret"], "private": True})
+    assert resp.status == 200
+    token = (await resp.json())["readToken"]
+    assert [await closed_with(ws) for ws in viewers] == [CLOSE_ACCESS_CHANGED] * 2
+    # The handshake is where read access is checked: without the token the share is not there.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await web.ws_connect(f"/ws/{creds['id']}")
+    assert refused.value.status == 404
+    ws = await web.ws_connect(f"/ws/{creds['id']}?token={token}")
+    await sync(web, creds, [item("session", session())])
+    assert isinstance(await next_json(ws), list)
+    await ws.close()
+
+
+async def test_rotation_disconnects_viewers_holding_the_old_read_token(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await (await web.post("/api/share", json={"sessionID": SES, "private": True})).json()
+    old_token = (await (await web.post(f"/api/share/{creds['id']}/read-token", json={"secret": creds["secret"]})).json())["readToken"]
+    ws = await web.ws_connect(f"/ws/{creds['id']}?token={old_token}")
+    rotated = await (await web.post(f"/api/share/{creds['id']}/rotate", json={"secret": creds["secret"]})).json()
+    assert await closed_with(ws) == CLOSE_ACCESS_CHANGED
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await web.ws_connect(f"/ws/{creds['id']}?token={old_token}")
+    assert refused.value.status == 404
+    ws = await web.ws_connect(f"/ws/{creds['id']}?token={rotated['readToken']}")
+    await ws.close()
