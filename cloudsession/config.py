@@ -372,6 +372,10 @@ def ensure_namespace(settings: Settings) -> Settings:
     """
     if settings.shared_secret is not None:
         return settings
+    if settings.store.backend == "s3":
+        # Replicas on a bucket each have their own data dir: a generated namespace would give
+        # every replica different secrets for the same share.
+        raise ConfigError("SESSIONS_SHARED_SECRET is required with the s3 store (every replica must derive the same secrets)")
     path = settings.data_dir / "dev-namespace"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not path.exists():

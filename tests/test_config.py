@@ -126,3 +126,12 @@ def test_access_log_has_no_query_strings(tmp_path):
         server.stop()
     log = server.log()
     assert '"GET /healthz" 200' in log and "s3cr3t-read-token" not in log
+
+
+def test_s3_store_requires_an_explicit_namespace(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cloudsession", "serve", "--data-dir", str(tmp_path), "--port", "0"],
+        env={"CLOUDSESSION_STORE": "s3://bucket", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2 and "SESSIONS_SHARED_SECRET is required with the s3 store" in proc.stderr
+    assert not (tmp_path / "dev-namespace").exists()
