@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -19,9 +19,6 @@ from aiohttp.abc import AbstractAccessLogger
 from cloudsession import __version__, admin, durable
 from cloudsession.client import push
 from cloudsession.config import ConfigError, Settings, ensure_namespace, load_settings
-
-Command = Callable[[argparse.Namespace], int]
-
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Flags every command that reads the configuration shares."""

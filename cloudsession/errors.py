@@ -62,11 +62,6 @@ class InvalidSecret(ShareError):
     message = "Invalid secret"
 
 
-class Forbidden(ShareError):
-    status = 403
-    message = "Forbidden"
-
-
 class ShareNotFound(ShareError):
     """Unknown share on write routes (sync, delete): the reference's wording."""
 

@@ -303,7 +303,7 @@ async def test_migrate_a_reference_bucket(moto_endpoint: str, s3_bucket: str, tm
     the configured filesystem store, twice: the second run changes nothing."""
     source = await S3Store.open(bucket=s3_bucket, endpoint_url=moto_endpoint, region="us-east-1")
     try:
-        ids = await seed_reference(source, 1_010, with_index=False)
+        await seed_reference(source, 1_010, with_index=False)
         await seed_damaged(source)
         # A share whose secret is the reference's uuid5, and one with a random secret.
         uuid5_secret = derive_secret(uuid.UUID(f.NAMESPACE), session_id_for("uuid5sec"))
