@@ -537,7 +537,7 @@ async def sweep(service: ShareService, *, now: int | None = None) -> SweepReport
     idempotent."""
     now = now_ms() if now is None else now
     report = SweepReport()
-    for entry in await service.list_index(include_expired=True):
+    for entry in await service.list_index(include_expired=True, fresh=True):
         expires = entry.get("expiresAt")
         if isinstance(expires, int) and expires <= now:
             await _delete_if_expired(service, entry["id"], now, report)

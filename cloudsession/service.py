@@ -54,6 +54,9 @@ from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError,
 log = logging.getLogger(__name__)
 
 MAX_WRITE_ATTEMPTS = 64
+# The share list is read from every index entry; kept this long, and updated in place by this
+# process's own writes, so a busy /sessions page does not cost one GET per share per view.
+LISTING_TTL_SECONDS = 10.0
 # Replace the real session ID in serialised public output only when it is long enough that a
 # plain substring replacement cannot hit unrelated text.
 MIN_REDACT_LENGTH = 12
@@ -101,6 +104,9 @@ class ShareService:
         self._public_cache: dict[str, tuple[int, PublicShare]] = {}
         self._compacting: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        # share id -> stored index entry (real ids; made public on the way out), and when read.
+        self._listing: dict[str, dict[str, Any]] | None = None
+        self._listing_read_at = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -264,6 +270,8 @@ class ShareService:
         return result
 
     async def _write_index(self, share_id: str, index: dict[str, Any]) -> None:
+        if self._listing is not None:
+            self._listing[share_id] = index
         # The index is derived and may lag; losing a write here must not fail a durable sync.
         try:
             await self.store.put(index_key(share_id), json_bytes(index))
@@ -368,6 +376,8 @@ class ShareService:
 
     async def purge(self, share_id: str) -> int:
         """Remove the index entry and every journal entry of a share whose snapshot is gone."""
+        if self._listing is not None:
+            self._listing.pop(share_id, None)
         await self.store_call(self.store.delete(index_key(share_id)))
         keys = [key async for key in iter_keys(self.store, journal_prefix(share_id))]
         await self._delete_many(keys)
@@ -531,18 +541,25 @@ class ShareService:
         self.check_readable(state, read_token)
         return self.public_index(state.index_doc())
 
-    async def list_index(self, *, include_expired: bool = False) -> list[dict[str, Any]]:
-        """Every index entry (all pages), public ids, newest first. Unreadable entries skipped;
-        expired ones too unless ``include_expired`` (the expiry sweep needs them)."""
+    async def _read_listing(self) -> dict[str, dict[str, Any]]:
         keys = [key async for key in iter_keys(self.store, "index/")]
         semaphore = asyncio.Semaphore(16)
 
         async def one(key: str) -> dict[str, Any] | None:
             async with semaphore:
                 doc = await self.store_call(read_json_object(self.store, key))
-            return self.public_index(doc) if doc is not None and isinstance(doc.get("id"), str) else None
+            return doc if doc is not None and isinstance(doc.get("id"), str) else None
 
-        entries = [e for e in await asyncio.gather(*(one(k) for k in keys)) if e is not None]
+        docs = await asyncio.gather(*(one(k) for k in keys))
+        return {doc["id"]: doc for doc in docs if doc is not None}
+
+    async def list_index(self, *, include_expired: bool = False, fresh: bool = False) -> list[dict[str, Any]]:
+        """Every index entry (all pages), public ids, newest first. Unreadable entries skipped;
+        expired ones too unless ``include_expired`` (the expiry sweep needs them). The list may
+        be up to LISTING_TTL_SECONDS behind other replicas' writes unless ``fresh``."""
+        if fresh or self._listing is None or time.monotonic() - self._listing_read_at > LISTING_TTL_SECONDS:
+            self._listing, self._listing_read_at = await self._read_listing(), time.monotonic()
+        entries = [self.public_index(doc) for doc in self._listing.values()]
         now = now_ms()
         if not include_expired:
             entries = [e for e in entries if not (isinstance(e.get("expiresAt"), int) and e["expiresAt"] <= now)]
