@@ -48,6 +48,7 @@ MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = 60.0
 # The server's default per-share limit (Settings.limits.max_share_bytes).
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+READ_CHUNK = 256 * 1024
 
 
 class ImportFailed(Exception):
@@ -158,12 +159,19 @@ async def _get(session: aiohttp.ClientSession, url: str, token: str | None, max_
                 if urlsplit(url).scheme not in ("http", "https"):
                     raise BadShareData(f"The server redirected to an unsupported URL {_shown(url)}")
                 continue
+            too_large = BadShareData(f"The share is larger than the limit of {max_bytes} bytes (see --max-bytes)")
             if resp.content_length is not None and resp.content_length > max_bytes:
-                raise BadShareData(f"The share is larger than the limit of {max_bytes} bytes (see --max-bytes)")
-            body = await resp.content.read(max_bytes + 1)
-            if len(body) > max_bytes:
-                raise BadShareData(f"The share is larger than the limit of {max_bytes} bytes (see --max-bytes)")
-            return Fetched(resp.status, resp.reason or "", resp.headers.get("Content-Type", ""), body)
+                raise too_large
+            # StreamReader.read(n) returns what is buffered (often one chunk), not n bytes:
+            # read to the end, counting, so a large share arrives whole and a huge one is refused.
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(READ_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large
+                chunks.append(chunk)
+            return Fetched(resp.status, resp.reason or "", resp.headers.get("Content-Type", ""), b"".join(chunks))
     raise BadShareData(f"Too many redirects (more than {MAX_REDIRECTS})")
 
 

@@ -182,6 +182,17 @@ async def test_import_to_stdout(live, capsys: pytest.CaptureFixture[str]) -> Non
     assert json.loads(capsys.readouterr().out)["messages"][0]["info"]["id"] == "msg_0001"
 
 
+async def test_a_large_share_arrives_whole(live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Several megabytes reach the client in many reads; all of them must be kept.
+    long_text = "line of a long tool output\n" * 150_000
+    items = [*share_items(), f.item("part", f.text_part(SES, "msg_0002", long_text, id="prt_0009"))]
+    share = await make_share(live, items)
+    out = tmp_path / "out.json"
+    assert await run_cli("import", str(live.make_url(f"/share/{share['id']}")), "-o", str(out)) == 0
+    texts = [p["text"] for p in json.loads(out.read_text())["messages"][1]["parts"]]
+    assert texts == ["answer one", "answer two", long_text]
+
+
 async def test_private_share_needs_its_read_token(live, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     share = await make_share(live, private=True)
     token = share["readToken"]
