@@ -123,8 +123,9 @@ class MessageEntry:
 
     @cached_property
     def hash(self) -> str:
-        # Hashing the compact JSON of the message and its parts: any change to either changes it.
-        payload = orjson.dumps([FRAGMENT_VERSION, self.message, self.parts], option=orjson.OPT_NON_STR_KEYS)
+        # Everything the fragment shows: the message, its parts and its number (a message inserted
+        # earlier renumbers the later ones). The hash keys the fragment cache and the page digest.
+        payload = orjson.dumps([FRAGMENT_VERSION, self.number, self.message, self.parts], option=orjson.OPT_NON_STR_KEYS)
         return hashlib.blake2b(payload, digest_size=8).hexdigest()
 
     @cached_property

@@ -89,6 +89,23 @@ def test_messages_have_role_time_model_and_anchor(rich: BeautifulSoup) -> None:
     assert all(a.get("data-hash") for a in articles)
 
 
+def test_numbers_follow_a_message_inserted_before_others(renderer: PageRenderer) -> None:
+    # A message synced late with an earlier time shifts the numbers of those after it; their
+    # cached fragments (same content) must not keep the old numbers.
+    first = user(1_000)
+    later = user(9_000)
+    items = [item("session", session()), item("message", first), item("message", later)]
+    renderer.share_page(fold(items), 1)
+    inserted = user(5_000)
+    soup = BeautifulSoup(renderer.share_page(fold([*items, item("message", inserted)], sync_count=2), 1), "html.parser")
+    articles = soup.select("#messages > article.message")
+    assert [(a["id"], a["data-n"], text(a.select_one("a.anchor"))) for a in articles] == [
+        (f"msg-{first['id']}", "1", "#1"),
+        (f"msg-{inserted['id']}", "2", "#2"),
+        (f"msg-{later['id']}", "3", "#3"),
+    ]
+
+
 def test_every_part_gets_a_section(rich: BeautifulSoup, rich_data: list[dict]) -> None:
     parts = [i["data"] for i in rich_data if i["type"] == "part"]
     sections = rich.select("section.part")
