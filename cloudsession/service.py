@@ -101,7 +101,9 @@ class ShareService:
         self._cache_limit_bytes = 512 * 1024 * 1024
         self._cache_limit_entries = 2048
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._public_cache: dict[str, tuple[int, PublicShare]] = {}
+        # share id -> ((snapshot ETag, seq), view). seq alone repeats when another process
+        # deletes and re-creates the share; the snapshot and its journal entries up to seq do not.
+        self._public_cache: dict[str, tuple[tuple[str | None, int], PublicShare]] = {}
         self._compacting: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         # share id -> stored index entry (real ids; made public on the way out), and when read.
@@ -492,8 +494,9 @@ class ShareService:
         return out
 
     def public_view(self, state: ShareState) -> PublicShare:
+        version = (state.snapshot_etag, state.meta.seq)
         cached = self._public_cache.get(state.share_id)
-        if cached is not None and cached[0] == state.meta.seq and cached[1].sync_count == state.meta.sync_count:
+        if cached is not None and cached[0] == version:
             return cached[1]
         real = state.meta.session_id
         public = self.public_id(real)
@@ -511,7 +514,7 @@ class ShareService:
             expires_at=state.meta.extra.get("expiresAt"),
             _redactions=((real, public),) if len(real) >= MIN_REDACT_LENGTH else (),
         )
-        self._public_cache[state.share_id] = (state.meta.seq, view)
+        self._public_cache[state.share_id] = (version, view)
         return view
 
     def read_token_for(self, state: ShareState) -> str:

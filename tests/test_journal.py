@@ -107,3 +107,19 @@ async def test_stale_cache_after_another_process_compacts(tmp_path):
     for service in (a, b):
         view = await service.public_share(creds.id)
         assert [m["id"] for m in view.messages] == ["msg_1", "msg_2", "msg_3"] and view.sync_count == 3
+
+
+async def test_public_view_of_a_share_deleted_and_recreated_by_another_process(tmp_path):
+    """Process A cached the public view; B deletes the share and creates it again with other
+    content at the same seq and syncCount. A must show the new share, not its cached view."""
+    settings = Settings.for_tests(tmp_path)
+    store = FilesystemStore(tmp_path / "store")
+    a, b = ShareService(store, settings), ShareService(store, settings)
+    session = "ses_recreated0000000000001"
+    creds = await a.create(session, origin="http://x", initial_items=[{"type": "message", "data": {"id": "msg_old", "role": "user"}}])
+    assert [m["id"] for m in (await a.public_share(creds.id)).messages] == ["msg_old"]
+    await b.delete(creds.id, creds.secret)
+    again = await b.create(session, origin="http://x", initial_items=[{"type": "message", "data": {"id": "msg_new", "role": "user"}}])
+    assert again.id == creds.id
+    view = await a.public_share(creds.id)
+    assert [m["id"] for m in view.messages] == ["msg_new"] and view.sync_count == 1
