@@ -301,6 +301,14 @@ async def test_idempotency_key_on_sync_create_and_delete(client):
     assert other.status == 409
 
 
+async def test_idempotent_delete_of_a_malformed_share_id_is_a_404(client):
+    # The id is checked before the delete record's key is built from it: a key the store
+    # refuses would otherwise surface as a 503.
+    for bad in ("a~b", "..", "x" * 65):
+        resp = await client.delete(f"/api/share/{bad}", json={"secret": "s"}, headers={"Idempotency-Key": "k1"})
+        assert resp.status == 404, (bad, resp.status)
+
+
 # -- expiry -------------------------------------------------------------------------------------
 
 
