@@ -118,8 +118,12 @@ class Viewer:
     queue: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
     close_code: int = 1000
     close_reason: str = ""
+    # Set by ``finish``: the queue ends with the close, which no later frame may push out.
+    closing: bool = False
 
     def offer(self, frame: str, sync_count: int) -> None:
+        if self.closing:
+            return
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
@@ -133,7 +137,7 @@ class Viewer:
 
     def finish(self, code: int, reason: str, last_frame: str | None = None) -> None:
         """Replace whatever is queued with an optional last frame and the close."""
-        self.close_code, self.close_reason = code, reason
+        self.close_code, self.close_reason, self.closing = code, reason, True
         while not self.queue.empty():
             self.queue.get_nowait()
         if last_frame is not None:

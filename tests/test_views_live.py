@@ -170,6 +170,18 @@ async def test_slow_reference_viewer_is_disconnected() -> None:
     assert viewer.queue.get_nowait() is None and viewer.close_code == 1013
 
 
+async def test_a_viewer_being_closed_stays_closed_however_many_syncs_follow() -> None:
+    # A slow viewer whose access changed must be disconnected even if syncs keep coming before
+    # its queue drains: the close must not be dropped to make room for a resync.
+    hub = LiveHub()
+    viewer = _viewer(FORMAT_EVENTS)
+    hub.add("share1", viewer)
+    await hub.share_access_changed("share1")
+    for n in range(100):
+        await hub.share_synced("share1", [item("session", {"id": "s"})], n)
+    assert viewer.queue.get_nowait() is None and viewer.close_code == CLOSE_ACCESS_CHANGED
+
+
 def test_sync_event_resyncs_when_too_many_messages_changed() -> None:
     items = [item("message", {"id": f"msg_{n}"}) for n in range(501)]
     assert sync_event(items, 9) == {"type": "resync", "syncCount": 9}
