@@ -359,7 +359,6 @@ class PageRenderer:
             view=view,
             share=share,
             page=page,
-            entries=view.page_entries(page),
             messages_html=self.messages_html(view.page_entries(page)),
             header_html=Markup(self.header_html(view)),  # safe: rendered by parts.html (autoescape)
             diffs_html=Markup(self.diffs_html(view)),  # safe: rendered by parts.html (autoescape)
