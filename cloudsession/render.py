@@ -226,7 +226,7 @@ def lexer_for(filename: str | None = None, language: str | None = None) -> Lexer
         base = os.path.basename(filename)
         extension = os.path.splitext(base)[1].lower() or base.lower()
         if extension and len(extension) <= 20:
-            return _lexer_for_extension(extension if extension.startswith(".") else extension)
+            return _lexer_for_extension(extension)
     return None
 
 
