@@ -45,7 +45,7 @@ from cloudsession.errors import (
 )
 from cloudsession.journal import SEQ_WIDTH, ShareMeta, ShareState, journal_prefix, snapshot_key, uuid7_ms
 from cloudsession.models import SecretBody, ShareOptionsBody, json_bytes, parse_body, parse_sync_items
-from cloudsession.service import ShareCredentials, ShareService, now_ms
+from cloudsession.service import ShareCredentials, ShareService, is_expired, now_ms
 from cloudsession.store import open_store
 from cloudsession.store.base import PreconditionFailed, iter_keys
 
@@ -401,11 +401,6 @@ async def _delete_expired_share_of(service: ShareService, session_id: str) -> No
             continue
         if credentials.secrets_equal(state.meta.session_id, session_id) and is_expired(state, now_ms()):
             await service.delete(share_id, None, admin=True)
-
-
-def is_expired(state: ShareState, now: int) -> bool:
-    expires = state.meta.extra.get("expiresAt")
-    return isinstance(expires, int) and now >= expires
 
 
 # -- Idempotency-Key on the legacy routes -------------------------------------------------------

@@ -68,6 +68,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def is_expired(state: ShareState, now: int) -> bool:
+    expires = state.meta.extra.get("expiresAt")
+    return isinstance(expires, int) and now >= expires
+
+
 @dataclass(frozen=True, slots=True)
 class ShareCredentials:
     id: str
@@ -220,10 +225,9 @@ class ShareService:
             state.apply_entry(entry, len(obj.body))
         return True
 
-    def ensure_live(self, state: ShareState, *, now: int | None = None) -> None:
+    def ensure_live(self, state: ShareState) -> None:
         """Raise ShareGone for an expired share (the sweep deletes it later)."""
-        expires = state.meta.extra.get("expiresAt")
-        if isinstance(expires, int) and (now or now_ms()) >= expires:
+        if is_expired(state, now_ms()):
             raise ShareGone()
 
     # -- writing ------------------------------------------------------------------------------
