@@ -43,7 +43,7 @@ from cloudsession.errors import (
     ShareNotFound,
     ValidationFailed,
 )
-from cloudsession.journal import SEQ_WIDTH, ShareMeta, ShareState, journal_prefix, snapshot_key, uuid7_ms
+from cloudsession.journal import ShareMeta, ShareState, journal_key, snapshot_key, uuid7_ms
 from cloudsession.models import SecretBody, ShareOptionsBody, json_bytes, parse_body, parse_sync_items
 from cloudsession.service import ShareCredentials, ShareService, is_expired, now_ms
 from cloudsession.store import open_store
@@ -582,12 +582,11 @@ async def _prune_journals(service: ShareService, now: int) -> int:
             if incarnation != current:
                 doomed = keys
             elif folded_before is not None and now - folded_before >= grace_ms:
-                last = f"{journal_prefix(share_id, incarnation)}{state.snapshot_seq:0{SEQ_WIDTH}d}"
+                last = journal_key(share_id, incarnation, state.snapshot_seq)
                 doomed = [k for k in keys if k <= last]
             else:
                 doomed = []
-            for key in doomed:
-                await service.store_call(service.store.delete(key))
+            await service.delete_keys(doomed)
             deleted += len(doomed)
     return deleted
 

@@ -386,10 +386,11 @@ class ShareService:
             self._listing.pop(share_id, None)
         await self.store_call(self.store.delete(index_key(share_id)))
         keys = [key async for key in iter_keys(self.store, journal_prefix(share_id))]
-        await self._delete_many(keys)
+        await self.delete_keys(keys)
         return len(keys)
 
-    async def _delete_many(self, keys: list[str]) -> None:
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete ``keys`` (absent ones are fine), a bounded number at a time."""
         semaphore = asyncio.Semaphore(16)
 
         async def one(key: str) -> None:
@@ -463,7 +464,7 @@ class ShareService:
             if key > last:
                 break
             keys.append(key)
-        await self._delete_many(keys)
+        await self.delete_keys(keys)
         return len(keys)
 
     # -- public reads -------------------------------------------------------------------------
