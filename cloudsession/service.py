@@ -78,7 +78,6 @@ class ShareCredentials:
     id: str
     secret: str
     url: str
-    created: bool = False
 
     def as_json(self) -> dict[str, str]:
         # Key order of the reference's responses: id, secret, url.
@@ -87,11 +86,9 @@ class ShareCredentials:
 
 @dataclass(slots=True)
 class CommitResult:
-    # ``state`` is the live cached object and moves on with later writes; ``seq`` and
-    # ``sync_count`` are the values as of this commit.
+    # ``state`` is the live cached object and moves on with later writes; ``sync_count`` is the
+    # value as of this commit.
     state: ShareState
-    entry: dict[str, Any] | None
-    seq: int
     sync_count: int
 
 
@@ -247,7 +244,7 @@ class ShareService:
                 self.ensure_live(state)
                 content = build(state)
                 if content is None:
-                    return CommitResult(state, None, state.meta.seq, state.meta.sync_count)
+                    return CommitResult(state, state.meta.sync_count)
                 seq = state.meta.seq + 1
                 # "w" makes every entry's bytes unique, so the S3 store's lost-response check
                 # (compare what is stored with what was sent) can never mistake a rival's write
@@ -270,7 +267,7 @@ class ShareService:
                 break
             else:
                 raise StoreUnavailable("Too many concurrent writers on this share; retry")
-        result = CommitResult(state, entry, state.meta.seq, state.meta.sync_count)
+        result = CommitResult(state, state.meta.sync_count)
         await self._write_index(share_id, index)
         self._maybe_compact(state)
         return result
@@ -300,15 +297,15 @@ class ShareService:
             raise ValidationFailed(f"sessionID is longer than {self.settings.limits.max_session_id_length} characters")
         if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in session_id):
             raise ValidationFailed("sessionID contains control characters or lone surrogates")
-        state, created = await self._find_or_create(session_id, on_create)
+        state = await self._find_or_create(session_id, on_create)
         if initial_items:
             result = await self.commit(state.share_id, lambda _s: {"items": initial_items, "syncs": 1})
             state = result.state
             await self.notify_sync(state, initial_items, result.sync_count)
         secret = self.secret_for(session_id, state.meta.epoch)
-        return ShareCredentials(state.share_id, secret, self.share_url(origin, state.share_id), created)
+        return ShareCredentials(state.share_id, secret, self.share_url(origin, state.share_id))
 
-    async def _find_or_create(self, session_id: str, on_create: Callable[[ShareState], None] | None) -> tuple[ShareState, bool]:
+    async def _find_or_create(self, session_id: str, on_create: Callable[[ShareState], None] | None) -> ShareState:
         for share_id in credentials.share_id_candidates(self.namespace, session_id):
             for _ in range(4):
                 try:
@@ -318,7 +315,7 @@ class ShareService:
                 if state is not None:
                     if credentials.secrets_equal(state.meta.session_id, session_id):
                         self.ensure_live(state)
-                        return state, False
+                        return state
                     break  # another session owns this id: try the next candidate
                 now = now_ms()
                 state = ShareState.new(share_id, session_id, now)
@@ -332,7 +329,7 @@ class ShareService:
                 state.snapshot_etag, state.snapshot_bytes, state.approx_bytes, state.compacted_at = etag, len(body), len(body), now
                 self._cache_put(state)
                 await self._write_index(share_id, state.index_doc())
-                return state, True
+                return state
         raise ShareConflict("Share id collision: another session already owns this share id")
 
     async def sync(self, share_id: str, secret: str, items: list[dict[str, Any]]) -> int:
