@@ -395,6 +395,11 @@ async def _delete_keys(service: ShareService, keys: Iterable[str]) -> None:
         await service.store_call(service.store.delete(key))
 
 
+async def _has_journal(service: ShareService, share_id: str) -> bool:
+    """Whether any journal entry of the share exists, of any incarnation (one LIST of one key)."""
+    return bool((await service.store_call(service.store.list_page(journal_prefix(share_id), limit=1))).keys)
+
+
 async def _delete_raw(service: ShareService, share_id: str) -> None:
     """Remove a share's keys without reading it (it may be unreadable)."""
     await service.store_call(service.store.delete(snapshot_key(share_id)))
@@ -410,9 +415,7 @@ async def delete_share(service: ShareService, share_id: str, *, dry_run: bool = 
     or "not found"."""
     store = service.store
     exists = await service.store_call(store.head(snapshot_key(share_id))) is not None
-    leftovers = await service.store_call(store.head(index_key(share_id))) is not None or bool(
-        (await service.store_call(store.list_page(journal_prefix(share_id), limit=1))).keys
-    )
+    leftovers = await service.store_call(store.head(index_key(share_id))) is not None or await _has_journal(service, share_id)
     if not exists and not leftovers:
         return "not found"
     if dry_run:
@@ -464,7 +467,7 @@ async def _source_state(source: ShareService, share_id: str) -> tuple[ShareState
     ours = isinstance(doc["metadata"].get("cloudsession"), dict)
     if ours and diagnosis.kind == "ok":
         return await source.load(share_id), False
-    if ours and (await source.store_call(source.store.list_page(journal_prefix(share_id), limit=1))).keys:
+    if ours and await _has_journal(source, share_id):
         raise CannotMigrate("malformed snapshot with journal entries: repair the source first (admin fsck --repair)")
     return ShareState.from_snapshot(share_id, doc, obj.etag, len(obj.body)), diagnosis.kind != "ok"
 
