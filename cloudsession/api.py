@@ -15,7 +15,7 @@ from aiohttp import web
 
 from cloudsession.app_keys import SERVICE, SETTINGS
 from cloudsession.credentials import secrets_equal
-from cloudsession.errors import PayloadTooLarge, Unauthorized
+from cloudsession.errors import Unauthorized
 from cloudsession.models import SecretBody, SyncBody, json_bytes, parse_body, parse_json, parse_sync_items
 
 # The reference parses a body as JSON only for these content types (hono's rule); anything else
@@ -32,12 +32,9 @@ async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or ``{}`` when the content type is not JSON (reference rule)."""
     if not _JSON_TYPE_RE.match(request.headers.get("Content-Type", "")):
         return {}
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].limits.max_body_bytes
-        raise PayloadTooLarge(f"Request body exceeds {limit} bytes") from None
-    return parse_json(raw)
+    # Beyond client_max_size aiohttp raises HTTPRequestEntityTooLarge; app.py's error
+    # middleware answers it as our 413.
+    return parse_json(await request.read())
 
 
 def public_origin(request: web.Request) -> str:

@@ -49,11 +49,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].limits.max_body_bytes
         return _error_response(request, PayloadTooLarge(f"Request body exceeds {limit} bytes"))
-    except web.HTTPNotFound:
-        if _is_api(request):
-            return web.Response(body=b'{"error":"Not Found"}', status=404, content_type="application/json")
-        return web.Response(text="404 Not Found", status=404, content_type="text/plain", charset="UTF-8")
-    except web.HTTPMethodNotAllowed:
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed):  # the reference answers 404 to both
         if _is_api(request):
             return web.Response(body=b'{"error":"Not Found"}', status=404, content_type="application/json")
         return web.Response(text="404 Not Found", status=404, content_type="text/plain", charset="UTF-8")
