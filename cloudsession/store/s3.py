@@ -54,9 +54,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError, full_key
 
-# The key alphabet promised by store/base.py; checked here too so that a key the filesystem
-# store would refuse is refused on S3 as well (the backends must stay interchangeable).
-
 # S3 never returns more than 1000 keys per ListObjectsV2 call.
 _MAX_LIST_KEYS = 1000
 
