@@ -35,6 +35,21 @@ class TransportError(Exception):
         return self.status is None or self.status >= 500 or self.status in (408, 429)
 
 
+# What each answer must hold; anything else (a proxy's HTML page, a truncated body) is reported
+# as a bad gateway, which is retryable, instead of surfacing later as a KeyError.
+_ANSWER_KEYS = {
+    "create": ("id", "secret", "url"),
+    "redeem": ("cursor", "capabilityEpoch"),
+    "append_ops": ("cursor", "applied", "duplicates", "rejected"),
+}
+
+
+def _checked(kind: str, answer: Any) -> dict[str, Any]:
+    if not isinstance(answer, dict) or any(key not in answer for key in _ANSWER_KEYS[kind]):
+        raise TransportError(502, f"unexpected answer to {kind}: {str(answer)[:200]}")
+    return answer
+
+
 class Transport(Protocol):
     async def create(self, session_id: str, options: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -79,13 +94,13 @@ class RestTransport(_Http):
         return payload
 
     async def create(self, session_id: str, options: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("/api/share", {"sessionID": session_id, **options})
+        return _checked("create", await self._call("/api/share", {"sessionID": session_id, **options}))
 
     async def redeem(self, share_id: str, secret: str) -> dict[str, Any]:
-        return await self._call(f"/api/share/{share_id}/redeem", {"secret": secret})
+        return _checked("redeem", await self._call(f"/api/share/{share_id}/redeem", {"secret": secret}))
 
     async def append_ops(self, share_id: str, secret: str, epoch: int, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self._call(f"/api/share/{share_id}/ops", {"secret": secret, "epoch": epoch, "ops": ops})
+        return _checked("append_ops", await self._call(f"/api/share/{share_id}/ops", {"secret": secret, "epoch": epoch, "ops": ops}))
 
 
 class RpcBatchTransport(_Http):
@@ -106,10 +121,15 @@ class RpcBatchTransport(_Http):
         status, raw = await self._post(self.path, data=body.encode("utf-8"), headers={"Content-Type": "text/plain;charset=UTF-8"})
         if status != 200:
             raise TransportError(status, raw[:200].decode("utf-8", "replace"))
-        for line in raw.decode("utf-8").split("\n"):
+        for line in raw.decode("utf-8", "replace").split("\n"):
             if not line:
                 continue
-            message = json.loads(line)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                raise TransportError(502, f"not a Cap'n Web message: {line[:200]}") from None
+            if not isinstance(message, list) or not message:
+                raise TransportError(502, f"not a Cap'n Web message: {line[:200]}")
             if message[:2] == ["resolve", 1]:
                 return decode(message[2], self._LIMITS).value
             if message[:2] == ["reject", 1] or message[0] == "abort":
@@ -120,13 +140,13 @@ class RpcBatchTransport(_Http):
         raise TransportError(None, "the RPC batch ended without an answer")
 
     async def create(self, session_id: str, options: dict[str, Any]) -> dict[str, Any]:
-        return await self.call("createShare", session_id, None, options)
+        return _checked("create", await self.call("createShare", session_id, None, options))
 
     async def redeem(self, share_id: str, secret: str) -> dict[str, Any]:
-        return await self.call("redeemShare", share_id, secret)
+        return _checked("redeem", await self.call("redeemShare", share_id, secret))
 
     async def append_ops(self, share_id: str, secret: str, epoch: int, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self.call("appendOps", share_id, secret, epoch, ops)
+        return _checked("append_ops", await self.call("appendOps", share_id, secret, epoch, ops))
 
 
 def open_transport(kind: str, base_url: str, *, headers: dict[str, str] | None = None) -> RestTransport | RpcBatchTransport:
