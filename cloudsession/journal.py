@@ -170,7 +170,7 @@ class ShareState:
             incarnation=str(ours.get("incarnation", "0")),
             epoch=_int(ours.get("epoch"), 0),
             legacy_secret_sha256=_legacy_secret_hash(metadata, ours),
-            extra=dict(ours.get("extra") or {}),
+            extra=dict(ours["extra"]) if isinstance(ours.get("extra"), dict) else {},
             cursor=_int(ours.get("cursor"), 0),
         )
         ledger = ours.get("ledger") if isinstance(ours.get("ledger"), dict) else {}

@@ -123,3 +123,15 @@ async def test_public_view_of_a_share_deleted_and_recreated_by_another_process(t
     assert again.id == creds.id
     view = await a.public_share(creds.id)
     assert [m["id"] for m in view.messages] == ["msg_new"] and view.sync_count == 1
+
+
+async def test_a_damaged_journal_entry_is_skipped_not_a_500(tmp_path):
+    settings = Settings.for_tests(tmp_path)
+    store = FilesystemStore(tmp_path / "store")
+    service = ShareService(store, settings)
+    creds = await service.create("ses_damagedjournal000000001", origin="http://x")
+    await service.sync(creds.id, creds.secret, [{"type": "message", "data": {"id": "msg_1", "role": "user"}}])
+    state = await service.load(creds.id)
+    await store.put(f"{journal_prefix(creds.id, state.meta.incarnation)}{state.meta.seq + 1:012d}", b"\x00not json")
+    view = await ShareService(store, settings).public_share(creds.id)
+    assert [m["id"] for m in view.messages] == ["msg_1"]

@@ -224,3 +224,14 @@ async def test_rotation_disconnects_viewers_holding_the_old_read_token(web) -> N
     assert refused.value.status == 404
     ws = await web.ws_connect(f"/ws/{creds['id']}?token={rotated['readToken']}")
     await ws.close()
+
+
+async def test_frames_never_carry_the_real_session_id_even_inside_text(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    ws = await web.ws_connect(f"/ws/{creds['id']}")
+    message = user(1000)
+    await sync(web, creds, [item("message", message), item("part", part(message, "text", text=f"my session is {SES}"))])
+    frame = await next_json(ws)
+    assert SES not in json.dumps(frame)
+    assert frame[1]["data"]["text"].startswith("my session is ses_") and frame[1]["data"]["text"] != f"my session is {SES}"
+    await ws.close()
