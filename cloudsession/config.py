@@ -261,6 +261,8 @@ def _apply_section(values: dict[str, Any], section: EnvSection, source: str, req
         if name == "API_DOMAIN":
             _set(values, ("public_url",), f"https://{value}")
             continue
+        if name == "REDIS_URL" and isinstance(value, str) and urlsplit(value).password:
+            raise ConfigError(f"{source}: vars.REDIS_URL holds a password; set REDIS_URL in the environment instead")
         if name not in VARS:
             raise ConfigError(f"{source}: unknown variable vars.{name} (known: {', '.join(sorted(VARS))}, API_DOMAIN)")
         _set(values, VARS[name], value)

@@ -135,3 +135,13 @@ def test_s3_store_requires_an_explicit_namespace(tmp_path):
     )
     assert proc.returncode == 2 and "SESSIONS_SHARED_SECRET is required with the s3 store" in proc.stderr
     assert not (tmp_path / "dev-namespace").exists()
+
+
+def test_a_redis_password_is_refused_in_the_config_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[vars]\nREDIS_URL = "redis://:hunter2@127.0.0.1:6379/0"\n')
+    with pytest.raises(ConfigError, match="REDIS_URL holds a password") as caught:
+        load_settings(config_file=path, environ={})
+    assert "hunter2" not in str(caught.value)
+    path.write_text('[vars]\nREDIS_URL = "redis://127.0.0.1:6379/0"\n')
+    assert load_settings(config_file=path, environ={}).redis_url is not None
