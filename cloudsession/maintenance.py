@@ -29,12 +29,12 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable
 
 import orjson
 
 from cloudsession.errors import SessionNotFound, ShareError, ShareNotFound
-from cloudsession.journal import ShareState, index_key, journal_prefix, snapshot_key
+from cloudsession.journal import ShareState, index_key, journal_key, journal_prefix, snapshot_key
 from cloudsession.models import json_bytes
 from cloudsession.service import ShareService
 from cloudsession.store.base import ObjectStore, PreconditionFailed, iter_keys, read_json_object
@@ -364,18 +364,48 @@ async def _check_index(service: ShareService, state: ShareState, options: FsckOp
 
 
 async def _check_journal(service: ShareService, state: ShareState, options: FsckOptions, report: Report) -> None:
-    """Journal entries under a dead incarnation (left by a writer that raced a delete)."""
+    """Journal entries under a dead incarnation (left by a writer that raced a delete), and a
+    damaged entry in the live tail."""
     share_id = state.share_id
     current = journal_prefix(share_id, state.meta.incarnation)
     dead = [key async for key in iter_keys(service.store, journal_prefix(share_id)) if not key.startswith(current)]
-    if not dead:
+    if dead:
+        action = ""
+        if options.repair:
+            action = options.act("deleted", "would delete")
+            if not options.dry_run:
+                await service.delete_keys(dead)
+        report.add(Finding(share_id, "orphan-journal", f"{len(dead)} journal entries of an earlier incarnation", action))
+    await _check_tail(service, state, options, report)
+
+
+async def _check_tail(service: ShareService, state: ShareState, options: FsckOptions, report: Report) -> None:
+    """Reads fold the journal up to the first entry they cannot read (disk damage, a partial
+    copy) and stop there, and every new write collides with it. Repair puts an empty entry in
+    its place: its own content is lost either way, the entries after it are served again."""
+    seq = state.meta.seq + 1
+    key = journal_key(state.share_id, state.meta.incarnation, seq)
+    obj = await service.store_call(service.store.get(key))
+    if obj is None:
         return
+    try:
+        entry = orjson.loads(obj.body)
+    except orjson.JSONDecodeError:
+        entry = None
+    if isinstance(entry, dict) and entry.get("seq") == seq:
+        return  # a write that landed after the share was loaded
     action = ""
     if options.repair:
-        action = options.act("deleted", "would delete")
+        action = options.act("repaired", "would repair")
         if not options.dry_run:
-            await _delete_keys(service, dead)
-    report.add(Finding(share_id, "orphan-journal", f"{len(dead)} journal entries of an earlier incarnation", action))
+            # Counted as the one sync it almost always was, so syncCount and the ack cursor
+            # that clients already saw keep their values.
+            placeholder = {"v": 1, "seq": seq, "at": state.meta.last_updated, "w": "fsck", "items": [], "syncs": 1}
+            try:
+                await service.store_call(service.store.put_if_match(key, json_bytes(placeholder), obj.etag))
+            except PreconditionFailed:
+                action = ""
+    report.add(Finding(state.share_id, "damaged-journal", f"journal entry {seq} is unreadable; reads stop before it and writes fail", action))
 
 
 async def _check_orphan(service: ShareService, share_id: str, options: FsckOptions, report: Report) -> None:
@@ -388,11 +418,6 @@ async def _check_orphan(service: ShareService, share_id: str, options: FsckOptio
         if not options.dry_run:
             await service.purge(share_id)
     report.add(Finding(share_id, "orphan", "index or journal entries without a snapshot", action))
-
-
-async def _delete_keys(service: ShareService, keys: Iterable[str]) -> None:
-    for key in keys:
-        await service.store_call(service.store.delete(key))
 
 
 async def _has_journal(service: ShareService, share_id: str) -> bool:

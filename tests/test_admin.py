@@ -24,7 +24,7 @@ from cloudsession.config import Settings
 from cloudsession.credentials import derive_secret
 from cloudsession.errors import InvalidSecret, SessionNotFound
 from cloudsession.importer import to_export
-from cloudsession.journal import ShareState
+from cloudsession.journal import ShareState, journal_key
 from cloudsession.maintenance import diagnose
 from cloudsession.service import ShareService
 from cloudsession.store.base import ObjectStore, iter_keys
@@ -443,3 +443,28 @@ async def test_delete_is_the_kill_switch(located: Located, cli_env: Settings, ca
     assert remaining == ["index/r0000001", "share/r0000001"]
     with pytest.raises(SessionNotFound):
         await service_on(store, cli_env).public_share(creds.id)
+
+
+async def test_fsck_repairs_a_damaged_journal_entry(located: Located, cli_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """A journal entry that cannot be read hides every later entry and blocks new writes;
+    --repair replaces it with an empty entry and the later ones are served again."""
+    store = located.store
+    service = service_on(store, cli_env)
+    creds = await service.create("ses_fsckjournal0000000000001", origin="http://x")
+    await service.sync(creds.id, creds.secret, [{"type": "message", "data": {"id": "msg_1", "role": "user"}}])
+    await service.sync(creds.id, creds.secret, [{"type": "message", "data": {"id": "msg_2", "role": "user"}}])
+    await service.sync(creds.id, creds.secret, [{"type": "message", "data": {"id": "msg_3", "role": "user"}}])
+    state = await service.load(creds.id)
+    damaged = journal_key(creds.id, state.meta.incarnation, state.meta.seq - 1)
+    await store.put(damaged, b"\\x00 torn write")
+    fresh = service_on(store, cli_env)
+    assert [m["id"] for m in (await fresh.public_share(creds.id)).messages] == ["msg_1"]
+
+    assert await admin("fsck", "--store", located.url) == 1
+    assert "damaged-journal" in capsys.readouterr().out
+    assert await admin("fsck", "--store", located.url, "--repair") == 0
+    assert "damaged-journal" in capsys.readouterr().out
+    repaired = service_on(store, cli_env)
+    assert [m["id"] for m in (await repaired.public_share(creds.id)).messages] == ["msg_1", "msg_3"]
+    assert await repaired.sync(creds.id, creds.secret, []) == 4  # writable again
+    assert await admin("fsck", "--store", located.url) == 0
