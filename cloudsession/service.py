@@ -270,12 +270,14 @@ class ShareService:
                     continue
                 state.apply_entry(entry, len(body))
                 self._cache_put(state)
-                index = state.index_doc()
+                result = CommitResult(state, state.meta.sync_count)
+                # Under the lock, so this process's index writes land in commit order and the
+                # list never keeps an older entry behind a newer one (other replicas may still
+                # briefly overwrite it with theirs: the index is derived and may lag).
+                await self._write_index(share_id, state.index_doc())
                 break
             else:
                 raise StoreUnavailable("Too many concurrent writers on this share; retry")
-        result = CommitResult(state, state.meta.sync_count)
-        await self._write_index(share_id, index)
         self._maybe_compact(state)
         return result
 

@@ -8,8 +8,14 @@ check is atomic; see ../shared/specs/s3-notes.md §2.3)."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import aiohttp
+
+from cloudsession.config import Settings
+from cloudsession.service import ShareService
+from cloudsession.store.base import read_json_object
+from cloudsession.store.fs import FilesystemStore
 
 SYNCS = 90
 CONCURRENCY = 24
@@ -40,3 +46,28 @@ async def hammer(urls: list[str]) -> None:
 
 async def test_three_processes_on_one_store(replica_urls):
     await hammer(replica_urls)
+
+
+
+class JitteryStore(FilesystemStore):
+    """A real filesystem store whose index writes take a random few milliseconds, as requests to
+    S3 do, so that writes started in one order can finish in another."""
+
+    async def put(self, key: str, body: bytes) -> str:
+        if key.startswith("index/"):
+            await asyncio.sleep(random.uniform(0, 0.03))
+        return await super().put(key, body)
+
+
+async def test_the_index_ends_at_the_last_sync_within_one_process(tmp_path):
+    """Concurrent syncs through one process: the listing entry must end at the final count."""
+    store = JitteryStore(tmp_path / "store")
+    service = ShareService(store, Settings.for_tests(tmp_path))
+    creds = await service.create("ses_indexorder000000000001", origin="http://x")
+
+    async def one(i: int) -> None:
+        await service.sync(creds.id, creds.secret, [{"type": "message", "data": {"id": f"msg_{i:03d}", "role": "user"}}])
+
+    await asyncio.gather(*(one(i) for i in range(40)))
+    index = await read_json_object(store, f"index/{creds.id}")
+    assert index is not None and index["syncCount"] == 40 and index["messageCount"] == 40
