@@ -30,9 +30,10 @@ import os
 import sys
 import tomllib
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
-from urllib.parse import urlsplit
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -151,16 +152,6 @@ class Settings(BaseModel):
             data[key] = "<set>" if getattr(self, key) is not None else None
         data["redis_url"] = redact_url(self.redis_url.get_secret_value()) if self.redis_url else None
         return data
-
-    @classmethod
-    def for_tests(cls, data_dir: Path, **overrides: Any) -> "Settings":
-        values: dict[str, Any] = {
-            "data_dir": data_dir,
-            "shared_secret": "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
-            "public_url": "http://share.test",
-        }
-        values.update(overrides)
-        return cls.model_validate(values)
 
 
 def redact_url(url: str) -> str:
@@ -313,11 +304,37 @@ def apply_environment(values: dict[str, Any], environ: Mapping[str, str]) -> Non
     store_url = environ.get("CLOUDSESSION_STORE")
     if store_url:
         values["store"] = parse_store_url(store_url)
-    if environ.get("AWS_ENDPOINT_URL") and values.get("store", {}).get("backend") == "s3":
-        values["store"].setdefault("endpoint", environ["AWS_ENDPOINT_URL"])
+    if isinstance(values.get("store"), dict):
+        _aws_defaults(values["store"], environ)
+
+
+def _aws_defaults(spec: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """An S3 store without an endpoint or region takes AWS's standard variables (R2, MinIO)."""
+    if spec.get("backend") != "s3":
+        return
+    if environ.get("AWS_ENDPOINT_URL"):
+        spec.setdefault("endpoint", environ["AWS_ENDPOINT_URL"])
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
-    if region and values.get("store", {}).get("backend") == "s3":
-        values["store"].setdefault("region", region)
+    if region:
+        spec.setdefault("region", region)
+
+
+def store_settings_from_url(url: str, environ: Mapping[str, str] | None = None) -> StoreSettings:
+    """The store tools' ``--store``/``--from``/``--to``: ``s3://bucket[/prefix][?endpoint=URL&region=R]``,
+    ``file:///path`` or a path. Query parameters win over ``AWS_ENDPOINT_URL``/``AWS_REGION``, so
+    one command can read R2 and write another provider; credentials come from the AWS environment."""
+    environ = os.environ if environ is None else environ
+    spec = parse_store_url(url)
+    if spec["backend"] == "s3":
+        query = parse_qs(urlsplit(url).query)
+        unknown = sorted(set(query) - {"endpoint", "region"})
+        if unknown:
+            raise ConfigError(f"store URL {url.split('?')[0]!r}: unknown parameter(s) {', '.join(unknown)} (known: endpoint, region)")
+        for name in ("endpoint", "region"):
+            if query.get(name):
+                spec[name] = query[name][0]
+        _aws_defaults(spec, environ)
+    return StoreSettings(**spec)
 
 
 def parse_store_url(url: str) -> dict[str, Any]:

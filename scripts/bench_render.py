@@ -20,16 +20,20 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
-from cloudsession.app import create_app
 from cloudsession.config import Settings
-from cloudsession.models import PublicShare
-from cloudsession.pages import PageRenderer
+from cloudsession.render.pages import PageRenderer
+from cloudsession.shares.public import PublicShare
+from cloudsession.web.app import create_app
+
+# A fixed namespace and public URL: the figures must not depend on the machine's configuration.
+BENCH_SETTINGS = {"shared_secret": "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "public_url": "http://share.test"}
 
 SES = "ses_bench00000000000000000000"
 ROOT = "/home/dev/project"
@@ -115,7 +119,7 @@ def median_ms(fn: Callable[[], Any], runs: int) -> float:
 
 async def http_median(items: list[dict[str, Any]], runs: int) -> tuple[float, float, int]:
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(Settings.for_tests(Path(tmp)))
+        app = create_app(Settings.model_validate({**BENCH_SETTINGS, "data_dir": Path(tmp)}))
         async with TestClient(TestServer(app)) as client:
             creds = await (await client.post("/api/share", json={"sessionID": SES})).json()
             for start in range(0, len(items), 5000):

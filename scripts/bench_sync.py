@@ -25,10 +25,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cloudsession.config import Settings  # noqa: E402
-from cloudsession.service import ShareService  # noqa: E402
-from cloudsession.store.base import ListPage, StoredObject  # noqa: E402
-from cloudsession.store.fs import FilesystemStore  # noqa: E402
+from cloudsession.config import Settings
+from cloudsession.shares.service import ShareService
+from cloudsession.store.base import ListPage, StoredObject
+from cloudsession.store.fs import FilesystemStore
+
+# A fixed namespace and public URL: the figures must not depend on the machine's configuration.
+BENCH_SETTINGS = {"shared_secret": "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "public_url": "http://share.test"}
 
 MiB = 1024 * 1024
 
@@ -164,7 +167,7 @@ async def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="cloudsession-bench-"))
     # Never compact during the timed syncs: the benchmark measures the sync path itself.
-    settings = Settings.for_tests(tmp / "data", compact_max_entries=10**6, compact_min_bytes=10**9)
+    settings = Settings.model_validate({**BENCH_SETTINGS, "data_dir": tmp / "data", "compact_max_entries": 10**6, "compact_min_bytes": 10**9})
     factories: dict[str, Any] = {}
     if "fs" in args.backends:
         async def fs_factory() -> Any:

@@ -125,18 +125,16 @@ async def store(store_opener: StoreOpener) -> ObjectStore:
 
 # --- Share service fixtures: an app built through the real factory on a real filesystem store.
 
-import sys as _sys
+from factories import settings_for_tests as _settings_for_tests  # noqa: E402
 
-_sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from cloudsession.app import create_app as _create_app  # noqa: E402
 from cloudsession.config import Settings as _Settings  # noqa: E402
+from cloudsession.web.app import create_app as _create_app  # noqa: E402
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> _Settings:
     """Settings for an app on a fresh filesystem store, with the reference tests' namespace."""
-    return _Settings.for_tests(tmp_path / "data")
+    return _settings_for_tests(tmp_path / "data")
 
 
 @pytest.fixture

@@ -10,6 +10,13 @@ from typing import Any
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "opencode"
 NAMESPACE = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+
+
+def settings_for_tests(data_dir: Path, **overrides: Any) -> Any:
+    """Settings on the embedded store in ``data_dir`` with a fixed namespace and public URL."""
+    from cloudsession.config import Settings
+
+    return Settings.model_validate({"data_dir": data_dir, "shared_secret": NAMESPACE, "public_url": "http://share.test", **overrides})
 _counter = itertools.count(1)
 
 

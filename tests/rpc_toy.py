@@ -8,13 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from cloudsession.rpc.codec import RpcError, RpcTarget
+from cloudsession.rpc.codec import RpcError, RpcLimits, RpcTarget
 from cloudsession.rpc.session import PeerStub
-from cloudsession.rpc.transport import rpc_handler
+from cloudsession.rpc.transport import serve_rpc
+
+
+def rpc_handler(main_factory: Callable[[web.Request], Any], limits: RpcLimits | None = None) -> Callable[
+    [web.Request], Awaitable[web.StreamResponse]
+]:
+    """An aiohttp handler serving ``main_factory(request)`` with no authentication of its own."""
+    chosen = limits or RpcLimits()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await serve_rpc(request, lambda: main_factory(request), chosen)
+
+    return handler
 
 
 class Handle(RpcTarget):

@@ -11,22 +11,27 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
-
-import orjson
-import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from typing import Any
 
 import factories as f
+import orjson
+import pytest
+from factories import settings_for_tests
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
 from cloudsession import cli
+from cloudsession.client.importer import to_export
 from cloudsession.config import Settings
 from cloudsession.credentials import derive_secret
 from cloudsession.errors import InvalidSecret, SessionNotFound
-from cloudsession.importer import to_export
-from cloudsession.journal import ShareState, journal_key
-from cloudsession.maintenance import diagnose
-from cloudsession.service import ShareService
+from cloudsession.shares.maintenance import diagnose
+from cloudsession.shares.service import ShareService
+from cloudsession.shares.state import ShareState
+from cloudsession.shares.storage import journal_key
 from cloudsession.store.base import ObjectStore, iter_keys
 from cloudsession.store.fs import FilesystemStore
 from cloudsession.store.s3 import S3Store
@@ -122,7 +127,7 @@ async def admin(*argv: str) -> int:
 
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
-    settings = Settings.for_tests(tmp_path / "cli-data")
+    settings = settings_for_tests(tmp_path / "cli-data")
     monkeypatch.setenv("SESSIONS_SHARED_SECRET", f.NAMESPACE)
     monkeypatch.delenv("CLOUDSESSION_STORE", raising=False)
     return settings

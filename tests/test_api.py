@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 import factories as f
+import pytest
+from factories import settings_for_tests
 
 SID = "ses_e0398094effebZevp8D0r58s46"
 
@@ -80,10 +80,11 @@ async def test_malformed_json_and_wrong_content_type(client):
 
 
 async def test_url_derived_from_forwarded_headers_without_public_url(aiohttp_client, tmp_path):
-    from cloudsession.app import create_app
-    from cloudsession.config import Settings
+    from factories import settings_for_tests
 
-    client = await aiohttp_client(create_app(Settings.for_tests(tmp_path, public_url=None)))
+    from cloudsession.web.app import create_app
+
+    client = await aiohttp_client(create_app(settings_for_tests(tmp_path, public_url=None)))
     resp = await client.post("/api/share", json={"sessionID": SID}, headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "share.example.com"})
     assert (await resp.json())["url"] == "https://share.example.com/share/D0r58s46"
     resp = await client.post("/api/share", json={"sessionID": SID}, headers={"X-Forwarded-Host": "evil.com/<script>"})
@@ -192,10 +193,9 @@ async def test_unknown_item_keys_are_stripped(client):
 
 
 async def test_limits_give_413_and_store_nothing(aiohttp_client, tmp_path):
-    from cloudsession.app import create_app
-    from cloudsession.config import Settings
+    from cloudsession.web.app import create_app
 
-    settings = Settings.for_tests(tmp_path, limits={"max_body_bytes": 4096, "max_items_per_sync": 3, "max_share_bytes": 1024 * 1024})
+    settings = settings_for_tests(tmp_path, limits={"max_body_bytes": 4096, "max_items_per_sync": 3, "max_share_bytes": 1024 * 1024})
     client = await aiohttp_client(create_app(settings))
     share = await create(client)
     resp = await sync(client, share, [f.item("message", {"id": f"msg_{i}", "role": "user"}) for i in range(4)])
@@ -279,12 +279,11 @@ async def test_delete(client):
 
 
 async def test_list_sessions_requires_key(aiohttp_client, tmp_path):
-    from cloudsession.app import create_app
-    from cloudsession.config import Settings
+    from cloudsession.web.app import create_app
 
-    client = await aiohttp_client(create_app(Settings.for_tests(tmp_path)))
+    client = await aiohttp_client(create_app(settings_for_tests(tmp_path)))
     assert (await client.get("/api/sessions", headers={"x-opencode-share-key": "x"})).status == 401  # no key configured
-    keyed = await aiohttp_client(create_app(Settings.for_tests(tmp_path, rpc_shared_key="k3y")))
+    keyed = await aiohttp_client(create_app(settings_for_tests(tmp_path, rpc_shared_key="k3y")))
     assert (await keyed.get("/api/sessions")).status == 401
     resp = await keyed.get("/api/sessions", headers={"x-opencode-share-key": "wrong"})
     assert resp.status == 401 and await resp.json() == {"error": "Unauthorized"}

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
-
 from servers import ServerProcess
 from view_data import hostile_items, item, load_fixture_items, part, rich_items, session, user
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from servers import ServerProcess
 
 from cloudsession.client.ids import uuid7
 from cloudsession.client.outbox import ACKED, Backoff, NewOp, Outbox
 from cloudsession.client.sync import DeliveryFailed, DurableClient
 from cloudsession.client.transport import TransportError, open_transport
 from cloudsession.rpc.codec import RpcLimits, decode
-from servers import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSPORTS = ["rest", "rpc"]
@@ -47,9 +47,8 @@ class LosingProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "x-opencode-share-key")}
-        async with aiohttp.ClientSession() as http:
-            async with http.request(request.method, self.upstream + request.path_qs, data=body, headers=headers) as resp:
-                status, answer, kind = resp.status, await resp.read(), resp.content_type
+        async with aiohttp.ClientSession() as http, http.request(request.method, self.upstream + request.path_qs, data=body, headers=headers) as resp:
+            status, answer, kind = resp.status, await resp.read(), resp.content_type
         is_append = request.path.endswith("/ops") or b'"appendOps"' in body
         if is_append:
             self.appends.append((body, answer))
@@ -83,9 +82,8 @@ def message_ops(count: int, prefix: str) -> list[NewOp]:
 
 
 async def get_json(url: str, path: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(url + path) as resp:
-            return resp.status, await resp.json()
+    async with aiohttp.ClientSession() as http, http.get(url + path) as resp:
+        return resp.status, await resp.json()
 
 
 def client_for(tmp_path: Path, url: str, kind: str, session_id: str, **kwargs) -> tuple[DurableClient, Outbox]:
@@ -133,9 +131,8 @@ async def test_lost_response_then_retry_is_a_duplicate_ack_and_one_final_state(s
 
 
 async def post_json(url: str, path: str, body: dict, method: str = "POST") -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, url + path, json=body) as resp:
-            return resp.status, await resp.json()
+    async with aiohttp.ClientSession() as http, http.request(method, url + path, json=body) as resp:
+        return resp.status, await resp.json()
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)

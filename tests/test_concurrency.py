@@ -11,9 +11,9 @@ import asyncio
 import random
 
 import aiohttp
+from factories import settings_for_tests
 
-from cloudsession.config import Settings
-from cloudsession.service import ShareService
+from cloudsession.shares.service import ShareService
 from cloudsession.store.base import read_json_object
 from cloudsession.store.fs import FilesystemStore
 
@@ -62,7 +62,7 @@ class JitteryStore(FilesystemStore):
 async def test_the_index_ends_at_the_last_sync_within_one_process(tmp_path):
     """Concurrent syncs through one process: the listing entry must end at the final count."""
     store = JitteryStore(tmp_path / "store")
-    service = ShareService(store, Settings.for_tests(tmp_path))
+    service = ShareService(store, settings_for_tests(tmp_path))
     creds = await service.create("ses_indexorder000000000001", origin="http://x")
 
     async def one(i: int) -> None:

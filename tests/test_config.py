@@ -10,9 +10,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import NAMESPACE, ServerProcess
 
 from cloudsession.config import ConfigError, load_settings
-from servers import NAMESPACE, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "wrangler-like-config"

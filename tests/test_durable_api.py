@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import factories as f
 import pytest
 
-import factories as f
-from cloudsession import durable, journal
-from cloudsession.app import SERVICE
 from cloudsession.client.ids import uuid7
+from cloudsession.shares import state as journal
+from cloudsession.shares.inputs import MAX_OPS_PER_REQUEST
+from cloudsession.shares.sweep import sweep
+from cloudsession.web.app import SERVICE
 
 SID = "ses_durable0000000000000001"
 
@@ -154,7 +156,7 @@ async def test_request_level_limits(client):
     share = await create(client)
     resp = await append(client, share, [op(2), op(1)])  # sequence goes backwards in one batch
     assert resp.status == 400
-    resp = await append(client, share, [op(n) for n in range(durable.MAX_OPS_PER_REQUEST + 1)])
+    resp = await append(client, share, [op(n) for n in range(MAX_OPS_PER_REQUEST + 1)])
     assert resp.status == 400
     resp = await client.post(f"/api/share/{share['id']}/ops", json={"secret": share["secret"], "ops": "nope"})
     assert resp.status == 400
@@ -175,10 +177,11 @@ async def test_ledger_window_refuses_ops_it_has_forgotten(client, monkeypatch):
 
 
 async def test_ledger_survives_compaction_and_a_fresh_process(aiohttp_client, tmp_path):
-    from cloudsession.app import create_app
-    from cloudsession.config import Settings
+    from factories import settings_for_tests
 
-    settings = Settings.for_tests(tmp_path / "data", compact_max_entries=2)
+    from cloudsession.web.app import create_app
+
+    settings = settings_for_tests(tmp_path / "data", compact_max_entries=2)
     client = await aiohttp_client(create_app(settings))
     share = await create(client)
     ops = [op(n, batch=f"b{n}", seq=0) for n in range(1, 7)]
@@ -335,7 +338,7 @@ async def test_expired_share_is_gone_everywhere_and_the_sweep_removes_it(client,
         assert resp.status == 410, (method, path)
     store_dir = settings.store_path
     assert any(store_dir.rglob(f"*{sid}*"))
-    report = await durable.sweep(client.app[SERVICE])
+    report = await sweep(client.app[SERVICE])
     assert report.expired == [sid]
     assert [p for p in store_dir.rglob(f"*{sid}*") if p.is_file()] == []
     assert (await client.get(f"/api/share/{sid}")).status == 404

@@ -10,10 +10,10 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudsession import journal
 from cloudsession.client.ids import uuid7
-from cloudsession.durable import Op, plan_ops
-from cloudsession.journal import ShareState
+from cloudsession.shares import state as journal
+from cloudsession.shares.ops import Op, plan_ops
+from cloudsession.shares.state import ShareState
 
 
 def make_ops(shape: list[tuple[int | None, bool]]) -> list[Op]:

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import factories as f
 import pytest
 from aiohttp import web
 
-import factories as f
 from cloudsession import cli
-from cloudsession.app import create_app
+from cloudsession.client.importer import BadShareData, InvalidShareURL, parse_share_url, to_export
 from cloudsession.config import Settings
-from cloudsession.importer import BadShareData, InvalidShareURL, parse_share_url, to_export
+from cloudsession.web.app import create_app
 
 SES = "ses_importtest000000000001"
 
@@ -214,9 +214,8 @@ async def test_private_share_needs_its_read_token(live, tmp_path: Path, capsys: 
 
 async def test_deleted_share_is_not_found(live, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     share = await make_share(live)
-    async with live_client(live) as client:
-        async with client.delete(f"/api/share/{share['id']}", json={"secret": share["secret"]}) as resp:
-            assert resp.status == 200
+    async with live_client(live) as client, client.delete(f"/api/share/{share['id']}", json={"secret": share["secret"]}) as resp:
+        assert resp.status == 200
     assert await run_cli("import", str(live.make_url(f"/share/{share['id']}"))) == 3
     assert f"Share not found: {live.make_url('/share/' + share['id'])}" in capsys.readouterr().err
 

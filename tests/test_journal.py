@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from hypothesis import given, settings as hsettings, strategies as st
+from factories import settings_for_tests
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from cloudsession.config import Settings
-from cloudsession.journal import ShareState, journal_prefix
-from cloudsession.models import json_bytes, parse_json
-from cloudsession.service import ShareService
+from cloudsession.jsonio import json_bytes, parse_json
+from cloudsession.shares.service import ShareService
+from cloudsession.shares.state import ShareState
+from cloudsession.shares.storage import journal_prefix
 from cloudsession.store.base import iter_keys
 from cloudsession.store.fs import FilesystemStore
 
@@ -65,7 +68,7 @@ def test_fold_equals_merge_and_survives_compaction_at_any_point(all_batches, cut
 
 
 async def test_compaction_and_pruning(tmp_path):
-    settings = Settings.for_tests(tmp_path, compact_max_entries=5, journal_grace_seconds=1)
+    settings = settings_for_tests(tmp_path, compact_max_entries=5, journal_grace_seconds=1)
     store = FilesystemStore(tmp_path / "store")
     service = ShareService(store, settings)
     creds = await service.create("ses_compaction000000000001", origin="http://x")
@@ -96,7 +99,7 @@ async def test_compaction_and_pruning(tmp_path):
 
 async def test_stale_cache_after_another_process_compacts(tmp_path):
     """Two services on one store: one compacts, the other's cached state must notice and stay correct."""
-    settings = Settings.for_tests(tmp_path)
+    settings = settings_for_tests(tmp_path)
     store = FilesystemStore(tmp_path / "store")
     a, b = ShareService(store, settings), ShareService(store, settings)
     creds = await a.create("ses_twoprocesses00000000001", origin="http://x")
@@ -112,7 +115,7 @@ async def test_stale_cache_after_another_process_compacts(tmp_path):
 async def test_public_view_of_a_share_deleted_and_recreated_by_another_process(tmp_path):
     """Process A cached the public view; B deletes the share and creates it again with other
     content at the same seq and syncCount. A must show the new share, not its cached view."""
-    settings = Settings.for_tests(tmp_path)
+    settings = settings_for_tests(tmp_path)
     store = FilesystemStore(tmp_path / "store")
     a, b = ShareService(store, settings), ShareService(store, settings)
     session = "ses_recreated0000000000001"
@@ -126,7 +129,7 @@ async def test_public_view_of_a_share_deleted_and_recreated_by_another_process(t
 
 
 async def test_a_damaged_journal_entry_is_skipped_not_a_500(tmp_path):
-    settings = Settings.for_tests(tmp_path)
+    settings = settings_for_tests(tmp_path)
     store = FilesystemStore(tmp_path / "store")
     service = ShareService(store, settings)
     creds = await service.create("ses_damagedjournal000000001", origin="http://x")

@@ -22,14 +22,14 @@ import pytest
 import redis
 import redis.asyncio
 from playwright.sync_api import sync_playwright
+from servers import ServerProcess, free_port, running_servers
+from test_browser_share import CHROMIUM, CHROMIUM_ARGS, open_live
+from test_browser_share import call as call_sync
+from view_data import SES, item, part, session, user
 
 from cloudsession.config import ConfigError, load_settings
-from cloudsession.live import (
-    CLOSE_ACCESS_CHANGED, CLOSE_DELETED, CLOSE_TOO_SLOW, FORMAT_EVENTS, FORMAT_REFERENCE, MAX_RELAY_BYTES, LiveHub, RedisRelay, Viewer, redis_client,
-)
-from servers import ServerProcess, free_port, running_servers
-from test_browser_share import CHROMIUM, CHROMIUM_ARGS, call as call_sync, open_live
-from view_data import SES, item, part, session, user
+from cloudsession.live.hub import CLOSE_ACCESS_CHANGED, CLOSE_DELETED, CLOSE_TOO_SLOW, FORMAT_EVENTS, FORMAT_REFERENCE, LiveHub, Viewer
+from cloudsession.live.relay import MAX_RELAY_BYTES, RedisRelay, redis_client
 
 PASSWORD = "relay-pw-4f1c2b"  # test-only Redis password, checked never to reach logs or output
 
@@ -45,7 +45,7 @@ class RedisServer:
         self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (scripts/test installs the Debian package)"
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -291,7 +291,7 @@ async def _outage(redis_server: RedisServer, a: ServerProcess, b: ServerProcess)
                     pass
                 assert event["syncCount"] == count
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 assert time.monotonic() < deadline, "B's syncs never reached A after Redis came back"
         await events.close()
 
@@ -439,11 +439,12 @@ async def test_events_missed_while_redis_was_away_are_announced_when_it_is_back(
 
 
 async def test_without_redis_url_the_hub_has_no_relay(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from cloudsession.app import create_app
-    from cloudsession.app_keys import LIVE
-    from cloudsession.config import Settings
+    from factories import settings_for_tests
 
-    client = await aiohttp_client(create_app(Settings.for_tests(tmp_path / "data")))
+    from cloudsession.web.app import create_app
+    from cloudsession.web.keys import LIVE
+
+    client = await aiohttp_client(create_app(settings_for_tests(tmp_path / "data")))
     hub = client.app[LIVE]
     assert isinstance(hub, LiveHub) and hub.relay is None
 

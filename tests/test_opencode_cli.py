@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
-import pytest
-
 import factories as f
+import pytest
 from opencode_cli import VERSION, Sandbox, binary
 from servers import ServerProcess
 from test_replay import replay
@@ -42,10 +42,9 @@ async def replay_real_client(server: ServerProcess) -> dict[str, Any]:
 
 
 async def fetch_data(server: ServerProcess, share_id: str) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession(base_url=server.url) as client:
-        async with client.get(f"/api/share/{share_id}/data") as resp:
-            assert resp.status == 200
-            return await resp.json()
+    async with aiohttp.ClientSession(base_url=server.url) as client, client.get(f"/api/share/{share_id}/data") as resp:
+        assert resp.status == 200
+        return await resp.json()
 
 
 def expected_export(public_id: str) -> dict[str, Any]:
@@ -105,9 +104,8 @@ async def test_cloudsession_import_writes_what_opencode_export_prints(server: Se
 
 async def test_opencode_import_of_a_deleted_share_reports_not_found(server: ServerProcess, tmp_path: Path) -> None:
     share = await replay_real_client(server)
-    async with aiohttp.ClientSession(base_url=server.url) as client:
-        async with client.delete(f"/api/share/{share['id']}", json={"secret": share["secret"]}) as resp:
-            assert resp.status == 200
+    async with aiohttp.ClientSession(base_url=server.url) as client, client.delete(f"/api/share/{share['id']}", json={"secret": share["secret"]}) as resp:
+        assert resp.status == 200
     done = Sandbox(tmp_path).import_(f"{server.url}/share/{share['id']}")
     # The client's documented reaction to a non-2xx answer (compat-contract.md §4.6).
     assert "Failed to fetch share data: Not Found" in done.stdout + done.stderr

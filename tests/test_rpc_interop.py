@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from servers import ServerProcess, free_port
 
 HERE = Path(__file__).resolve().parent

@@ -10,10 +10,10 @@ import logging
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rpc_toy import Toy
 
 from cloudsession.rpc.codec import LimitExceeded, ProtocolError, RpcLimits
 from cloudsession.rpc.session import PeerAborted, RpcSession
-from rpc_toy import Toy
 
 
 class Peer:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 import aiohttp
-import pytest
-
 import factories as f
-from cloudsession.app import create_app
-from cloudsession.config import Settings
+import pytest
+from factories import settings_for_tests
+
+from cloudsession.web.app import create_app
 
 SID = "ses_rpc_share_test_000001"
 
@@ -137,7 +137,7 @@ async def test_invalid_sync_data_is_a_type_error_and_changes_nothing(client, ite
 
 
 async def test_limits_match_rest(aiohttp_client, tmp_path):
-    client = await aiohttp_client(create_app(Settings.for_tests(tmp_path / "d", limits={"max_items_per_sync": 2})))
+    client = await aiohttp_client(create_app(settings_for_tests(tmp_path / "d", limits={"max_items_per_sync": 2})))
     _, share = await rpc_call(client, "createShare", SID)
     items = [f.item("message", f.user_message(SID, id=f"msg_{i}")) for i in range(3)]
     kind, value = await rpc_call(client, "syncShare", share["id"], share["secret"], escape(items))
@@ -159,7 +159,7 @@ async def test_only_the_contract_is_exposed(client, method):
 
 
 async def test_internal_failures_are_generic(client, monkeypatch):
-    from cloudsession.service import ShareService
+    from cloudsession.shares.service import ShareService
 
     async def broken(self, *args, **kwargs):
         raise RuntimeError("disk on fire at /var/secret/path")
@@ -192,7 +192,7 @@ async def test_websocket_session(client):
 
 @pytest.fixture
 async def keyed(aiohttp_client, tmp_path):
-    return await aiohttp_client(create_app(Settings.for_tests(tmp_path / "keyed", rpc_shared_key="k3y")))
+    return await aiohttp_client(create_app(settings_for_tests(tmp_path / "keyed", rpc_shared_key="k3y")))
 
 
 @pytest.mark.parametrize("headers", [{}, {"x-opencode-share-key": "wrong"}, {"x-opencode-share-key": "K3Y"}, {"x-opencode-share-key": ""}])
@@ -226,6 +226,6 @@ async def test_other_methods_after_auth(keyed, method):
 
 
 async def test_body_limit_is_413(aiohttp_client, tmp_path):
-    client = await aiohttp_client(create_app(Settings.for_tests(tmp_path / "d", limits={"max_body_bytes": 4096})))
+    client = await aiohttp_client(create_app(settings_for_tests(tmp_path / "d", limits={"max_body_bytes": 4096})))
     status, answer = await rpc(client, call("createShare", SID, escape([f.item("session", f.session(SID, title="x" * 5000))])), ["pull", 1])
     assert status == 413 and "maximum size of 4096 bytes" in answer["error"]

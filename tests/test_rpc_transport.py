@@ -9,10 +9,10 @@ import json
 import aiohttp
 import pytest
 from aiohttp import web
+from rpc_toy import Toy, rpc_handler
 
 from cloudsession.rpc.codec import RpcLimits
-from cloudsession.rpc.transport import WRONG_METHOD_TEXT, rpc_handler
-from rpc_toy import Toy
+from cloudsession.rpc.transport import WRONG_METHOD_TEXT
 
 SMALL = RpcLimits(max_message_bytes=2048, max_batch_bytes=4096, max_pushes_per_batch=5, max_concurrent_calls=3)
 

@@ -10,17 +10,18 @@ from typing import Any
 
 import pytest
 from bs4 import BeautifulSoup
-
-from cloudsession.app import create_app
-from cloudsession.config import Settings
+from factories import settings_for_tests
 from view_data import SES, hostile_items, item, part, rich_items, session, user
+
+from cloudsession.config import Settings
+from cloudsession.web.app import create_app
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 
 
 @pytest.fixture
 def view_settings(tmp_path: Path) -> Settings:
-    return Settings.for_tests(tmp_path / "data", rpc_shared_key=ADMIN_KEY)
+    return settings_for_tests(tmp_path / "data", rpc_shared_key=ADMIN_KEY)
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ async def test_share_page_renders_synced_data_with_security_headers(web) -> None
 async def test_static_assets_are_served_by_the_app(web) -> None:  # type: ignore[no-untyped-def]
     creds = await create(web)
     page = soup_of(await (await web.get(f"/share/{creds['id']}")).text())
-    urls = [l["href"] for l in page.select("link[href]")] + [s["src"] for s in page.select("script[src]")]
+    urls = [link["href"] for link in page.select("link[href]")] + [s["src"] for s in page.select("script[src]")]
     assert len(urls) == 4
     for url in urls:
         assert url.startswith("/static/")
@@ -287,7 +288,7 @@ async def test_session_list_sorts_searches_and_paginates(web) -> None:  # type: 
 
 
 async def test_public_listing_setting_opens_the_list(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    web = await aiohttp_client(create_app(Settings.for_tests(tmp_path / "d", public_listing=True)))
+    web = await aiohttp_client(create_app(settings_for_tests(tmp_path / "d", public_listing=True)))
     await _shares(web, 2)
     response = await web.get("/sessions")
     assert response.status == 200
@@ -305,7 +306,7 @@ async def test_login_refuses_a_body_without_a_length(web) -> None:  # type: igno
 
 
 async def test_login_page_says_when_no_key_is_configured(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    web = await aiohttp_client(create_app(Settings.for_tests(tmp_path / "d")))
+    web = await aiohttp_client(create_app(settings_for_tests(tmp_path / "d")))
     response = await web.get("/sessions")
     assert response.status == 401
     assert "No admin key is configured" in await response.text()

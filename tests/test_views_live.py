@@ -10,17 +10,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from cloudsession.app import create_app
-from cloudsession.app_keys import LIVE
-from cloudsession.config import Settings
-from cloudsession.live import CLOSE_ACCESS_CHANGED, CLOSE_DELETED, FORMAT_EVENTS, FORMAT_REFERENCE, LiveHub, Viewer, sync_event
+from factories import settings_for_tests
 from view_data import SES, item, part, rich_items, session, user
+
+from cloudsession.live.hub import CLOSE_ACCESS_CHANGED, CLOSE_DELETED, FORMAT_EVENTS, FORMAT_REFERENCE, LiveHub, Viewer, sync_event
+from cloudsession.web.app import create_app
+from cloudsession.web.keys import LIVE
 
 
 @pytest.fixture
 async def web(aiohttp_client, tmp_path: Path):  # type: ignore[no-untyped-def]
-    return await aiohttp_client(create_app(Settings.for_tests(tmp_path / "data")))
+    return await aiohttp_client(create_app(settings_for_tests(tmp_path / "data")))
 
 
 async def create(web) -> dict[str, str]:  # type: ignore[no-untyped-def]

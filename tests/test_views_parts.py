@@ -8,9 +8,9 @@ import re
 
 import pytest
 from bs4 import BeautifulSoup, Tag
+from view_data import ROOT, assistant, fold, item, part, real_share, rich_items, session, user
 
-from cloudsession.pages import PageRenderer
-from view_data import ROOT, fold, real_share, rich_items, session, user, assistant, part, item
+from cloudsession.render.pages import PageRenderer
 
 
 @pytest.fixture(scope="module")

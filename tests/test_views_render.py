@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from bs4 import BeautifulSoup
 
-from cloudsession import render
+from cloudsession.render import html as render
 
 STATIC = Path(__file__).resolve().parents[1] / "cloudsession" / "static"
 

@@ -13,8 +13,9 @@ import struct
 import zlib
 from typing import Any
 
-from cloudsession.models import PublicShare
 from factories import load_fixture
+
+from cloudsession.shares.public import PublicShare
 
 SES = "ses_e0398094effebZevp8D0r58s46"
 ROOT = "/home/dev/proj"

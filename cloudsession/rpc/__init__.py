@@ -2,6 +2,6 @@
 
 ``codec`` turns wire expressions into Python values and back, ``session`` runs one RPC session
 (export/import tables, pipelining, releases), ``transport`` serves sessions over HTTP batch and
-WebSocket. None of them knows about shares: ``share_rpc`` is the target that serves the share
-service at ``/rpc/share``.
+WebSocket. None of them knows about shares: ``cloudsession/web/rpc.py`` is the target that serves
+the share service at ``/rpc/share``.
 """

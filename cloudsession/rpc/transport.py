@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -43,18 +43,6 @@ async def serve_rpc(request: web.Request, main_factory: MainFactory, limits: Rpc
     if request.method == "GET" and web.WebSocketResponse().can_prepare(request).ok:
         return await handle_websocket(request, main_factory(), limits)
     return web.Response(status=400, text=WRONG_METHOD_TEXT)
-
-
-def rpc_handler(main_factory: Callable[[web.Request], Any], limits: RpcLimits | None = None) -> Callable[
-    [web.Request], Awaitable[web.StreamResponse]
-]:
-    """An aiohttp handler serving ``main_factory(request)`` with no authentication of its own."""
-    chosen = limits or RpcLimits()
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return await serve_rpc(request, lambda: main_factory(request), chosen)
-
-    return handler
 
 
 # --- HTTP batch -----------------------------------------------------------------------------------

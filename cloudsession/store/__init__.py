@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING
 
 from cloudsession.store.base import ListPage, ObjectStore, PreconditionFailed, StoredObject, StoreError, iter_keys
 from cloudsession.store.fs import FilesystemStore
@@ -15,7 +16,7 @@ __all__ = ["ListPage", "ObjectStore", "PreconditionFailed", "StoredObject", "Sto
 
 
 @asynccontextmanager
-async def open_store(settings: "Settings") -> AsyncIterator[ObjectStore]:
+async def open_store(settings: Settings) -> AsyncIterator[ObjectStore]:
     """The configured store, opened for the lifetime of the context (one client per process)."""
     cfg = settings.store
     if cfg.backend == "fs":

@@ -20,9 +20,9 @@ import fcntl
 import os
 import secrets
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError, full_key
 

@@ -1,8 +1,8 @@
 """Store maintenance for operators: rebuild the index, check and repair shares, migrate a bucket
 written by the reference Worker, delete a share whatever state it is in.
 
-The CLI (``admin.py``) is a thin shell over these coroutines. They read and fold shares through
-:class:`~cloudsession.service.ShareService` and ``journal.ShareState`` (the same code that serves
+The CLI (``cli/tools.py``) is a thin shell over these coroutines. They read and fold shares
+through :class:`~cloudsession.shares.service.ShareService` and ``state.ShareState`` (the same code that serves
 requests), write with conditional puts where a concurrent server could be writing too, and never
 let one bad share stop a run: every per-share failure becomes a line in the :class:`Report`.
 
@@ -28,15 +28,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import orjson
 
 from cloudsession.errors import SessionNotFound, ShareError, ShareNotFound
-from cloudsession.journal import ShareState, index_key, journal_key, journal_prefix, snapshot_key
-from cloudsession.models import json_bytes
-from cloudsession.service import ShareService
+from cloudsession.jsonio import json_bytes
+from cloudsession.shares.service import ShareService
+from cloudsession.shares.state import ShareState
+from cloudsession.shares.storage import (
+    INDEX_PREFIX,
+    JOURNAL_PREFIX,
+    SNAPSHOT_PREFIX,
+    index_key,
+    journal_key,
+    journal_prefix,
+    snapshot_key,
+)
 from cloudsession.store.base import ObjectStore, PreconditionFailed, iter_keys, read_json_object
 
 CONCURRENCY = 16
@@ -241,7 +251,7 @@ async def sync_index(service: ShareService, share_id: str, *, dry_run: bool) -> 
 async def backfill_index(service: ShareService, *, dry_run: bool = False, start: Callable[[int], Tick]) -> Report:
     """Write every missing or stale index entry (``start(total)`` returns the progress tick)."""
     report = Report()
-    ids = await ids_under(service.store, "share/")
+    ids = await ids_under(service.store, SNAPSHOT_PREFIX)
     tick = start(len(ids))
 
     async def work(share_id: str) -> None:
@@ -291,9 +301,9 @@ async def fsck(service: ShareService, options: FsckOptions, *, start: Callable[[
     """Check every share, index entry and journal; repair, delete or report (module docstring)."""
     store = service.store
     report = Report()
-    share_ids = await ids_under(store, "share/")
-    index_ids = await ids_under(store, "index/")
-    journal_ids = await ids_under(store, "journal/")
+    share_ids = await ids_under(store, SNAPSHOT_PREFIX)
+    index_ids = await ids_under(store, INDEX_PREFIX)
+    journal_ids = await ids_under(store, JOURNAL_PREFIX)
     shares = set(share_ids)
     orphans = sorted((set(index_ids) | set(journal_ids)) - shares)
     tick = start(len(share_ids) + len(orphans))
@@ -463,7 +473,7 @@ async def migrate(source: ShareService, target: ShareService, *, dry_run: bool =
     into ``target`` in cloudsession's layout. Idempotent and resumable: a share already copied
     is left alone unless the source moved on and the target was not written since."""
     report = Report()
-    ids = await ids_under(source.store, "share/")
+    ids = await ids_under(source.store, SNAPSHOT_PREFIX)
     tick = start(len(ids))
 
     async def work(share_id: str) -> None:

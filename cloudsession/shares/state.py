@@ -1,22 +1,6 @@
 """Share state as a snapshot plus a journal, and the fold that merges them.
 
-Storage keys (all JSON, under the store's optional prefix):
-
-``share/<id>``
-    The snapshot, in the reference Worker's ``AgentSession`` shape (``session``, ``messages``,
-    ``parts``, ``diffs``, ``models``, ``metadata``) so that reference-written buckets are read
-    as they are. Our own bookkeeping lives in ``metadata.cloudsession`` (``seq`` folded so far,
-    ``incarnation``, capability ``epoch`` and the rest). A snapshot without it is a reference
-    blob: ``seq`` 0, incarnation ``"0"``, and its ``metadata.secret`` is honoured.
-``journal/<id>/<incarnation>/<seq:012d>``
-    One accepted change (a sync batch, or a metadata change such as a secret rotation). Written
-    with If-None-Match ``*``: the store hands out each ``seq`` exactly once, and a 412 tells the
-    writer that somebody else got there first, so it re-reads and tries the next one. The
-    incarnation is random per create, so a writer that raced a delete can never leak into a
-    later share with the same id.
-``index/<id>``
-    The listing entry (reference ``SessionIndex`` shape). Derived; it may lag, it is never the
-    source of truth.
+The keys and what each holds are described in ``storage.py``.
 
 A read folds the snapshot with the entries after its ``seq``. Compaction writes a new snapshot
 (If-Match on the old ETag) and deletes folded entries only once the snapshot that folded them is
@@ -29,7 +13,7 @@ upserted by id, keeping their first position; ``session_diff`` replaces the list
 client always sends the whole list); models accumulate per (providerID, id), upserted in place.
 ``syncCount`` counts accepted syncs, so it is part of the folded state too.
 
-The durable sync protocol (``durable.py``, ``docs/protocol.md``) keeps its bookkeeping here too,
+The durable sync protocol (``ops.py``, ``docs/protocol.md``) keeps its bookkeeping here too,
 folded from the same entries so that every replica reaches the same answer: the ack ``cursor``
 (applied operations; a legacy sync is one operation), the bounded op ledger (recent op ids ->
 the cursor they were applied at, or why they were rejected) and the Idempotency-Key ledger
@@ -39,39 +23,17 @@ the cursor they were applied at, or why they were rejected) and the Idempotency-
 from __future__ import annotations
 
 import hashlib
-import secrets as _secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudsession.models import json_bytes, model_key
+from cloudsession.jsonio import json_bytes
+from cloudsession.shares.items import model_key
+from cloudsession.shares.storage import new_incarnation
 
-SEQ_WIDTH = 12
 # The ledgers are bounded so that a share's metadata stays small however long it lives; the
 # oldest records are forgotten first. Documented in docs/protocol.md ("ledger window").
 OP_LEDGER_WINDOW = 4096
 IDEMPOTENCY_WINDOW = 256
-
-
-def snapshot_key(share_id: str) -> str:
-    return f"share/{share_id}"
-
-
-def index_key(share_id: str) -> str:
-    return f"index/{share_id}"
-
-
-def journal_prefix(share_id: str, incarnation: str | None = None) -> str:
-    if incarnation is None:
-        return f"journal/{share_id}/"
-    return f"journal/{share_id}/{incarnation}/"
-
-
-def journal_key(share_id: str, incarnation: str, seq: int) -> str:
-    return f"{journal_prefix(share_id, incarnation)}{seq:0{SEQ_WIDTH}d}"
-
-
-def new_incarnation() -> str:
-    return _secrets.token_hex(6)
 
 
 @dataclass(slots=True)
@@ -139,7 +101,7 @@ class ShareState:
     # -- construction -----------------------------------------------------------------------
 
     @classmethod
-    def new(cls, share_id: str, session_id: str, now: int, *, incarnation: str | None = None) -> "ShareState":
+    def new(cls, share_id: str, session_id: str, now: int, *, incarnation: str | None = None) -> ShareState:
         """A fresh share, initialised like the reference's create (§8.3)."""
         session = {
             "id": session_id, "slug": session_id, "projectID": "", "directory": "", "title": "",
@@ -149,7 +111,7 @@ class ShareState:
         return cls(share_id, meta, session, {}, {}, [], {})
 
     @classmethod
-    def from_snapshot(cls, share_id: str, doc: Any, etag: str | None, size: int) -> "ShareState":
+    def from_snapshot(cls, share_id: str, doc: Any, etag: str | None, size: int) -> ShareState:
         """Read a snapshot written by us or by the reference Worker. Defensive: a reference
         blob may hold nulls or odd types, which are skipped rather than allowed to poison reads."""
         if not isinstance(doc, dict):

@@ -1,9 +1,10 @@
 """The share service: the only code that writes shares.
 
-Every door (REST in ``api.py``, Cap'n Web RPC in ``rpc/``, the HTML views, the durable ops
-protocol, the admin CLI) calls this class; none touches the store directly. It owns credentials,
-validation of state transitions, the merge rules, limits and the public view of a share. The
-storage design (snapshot + journal, conditional writes) is described in ``journal.py``.
+Every door (REST, Cap'n Web RPC, the HTML pages, the live hub, the CLI tools) reaches the store
+through this class and the rest of the ``shares`` package; none touches it directly. It owns
+credentials, validation of state transitions, the merge rules, limits and the public view of a
+share. The storage design (snapshot + journal, conditional writes) is described in
+``storage.py`` and ``state.py``.
 
 Writes go through :meth:`ShareService.commit`, which appends one journal entry with
 create-if-absent semantics and retries on conflict, so concurrent writers in one process or in
@@ -21,8 +22,10 @@ import secrets
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
 
@@ -39,16 +42,12 @@ from cloudsession.errors import (
     StoreUnavailable,
     ValidationFailed,
 )
-from cloudsession.journal import (
-    ShareState,
-    index_key,
-    journal_key,
-    journal_prefix,
-    sha256_hex,
-    snapshot_key,
-)
-from cloudsession.live import EventSink, NullSink
-from cloudsession.models import PublicShare, json_bytes
+from cloudsession.jsonio import json_bytes
+from cloudsession.shares.events import EventSink, NullSink
+from cloudsession.shares.public import PublicShare
+from cloudsession.shares.state import ShareState, sha256_hex
+from cloudsession.shares.storage import INDEX_PREFIX, index_key, journal_key, journal_prefix, snapshot_key
+from cloudsession.store import open_store
 from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys, read_json_object
 
 log = logging.getLogger(__name__)
@@ -113,6 +112,11 @@ class ShareService:
         self._listing_read_at = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
+
+    async def ready(self) -> None:
+        """Raise StoreUnavailable unless the store answers: a one-key listing (a HEAD cannot tell
+        a missing bucket from a missing key)."""
+        await self.store_call(self.store.list_page(INDEX_PREFIX, limit=1))
 
     async def close(self) -> None:
         """Wait briefly for background compactions, then cancel what is left."""
@@ -560,7 +564,7 @@ class ShareService:
         return self.public_index(state.index_doc())
 
     async def _read_listing(self) -> dict[str, dict[str, Any]]:
-        keys = [key async for key in iter_keys(self.store, "index/")]
+        keys = [key async for key in iter_keys(self.store, INDEX_PREFIX)]
         semaphore = asyncio.Semaphore(16)
 
         async def one(key: str) -> dict[str, Any] | None:
@@ -583,3 +587,15 @@ class ShareService:
             entries = [e for e in entries if not (isinstance(e.get("expiresAt"), int) and e["expiresAt"] <= now)]
         entries.sort(key=lambda e: e.get("lastUpdated") if isinstance(e.get("lastUpdated"), int) else 0, reverse=True)
         return entries
+
+
+@asynccontextmanager
+async def open_service(settings: Settings, *, events: EventSink | None = None) -> AsyncIterator[ShareService]:
+    """The configured store and a share service on it, for the lifetime of the context: what the
+    server runs on, and what every offline store tool uses."""
+    async with open_store(settings) as store:
+        service = ShareService(store, settings, events)
+        try:
+            yield service
+        finally:
+            await service.close()

@@ -5,7 +5,7 @@ the same validation, limits and error messages; a ``ShareError`` becomes the rej
 ``["error", e.rpc_name, e.message]`` and anything unexpected a generic "Internal error". The
 reference's diagnostic methods (``probeValue``, ``probeCallback``) are deliberately absent.
 ``appendOps``, ``redeemShare``, ``rotateSecret``, ``getReadToken``, ``setPrivate`` and
-``setExpiry`` serve the durable sync protocol (``durable.py``, ``docs/protocol.md``).
+``setExpiry`` serve the durable sync protocol (``shares/ops.py`` and ``shares/owner.py``, ``docs/protocol.md``).
 
 Auth runs before anything else: with ``SESSIONS_RPC_SHARED_KEY`` set, the header
 ``x-opencode-share-key`` must match it (constant time) or the answer is 401 JSON, before any
@@ -22,18 +22,17 @@ from typing import Any
 
 from aiohttp import web
 
-from cloudsession import durable
-from cloudsession.api import json_response, public_origin
-from cloudsession.app_keys import SERVICE, SETTINGS
-from cloudsession.credentials import secrets_equal
 from cloudsession.errors import ShareError, Unauthorized, ValidationFailed
-from cloudsession.models import parse_body, parse_sync_items
-from cloudsession.service import ShareService
-
-from .codec import INVALID_DATE, UNDEFINED, BigInt, RpcError, RpcLimits, RpcTarget
-from .transport import serve_rpc
-
-KEY_HEADER = "x-opencode-share-key"
+from cloudsession.rpc.codec import INVALID_DATE, UNDEFINED, BigInt, RpcError, RpcLimits, RpcTarget
+from cloudsession.rpc.transport import serve_rpc
+from cloudsession.shares import ops as share_ops
+from cloudsession.shares import owner
+from cloudsession.shares.inputs import MAX_OPS_PER_REQUEST, ExpiryBody, parse_body
+from cloudsession.shares.items import parse_sync_items
+from cloudsession.shares.service import ShareService
+from cloudsession.web.auth import rpc_allowed
+from cloudsession.web.http import json_response, public_origin
+from cloudsession.web.keys import SERVICE, SETTINGS
 
 
 class ShareRpc(RpcTarget):
@@ -44,60 +43,60 @@ class ShareRpc(RpcTarget):
         self._origin = origin
         self._max_items = max_items
 
-    async def createShare(self, sessionID: Any, initialData: Any = UNDEFINED, options: Any = UNDEFINED) -> dict[str, Any]:  # noqa: N802, N803
+    async def createShare(self, sessionID: Any, initialData: Any = UNDEFINED, options: Any = UNDEFINED) -> dict[str, Any]:
         """Create (or return, idempotently) the share of ``sessionID``; ``initialData`` is one sync;
-        ``options`` ``{private?, ttl?, expiresAt?}`` apply to a new share (durable.py)."""
+        ``options`` ``{private?, ttl?, expiresAt?}`` apply to a new share (shares/owner.py)."""
         with _rejections():
             items = None
             if initialData is not UNDEFINED and initialData is not None:
                 items = self._items(initialData, "initialData")
-            chosen = durable.CreateOptions.parse(_options(options, "options"))
-            return await durable.create(self._service, sessionID, origin=self._origin, options=chosen, initial_items=items)
+            chosen = owner.CreateOptions.parse(_options(options, "options"))
+            return await owner.create(self._service, sessionID, origin=self._origin, options=chosen, initial_items=items)
 
-    async def syncShare(self, id: Any, secret: Any, data: Any) -> dict[str, Any]:  # noqa: A002, N802
+    async def syncShare(self, id: Any, secret: Any, data: Any) -> dict[str, Any]:
         with _rejections():
             share_id, secret = _text(id, "id"), _text(secret, "secret")
             items = self._items(data, "data")
             sync_count = await self._service.sync(share_id, secret, items)
             return {"success": True, "syncCount": sync_count}
 
-    async def deleteShare(self, id: Any, secret: Any) -> dict[str, bool]:  # noqa: A002, N802
+    async def deleteShare(self, id: Any, secret: Any) -> dict[str, bool]:
         with _rejections():
             await self._service.delete(_text(id, "id"), _text(secret, "secret"))
             return {"success": True}
 
-    # -- the durable sync protocol (durable.py, docs/protocol.md) --------------------------------
+    # -- the durable sync protocol (docs/protocol.md) --------------------------------
 
-    async def appendOps(self, shareID: Any, secret: Any, epoch: Any, ops: Any) -> dict[str, Any]:  # noqa: N802, N803
+    async def appendOps(self, shareID: Any, secret: Any, epoch: Any, ops: Any) -> dict[str, Any]:
         with _rejections():
             raw = {"secret": secret, "epoch": None if epoch is UNDEFINED else epoch, "ops": json_data(ops, "ops")}
-            limit = min(durable.MAX_OPS_PER_REQUEST, self._max_items)
-            secret, epoch, parsed = durable.parse_ops_request(raw, max_items=limit)
-            return await durable.append_ops(self._service, _text(shareID, "shareID"), secret, epoch, parsed)
+            limit = min(MAX_OPS_PER_REQUEST, self._max_items)
+            secret, epoch, parsed = share_ops.parse_ops_request(raw, max_items=limit)
+            return await share_ops.append_ops(self._service, _text(shareID, "shareID"), secret, epoch, parsed)
 
-    async def redeemShare(self, shareID: Any, secret: Any) -> dict[str, Any]:  # noqa: N802, N803
+    async def redeemShare(self, shareID: Any, secret: Any) -> dict[str, Any]:
         with _rejections():
-            return await durable.redeem(self._service, _text(shareID, "shareID"), _text(secret, "secret"), self._origin)
+            return await owner.redeem(self._service, _text(shareID, "shareID"), _text(secret, "secret"), self._origin)
 
-    async def rotateSecret(self, shareID: Any, secret: Any) -> dict[str, Any]:  # noqa: N802, N803
+    async def rotateSecret(self, shareID: Any, secret: Any) -> dict[str, Any]:
         with _rejections():
-            return await durable.rotate_secret(self._service, _text(shareID, "shareID"), _text(secret, "secret"), self._origin)
+            return await owner.rotate_secret(self._service, _text(shareID, "shareID"), _text(secret, "secret"), self._origin)
 
-    async def getReadToken(self, shareID: Any, secret: Any) -> dict[str, Any]:  # noqa: N802, N803
+    async def getReadToken(self, shareID: Any, secret: Any) -> dict[str, Any]:
         with _rejections():
-            return await durable.read_token(self._service, _text(shareID, "shareID"), _text(secret, "secret"))
+            return await owner.read_token(self._service, _text(shareID, "shareID"), _text(secret, "secret"))
 
-    async def setPrivate(self, shareID: Any, secret: Any, private: Any) -> dict[str, Any]:  # noqa: N802, N803
+    async def setPrivate(self, shareID: Any, secret: Any, private: Any) -> dict[str, Any]:
         with _rejections():
             if not isinstance(private, bool):
                 raise ValidationFailed("private must be a boolean", [{"path": ["private"], "message": "must be a boolean"}])
-            return await durable.set_private(self._service, _text(shareID, "shareID"), _text(secret, "secret"), private)
+            return await owner.set_private(self._service, _text(shareID, "shareID"), _text(secret, "secret"), private)
 
-    async def setExpiry(self, shareID: Any, secret: Any, expiry: Any = UNDEFINED) -> dict[str, Any]:  # noqa: N802, N803
+    async def setExpiry(self, shareID: Any, secret: Any, expiry: Any = UNDEFINED) -> dict[str, Any]:
         """``expiry`` is ``{ttl}`` or ``{expiresAt}``; null or nothing: never expire."""
         with _rejections():
-            body = parse_body(durable.ExpiryBody, {**_options(expiry, "expiry"), "secret": _text(secret, "secret")})
-            return await durable.set_expiry(self._service, _text(shareID, "shareID"), body.secret, body.ttl, body.expiresAt)
+            body = parse_body(ExpiryBody, {**_options(expiry, "expiry"), "secret": _text(secret, "secret")})
+            return await owner.set_expiry(self._service, _text(shareID, "shareID"), body.secret, body.ttl, body.expiresAt)
 
     def _items(self, raw: Any, name: str) -> list[dict[str, Any]]:
         return parse_sync_items(json_data(raw, name), max_items=self._max_items, path=(name,))
@@ -106,8 +105,7 @@ class ShareRpc(RpcTarget):
 async def handle(request: web.Request) -> web.StreamResponse:
     """``/rpc/share``, every method: auth, then batch (POST), WebSocket (GET upgrade) or 400."""
     settings = request.app[SETTINGS]
-    key = settings.rpc_shared_key.get_secret_value() if settings.rpc_shared_key else ""
-    if key and not secrets_equal(request.headers.get(KEY_HEADER), key):
+    if not rpc_allowed(request):
         return json_response(Unauthorized().body(), status=401)
     # One sync may be as large over RPC as over REST; the other limits keep their defaults.
     size = settings.limits.max_body_bytes

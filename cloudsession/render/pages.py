@@ -1,6 +1,6 @@
 """Server-side rendering of the share page, its fragments and the session list.
 
-This module knows templates and share data, not HTTP: ``views.py`` calls it, tests call it
+This module knows templates and share data, not HTTP: ``web/pages.py`` calls it, tests call it
 directly with ``PublicShare`` objects. Two caches keep rendering cheap while a session streams:
 
 - a ``ShareView`` (messages ordered, parts grouped, pages assigned) per share state, so a burst
@@ -11,23 +11,28 @@ directly with ``PublicShare`` objects. Two caches keep rendering cheap while a s
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
+import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, TypeVar
 
 import orjson
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader, Template
 from markupsafe import Markup, escape
 
-from cloudsession import render
-from cloudsession.models import PublicShare
+from cloudsession.render import html as render
+from cloudsession.shares.public import PublicShare
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# A checkout keeps the templates at the top level of the repository (the project layout).
+TEMPLATES_DIR = PACKAGE_DIR.parent / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
 
 # Messages per page of the share view: large enough that most sessions fit on one page, small
 # enough that a 2,000-message session renders in a fraction of a second.
@@ -39,11 +44,13 @@ FRAGMENT_CACHE_CHARS = 96 * 1024 * 1024
 SHARE_VIEW_CACHE_SIZE = 32
 PREVIEW_CHARS = 90
 
+T = TypeVar("T")
+
 
 def _templates_dir() -> Path:
     # Installed wheels carry the templates inside the package (see pyproject); a checkout has
     # them at the top level.
-    packaged = Path(__file__).resolve().parent / "templates"
+    packaged = PACKAGE_DIR / "templates"
     return packaged if packaged.is_dir() else TEMPLATES_DIR
 
 
@@ -350,7 +357,7 @@ class PageRenderer:
     def navigator_html(self, view: ShareView, current_page: int, link_suffix: str = "") -> str:
         return "\n".join(self.nav_html(entry, current_page, link_suffix) for entry in view.entries)
 
-    def share_page(self, share: PublicShare, page: int, *, live_format: str = "events", link_suffix: str = "") -> str:
+    def share_page(self, share: PublicShare, page: int, *, link_suffix: str = "") -> str:
         """The whole page. ``link_suffix`` (for example ``&token=...`` on a private share) is
         appended to links to other pages so they keep working."""
         view = self.view(share)
@@ -364,7 +371,7 @@ class PageRenderer:
             diffs_html=Markup(self.diffs_html(view)),  # safe: rendered by parts.html (autoescape)
             navigator_html=self.navigator_html(view, page, link_suffix),
             link_suffix=link_suffix,
-            live_format=live_format,
+            live_format="events",
         )
 
     def fragments(self, share: PublicShare, ids: Iterable[str], page: int, link_suffix: str = "") -> list[Fragment | str]:
@@ -388,3 +395,18 @@ class PageRenderer:
                 )
             )
         return result
+
+
+class ViewRenderer:
+    """The application's ``PageRenderer`` plus the lock that serialises its use across threads."""
+
+    def __init__(self, renderer: PageRenderer | None = None) -> None:
+        self.pages = renderer or PageRenderer()
+        self._lock = threading.Lock()
+
+    async def run(self, work: Callable[[PageRenderer], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return work(self.pages)
+
+        return await asyncio.to_thread(locked)

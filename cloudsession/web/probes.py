@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cloudsession.app_keys import STORE
-from cloudsession.store.base import StoreError
+from cloudsession.errors import ShareError
+from cloudsession.web.keys import SERVICE
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -14,9 +14,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The store answers: a one-key listing (a HEAD cannot tell a missing bucket from a missing key)."""
+    """The store answers (``ShareService.ready``)."""
     try:
-        await request.app[STORE].list_page("index/", limit=1)
-    except StoreError:
+        await request.app[SERVICE].ready()
+    except ShareError:
         return web.json_response({"ok": False, "store": "unavailable"}, status=503)
     return web.json_response({"ok": True})

@@ -1,8 +1,4 @@
-"""Command-line entry point: ``cloudsession serve``, ``check-config`` and the tool commands.
-
-Thin by design: each command parses its flags, builds Settings through ``config.load_settings``
-and calls the library. Configuration problems are printed as one clear message with exit code 2.
-"""
+"""``cloudsession serve`` and ``cloudsession check-config``."""
 
 from __future__ import annotations
 
@@ -10,27 +6,15 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from cloudsession import __version__, admin, durable
-from cloudsession.client import push
-from cloudsession.config import ConfigError, Settings, ensure_namespace, load_settings
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags every command that reads the configuration shares."""
-    parser.add_argument("--config", type=Path, help="wrangler-like TOML config file")
-    parser.add_argument("--env", dest="env_name", help="apply the [env.NAME] section of the config file")
-    parser.add_argument("--data-dir", type=Path, help="directory for the embedded store and local state")
-
-
-def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
-    overrides = {"data_dir": getattr(args, "data_dir", None), **extra}
-    settings = load_settings(config_file=args.config, env_name=args.env_name, overrides=overrides)
-    return ensure_namespace(settings)
+from cloudsession import __version__
+from cloudsession.cli.common import add_config_flags, settings_from_args
+from cloudsession.config import load_settings
+from cloudsession.web.app import create_app
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -45,8 +29,6 @@ class AccessLogger(AbstractAccessLogger):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cloudsession.app import create_app
-
     settings = settings_from_args(args, host=args.host, port=args.port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The default data dir may not exist yet on a fresh machine.
@@ -65,11 +47,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloudsession", description="Self-hostable share server for opencode sessions.")
-    parser.add_argument("--version", action="version", version=f"cloudsession {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_subcommands(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the share server")
     add_config_flags(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
@@ -79,20 +57,3 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="print the effective configuration, secrets redacted")
     add_config_flags(check)
     check.set_defaults(func=cmd_check_config)
-
-    durable.add_subcommands(sub)  # gc
-    admin.add_subcommands(sub)  # import, export, admin ...
-    push.add_subcommands(sub)  # push
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"cloudsession: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130

@@ -38,8 +38,8 @@ import aiohttp
 import orjson
 
 from cloudsession import __version__
-from cloudsession.api import READ_TOKEN_HEADER
 from cloudsession.credentials import SHARE_ID_RE
+from cloudsession.protocol import READ_TOKEN_HEADER
 
 # Share page, API object and /data URLs all name the share; the id rule is the server's.
 _PATH_RE = re.compile(r"^/(?:share|api/shares?)/(?P<id>[^/]+)(?:/data)?/?$")
@@ -186,7 +186,7 @@ async def fetch_share(location: ShareLocation, *, timeout: float = DEFAULT_TIMEO
                 answer = await _get(session, location.object_url, location.token, max_bytes)
     except ImportFailed:
         raise
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else (str(exc) or type(exc).__name__)
         raise NetworkFailure(f"Could not reach {location.origin}: {reason}") from None
     return _payload(location, answer)

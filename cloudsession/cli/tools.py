@@ -1,8 +1,8 @@
-"""The ``import``, ``export`` and ``admin`` commands of the ``cloudsession`` CLI.
+"""The ``import``, ``export``, ``admin`` and ``gc`` commands.
 
-``cli.py`` calls :func:`add_subcommands` to register them. ``import`` is a client of any share
-server (``importer.py``); ``export`` and ``admin ...`` work on the configured store directly,
-through the share service (``maintenance.py``), so they need no running server. Every store
+``import`` is a client of any share server (``client/importer.py``); ``export``, ``admin ...``
+and ``gc`` work on the configured store directly, through the share domain
+(``shares/maintenance.py``, ``shares/sweep.py``), so they need no running server. Every store
 command takes ``--store URL`` to work on another store than the configured one, ``--dry-run`` to
 change nothing, shows a progress bar on a terminal (``--progress`` forces it) and ends with a
 summary. Exit status: 0 when everything is in order, 1 when something needs attention, 2 for a
@@ -13,128 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
-import time
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, TextIO
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
-from cloudsession import importer, maintenance
-from cloudsession.config import ConfigError, Settings, StoreSettings, parse_store_url
-from cloudsession.errors import SessionNotFound, ShareError
-from cloudsession.service import ShareService
-from cloudsession.store import StoreError, open_store
+from cloudsession.cli.common import add_config_flags, add_store_flags, open_service, print_report, progress_for, run, settings_from_args
+from cloudsession.client import importer
+from cloudsession.errors import SessionNotFound
+from cloudsession.shares import maintenance
+from cloudsession.shares.sweep import SweepReport, sweep
 
 TOKEN_ENV = "CLOUDSESSION_SHARE_TOKEN"
-
-
-# cli.py imports this module to register the commands, so its helpers are imported on use.
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from cloudsession.cli import add_config_flags as add
-
-    add(parser)
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    from cloudsession.cli import settings_from_args as build
-
-    return build(args)
-
-
-# -- progress and summaries ---------------------------------------------------------------------
-
-
-class Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
-
-    WIDTH = 30
-
-    def __init__(self, label: str, *, enabled: bool, stream: TextIO | None = None) -> None:
-        self.label = label
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.total = 0
-        self.done = 0
-        self._drawn = 0.0
-
-    def start(self, total: int) -> Callable[[int], None]:
-        self.total, self.done = total, 0
-        self._draw(force=True)
-        return self.tick
-
-    def tick(self, count: int) -> None:
-        self.done += count
-        self._draw(force=self.done >= self.total)
-
-    def _draw(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._drawn < 0.1):
-            return
-        self._drawn = now
-        filled = self.WIDTH * self.done // self.total if self.total else self.WIDTH
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
-        if self.done >= self.total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
-def progress_for(args: argparse.Namespace, label: str) -> Progress:
-    return Progress(label, enabled=args.progress or sys.stderr.isatty())
-
-
-def print_report(title: str, report: maintenance.Report, *, dry_run: bool) -> None:
-    for finding in report.findings:
-        print(finding.line())
-    counts = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items())) or "nothing to do"
-    print(f"{title}{' (dry run: nothing was changed)' if dry_run else ''}: {counts}")
-
-
-# -- stores -------------------------------------------------------------------------------------
-
-
-def store_settings(url: str) -> StoreSettings:
-    """``s3://bucket[/prefix][?endpoint=URL&region=R]``, ``file:///path`` or a path.
-
-    An S3 store without ``endpoint`` uses ``AWS_ENDPOINT_URL`` (then AWS's default), so one
-    command can read R2 and write another provider. Credentials come from the AWS environment.
-    """
-    spec = parse_store_url(url)
-    if spec["backend"] == "s3":
-        query = parse_qs(urlsplit(url).query)
-        unknown = sorted(set(query) - {"endpoint", "region"})
-        if unknown:
-            raise ConfigError(f"store URL {url.split('?')[0]!r}: unknown parameter(s) {', '.join(unknown)} (known: endpoint, region)")
-        spec["endpoint"] = (query.get("endpoint") or [os.environ.get("AWS_ENDPOINT_URL")])[0]
-        spec["region"] = (query.get("region") or [os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")])[0]
-    return StoreSettings(**spec)
-
-
-@asynccontextmanager
-async def open_service(settings: Settings, store_url: str | None = None) -> AsyncIterator[ShareService]:
-    """A share service on the configured store, or on ``store_url``."""
-    if store_url:
-        settings = settings.model_copy(update={"store": store_settings(store_url)})
-    async with open_store(settings) as store:
-        service = ShareService(store, settings)
-        try:
-            yield service
-        finally:
-            await service.close()
-
-
-def run(coro: Any) -> int:
-    """Run a command coroutine; a share or store problem is one line on stderr and exit 1."""
-    try:
-        return asyncio.run(coro)
-    except ShareError as exc:
-        print(f"cloudsession: {exc.message}", file=sys.stderr)
-        return 1
-    except StoreError as exc:
-        print(f"cloudsession: the store failed: {exc}", file=sys.stderr)
-        return 1
 
 
 # -- import / export ----------------------------------------------------------------------------
@@ -245,17 +137,8 @@ async def _delete(args: argparse.Namespace) -> int:
 # -- registration -------------------------------------------------------------------------------
 
 
-def _store_flags(parser: argparse.ArgumentParser, *, store: bool = True, changes: bool = True) -> None:
-    add_config_flags(parser)
-    if store:
-        parser.add_argument("--store", metavar="URL", help="work on this store instead of the configured one (s3://bucket/prefix, file:///path)")
-    if changes:
-        parser.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
-        parser.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
-
-
 def add_subcommands(sub: Any) -> None:
-    """Register ``import``, ``export`` and ``admin`` on the CLI's subparsers."""
+    """Register ``import``, ``export``, ``admin`` and ``gc`` on the CLI's subparsers."""
     imp = sub.add_parser("import", help="download a share into an opencode export file (for `opencode import FILE`)")
     imp.add_argument("url", help="the share link, e.g. https://share.example.com/share/abc123")
     imp.add_argument("-o", "--output", type=Path, help="write here instead of to stdout")
@@ -265,7 +148,7 @@ def add_subcommands(sub: Any) -> None:
     imp.set_defaults(func=cmd_import)
 
     exp = sub.add_parser("export", help="write a share from the store as an opencode export file (operators)")
-    _store_flags(exp, changes=False)
+    add_store_flags(exp, changes=False)
     exp.add_argument("share_id")
     exp.add_argument("-o", "--output", type=Path, help="write here instead of to stdout")
     exp.add_argument("--original-ids", action="store_true", help="keep the owner's real session ID instead of the public one")
@@ -275,22 +158,36 @@ def add_subcommands(sub: Any) -> None:
     tools = admin.add_subparsers(dest="admin_command", required=True, metavar="TOOL")
 
     backfill = tools.add_parser("backfill-index", help="rebuild missing or stale index entries")
-    _store_flags(backfill)
+    add_store_flags(backfill)
     backfill.set_defaults(func=lambda args: run(_backfill(args)))
 
     check = tools.add_parser("fsck", help="find damaged shares and index drift; --repair fixes what it can")
-    _store_flags(check)
+    add_store_flags(check)
     check.add_argument("--repair", action="store_true", help="repair malformed shares, index drift and orphaned keys")
     check.add_argument("--delete-unrepairable", action="store_true", help="delete shares that cannot be repaired (empty or invalid blobs)")
     check.set_defaults(func=lambda args: run(_fsck(args)))
 
     move = tools.add_parser("migrate", help="copy a reference Worker bucket (or another store) into cloudsession's layout")
-    _store_flags(move, store=False)
+    add_store_flags(move, store=False)
     move.add_argument("--from", dest="source", required=True, metavar="STORE", help="source store URL (s3://bucket[/prefix][?endpoint=URL], file:///path)")
     move.add_argument("--to", dest="target", metavar="STORE", help="target store URL (default: the configured store)")
     move.set_defaults(func=lambda args: run(_migrate(args)))
 
     kill = tools.add_parser("delete", help="delete shares without their secret (the operator's kill switch)")
-    _store_flags(kill)
+    add_store_flags(kill)
     kill.add_argument("share_ids", nargs="+", metavar="SHARE_ID")
     kill.set_defaults(func=lambda args: run(_delete(args)))
+
+    gc = sub.add_parser("gc", help="delete expired shares and prune folded journal entries (what the server's periodic sweep does)")
+    add_config_flags(gc)
+    gc.set_defaults(func=cmd_gc)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    async def collect() -> SweepReport:
+        async with open_service(settings_from_args(args)) as service:
+            return await sweep(service)
+
+    report = asyncio.run(collect())
+    print(json.dumps(report.as_json()))
+    return 0

@@ -19,7 +19,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -110,7 +110,7 @@ def _utc(ms: Any) -> datetime | None:
     if number <= 0:
         return None
     try:
-        return datetime.fromtimestamp(number / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(number / 1000, tz=UTC)
     except (OverflowError, OSError, ValueError):
         return None
 

@@ -2,7 +2,7 @@
 HTML not-found page.
 
 Handlers parse the request, ask the share service for public data, and hand it to
-``cloudsession.pages`` for rendering. Rendering runs in a worker thread (one at a time, under the
+``cloudsession.render.pages`` for rendering. Rendering runs in a worker thread (one at a time, under the
 renderer's lock) so that a large share never stalls the event loop that acknowledges syncs.
 Every HTML response carries a strict Content-Security-Policy: scripts and styles only from this
 server, no inline code, no third-party requests.
@@ -11,37 +11,22 @@ server, no inline code, no third-party requests.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import math
-import threading
-from typing import Any, Callable, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
-from cloudsession.api import request_read_token
-from cloudsession.app_keys import SERVICE, SETTINGS
 from cloudsession.credentials import secrets_equal
 from cloudsession.errors import SessionNotFound
-from cloudsession.models import MAX_ID_LENGTH, PublicShare, json_bytes
-from cloudsession.pages import Fragment, PageRenderer
+from cloudsession.jsonio import json_bytes
+from cloudsession.render.pages import Fragment, PageRenderer
+from cloudsession.shares.items import MAX_ID_LENGTH
+from cloudsession.shares.public import PublicShare
+from cloudsession.web.auth import ADMIN_COOKIE, admin_key, cookie_token, is_admin
+from cloudsession.web.http import SECURITY_HEADERS, html_response, is_https, request_read_token
+from cloudsession.web.keys import RENDERER, SERVICE, SETTINGS
 
-T = TypeVar("T")
-
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-}
-ADMIN_HEADER = "x-opencode-share-key"
-ADMIN_COOKIE = "cloudsession_admin"
 ADMIN_COOKIE_MAX_AGE = 30 * 24 * 3600
 SESSIONS_PER_PAGE = 50
 MAX_QUERY_CHARS = 200
@@ -50,32 +35,6 @@ MAX_PAGE = 1_000_000
 MAX_LOGIN_BYTES = 4096
 # A wrong admin key costs this long: slows guessing without any shared state.
 LOGIN_FAILURE_DELAY = 0.5
-
-
-class ViewRenderer:
-    """The application's ``PageRenderer`` plus the lock that serialises its use across threads."""
-
-    def __init__(self, renderer: PageRenderer | None = None) -> None:
-        self.pages = renderer or PageRenderer()
-        self._lock = threading.Lock()
-
-    async def run(self, work: Callable[[PageRenderer], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                return work(self.pages)
-
-        return await asyncio.to_thread(locked)
-
-
-RENDERER: web.AppKey[ViewRenderer] = web.AppKey("renderer", ViewRenderer)
-
-
-def html_response(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
-    response.headers.update(SECURITY_HEADERS)
-    if headers:
-        response.headers.update(headers)
-    return response
 
 
 def _json_response(data: Any) -> web.Response:
@@ -180,28 +139,6 @@ async def share_fragments(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- session list
 
 
-def _admin_key(request: web.Request) -> str | None:
-    key = request.app[SETTINGS].rpc_shared_key
-    return key.get_secret_value() if key is not None and key.get_secret_value() else None
-
-
-def _cookie_token(key: str) -> str:
-    # The cookie holds a MAC derived from the key, never the key itself.
-    return hmac.new(key.encode(), b"cloudsession sessions login v1", hashlib.sha256).hexdigest()
-
-
-def is_admin(request: web.Request) -> bool:
-    """The admin key in the header, or the sign-in cookie; both compared in constant time."""
-    key = _admin_key(request)
-    if key is None:
-        return False
-    given = request.headers.get(ADMIN_HEADER)
-    if given is not None and secrets_equal(given, key):
-        return True
-    cookie = request.cookies.get(ADMIN_COOKIE)
-    return cookie is not None and secrets_equal(cookie, _cookie_token(key))
-
-
 def _matches(entry: dict[str, Any], needle: str) -> bool:
     return any(isinstance(entry.get(k), str) and needle in entry[k].lower() for k in ("title", "directory", "id"))
 
@@ -243,21 +180,16 @@ async def sessions_page(request: web.Request) -> web.Response:
 
 
 async def _login_page(request: web.Request, *, failed: bool) -> web.Response:
-    configured = _admin_key(request) is not None
+    configured = admin_key(request) is not None
     text = await request.app[RENDERER].run(
         lambda p: p.template("login.html").render(failed=failed, configured=configured)
     )
     return html_response(text, status=401)
 
 
-def _is_https(request: web.Request) -> bool:
-    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    return request.scheme == "https" or forwarded == "https"
-
-
 async def login(request: web.Request) -> web.Response:
     """``POST /sessions/login``: the sign-in form; a right key sets the cookie and redirects."""
-    key = _admin_key(request)
+    key = admin_key(request)
     # A form from a browser always has a length; a chunked body would slip past the bound and
     # be read up to the app-wide body limit before the key is even looked at.
     if request.content_length is None:
@@ -272,12 +204,12 @@ async def login(request: web.Request) -> web.Response:
     response = web.HTTPSeeOther("/sessions")
     response.set_cookie(
         ADMIN_COOKIE,
-        _cookie_token(key),
+        cookie_token(key),
         max_age=ADMIN_COOKIE_MAX_AGE,
         path="/sessions",
         httponly=True,
         samesite="Strict",
-        secure=_is_https(request),
+        secure=is_https(request),
     )
     raise response
 

@@ -1,0 +1,113 @@
+"""What every command shares: the configuration flags, Settings from them, the store a tool works
+on, progress bars and summaries, and turning domain errors into one line and an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from cloudsession.config import Settings, ensure_namespace, load_settings, store_settings_from_url
+from cloudsession.errors import ShareError
+from cloudsession.shares import maintenance
+from cloudsession.shares.service import ShareService
+from cloudsession.shares.service import open_service as open_share_service
+from cloudsession.store import StoreError
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags every command that reads the configuration shares."""
+    parser.add_argument("--config", type=Path, help="wrangler-like TOML config file")
+    parser.add_argument("--env", dest="env_name", help="apply the [env.NAME] section of the config file")
+    parser.add_argument("--data-dir", type=Path, help="directory for the embedded store and local state")
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {"data_dir": getattr(args, "data_dir", None), **extra}
+    settings = load_settings(config_file=args.config, env_name=args.env_name, overrides=overrides)
+    return ensure_namespace(settings)
+
+
+def add_store_flags(parser: argparse.ArgumentParser, *, store: bool = True, changes: bool = True) -> None:
+    """The store tools' flags: the configuration, ``--store``, ``--dry-run`` and ``--progress``."""
+    add_config_flags(parser)
+    if store:
+        parser.add_argument("--store", metavar="URL", help="work on this store instead of the configured one (s3://bucket/prefix, file:///path)")
+    if changes:
+        parser.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
+        parser.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+
+
+@asynccontextmanager
+async def open_service(settings: Settings, store_url: str | None = None) -> AsyncIterator[ShareService]:
+    """A share service on the configured store, or on ``store_url``."""
+    if store_url:
+        settings = settings.model_copy(update={"store": store_settings_from_url(store_url)})
+    async with open_share_service(settings) as service:
+        yield service
+
+
+# -- progress and summaries ---------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str, *, enabled: bool, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.total = 0
+        self.done = 0
+        self._drawn = 0.0
+
+    def start(self, total: int) -> Callable[[int], None]:
+        self.total, self.done = total, 0
+        self._draw(force=True)
+        return self.tick
+
+    def tick(self, count: int) -> None:
+        self.done += count
+        self._draw(force=self.done >= self.total)
+
+    def _draw(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._drawn < 0.1):
+            return
+        self._drawn = now
+        filled = self.WIDTH * self.done // self.total if self.total else self.WIDTH
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
+        if self.done >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def progress_for(args: argparse.Namespace, label: str) -> Progress:
+    return Progress(label, enabled=args.progress or sys.stderr.isatty())
+
+
+def print_report(title: str, report: maintenance.Report, *, dry_run: bool) -> None:
+    for finding in report.findings:
+        print(finding.line())
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items())) or "nothing to do"
+    print(f"{title}{' (dry run: nothing was changed)' if dry_run else ''}: {counts}")
+
+
+def run(coro: Any) -> int:
+    """Run a command coroutine; a share or store problem is one line on stderr and exit 1."""
+    try:
+        return asyncio.run(coro)
+    except ShareError as exc:
+        print(f"cloudsession: {exc.message}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"cloudsession: the store failed: {exc}", file=sys.stderr)
+        return 1

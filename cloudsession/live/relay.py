@@ -1,0 +1,307 @@
+"""The Redis relay: share events carried between replicas, so a viewer connected to one replica
+hears about syncs accepted by any (``REDIS_URL``; see docs/views.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import secrets
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from cloudsession.config import ConfigError, Settings
+from cloudsession.errors import SessionNotFound
+from cloudsession.jsonio import json_bytes
+from cloudsession.live.hub import LiveHub
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from cloudsession.shares.service import ShareService
+
+log = logging.getLogger(__name__)
+
+# One relayed message at most; a sync whose items do not fit goes out without them (its viewers
+# elsewhere resync). Every replica receives every message, so this bounds what one sync costs them.
+MAX_RELAY_BYTES = 1024 * 1024
+# Events waiting for Redis at most; beyond it (Redis slow or away) they are remembered as "missed".
+MAX_OUTBOX_BYTES = 16 * 1024 * 1024
+# Shares remembered as missed while Redis is away, announced (as resyncs) when it is back.
+MAX_MISSED_SHARES = 10_000
+RELAY_VERSION = 1
+BACKOFF_FIRST_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 10.0
+# One read of the subscription waits this long; between reads the connection is health-checked.
+POLL_SECONDS = 5.0
+
+
+def relay_channel(settings: Settings) -> str:
+    """The channel prefix of one deployment (a share's channel is ``<prefix>:<share id>``):
+    replicas on the same store meet under it, deployments on other stores sharing the Redis
+    server do not hear each other. Hashed: no bucket name or path shows in Redis."""
+    if settings.store.backend == "s3":
+        location = f"s3:{settings.store.bucket}/{settings.store.prefix}"
+    else:
+        location = f"fs:{settings.store_path.resolve()}"
+    return "cloudsession:live:" + hashlib.sha256(location.encode()).hexdigest()[:32]
+
+
+def _backoff() -> Iterator[float]:
+    """Retry delays: doubling up to a cap, with jitter so replicas do not retry in lockstep."""
+    delay = BACKOFF_FIRST_SECONDS
+    while True:
+        yield delay * random.uniform(0.5, 1.0)
+        delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+
+
+@dataclass
+class _Outgoing:
+    share_id: str
+    sync_count: int | None  # None: deleted (or an access change)
+    data: bytes
+    kind: str = "synced"
+
+
+class RedisRelay:
+    """Carries this replica's share events to the other replicas, and theirs to its viewers.
+
+    Design: a channel per share (``<prefix>:<share id>``) under one pattern subscription per
+    replica (``<prefix>:*``), taken once at startup. Subscribing per share as viewers come and go
+    would spare replicas the events of shares nobody watches there, but costs a round trip per
+    viewer and leaves a gap in which a new viewer's events are lost; with one pattern a viewer
+    costs Redis nothing. The price, every replica receiving every event, stays small: the share
+    id is read from the channel name, so events of unwatched shares are dropped unparsed, and
+    messages are bounded (``MAX_RELAY_BYTES``). Replicas are few.
+
+    A message is ``{"v": 1, "from": <replica>, "kind": "synced", "syncCount": n, "items":
+    [...] | null}``, ``{"v": 1, "from": <replica>, "kind": "deleted"}`` or ``{..., "kind":
+    "access"}`` (viewers must re-authenticate): the public items the
+    local viewers got (never the secret or the real session id). ``from`` is a random id per
+    process: a replica has already told its own viewers and skips its own messages, so each
+    viewer gets each event exactly once.
+
+    Redis never stands in the way of a sync: ``publish`` only queues (bounded), a background
+    task sends. While Redis is away, events for other replicas are remembered per share and
+    announced as resyncs when it is back; after the subscription was lost, this replica's viewers
+    are told to resync (they may have missed other replicas' syncs). Both loops retry with backoff.
+    """
+
+    def __init__(self, hub: LiveHub, client: Redis, channel: str, service: ShareService | None = None) -> None:
+        self.hub = hub
+        self.client = client
+        self.channel = channel
+        self.service = service  # reads sync counts for the catch-up after an outage
+        self.replica = secrets.token_hex(8)
+        self.subscribed = asyncio.Event()
+        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._outbox_bytes = 0
+        self._missed: dict[str, int | None] = {}
+        # Access changes missed while Redis was away: re-sent as such, never folded into a resync.
+        self._missed_access: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._warned_invalid = False
+
+    # -- lifecycle
+
+    async def start(self, wait_seconds: float = 5.0) -> None:
+        """Start both loops; wait (briefly) for the subscription so that a replica reporting
+        healthy already hears the others. Redis being away is no reason not to start."""
+        self._spawn(self._publish_loop())
+        self._spawn(self._subscribe_loop())
+        try:
+            await asyncio.wait_for(self.subscribed.wait(), wait_seconds)
+        except TimeoutError:
+            log.warning("Redis not reachable at startup; live updates from other replicas start when it is")
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- outgoing
+
+    def _message(self, sync_count: int | None, items: list[dict[str, Any]] | None, kind: str = "synced") -> bytes:
+        if kind == "access":
+            return json_bytes({"v": RELAY_VERSION, "from": self.replica, "kind": "access"})
+        if sync_count is None:
+            return json_bytes({"v": RELAY_VERSION, "from": self.replica, "kind": "deleted"})
+        body = {"v": RELAY_VERSION, "from": self.replica, "kind": "synced", "syncCount": sync_count}
+        data = json_bytes({**body, "items": items})
+        return data if len(data) <= MAX_RELAY_BYTES else json_bytes({**body, "items": None})
+
+    def publish(self, share_id: str, sync_count: int | None, items: list[dict[str, Any]] | None = None, *, kind: str = "synced") -> None:
+        """Queue an event (``sync_count`` None: deleted; ``kind="access"``: an access change)
+        for the other replicas. Never waits."""
+        data = self._message(sync_count, items, kind)
+        outgoing = _Outgoing(share_id, sync_count, data, kind)
+        if self._outbox_bytes + len(data) > MAX_OUTBOX_BYTES:
+            self._miss(outgoing)
+            return
+        self._outbox_bytes += len(data)
+        self._outbox.put_nowait(outgoing)
+
+    def _miss(self, outgoing: _Outgoing) -> None:
+        share_id, sync_count = outgoing.share_id, outgoing.sync_count
+        if outgoing.kind == "access":
+            if len(self._missed_access) < MAX_MISSED_SHARES:
+                self._missed_access.add(share_id)
+            return
+        if share_id in self._missed or len(self._missed) < MAX_MISSED_SHARES:
+            self._missed[share_id] = sync_count  # the latest state is all the others need
+
+    async def _publish_loop(self) -> None:
+        delays, failing = _backoff(), False
+        while True:
+            outgoing: _Outgoing | None = None
+            try:
+                while self._missed_access:
+                    share_id = next(iter(self._missed_access))
+                    await self.client.publish(f"{self.channel}:{share_id}", self._message(None, None, "access"))
+                    self._missed_access.discard(share_id)
+                while self._missed:
+                    share_id, sync_count = next(iter(self._missed.items()))
+                    await self.client.publish(f"{self.channel}:{share_id}", self._message(sync_count, None))
+                    del self._missed[share_id]
+                outgoing = await self._outbox.get()
+                self._outbox_bytes -= len(outgoing.data)
+                await self.client.publish(f"{self.channel}:{outgoing.share_id}", outgoing.data)
+            except Exception as exc:
+                if outgoing is not None:
+                    self._miss(outgoing)
+                while not self._outbox.empty():
+                    queued = self._outbox.get_nowait()
+                    self._outbox_bytes -= len(queued.data)
+                    self._miss(queued)
+                if not failing:
+                    log.warning("Redis publish failed (%s); other replicas' viewers will resync when it is back", _describe(exc))
+                failing = True
+                await asyncio.sleep(next(delays))
+                continue
+            if failing:
+                log.warning("Redis publish works again")
+                delays, failing = _backoff(), False
+
+    # -- incoming
+
+    async def _subscribe_loop(self) -> None:
+        delays, failing = _backoff(), False
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.psubscribe(f"{self.channel}:*")
+                if failing:
+                    log.warning("Redis subscription restored; telling this replica's viewers to resync")
+                    self._spawn(self._catch_up())
+                    delays, failing = _backoff(), False
+                self.subscribed.set()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_SECONDS)
+                    if message is not None and message.get("type") == "pmessage":
+                        await self.receive(message["channel"], message["data"])
+            except Exception as exc:
+                self.subscribed.clear()
+                if not failing:
+                    log.warning("Redis subscription lost (%s); this replica's viewers hear only its own syncs until it is back", _describe(exc))
+                failing = True
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+            await asyncio.sleep(next(delays))
+
+    async def receive(self, channel: bytes, data: bytes) -> None:
+        """Deliver one relayed message to this replica's viewers, unless it is this replica's own."""
+        share_id = channel.decode("utf-8", "replace").removeprefix(self.channel + ":")
+        if not self.hub.viewers_of(share_id):
+            return  # nobody watches it here (so only ids of real shares get further)
+        message = self._parse(data)
+        if message is None or message["from"] == self.replica:
+            return  # invalid, or already delivered here when it happened
+        if message["kind"] == "deleted":
+            await self.hub.deliver_deleted(share_id)
+        elif message["kind"] == "access":
+            await self.hub.deliver_access_changed(share_id)
+        else:
+            await self.hub.deliver_synced(share_id, message["items"], message["syncCount"])
+
+    def _parse(self, data: bytes) -> dict[str, Any] | None:
+        """The message if it is one of ours and well-formed; anyone able to publish on the
+        channel could send anything, and the viewers must only ever get what a sync would give."""
+        try:
+            message = orjson.loads(data) if len(data) <= MAX_RELAY_BYTES else None
+        except orjson.JSONDecodeError:
+            message = None
+        if (
+            isinstance(message, dict)
+            and message.get("v") == RELAY_VERSION
+            and isinstance(message.get("from"), str)
+            and (message.get("kind") in ("deleted", "access") or _valid_sync(message))
+        ):
+            return message
+        if not self._warned_invalid:  # once: a flood of bad messages must not flood the log
+            log.warning("ignored a malformed message on the live channel (another version, or not ours)")
+            self._warned_invalid = True
+        return None
+
+    async def _catch_up(self) -> None:
+        """After the subscription was lost, other replicas' syncs may have been missed: tell the
+        viewers of every watched share to resync (or that the share is gone)."""
+        if self.service is None:
+            return
+        for share_id in self.hub.watched_shares():
+            try:
+                state = await self.service.load(share_id)
+            except SessionNotFound:
+                await self.hub.deliver_deleted(share_id)
+            except Exception as exc:
+                log.warning("share %s: catch-up after the Redis outage failed (%s)", share_id, _describe(exc))
+            else:
+                await self.hub.deliver_synced(share_id, None, state.meta.sync_count)
+
+
+def _valid_sync(message: dict[str, Any]) -> bool:
+    count, items = message.get("syncCount"), message.get("items")
+    return (
+        message.get("kind") == "synced"
+        and isinstance(count, int)
+        and not isinstance(count, bool)
+        and count >= 0
+        and (items is None or (isinstance(items, list) and all(isinstance(item, dict) for item in items)))
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    # Redis errors name host and port at most, never the password of the URL.
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def redis_client(url: str) -> Redis:
+    """The relay's client: bounded waits, and no retrying inside the library (the relay's loops
+    retry with backoff, and must see a failure to know that events were missed)."""
+    try:  # imported here: the package is needed only by deployments that configure Redis
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+    except ImportError:
+        raise ConfigError("REDIS_URL is set but the redis package is not installed (pip install 'redis>=5.0.1')") from None
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=10,
+        socket_keepalive=True,
+        health_check_interval=int(POLL_SECONDS * 3),
+        retry=Retry(NoBackoff(), 0),
+    )

@@ -1,0 +1,80 @@
+"""Sync items: validation of a sync's ``data`` array, shared by every door (REST, RPC, ops).
+
+Validation runs before anything is read or written. It is deliberately strict where the
+reference was permissive: an item must be an object with a known ``type``; entities must be
+objects with string ids; diff and model lists must hold objects. Everything else inside an
+entity is kept verbatim, because the real client sends whole objects and ``opencode import``
+needs them back unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloudsession.errors import PayloadTooLarge, ValidationFailed
+
+ITEM_TYPES = ("session", "message", "part", "session_diff", "model")
+MAX_ID_LENGTH = 256
+
+
+def _fail(path: list[Any], message: str) -> ValidationFailed:
+    where = ".".join(str(p) for p in path)
+    return ValidationFailed(f"Invalid sync item at {where}: {message}", [{"path": path, "message": message}])
+
+
+def _require_id(obj: Any, path: list[Any], key: str = "id") -> None:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise _fail(path + [key], f"'{key}' must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH:
+        raise _fail(path + [key], f"'{key}' is longer than {MAX_ID_LENGTH} characters")
+
+
+def parse_sync_items(raw: Any, *, max_items: int, path: tuple[Any, ...] = ("data",)) -> list[dict[str, Any]]:
+    """Validate a sync ``data`` array and return it with unknown item keys stripped.
+
+    Raises ValidationFailed (400) for anything malformed and PayloadTooLarge (413) for too many
+    items. The returned dicts are new ``{"type", "data"}`` objects; entity objects are shared with
+    the input, not copied.
+    """
+    base = list(path)
+    if not isinstance(raw, list):
+        raise _fail(base, "must be an array of {type, data} items")
+    if len(raw) > max_items:
+        raise PayloadTooLarge(f"Too many items in one sync: {len(raw)} (limit {max_items})")
+    items: list[dict[str, Any]] = []
+    for index, item in enumerate(raw):
+        where = base + [index]
+        if not isinstance(item, dict):
+            raise _fail(where, "must be an object")
+        kind = item.get("type")
+        if kind not in ITEM_TYPES:
+            raise _fail(where + ["type"], f"unknown item type {kind!r}; expected one of {', '.join(ITEM_TYPES)}")
+        if "data" not in item:
+            raise _fail(where, "missing 'data'")
+        data = item["data"]
+        where = where + ["data"]
+        if kind in ("session", "message", "part"):
+            if not isinstance(data, dict):
+                raise _fail(where, f"a {kind} must be an object")
+            _require_id(data, where)
+            if kind == "part":
+                _require_id(data, where, "messageID")
+        else:
+            if not isinstance(data, list):
+                raise _fail(where, f"{kind} data must be an array")
+            for n, element in enumerate(data):
+                if not isinstance(element, dict):
+                    raise _fail(where + [n], "must be an object")
+                if kind == "model":
+                    _require_id(element, where + [n])
+        items.append({"type": kind, "data": data})
+    return items
+
+
+def model_key(model: dict[str, Any]) -> tuple[str, str]:
+    """Models accumulate per (providerID, id): the client sends [model] per user message."""
+    provider = model.get("providerID")
+    return (provider if isinstance(provider, str) else "", model["id"])
+
+

@@ -1,0 +1,159 @@
+"""The REST share API under ``/api/``: parse the request, call the share domain, shape the answer.
+
+Two families, one module:
+
+- **reference routes** (the Worker's contract, compat-contract.md §3): create, sync, read
+  (``/data``, the object, ``/metadata``), delete and the admin list. Create, sync and delete
+  also honour an ``Idempotency-Key`` header and the create options of the durable protocol.
+- **durable routes** (``docs/protocol.md``): ``ops``, ``redeem``, ``rotate``, ``read-token``,
+  ``privacy`` and ``expiry`` under ``/api/share/<id>/``, all POST with the secret in the JSON
+  body (never in a URL, where logs and referrers would keep it).
+
+Status codes and error strings follow the reference except where it was unsafe: reads never
+contain the secret or the real session ID, create is idempotent, and bad input gets a 400 before
+anything is read or written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from cloudsession.jsonio import json_bytes
+from cloudsession.protocol import IDEMPOTENCY_HEADER
+from cloudsession.shares import idempotency, ops, owner
+from cloudsession.shares.inputs import (
+    MAX_OPS_PER_REQUEST,
+    CreateShareBody,
+    ExpiryBody,
+    PrivacyBody,
+    SecretBody,
+    SyncBody,
+    parse_body,
+)
+from cloudsession.shares.items import parse_sync_items
+from cloudsession.web.auth import require_admin
+from cloudsession.web.http import json_response, public_origin, read_json, request_read_token
+from cloudsession.web.keys import SERVICE, SETTINGS
+
+# -- reference routes ---------------------------------------------------------------------------
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    return idempotency.idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+
+
+async def create_share(request: web.Request) -> web.Response:
+    body = parse_body(CreateShareBody, await read_json(request))
+    options = owner.CreateOptions(body.private, body.ttl, body.expiresAt)
+    service, origin, key = request.app[SERVICE], public_origin(request), _idempotency_key(request)
+    if key is None:
+        answer = await owner.create(service, body.sessionID, origin=origin, options=options)
+    else:
+        answer = await idempotency.create_once(service, body.sessionID, key, origin=origin, options=options)
+    return json_response(answer)
+
+
+async def sync_share(request: web.Request) -> web.Response:
+    key = _idempotency_key(request)
+    body = parse_body(SyncBody, await read_json(request))
+    items = parse_sync_items(body.data, max_items=request.app[SETTINGS].limits.max_items_per_sync)
+    service, share_id = request.app[SERVICE], request.match_info["id"]
+    if key is not None:
+        return json_response(await idempotency.sync_once(service, share_id, body.secret, items, key))
+    sync_count = await service.sync(share_id, body.secret, items)
+    return json_response({"success": True, "syncCount": sync_count})
+
+
+async def delete_share(request: web.Request) -> web.Response:
+    key = _idempotency_key(request)
+    body = parse_body(SecretBody, await read_json(request))
+    service, share_id = request.app[SERVICE], request.match_info["id"]
+    if key is not None:
+        return json_response(await idempotency.delete_once(service, share_id, body.secret, key))
+    await service.delete(share_id, body.secret)
+    return json_response({"success": True})
+
+
+async def get_share(request: web.Request) -> web.Response:
+    view = await request.app[SERVICE].public_share(request.match_info["id"], request_read_token(request))
+    return _public_json(view.agent_session(), view.redact)
+
+
+async def get_share_data(request: web.Request) -> web.Response:
+    view = await request.app[SERVICE].public_share(request.match_info["id"], request_read_token(request))
+    return _public_json(view.data_items(), view.redact)
+
+
+def _public_json(data: Any, redact: Callable[[str], str]) -> web.Response:
+    text = redact(json_bytes(data).decode("utf-8"))
+    # A live share changes every second: never let a cache serve a stale copy.
+    return web.Response(text=text, content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+async def get_share_metadata(request: web.Request) -> web.Response:
+    metadata = await request.app[SERVICE].metadata(request.match_info["id"], request_read_token(request))
+    return json_response(metadata, headers={"Cache-Control": "no-store"})
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    require_admin(request)
+    sessions = await request.app[SERVICE].list_index()
+    return json_response({"sessions": sessions, "count": len(sessions)})
+
+
+async def api_not_found(request: web.Request) -> web.Response:
+    return json_response({"error": "Not Found"}, status=404)
+
+
+async def api_options(request: web.Request) -> web.Response:
+    """CORS preflight (hono ``cors()`` defaults)."""
+    headers = {"Access-Control-Allow-Methods": "GET,HEAD,PUT,POST,DELETE,PATCH"}
+    requested = request.headers.get("Access-Control-Request-Headers")
+    if requested:
+        headers["Access-Control-Allow-Headers"] = requested
+        headers["Vary"] = "Access-Control-Request-Headers"
+    return web.Response(status=204, headers=headers)
+
+
+# -- durable routes (docs/protocol.md) ------------------------------------------------------------
+
+
+async def append_ops(request: web.Request) -> web.Response:
+    limit = min(MAX_OPS_PER_REQUEST, request.app[SETTINGS].limits.max_items_per_sync)
+    secret, epoch, parsed = ops.parse_ops_request(await read_json(request), max_items=limit)
+    return json_response(await ops.append_ops(request.app[SERVICE], request.match_info["id"], secret, epoch, parsed))
+
+
+async def _secret(request: web.Request) -> str:
+    body: SecretBody = parse_body(SecretBody, await read_json(request))
+    return body.secret
+
+
+async def redeem(request: web.Request) -> web.Response:
+    secret = await _secret(request)
+    return json_response(await owner.redeem(request.app[SERVICE], request.match_info["id"], secret, public_origin(request)))
+
+
+async def rotate(request: web.Request) -> web.Response:
+    secret = await _secret(request)
+    answer = await owner.rotate_secret(request.app[SERVICE], request.match_info["id"], secret, public_origin(request))
+    return json_response(answer)
+
+
+async def read_token(request: web.Request) -> web.Response:
+    secret = await _secret(request)
+    return json_response(await owner.read_token(request.app[SERVICE], request.match_info["id"], secret))
+
+
+async def privacy(request: web.Request) -> web.Response:
+    body = parse_body(PrivacyBody, await read_json(request))
+    return json_response(await owner.set_private(request.app[SERVICE], request.match_info["id"], body.secret, body.private))
+
+
+async def expiry(request: web.Request) -> web.Response:
+    body = parse_body(ExpiryBody, await read_json(request))
+    answer = await owner.set_expiry(request.app[SERVICE], request.match_info["id"], body.secret, body.ttl, body.expiresAt)
+    return json_response(answer)

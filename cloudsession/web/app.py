@@ -1,0 +1,33 @@
+"""The application factory: ``create_app(settings)`` wires the domain, the live hub, the renderer
+and the doors together. Wiring only: resources are in ``lifecycle.py``, routes in ``routes.py``,
+error handling in ``middleware.py``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cloudsession.config import Settings
+from cloudsession.live.hub import LiveHub
+from cloudsession.render.pages import ViewRenderer
+from cloudsession.web import lifecycle
+from cloudsession.web.keys import LIVE, RENDERER, SERVICE, SETTINGS
+from cloudsession.web.middleware import cors_middleware, error_middleware
+from cloudsession.web.routes import setup_routes
+
+__all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[cors_middleware, error_middleware],
+        client_max_size=settings.limits.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[LIVE] = LiveHub()  # viewers of /ws/<id> hear about every sync
+    app[RENDERER] = ViewRenderer()
+    app.on_shutdown.append(lifecycle.close_viewers)
+    app.cleanup_ctx.append(lifecycle.share_service)
+    app.cleanup_ctx.append(lifecycle.periodic_sweep)  # expired shares and folded journal entries
+    app.cleanup_ctx.append(lifecycle.redis_fanout)  # live updates across replicas when REDIS_URL is set
+    setup_routes(app)
+    return app

@@ -1,0 +1,58 @@
+"""The three ways a request proves it holds the admin key (``SESSIONS_RPC_SHARED_KEY``).
+
+- the ``x-opencode-share-key`` header (``/api/sessions``, ``/rpc/share``, ``/sessions``);
+- the sign-in cookie of ``/sessions``, which holds an HMAC of the key, never the key;
+- for ``/rpc/share`` only, no key at all when none is configured (open, as in the reference).
+
+Every comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from aiohttp import web
+
+from cloudsession.credentials import secrets_equal
+from cloudsession.errors import Unauthorized
+from cloudsession.protocol import ADMIN_HEADER
+from cloudsession.web.keys import SETTINGS
+
+ADMIN_COOKIE = "cloudsession_admin"
+
+
+def admin_key(request: web.Request) -> str | None:
+    """The configured admin key, or None when there is none (or it is empty)."""
+    key = request.app[SETTINGS].rpc_shared_key
+    return key.get_secret_value() if key is not None and key.get_secret_value() else None
+
+
+def cookie_token(key: str) -> str:
+    # The cookie holds a MAC derived from the key, never the key itself.
+    return hmac.new(key.encode(), b"cloudsession sessions login v1", hashlib.sha256).hexdigest()
+
+
+def has_admin_header(request: web.Request) -> bool:
+    key = admin_key(request)
+    given = request.headers.get(ADMIN_HEADER)
+    return key is not None and given is not None and secrets_equal(given, key)
+
+
+def is_admin(request: web.Request) -> bool:
+    """The admin key in the header, or the sign-in cookie."""
+    if has_admin_header(request):
+        return True
+    key, cookie = admin_key(request), request.cookies.get(ADMIN_COOKIE)
+    return key is not None and cookie is not None and secrets_equal(cookie, cookie_token(key))
+
+
+def require_admin(request: web.Request) -> None:
+    """``x-opencode-share-key`` must equal the admin key; 401 otherwise (and when none is set)."""
+    if not has_admin_header(request):
+        raise Unauthorized()
+
+
+def rpc_allowed(request: web.Request) -> bool:
+    """``/rpc/share``: open without a configured key, else the header must hold it."""
+    return admin_key(request) is None or has_admin_header(request)
