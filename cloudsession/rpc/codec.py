@@ -47,6 +47,8 @@ class RpcLimits:
     max_bigint_digits: int = 4300
     max_pushes_per_batch: int = 1000
     max_concurrent_calls: int = 64
+    # An HTTP batch's body must arrive within this long (408 otherwise); None: no deadline.
+    max_batch_seconds: float | None = None
     # Live entries in a WebSocket session's export table (calls not yet released by the client).
     max_exports: int = 10_000
 
@@ -65,6 +67,18 @@ class LimitExceeded(ProtocolError):
     """A configured limit was exceeded (message size, push count)."""
 
     status = 413
+
+
+class BodyTimeout(ProtocolError):
+    """An HTTP batch's body did not arrive within ``RpcLimits.max_batch_seconds``."""
+
+    status = 408
+
+
+class UnsupportedEncoding(ProtocolError):
+    """A ``Content-Encoding`` on an HTTP batch: compressed bodies are never inflated."""
+
+    status = 415
 
 
 class RpcError(Exception):

@@ -7,17 +7,26 @@ value counts (the proxy nearest the client).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import sys
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from cloudsession.errors import BodyAborted, RequestTimeout
 from cloudsession.jsonio import json_bytes, parse_json
 from cloudsession.protocol import READ_TOKEN_HEADER
 from cloudsession.web.keys import SETTINGS
 
 # The reference parses a body as JSON only for these content types (hono's rule); anything else
 # is treated as an empty object, which then fails validation with a 400.
+log = logging.getLogger(__name__)
+
 _JSON_TYPE_RE = re.compile(r"^application/([a-z.\-]+\+)?json(\s*;.*)?$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
@@ -52,8 +61,26 @@ async def read_json(request: web.Request) -> Any:
     if not _JSON_TYPE_RE.match(request.headers.get("Content-Type", "")):
         return {}
     # Beyond client_max_size aiohttp raises HTTPRequestEntityTooLarge; the error middleware
-    # answers it as our 413.
-    return parse_json(await request.read())
+    # answers it as our 413. A Content-Length above it was refused before (middleware.py).
+    async with body_deadline(request):
+        body = await request.read()
+    return parse_json(body)
+
+
+@asynccontextmanager
+async def body_deadline(request: web.Request) -> AsyncIterator[None]:
+    """Around every read of a request body: the body must arrive within ``body_timeout_seconds``
+    (else 408, and the connection is closed), and a client that goes away in the middle of its
+    body is one debug line and a 400, not an unhandled error with a traceback."""
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout_seconds):
+            yield
+    except TimeoutError:
+        log.info("%s %s: request body not received in time; closing", request.method, request.path)
+        raise RequestTimeout() from None
+    except (web.RequestPayloadError, ConnectionError) as exc:
+        log.debug("%s %s: request body aborted: %s", request.method, request.path, exc)
+        raise BodyAborted() from None
 
 
 def _first(request: web.Request, header: str) -> str:
@@ -86,7 +113,37 @@ def public_origin(request: web.Request) -> str:
     return f"{forwarded_proto(request)}://{host}"
 
 
+def client_address(request: web.Request) -> str:
+    """The address per-client limits count by: the connection's peer. Behind a reverse proxy
+    every client shares the proxy's address (docs/hardening.md)."""
+    return request.remote or ""
+
+
 def request_read_token(request: web.Request) -> str | None:
     """A private share's read token: the ``x-opencode-share-token`` header, or ``?token=`` (how a
     browser link carries it; the access log leaves query strings out). See docs/protocol.md."""
     return request.headers.get(READ_TOKEN_HEADER) or request.query.get("token")
+
+
+class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection-level logger (``aiohttp.server``), made quiet about the client's faults.
+
+    Requests that break HTTP (a malformed request line or header, a line too long, a bad chunk)
+    and connections dropped mid-request are the internet's background noise: one INFO line
+    each, without a traceback. Anything else keeps its traceback at ERROR.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(error, (HttpProcessingError, web.RequestPayloadError, ConnectionError)):
+            text = str(msg) % args if args else str(msg)
+            detail = getattr(error, "message", None) or str(error) or type(error).__name__
+            self.info("%s: %s: %s", text, type(error).__name__, str(detail)[:200])
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        return msg, kwargs
