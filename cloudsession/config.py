@@ -115,10 +115,12 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     # Deadlines on the HTTP connection (docs/hardening.md). A connection is closed when no
     # complete request head arrives within keepalive_timeout_seconds of it opening or of the
-    # previous answer (idle keep-alive and slow headers alike); a request body must arrive
-    # within body_timeout_seconds of the handler starting to read it (408 and close otherwise).
+    # previous answer (idle keep-alive and slow headers alike). A request body may take
+    # body_timeout_seconds plus one second per body_min_bytes_per_second bytes received so far
+    # (408 and close otherwise): trickled bodies end quickly, large honest uploads never do.
     keepalive_timeout_seconds: float = Field(15.0, gt=0)
-    body_timeout_seconds: float = Field(120.0, gt=0)
+    body_timeout_seconds: float = Field(10.0, gt=0)
+    body_min_bytes_per_second: int = Field(32 * 1024, ge=1)
     # A live viewer's socket must accept each piece of a frame within this long, or it is closed.
     viewer_send_timeout_seconds: float = Field(30.0, gt=0)
 
@@ -236,6 +238,7 @@ VARS: dict[str, tuple[str, ...]] = {
     "VIEWER_BUFFER_BYTES": ("limits", "viewer_buffer_bytes"),
     "KEEPALIVE_TIMEOUT_SECONDS": ("keepalive_timeout_seconds",),
     "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds",),
+    "BODY_MIN_BYTES_PER_SECOND": ("body_min_bytes_per_second",),
     "VIEWER_SEND_TIMEOUT_SECONDS": ("viewer_send_timeout_seconds",),
     "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),

@@ -50,8 +50,7 @@ async def serve_rpc(request: web.Request, main_factory: MainFactory, limits: Rpc
 
 async def handle_batch(request: web.Request, main: Any, limits: RpcLimits) -> web.Response:
     try:
-        async with asyncio.timeout(limits.max_batch_seconds):
-            lines = await _read_batch(request, limits.max_batch_bytes)
+        lines = await _read_batch(request, limits)
     except TimeoutError:
         return _protocol_error_response(BodyTimeout("RPC batch body not received in time"), close=True)
     except (web.RequestPayloadError, ConnectionError) as exc:
@@ -75,8 +74,9 @@ async def handle_batch(request: web.Request, main: Any, limits: RpcLimits) -> we
     return web.Response(text="\n".join(sent), content_type="text/plain", headers=BATCH_HEADERS)
 
 
-async def _read_batch(request: web.Request, max_bytes: int) -> list[str]:
+async def _read_batch(request: web.Request, limits: RpcLimits) -> list[str]:
     """The body's messages. An empty body is no message; one trailing newline is tolerated."""
+    max_bytes = limits.max_batch_bytes
     too_large = LimitExceeded(f"RPC batch exceeds the maximum size of {max_bytes} bytes")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
@@ -87,7 +87,15 @@ async def _read_batch(request: web.Request, max_bytes: int) -> list[str]:
     # Read the stream ourselves so this limit, not the app-wide client_max_size, applies.
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(_READ_CHUNK):
+    loop = asyncio.get_running_loop()
+    started, grace, rate = loop.time(), limits.max_batch_seconds, limits.min_batch_bytes_per_second
+    while True:
+        # The deadline moves with the bytes received (see RpcLimits.max_batch_seconds).
+        deadline = None if grace is None else started + grace + size / rate
+        async with asyncio.timeout_at(deadline):
+            chunk = await request.content.read(_READ_CHUNK)
+        if not chunk:
+            break
         size += len(chunk)
         if size > max_bytes:
             raise too_large

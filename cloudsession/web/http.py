@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from cloudsession.errors import BodyAborted, RequestTimeout
+from cloudsession.errors import BodyAborted, BodyTooLarge, RequestTimeout
 from cloudsession.jsonio import json_bytes, parse_json
 from cloudsession.protocol import READ_TOKEN_HEADER
 from cloudsession.web.keys import SETTINGS
@@ -60,20 +60,48 @@ async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or ``{}`` when the content type is not JSON (reference rule)."""
     if not _JSON_TYPE_RE.match(request.headers.get("Content-Type", "")):
         return {}
-    # Beyond client_max_size aiohttp raises HTTPRequestEntityTooLarge; the error middleware
-    # answers it as our 413. A Content-Length above it was refused before (middleware.py).
-    async with body_deadline(request):
-        body = await request.read()
-    return parse_json(body)
+    return parse_json(await read_body(request))
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, at most ``max_body_bytes`` (413 beyond), arriving in time.
+
+    The deadline moves with progress: the body may take ``body_timeout_seconds`` plus one
+    second for every ``body_min_bytes_per_second`` bytes received so far. A client that
+    trickles its body is answered 408 and disconnected after about ``body_timeout_seconds``;
+    one that uploads a large body at any sane speed is never cut off.
+    """
+    settings = request.app[SETTINGS]
+    limit = settings.limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"Request body exceeds {limit} bytes")
+    loop = asyncio.get_running_loop()
+    started, grace, rate = loop.time(), settings.body_timeout_seconds, settings.body_min_bytes_per_second
+    chunks: list[bytes] = []
+    size = 0
+    async with body_deadline(request, timeout=None):
+        while True:
+            async with asyncio.timeout_at(started + grace + size / rate):
+                chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"Request body exceeds {limit} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @asynccontextmanager
-async def body_deadline(request: web.Request) -> AsyncIterator[None]:
-    """Around every read of a request body: the body must arrive within ``body_timeout_seconds``
-    (else 408, and the connection is closed), and a client that goes away in the middle of its
-    body is one debug line and a 400, not an unhandled error with a traceback."""
+async def body_deadline(request: web.Request, timeout: float | None = -1.0) -> AsyncIterator[None]:
+    """Around every read of a request body: a body that does not arrive within ``timeout``
+    (default ``body_timeout_seconds``; None: the caller keeps its own deadline) is a 408 and the
+    connection is closed, and a client that goes away in the middle of its body is one debug
+    line and a 400, not an unhandled error with a traceback."""
+    if timeout is not None and timeout < 0:
+        timeout = request.app[SETTINGS].body_timeout_seconds
     try:
-        async with asyncio.timeout(request.app[SETTINGS].body_timeout_seconds):
+        async with asyncio.timeout(timeout):
             yield
     except TimeoutError:
         log.info("%s %s: request body not received in time; closing", request.method, request.path)
