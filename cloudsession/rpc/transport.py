@@ -52,7 +52,14 @@ async def handle_batch(request: web.Request, main: Any, limits: RpcLimits) -> we
     try:
         lines = await _read_batch(request, limits)
     except TimeoutError:
-        return _protocol_error_response(BodyTimeout("RPC batch body not received in time"), close=True)
+        # A client this slow would hold the connection while aiohttp reads and discards the rest
+        # of its body after the answer: answer, then close at once.
+        response = _protocol_error_response(BodyTimeout("RPC batch body not received in time"), close=True)
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()
+        return response
     except (web.RequestPayloadError, ConnectionError) as exc:
         # The client went away in the middle of its batch: nobody is left to answer.
         log.debug("RPC batch body aborted: %s", exc)

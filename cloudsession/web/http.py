@@ -169,7 +169,8 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         if isinstance(error, (HttpProcessingError, web.RequestPayloadError, ConnectionError)):
             text = str(msg) % args if args else str(msg)
             detail = getattr(error, "message", None) or str(error) or type(error).__name__
-            self.info("%s: %s: %s", text, type(error).__name__, str(detail)[:200])
+            # One line: the detail may quote the client's bytes, newlines included.
+            self.info("%s: %s: %s", text, type(error).__name__, " ".join(str(detail).split())[:200])
             return
         super().exception(msg, *args, exc_info=exc_info, **kwargs)
 

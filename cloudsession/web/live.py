@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -79,9 +80,22 @@ class FrameSocket:
         return await self._ws.close(code=code, message=message)
 
     def abort(self) -> None:
-        transport = self._request.transport
-        if transport is not None:
-            transport.abort()
+        reset(self._request)
+
+
+def reset(request: web.Request) -> None:
+    """Drop a viewer's connection with a reset: what it did not read is discarded at once, by
+    this process and by the kernel (a plain close would leave the kernel trying to deliver it)."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
 
 def _origin_allowed(request: web.Request) -> bool:
     """Browsers send ``Origin`` on WebSocket upgrades; it must be this server. Non-browser
@@ -129,8 +143,8 @@ async def share_socket(request: web.Request) -> web.StreamResponse:
     # compress=False: compressing one shared frame once per viewer would multiply the work and
     # give every viewer its own copy; nothing a viewer sends is worth inflating either.
     ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=4096, autoping=True, compress=False)
-    socket = FrameSocket(request, ws, settings.viewer_send_timeout_seconds)
-    viewer = Viewer(socket, fmt, address=address, max_queued_bytes=settings.limits.viewer_buffer_bytes)
+    frames = FrameSocket(request, ws, settings.viewer_send_timeout_seconds)
+    viewer = Viewer(frames, fmt, address=address, max_queued_bytes=settings.limits.viewer_buffer_bytes)
     # Counted before the handshake's first await, so parallel handshakes cannot all pass the caps.
     hub.add(share_id, viewer)
     try:
@@ -144,7 +158,7 @@ async def share_socket(request: web.Request) -> web.StreamResponse:
     # A pump that ends by itself (close sent, or the client dropped for not reading) ends the
     # handler too, whatever the client is (not) sending.
     ending = False
-    pump.add_done_callback(lambda _: None if ending or ws.closed else socket.abort())
+    pump.add_done_callback(lambda _: None if ending or ws.closed else frames.abort())
     try:
         async for message in _incoming(ws):
             del message  # client frames are ignored, as in the reference
@@ -167,7 +181,7 @@ async def share_socket(request: web.Request) -> web.StreamResponse:
         if transport is not None and transport.get_write_buffer_size() > 0:
             # Closed, but the client is not reading even the close: do not let the connection
             # linger with its unsent bytes.
-            transport.abort()
+            reset(request)
     return ws
 
 

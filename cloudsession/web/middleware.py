@@ -14,7 +14,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from cloudsession.errors import BodyTooLarge, PayloadTooLarge, ShareError, UnsupportedEncoding
+from cloudsession.errors import BodyTooLarge, PayloadTooLarge, RequestTimeout, ShareError, UnsupportedEncoding
 from cloudsession.jsonio import json_bytes
 from cloudsession.web.http import html_response
 from cloudsession.web.keys import RENDERER, SETTINGS
@@ -46,6 +46,13 @@ async def _error_response(request: web.Request, error: ShareError) -> web.Respon
     if error.close_connection:
         # The body was not (all) read: close rather than read and discard the rest of it.
         response.force_close()
+    if isinstance(error, RequestTimeout):
+        # A client this slow would hold the connection for aiohttp's lingering time while the
+        # rest of its body is read and discarded: answer, then close at once.
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()
     return response
 
 
