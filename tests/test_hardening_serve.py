@@ -103,8 +103,8 @@ async def test_compressed_bodies_cost_no_memory(server: ServerProcess) -> None:
     before = rss(pid_of(server))
     with PeakRss(pid_of(server)) as peak:
         statuses = await asyncio.gather(*(status_of(server.port, head + body) for _ in range(10)))
-    assert statuses == [415] * 10
     assert peak.peak - before < MEMORY_BOUND, f"RSS grew by {(peak.peak - before) / MiB:.0f} MiB"
+    assert statuses == [415] * 10
 
 
 def big_items(megabytes: int, tag: str) -> list[dict[str, Any]]:
@@ -166,7 +166,7 @@ async def test_viewers_that_never_read_cost_bounded_memory_and_are_dropped(serve
     sync = f"/api/share/{creds['id']}/sync"
     # The same sync with nobody watching first: the sync's own cost is not the viewers'.
     await asyncio.to_thread(call, server, sync, {"secret": creds["secret"], "data": big_items(10, "warm")})
-    viewers = [stuck_viewer(server.port, f"/ws/{creds['id']}") for _ in range(40)]
+    viewers = [stuck_viewer(server.port, f"/ws/{creds['id']}") for _ in range(60)]
     try:
         await asyncio.sleep(0.3)
         before = rss(pid_of(server))
