@@ -104,7 +104,8 @@ def print_report(title: str, report: maintenance.Report, *, dry_run: bool) -> No
 def run(coro: Any) -> int:
     """Run a command coroutine; a share or store problem is one line on stderr and exit 1."""
     try:
-        return asyncio.run(coro)
+        status: int = asyncio.run(coro)
+        return status
     except ShareError as exc:
         print(f"cloudsession: {exc.message}", file=sys.stderr)
         return 1
