@@ -123,6 +123,11 @@ class Settings(BaseModel):
     body_min_bytes_per_second: int = Field(32 * 1024, ge=1)
     # A live viewer's socket must accept each piece of a frame within this long, or it is closed.
     viewer_send_timeout_seconds: float = Field(30.0, gt=0)
+    # Reverse proxies in front of the server that append the client's address to
+    # X-Forwarded-For (nginx's $proxy_add_x_forwarded_for, Caddy): per-address limits count the
+    # entry this many places from the right. 0: the connection's peer (no proxy; the header is
+    # then ignored, since any client can send it).
+    trusted_proxy_hops: int = Field(0, ge=0, le=10)
 
     @field_validator("public_url")
     @classmethod
@@ -240,6 +245,7 @@ VARS: dict[str, tuple[str, ...]] = {
     "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds",),
     "BODY_MIN_BYTES_PER_SECOND": ("body_min_bytes_per_second",),
     "VIEWER_SEND_TIMEOUT_SECONDS": ("viewer_send_timeout_seconds",),
+    "TRUSTED_PROXY_HOPS": ("trusted_proxy_hops",),
     "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),

@@ -22,8 +22,8 @@ class ShareError(Exception):
     message: str = "Internal Server Error"
     # The JS error class name used when the error travels over Cap'n Web RPC.
     rpc_name: str = "Error"
-    # Raised before the request body was read: the answer closes the connection instead of
-    # reading (and discarding) whatever body is still on its way.
+    # Raised before the request body was (all) read: the answer ends the connection, so that
+    # whatever body is still on its way is discarded rather than parsed as the next request.
     close_connection: bool = False
 
     def __init__(self, message: str | None = None, *, detail: Any = None) -> None:

@@ -246,3 +246,28 @@ def test_a_hub_counts_viewers_per_address() -> None:
     hub.remove("share0", viewers[0])
     hub.remove("share0", viewers[0])  # twice: counted once
     assert hub.viewers_from("10.0.0.1") == 1 and hub.has_room("share9", "10.0.0.1")
+
+
+@pytest.mark.parametrize("hops", [0, 1])
+async def test_the_viewer_cap_counts_the_address_a_trusted_proxy_saw(aiohttp_client, tmp_path: Path, hops: int) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for_tests(tmp_path / "d", trusted_proxy_hops=hops, limits={"max_viewers_per_address": 1})
+    web = await aiohttp_client(create_app(settings))
+    creds = await create(web)
+
+    async def connect(forwarded_for: str) -> aiohttp.ClientWebSocketResponse | int:
+        try:
+            return await web.ws_connect(f"/ws/{creds['id']}", headers={"X-Forwarded-For": forwarded_for})
+        except aiohttp.WSServerHandshakeError as refused:
+            return refused.status
+
+    first = await connect("198.51.100.1")
+    # Entries left of the proxy's own are the client's to invent: they change nothing.
+    spoofed = await connect("203.0.113.9, 198.51.100.1")
+    other = await connect("198.51.100.2")
+    assert not isinstance(first, int) and spoofed == 503
+    if hops == 0:
+        assert other == 503  # without a trusted proxy the header is ignored: one peer, one address
+    else:
+        assert not isinstance(other, int)
+        await other.close()
+    await first.close()

@@ -23,10 +23,10 @@ from cloudsession.jsonio import json_bytes, parse_json
 from cloudsession.protocol import READ_TOKEN_HEADER
 from cloudsession.web.keys import SETTINGS
 
-# The reference parses a body as JSON only for these content types (hono's rule); anything else
-# is treated as an empty object, which then fails validation with a 400.
 log = logging.getLogger(__name__)
 
+# The reference parses a body as JSON only for these content types (hono's rule); anything else
+# is treated as an empty object, which then fails validation with a 400.
 _JSON_TYPE_RE = re.compile(r"^application/([a-z.\-]+\+)?json(\s*;.*)?$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
@@ -142,9 +142,16 @@ def public_origin(request: web.Request) -> str:
 
 
 def client_address(request: web.Request) -> str:
-    """The address per-client limits count by: the connection's peer. Behind a reverse proxy
-    every client shares the proxy's address (docs/hardening.md)."""
-    return request.remote or ""
+    """The address per-client limits count by (docs/hardening.md): the connection's peer, or,
+    with ``trusted_proxy_hops`` = N, the N-th ``X-Forwarded-For`` entry from the right, which
+    the nearest of N trusted proxies wrote (entries further left are the client's to invent)."""
+    peer = request.remote or ""
+    hops = request.app[SETTINGS].trusted_proxy_hops
+    if hops == 0:
+        return peer
+    entries = [e.strip() for line in request.headers.getall("X-Forwarded-For", []) for e in line.split(",")]
+    entries = [e for e in entries if e]
+    return entries[-hops] if len(entries) >= hops else peer
 
 
 def request_read_token(request: web.Request) -> str | None:

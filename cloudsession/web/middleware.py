@@ -44,7 +44,8 @@ async def _error_response(request: web.Request, error: ShareError) -> web.Respon
     else:
         response = await error_page(request, error.status, error.message)
     if error.close_connection:
-        # The body was not (all) read: close rather than read and discard the rest of it.
+        # The body was not (all) read: no keep-alive; the rest is discarded (aiohttp lingers for
+        # at most 10 s so that a client still sending sees this answer), then the connection closes.
         response.force_close()
     if isinstance(error, RequestTimeout):
         # A client this slow would hold the connection for aiohttp's lingering time while the
@@ -106,7 +107,9 @@ async def body_guard_middleware(request: web.Request, handler: Handler) -> web.S
     - a ``Content-Length`` above ``max_body_bytes`` is refused with 413 before the body is read
       (``/rpc/share`` does the same itself, after checking its key).
 
-    Both answers close the connection instead of reading the body that may still be on its way.
+    Both answers end the connection: what may still be on its way is read and discarded for at
+    most aiohttp's lingering time (10 s, so that a client still sending sees the answer rather
+    than a reset), never kept, never inflated.
     """
     if request.body_exists:
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
