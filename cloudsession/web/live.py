@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from cloudsession.errors import SessionNotFound
-from cloudsession.jsonio import json_bytes
 from cloudsession.live.hub import FORMAT_EVENTS, FORMAT_REFERENCE, LiveHub, Viewer
+from cloudsession.shares.public import current_redactor
 from cloudsession.web.http import forwarded_host, request_read_token
 from cloudsession.web.keys import LIVE, SERVICE, SETTINGS
 
@@ -66,9 +66,12 @@ async def share_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=4096, autoping=True)
     await ws.prepare(request)
     viewer = Viewer(ws, fmt)
-    hub.add(share_id, viewer)
+    # Reading the share registered its owner in this request's redaction scope: every frame the
+    # hub makes for this share's viewers passes through it.
+    redactor = current_redactor()
+    hub.add(share_id, viewer, redactor.serialised if redactor else None)
     if fmt == FORMAT_EVENTS:
-        viewer.offer(json_bytes({"type": "hello", "syncCount": metadata.get("syncCount", 0)}).decode(), 0)
+        viewer.offer(hub.frame(share_id, {"type": "hello", "syncCount": metadata.get("syncCount", 0)}), 0)
     pump = asyncio.create_task(viewer.pump())
     try:
         async for message in _incoming(ws):

@@ -1,4 +1,5 @@
-"""Middlewares: domain errors turned into responses at the boundary, and CORS on ``/api/``.
+"""Middlewares: owner keys redacted from every response, domain errors turned into responses at
+the boundary, and CORS on ``/api/``.
 
 Errors are JSON under ``/api/`` and ``/rpc/`` (with CORS, as the reference) and the HTML error
 page (``error.html``) elsewhere; anything unexpected is a bare 500 without a traceback (the
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from cloudsession.errors import PayloadTooLarge, ShareError
 from cloudsession.jsonio import json_bytes
+from cloudsession.shares.public import redaction_scope
 from cloudsession.web.http import html_response
 from cloudsession.web.keys import RENDERER, SETTINGS
 
@@ -41,6 +43,22 @@ async def _error_response(request: web.Request, error: ShareError) -> web.Respon
     if _wants_json(request):
         return web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json")
     return await error_page(request, error.status, error.message)
+
+
+@web.middleware
+async def redaction_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request runs in a redaction scope: each share it reads registers its owner's real
+    session ID there, and the response body leaves with those IDs replaced by the public ones
+    (``shares/public.py``). Live frames are redacted by the hub with the same scope's redactor
+    (``web/live.py``); streamed files (static assets) hold no share data."""
+    with redaction_scope() as redactor:
+        response = await handler(request)
+        if redactor and isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
+            body = bytes(response.body)
+            redacted = redactor.serialised_bytes(body)
+            if redacted is not body:
+                response.body = redacted
+        return response
 
 
 @web.middleware
