@@ -45,7 +45,7 @@ from cloudsession.errors import (
 from cloudsession.jsonio import json_bytes
 from cloudsession.shares.events import EventSink, NullSink
 from cloudsession.shares.public import PublicShare, Redactor, current_redactor, note_owner
-from cloudsession.shares.state import ShareState, sha256_hex
+from cloudsession.shares.state import ShareState, regression, sha256_hex
 from cloudsession.shares.storage import INDEX_PREFIX, index_key, journal_key, journal_prefix, snapshot_key
 from cloudsession.store import open_store
 from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys, read_json_object
@@ -372,10 +372,22 @@ class ShareService:
             log.exception("share %s: access-change notification failed", share_id)
 
     async def notify_sync(self, state: ShareState, items: list[dict[str, Any]], sync_count: int) -> None:
+        # Viewers are told what the fold kept: an update it ignored as a regression is left out.
+        applied = [item for item in items if not self._regressed(state, item)]
         try:
-            await self.events.share_synced(state.share_id, self.public_items(state, items), sync_count)
+            await self.events.share_synced(state.share_id, self.public_items(state, applied), sync_count)
         except Exception:  # a viewer problem must never fail a durable write
             log.exception("share %s: live notification failed", state.share_id)
+
+    @staticmethod
+    def _regressed(state: ShareState, item: dict[str, Any]) -> bool:
+        kind, data = item["type"], item["data"]
+        if kind == "session":
+            return regression(kind, state.synced_session, data) is not None
+        if kind in ("message", "part"):
+            stored = (state.messages if kind == "message" else state.parts).get(data["id"])
+            return regression(kind, stored, data) is not None
+        return False
 
     async def delete(self, share_id: str, secret: str | None, *, admin: bool = False) -> None:
         """Delete a share (``admin`` skips the secret check: the operator's kill switch)."""
