@@ -250,3 +250,48 @@ def test_redactor_handles_many_owners_and_short_ids_only_in_values() -> None:
     # the long ones: replacing three characters in markup would break it.
     assert redactor.value({"ab1": "xAB1y"}) == {"ab1": "xses_shorty"}
     assert redactor.serialised("<ab1>") == "<ab1>"
+
+
+async def test_an_output_that_forgets_to_redact_is_redacted_at_the_boundary(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A handler added later that renders the raw stored state (the mistake the single redaction
+    point exists for) still cannot leak the owner key: reading the share registered it."""
+    from aiohttp import web as aioweb
+
+    from cloudsession.web.keys import SERVICE
+
+    async def careless(request: aioweb.Request) -> aioweb.Response:
+        state = await request.app[SERVICE].load(request.match_info["id"])
+        return aioweb.Response(text=f"<h1>{state.session['title']}</h1><p>{state.meta.session_id.upper()}</p>", content_type="text/html")
+
+    app = create_app(settings_for_tests(tmp_path / "data"))
+    app.router.add_get("/careless/{id}", careless)
+    web = await aiohttp_client(app)
+    creds = await create(web, SES)
+    await sync(web, creds, [item("session", session(title=f"about {SES}"))])
+    body = await (await web.get(f"/careless/{creds['id']}")).text()
+    assert_clean(body, SES, "the careless page")
+    public = credentials.public_session_id(credentials.parse_namespace(NAMESPACE), SES)
+    assert body == f"<h1>about {public}</h1><p>{public}</p>"
+
+
+async def test_every_live_frame_passes_through_the_viewers_redaction() -> None:
+    """Even items that skipped the domain's redaction (a relayed message from an older replica)
+    reach a viewer redacted: the hub makes every frame through the share's redactor."""
+    from cloudsession.live.hub import FORMAT_REFERENCE, LiveHub, Viewer
+
+    sent: list[str] = []
+
+    class Socket:
+        async def send_str(self, data: str) -> None:
+            sent.append(data)
+
+        async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+            return True
+
+    hub = LiveHub()
+    viewer = Viewer(Socket(), FORMAT_REFERENCE)
+    hub.add("D0r58s46", viewer, Redactor([(SES, "ses_PUBLIC")]).serialised)
+    await hub.deliver_synced("D0r58s46", [item("part", {"id": "prt_1", "text": f"see {SES.upper()}"})], 1)
+    viewer.queue.put_nowait(None)  # then close
+    await viewer.pump()
+    assert sent == ['[{"type":"part","data":{"id":"prt_1","text":"see ses_PUBLIC"}}]']
