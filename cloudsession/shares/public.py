@@ -29,6 +29,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 # Serialised output (markup, JSON) is redacted only for IDs at least this long; values always.
 MIN_REDACT_LENGTH = 12
 _FALLBACK_PUBLIC = "ses_redacted"
@@ -64,7 +66,7 @@ def _trie_pattern(words: Iterable[str]) -> str:
 class Redactor:
     """Replaces owner keys (real session IDs) with their public IDs; see the module docstring."""
 
-    __slots__ = ("_public", "_long", "_long_lengths", "_all_re", "_long_re")
+    __slots__ = ("_public", "_long", "_long_lengths", "_all_re", "_long_re", "_probe")
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
         self._public: dict[str, str] = {}  # casefolded variant -> public id
@@ -74,6 +76,8 @@ class Redactor:
         self._all_re: re.Pattern[str] | None = None
         self._long_re: re.Pattern[bytes] | None = None
         self._long_lengths: dict[bytes, list[int]] = {}
+        # A quick test on an object's JSON before walking it (None: not built; False: unusable).
+        self._probe: re.Pattern[bytes] | bool | None = None
         for real, public in pairs:
             self.add(real, public)
 
@@ -85,7 +89,7 @@ class Redactor:
             return
         for variant in variants:
             self._public.setdefault(variant, public)
-        self._all_re = None
+        self._all_re, self._probe = None, None
         if len(real) >= MIN_REDACT_LENGTH:
             for variant in (real, real.lower(), real.upper(), real.casefold()):
                 self._long.setdefault(variant.encode("utf-8", "surrogatepass").lower(), public)
@@ -98,7 +102,7 @@ class Redactor:
                 self._public.setdefault(variant, public)
             for key, public in other._long.items():
                 self._long.setdefault(key, public)
-            self._all_re, self._long_re = None, None
+            self._all_re, self._long_re, self._probe = None, None, None
 
     def __bool__(self) -> bool:
         return bool(self._public)
@@ -125,6 +129,23 @@ class Redactor:
                     lengths.sort(reverse=True)
         return self._long_re
 
+    def _may_contain(self, data: Any) -> bool:
+        """False only when ``data``'s JSON certainly holds no owner ID: one C-speed search, so
+        the usual object (no mention) is not walked. Only for IDs whose JSON form is themselves
+        and whose case variants are ASCII (bytes patterns fold ASCII letters only)."""
+        if self._probe is None:
+            usable = all(v.isascii() and v.isprintable() and '"' not in v and "\\" not in v for v in self._public)
+            words = [v.encode("ascii").decode("latin-1") for v in self._public] if usable else []
+            self._probe = re.compile(_trie_pattern(words).encode("latin-1"), re.IGNORECASE) if usable else False
+        if self._probe is False:
+            return True
+        assert isinstance(self._probe, re.Pattern)
+        try:
+            blob = orjson.dumps(data)
+        except TypeError:  # not JSON data (cannot come from a store): walk it
+            return True
+        return self._probe.search(blob) is not None
+
     def text(self, value: str) -> str:
         """A string value with every owner ID, of any length and case, replaced."""
         if not self._public:
@@ -134,7 +155,7 @@ class Redactor:
     def value(self, data: Any) -> Any:
         """``data`` (JSON-like) with ``text`` applied to every string value, and to object keys
         for long IDs. Unchanged parts are returned as they are (no copy)."""
-        if not self._public:
+        if not self._public or not self._may_contain(data):
             return data
         pattern = self._all()
 

@@ -533,10 +533,22 @@ class ShareService:
             kind, data = item["type"], item["data"]
             if kind == "session":
                 data = self.public_session(data, real, public)
+            elif kind in ("message", "part"):
+                data = self._rewrite_owner(data, real, public)
             out.append({"type": kind, "data": redactor.value(data)})
         return out
 
+    @staticmethod
+    def _rewrite_owner(entity: Any, real: str, public: str) -> Any:
+        # Every message and part names its session: replaced up front, so that the redactor's
+        # quick test finds nothing in the usual entity and does not walk it.
+        if isinstance(entity, dict) and entity.get("sessionID") == real:
+            return {**entity, "sessionID": public}
+        return entity
+
     def _redact_entities(self, state: ShareState, redactor: Redactor, entities: list[Any]) -> list[Any]:
+        real = state.meta.session_id
+        public = self.public_id(real)
         pairs = self._owner_pairs(state)
         cached = self._redacted.get(state.share_id)
         previous = cached[1] if cached is not None and cached[0] == pairs else {}
@@ -544,7 +556,10 @@ class ShareService:
         out = []
         for entity in entities:
             known = previous.get(id(entity))
-            redacted = known[1] if known is not None and known[0] is entity else redactor.value(entity)
+            if known is not None and known[0] is entity:
+                redacted = known[1]
+            else:
+                redacted = redactor.value(self._rewrite_owner(entity, real, public))
             current[id(entity)] = (entity, redacted)
             out.append(redacted)
         self._redacted[state.share_id] = (pairs, current)
