@@ -12,7 +12,7 @@ from cloudsession.render.pages import ViewRenderer
 from cloudsession.web import lifecycle
 from cloudsession.web.http import ServerLog
 from cloudsession.web.keys import LIVE, RENDERER, SERVICE, SETTINGS
-from cloudsession.web.middleware import body_guard_middleware, cors_middleware, error_middleware
+from cloudsession.web.middleware import body_guard_middleware, cors_middleware, error_middleware, redaction_middleware
 from cloudsession.web.routes import setup_routes
 
 __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
@@ -20,7 +20,8 @@ __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[cors_middleware, error_middleware, body_guard_middleware],
+        # Outermost: the redaction covers every answer, error pages included.
+        middlewares=[redaction_middleware, cors_middleware, error_middleware, body_guard_middleware],
         client_max_size=settings.limits.max_body_bytes,
         # Passed to every connection's handler, whoever runs the app (``serve``, the tests), and
         # winning over run_app's own defaults; see docs/hardening.md.
