@@ -27,6 +27,7 @@ Worker recognise it::
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 import uuid
@@ -74,6 +75,94 @@ class Limits(BaseModel):
     max_session_id_length: int = Field(256, ge=8)
 
 
+_DURATION_RE = re.compile(r"^(\d{1,9})([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | int) -> int:
+    """``"7d"``, ``"12h"``, ``"90m"``, ``"3600"`` or 3600 -> seconds; ValueError otherwise."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 1:
+            raise ValueError("a duration must be positive")
+        return text
+    match = _DURATION_RE.match(str(text).strip().lower())
+    if match is None or int(match[1]) < 1:
+        raise ValueError(f"{text!r} is not a duration (like 3600, 90m, 12h, 7d or 2w)")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+class RetentionRule(BaseModel):
+    """One ``[[retention.rules]]`` entry: shares whose User-Agent matches ``user_agent`` (a regular
+    expression, searched) and that carry ``label`` (``key=value``) live ``ttl``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_agent: str | None = None
+    label: str | None = None
+    ttl: str | int
+
+    @field_validator("user_agent")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        if value is not None and "=" not in value:
+            raise ValueError("a label rule is key=value")
+        return value
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: str | int) -> int:
+        return parse_duration(value)
+
+    @property
+    def ttl_seconds(self) -> int:
+        return int(self.ttl)
+
+    def matches(self, user_agent: str, labels: dict[str, str]) -> bool:
+        if self.user_agent is None and self.label is None:
+            return False  # a rule without a condition would be the default: say so instead
+        if self.user_agent is not None and not re.search(self.user_agent, user_agent):
+            return False
+        if self.label is not None:
+            key, _, value = self.label.partition("=")
+            if labels.get(key) != value:
+                return False
+        return True
+
+
+class RetentionSettings(BaseModel):
+    """Server-wide retention (docs/lifecycle.md): the TTL of new shares that did not ask for one,
+    and the longest any share may live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_ttl: str | int | None = None
+    max_ttl: str | int | None = None
+    rules: list[RetentionRule] = Field(default_factory=list)
+
+    @field_validator("default_ttl", "max_ttl")
+    @classmethod
+    def _duration(cls, value: str | int | None) -> int | None:
+        return None if value in (None, "", 0, "0") else parse_duration(value)
+
+    @property
+    def default_ttl_seconds(self) -> int | None:
+        return None if self.default_ttl is None else int(self.default_ttl)
+
+    @property
+    def max_ttl_seconds(self) -> int | None:
+        return None if self.max_ttl is None else int(self.max_ttl)
+
+
 class Settings(BaseModel):
     """Everything the service needs, validated once at startup."""
 
@@ -107,6 +196,8 @@ class Settings(BaseModel):
     # (live.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
     redis_url: SecretStr | None = None
     log_level: str = "INFO"
+    # Retention policies: the [retention] section of the config file (docs/lifecycle.md).
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @field_validator("public_url")
     @classmethod
@@ -197,6 +288,7 @@ class EnvSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vars: dict[str, Any] = Field(default_factory=dict)
+    retention: dict[str, Any] | None = None
     r2_buckets: list[BucketBinding] | None = None
     secrets: SecretsSection | None = None
 
@@ -221,6 +313,8 @@ VARS: dict[str, tuple[str, ...]] = {
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
     "REDIS_URL": ("redis_url",),
+    "RETENTION_DEFAULT_TTL": ("retention", "default_ttl"),
+    "RETENTION_MAX_TTL": ("retention", "max_ttl"),
 }
 
 
@@ -263,6 +357,8 @@ def _apply_section(values: dict[str, Any], section: EnvSection, source: str, req
         values["store"] = _bucket_to_store(section.r2_buckets[0])
     if section.secrets is not None:
         required.update(section.secrets.required)
+    if section.retention is not None:
+        values["retention"] = {**values.get("retention", {}), **section.retention}
 
 
 def load_file(path: Path, env_name: str | None, values: dict[str, Any], required: set[str]) -> None:

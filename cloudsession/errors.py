@@ -96,6 +96,11 @@ class PayloadTooLarge(ShareError):
     message = "Payload too large"
 
 
+class ShareFinal(ShareError):
+    status = 409
+    message = "This share is final: it can no longer be changed (its owner or the admin can unfreeze it)"
+
+
 class StoreUnavailable(ShareError):
     status = 503
     message = "Storage unavailable"

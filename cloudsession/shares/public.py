@@ -26,6 +26,8 @@ class PublicShare:
     sync_count: int
     private: bool = False
     expires_at: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    final: bool = False
     # (real, public) pairs replaced in serialised output as a last line of defence.
     _redactions: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 

@@ -37,6 +37,7 @@ from cloudsession.errors import (
     SessionNotFound,
     ShareConflict,
     ShareError,
+    ShareFinal,
     ShareGone,
     ShareNotFound,
     StoreUnavailable,
@@ -240,12 +241,16 @@ class ShareService:
 
     # -- writing ------------------------------------------------------------------------------
 
-    async def commit(self, share_id: str, build: EntryBuilder, *, missing: type[ShareError] = ShareNotFound) -> CommitResult:
+    async def commit(
+        self, share_id: str, build: EntryBuilder, *, missing: type[ShareError] = ShareNotFound, allow_final: bool = False
+    ) -> CommitResult:
         """Append one journal entry built from the current state.
 
         ``build(state)`` validates against the state (raising ShareError to refuse) and returns
         the entry's content (``items``, ``syncs``, ``meta``...), or None to write nothing. It may
         run several times when other writers get in first, so it must not have side effects.
+        A finalised share refuses every write with ShareFinal (409) unless ``allow_final``
+        (finalising itself, rotation, idempotency records of creates).
         """
         limits = self.settings.limits
         async with self._lock(share_id):
@@ -253,9 +258,11 @@ class ShareService:
                 state = await self.load(share_id, missing=missing)
                 checked = time.monotonic()
                 self.ensure_live(state)
-                content = build(state)
+                content = build(state)  # checks the caller's secret first: 403 before 409
                 if content is None:
                     return CommitResult(state, state.meta.sync_count)
+                if state.meta.extra.get("final") and not allow_final:
+                    raise ShareFinal()
                 seq = state.meta.seq + 1
                 # "w" makes every entry's bytes unique, so the S3 store's lost-response check
                 # (compare what is stored with what was sent) can never mistake a rival's write
@@ -531,6 +538,8 @@ class ShareService:
             sync_count=state.meta.sync_count,
             private=bool(state.meta.extra.get("private")),
             expires_at=state.meta.extra.get("expiresAt"),
+            labels=dict(state.meta.extra.get("labels") or {}),
+            final=bool(state.meta.extra.get("final")),
             _redactions=((real, public),) if len(real) >= MIN_REDACT_LENGTH else (),
         )
         self._public_cache[state.share_id] = (version, view)

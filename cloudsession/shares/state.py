@@ -247,6 +247,10 @@ class ShareState:
             doc["private"] = True
         if self.meta.extra.get("expiresAt"):
             doc["expiresAt"] = self.meta.extra["expiresAt"]
+        if self.meta.extra.get("labels"):
+            doc["labels"] = self.meta.extra["labels"]
+        if self.meta.extra.get("final"):
+            doc["final"] = True
         return doc
 
     def snapshot_bytes_now(self, compacted_at: int) -> bytes:
