@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -230,3 +234,59 @@ async def test_finalize_over_rpc(aiohttp_server, tmp_path):
         assert (await transport.call("syncShare", share["id"], share["secret"], [f.item("session", f.session(SID))]))["success"] is True
     finally:
         await transport.close()
+
+
+# -- audit trail ----------------------------------------------------------------------------------
+
+
+async def test_the_audit_trail_records_who_changed_what_and_keeps_it_with_the_share(aiohttp_client, tmp_path, caplog):
+    settings = settings_for_tests(tmp_path / "data", rpc_shared_key=ADMIN, compact_max_entries=2)
+    web = await aiohttp_client(create_app(settings))
+    ci = {"User-Agent": "ci-bot/1.0", "X-Request-ID": "req-create-1"}
+    share = await create(web, headers=ci)
+    sid, secret = share["id"], share["secret"]
+    rotated = await (await web.post(f"/api/share/{sid}/rotate", json={"secret": secret}, headers={"X-Request-ID": "req-rotate"})).json()
+    secret = rotated["secret"]
+    assert (await web.post(f"/api/share/{sid}/privacy", json={"secret": secret, "private": True})).status == 200
+    assert (await web.post(f"/api/share/{sid}/expiry", json={"secret": secret, "ttl": 3600})).status == 200
+    assert (await web.post(f"/api/share/{sid}/finalize", json={"secret": secret})).status == 200
+    assert (await web.post(f"/api/share/{sid}/unfinalize", headers={"x-opencode-share-key": ADMIN})).status == 200
+    # A refused attempt is not a change: it goes to the log, not the trail.
+    with caplog.at_level("INFO", logger="cloudsession.audit"):
+        assert (await web.post(f"/api/share/{sid}/rotate", json={"secret": "wrong"})).status == 403
+    assert any("action=rotate outcome=denied" in r.getMessage() for r in caplog.records)
+
+    owned = await web.post(f"/api/share/{sid}/audit", json={"secret": secret})
+    assert owned.status == 200
+    events = (await owned.json())["events"]
+    assert [e["action"] for e in events] == ["create", "rotate", "privacy", "expiry", "finalize", "unfinalize"]
+    assert events[0]["userAgent"] == "ci-bot/1.0" and events[0]["requestId"] == "req-create-1"
+    assert events[1]["requestId"] == "req-rotate" and len(events[2]["requestId"]) == 32  # generated
+    assert all(e["outcome"] == "ok" and e["address"] == "127.0.0.1" and e["via"] == "http" for e in events)
+    assert events[2]["private"] is True and events[5]["admin"] is True
+    text = await owned.text()
+    assert secret not in text and share["secret"] not in text and SID not in text
+
+    assert (await web.post(f"/api/share/{sid}/audit", json={"secret": "wrong"})).status == 403
+    assert (await web.get(f"/api/share/{sid}/audit")).status == 401
+    admin = await web.get(f"/api/share/{sid}/audit", headers={"x-opencode-share-key": ADMIN})
+    assert [e["action"] for e in (await admin.json())["events"]] == [e["action"] for e in events]
+
+    # Kept through compaction (compact_max_entries=2) and by a fresh process on the same store.
+    fresh = await aiohttp_client(create_app(settings))
+    again = await (await fresh.get(f"/api/share/{sid}/audit", headers={"x-opencode-share-key": ADMIN})).json()
+    assert again["events"] == events
+
+    # The CLI reads it from the store.
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudsession", "admin", "audit", sid, "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, env={**os.environ, "SESSIONS_SHARED_SECRET": f.NAMESPACE}, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["action"] for line in done.stdout.splitlines()] == [e["action"] for e in events]
+
+    # Removed with the share; the delete itself is logged.
+    with caplog.at_level("INFO", logger="cloudsession.audit"):
+        assert (await web.delete(f"/api/share/{sid}", json={"secret": secret})).status == 200
+    assert any(f"share={sid} action=delete outcome=ok" in r.getMessage() for r in caplog.records)
+    assert (await web.get(f"/api/share/{sid}/audit", headers={"x-opencode-share-key": ADMIN})).status == 404

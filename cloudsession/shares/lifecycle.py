@@ -20,6 +20,7 @@ from typing import Any
 
 from cloudsession.config import RetentionSettings, parse_duration
 from cloudsession.errors import ValidationFailed
+from cloudsession.shares import audit
 from cloudsession.shares.service import ShareService, now_ms
 from cloudsession.shares.state import ShareState
 
@@ -118,12 +119,15 @@ def cap_expiry(policy: RetentionSettings, expires_at: int | None, now: int) -> i
 async def set_final(service: ShareService, share_id: str, secret: str | None, final: bool, *, admin: bool = False) -> dict[str, Any]:
     """Finalise (or unfreeze) a share: by its owner's secret, or by the admin (``admin=True``)."""
 
+    note = audit.record("finalize" if final else "unfinalize", admin=admin)
+
     def build(state: ShareState) -> dict[str, Any] | None:
         if not admin:
             service.check_secret(state, secret)
         if bool(state.meta.extra.get("final")) == final:
             return None  # already so: nothing to write
-        return {"meta": {"extra": {"final": True if final else None, "finalizedAt": now_ms() if final else None}}}
+        extra = {"final": True if final else None, "finalizedAt": now_ms() if final else None}
+        return {"meta": {"extra": extra}, "audit": [note]}
 
     result = await service.commit(share_id, build, allow_final=True)
     return {"id": share_id, "final": final, "finalizedAt": result.state.meta.extra.get("finalizedAt")}

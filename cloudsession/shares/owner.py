@@ -15,11 +15,13 @@ from typing import Any
 from cloudsession import credentials
 from cloudsession.config import RetentionSettings
 from cloudsession.errors import (
+    InvalidSecret,
     SessionNotFound,
     ShareGone,
     ShareNotFound,
     ValidationFailed,
 )
+from cloudsession.shares import audit
 from cloudsession.shares.inputs import ShareOptionsBody, parse_body
 from cloudsession.shares.lifecycle import CreateContext, cap_expiry, parse_labels, retention_ttl
 from cloudsession.shares.service import ShareCredentials, ShareService, is_expired, now_ms
@@ -53,25 +55,32 @@ async def redeem(service: ShareService, share_id: str, secret: str, origin: str)
     }
 
 
-async def _change(service: ShareService, share_id: str, secret: str, content: Any, *, allow_final: bool = False) -> ShareMeta:
-    """Commit a metadata change by the share's owner; returns the metadata it was built on (a
-    copy: the cached state itself moves on with the commit)."""
+async def _change(
+    service: ShareService, share_id: str, secret: str, action: str, content: Any, *, allow_final: bool = False, **detail: Any
+) -> ShareMeta:
+    """Commit a metadata change by the share's owner, with its audit record in the same entry;
+    returns the metadata it was built on (a copy: the cached state moves on with the commit)."""
     seen: list[ShareMeta] = []
+    note = audit.record(action, **detail)
 
     def build(state: ShareState) -> dict[str, Any]:
         service.check_secret(state, secret)
         seen[:] = [replace(state.meta)]
         entry: dict[str, Any] = content(state)
-        return entry
+        return {**entry, "audit": [note]}
 
-    await service.commit(share_id, build, allow_final=allow_final)
+    try:
+        await service.commit(share_id, build, allow_final=allow_final)
+    except InvalidSecret:
+        audit.log_event(share_id, action, "denied")
+        raise
     return seen[0]
 
 
 async def rotate_secret(service: ShareService, share_id: str, secret: str, origin: str) -> dict[str, Any]:
     """Bump the capability epoch: the old secret and read token stop working everywhere."""
     # Rotating is no change to a share's content: a final share's owner may still revoke a leak.
-    before = await _change(service, share_id, secret, lambda s: {"meta": {"epoch": s.meta.epoch + 1}}, allow_final=True)
+    before = await _change(service, share_id, secret, "rotate", lambda s: {"meta": {"epoch": s.meta.epoch + 1}}, allow_final=True)
     epoch = before.epoch + 1
     await service.notify_access_changed(share_id)  # viewers holding the old read token
     return {
@@ -89,7 +98,7 @@ async def read_token(service: ShareService, share_id: str, secret: str) -> dict[
 
 
 async def set_private(service: ShareService, share_id: str, secret: str, private: bool) -> dict[str, Any]:
-    meta = await _change(service, share_id, secret, lambda s: {"meta": {"extra": {"private": True if private else None}}})
+    meta = await _change(service, share_id, secret, "privacy", lambda s: {"meta": {"extra": {"private": True if private else None}}}, private=private)
     if private:
         await service.notify_access_changed(share_id)  # viewers without a read token
     token = credentials.derive_read_token(service.namespace, meta.session_id, meta.epoch)
@@ -112,7 +121,7 @@ def resolve_expiry(ttl: int | None, expires_at: int | None, now: int) -> int | N
 async def set_expiry(service: ShareService, share_id: str, secret: str, ttl: int | None, expires_at: int | None) -> dict[str, Any]:
     now = now_ms()
     when = cap_expiry(service.settings.retention, resolve_expiry(ttl, expires_at, now), now)
-    await _change(service, share_id, secret, lambda s: {"meta": {"extra": {"expiresAt": when}}})
+    await _change(service, share_id, secret, "expiry", lambda s: {"meta": {"extra": {"expiresAt": when}}}, expiresAt=when)
     return {"expiresAt": when}
 
 
@@ -166,6 +175,7 @@ async def create(
             state.meta.extra["expiresAt"] = expires_at
         if options.labels:
             state.meta.extra["labels"] = dict(options.labels)
+        state.meta.record_audit([audit.record("create", private=options.private, expiresAt=expires_at)])
 
     try:
         creds = await service.create(session_id, origin=origin, initial_items=initial_items, on_create=on_create)
@@ -195,3 +205,11 @@ async def _delete_expired_share_of(service: ShareService, session_id: str) -> No
             continue
         if credentials.secrets_equal(state.meta.session_id, session_id) and is_expired(state, now_ms()):
             await service.delete(share_id, None, admin=True)
+
+
+async def audit_trail(service: ShareService, share_id: str, secret: str | None, *, admin: bool = False) -> dict[str, Any]:
+    """The share's audit records, oldest first: for its owner (the secret) or the admin."""
+    state = await service.load(share_id, missing=ShareNotFound)
+    if not admin:
+        service.check_secret(state, secret)
+    return {"id": share_id, "events": list(state.meta.audit)}

@@ -44,6 +44,7 @@ from cloudsession.errors import (
     ValidationFailed,
 )
 from cloudsession.jsonio import json_bytes
+from cloudsession.shares import audit
 from cloudsession.shares.events import EventSink, NullSink
 from cloudsession.shares.public import PublicShare
 from cloudsession.shares.state import ShareState, sha256_hex
@@ -382,7 +383,11 @@ class ShareService:
             for _ in range(8):
                 state = await self.load(share_id, missing=ShareNotFound)
                 if not admin:
-                    self.check_secret(state, secret)
+                    try:
+                        self.check_secret(state, secret)
+                    except InvalidSecret:
+                        audit.log_event(share_id, "delete", "denied")
+                        raise
                 try:
                     await self.store_call(self.store.delete_if_match(snapshot_key(share_id), state.snapshot_etag or ""))
                     break
@@ -391,6 +396,8 @@ class ShareService:
             else:
                 raise StoreUnavailable("the share kept changing while it was being deleted; retry")
             self._cache_drop(share_id)
+        # The share's own audit trail goes with it: the delete is recorded in the log.
+        audit.log_event(share_id, "admin-delete" if admin else "delete")
         await self.purge(share_id)
         try:
             await self.events.share_deleted(share_id)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudsession.jsonio import json_bytes
+from cloudsession.shares.audit import AUDIT_WINDOW
 from cloudsession.shares.items import model_key
 from cloudsession.shares.storage import new_incarnation
 
@@ -61,6 +62,12 @@ class ShareMeta:
     op_ledger: dict[str, int | str] = field(default_factory=dict)
     op_floor_ms: int = 0
     idempotency: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The audit trail (shares/audit.py), oldest first, bounded.
+    audit: list[dict[str, Any]] = field(default_factory=list)
+
+    def record_audit(self, records: list[Any]) -> None:
+        self.audit.extend(r for r in records if isinstance(r, dict))
+        del self.audit[: max(0, len(self.audit) - AUDIT_WINDOW)]
 
     def record_ops(self, outcomes: list[Any]) -> None:
         """Fold ``[[op_id, cursor | reason], ...]`` into the op ledger, evicting the oldest."""
@@ -138,6 +145,8 @@ class ShareState:
         ledger = _dict(ours.get("ledger"))
         meta.record_ops([pair for pair in ledger.get("ops") or [] if _is_ledger_pair(pair)])
         meta.op_floor_ms = max(meta.op_floor_ms, _int(ledger.get("floorMs"), 0))
+        if isinstance(ours.get("audit"), list):
+            meta.record_audit(ours["audit"])
         keys = ledger.get("keys")
         meta.record_idempotency({k: v for k, v in keys.items() if isinstance(v, dict)} if isinstance(keys, dict) else {})
         state = cls(share_id, meta, session, {}, {}, [], {})
@@ -183,6 +192,8 @@ class ShareState:
             self.meta.record_ops(entry["ops"])
         if entry.get("idem"):
             self.meta.record_idempotency(entry["idem"])
+        if isinstance(entry.get("audit"), list):
+            self.meta.record_audit(entry["audit"])
         self.meta.last_updated = max(self.meta.last_updated, int(entry.get("at", 0)))
         meta_update = entry.get("meta") or {}
         if "epoch" in meta_update:
@@ -223,6 +234,7 @@ class ShareState:
                     **({"ledger": _ledger_doc(meta)} if meta.op_ledger or meta.idempotency or meta.op_floor_ms else {}),
                     # So a reference-written share keeps its original secret after compaction.
                     **({"legacySecretSha256": meta.legacy_secret_sha256} if meta.legacy_secret_sha256 else {}),
+                    **({"audit": meta.audit} if meta.audit else {}),
                 },
             },
         }

@@ -178,6 +178,16 @@ async def unfinalize(request: web.Request) -> web.Response:
     return json_response(await lifecycle.set_final(request.app[SERVICE], request.match_info["id"], secret, False, admin=admin))
 
 
+async def audit_trail(request: web.Request) -> web.Response:
+    """The share's audit trail: ``POST`` with its owner's secret, or ``GET`` with the admin key."""
+    if request.method == "GET":
+        require_admin(request)
+        answer = await owner.audit_trail(request.app[SERVICE], request.match_info["id"], None, admin=True)
+    else:
+        answer = await owner.audit_trail(request.app[SERVICE], request.match_info["id"], await _secret(request))
+    return json_response(answer, headers={"Cache-Control": "no-store"})
+
+
 async def expiry(request: web.Request) -> web.Response:
     body = parse_body(ExpiryBody, await read_json(request))
     answer = await owner.set_expiry(request.app[SERVICE], request.match_info["id"], body.secret, body.ttl, body.expiresAt)

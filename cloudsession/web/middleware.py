@@ -8,6 +8,8 @@ traceback goes to the log).
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
@@ -15,6 +17,7 @@ from aiohttp import web
 
 from cloudsession.errors import PayloadTooLarge, ShareError
 from cloudsession.jsonio import json_bytes
+from cloudsession.shares import audit
 from cloudsession.web.http import html_response
 from cloudsession.web.keys import RENDERER, SETTINGS
 
@@ -75,3 +78,20 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise
     response.headers["Access-Control-Allow-Origin"] = "*"
     return response
+
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+@web.middleware
+async def actor_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Who is acting, for the audit trail (``shares/audit.py``): the client's address, its
+    User-Agent, the request id (``X-Request-ID`` when sane, else a new one) and the door."""
+    given = request.headers.get("X-Request-ID", "")
+    request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    via = "rpc" if request.path.startswith("/rpc/") else "http"
+    token = audit.current_actor.set(audit.Actor(request.remote or "", request.headers.get("User-Agent", ""), request_id, via))
+    try:
+        return await handler(request)
+    finally:
+        audit.current_actor.reset(token)

@@ -42,6 +42,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_post(SHARE + "/expiry", api.expiry, name="durable.expiry")
     r.add_post(SHARE + "/finalize", api.finalize, name="lifecycle.finalize")
     r.add_post(SHARE + "/unfinalize", api.unfinalize, name="lifecycle.unfinalize")
+    r.add_post(SHARE + "/audit", api.audit_trail, name="lifecycle.audit")
+    r.add_get(SHARE + "/audit", api.audit_trail, name="lifecycle.audit_admin")
     r.add_get("/api/sessions", api.list_sessions, name="api.sessions")
     r.add_route("OPTIONS", "/api/{tail:.*}", api.api_options, name="api.options")
     r.add_route("*", "/api/{tail:.*}", api.api_not_found, name="api.not_found")
