@@ -163,6 +163,100 @@ class RetentionSettings(BaseModel):
         return None if self.max_ttl is None else int(self.max_ttl)
 
 
+HOOK_EVENTS = (
+    "share.created",
+    "share.synced",
+    "share.idle",
+    "share.finalized",
+    "share.rotated",
+    "share.privacy_changed",
+    "share.expired",
+    "share.deleted",
+)
+
+
+class _HookTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    # The events this target hears; all of them by default.
+    events: list[str] = Field(default_factory=lambda: list(HOOK_EVENTS))
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(HOOK_EVENTS))
+        if unknown:
+            raise ValueError(f"unknown event(s) {', '.join(unknown)} (known: {', '.join(HOOK_EVENTS)})")
+        return value
+
+
+class WebhookTarget(_HookTarget):
+    """``[[hooks.webhooks]]``: POST a signed JSON payload to ``url``. The signing key is read from
+    the environment variable named by ``secret_env`` (never from the file)."""
+
+    url: str
+    secret_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class CommandTarget(_HookTarget):
+    """``[[hooks.commands]]``: run ``command`` (a list: program and arguments; a string only with
+    ``shell = true``) with the share's context in its environment."""
+
+    command: list[str] | str
+    shell: bool = False
+    timeout: int = 30
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: str | int) -> int:
+        return parse_duration(value)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str] | str) -> list[str] | str:
+        if not value:
+            raise ValueError("must name a program")
+        return value
+
+
+class HookSettings(BaseModel):
+    """The ``[hooks]`` section (docs/hooks.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhooks: list[WebhookTarget] = Field(default_factory=list)
+    commands: list[CommandTarget] = Field(default_factory=list)
+    # share.synced fires at most once per share per this interval (at its end, with the count then).
+    synced_interval: int = 60
+    # share.idle fires once a share has had no sync for this long.
+    idle_after: int = 600
+    # Delivery: attempts per target before giving up, the first retry delay (doubling, capped at
+    # an hour), and the deadline of one webhook request.
+    max_attempts: int = Field(12, ge=1, le=100)
+    retry_seconds: float = Field(2.0, gt=0)
+    request_timeout: int = 10
+    # How often a replica looks for events to deliver.
+    poll_seconds: float = Field(1.0, gt=0)
+
+    @field_validator("synced_interval", "idle_after", "request_timeout", mode="before")
+    @classmethod
+    def _durations(cls, value: str | int) -> int:
+        return parse_duration(value)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhooks or self.commands)
+
+
 class Settings(BaseModel):
     """Everything the service needs, validated once at startup."""
 
@@ -198,6 +292,8 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     # Retention policies: the [retention] section of the config file (docs/lifecycle.md).
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    # Event hooks: the [hooks] section of the config file (docs/hooks.md).
+    hooks: HookSettings = Field(default_factory=HookSettings)
 
     @field_validator("public_url")
     @classmethod
@@ -289,6 +385,7 @@ class EnvSection(BaseModel):
 
     vars: dict[str, Any] = Field(default_factory=dict)
     retention: dict[str, Any] | None = None
+    hooks: dict[str, Any] | None = None
     r2_buckets: list[BucketBinding] | None = None
     secrets: SecretsSection | None = None
 
@@ -359,6 +456,8 @@ def _apply_section(values: dict[str, Any], section: EnvSection, source: str, req
         required.update(section.secrets.required)
     if section.retention is not None:
         values["retention"] = {**values.get("retention", {}), **section.retention}
+    if section.hooks is not None:
+        values["hooks"] = {**values.get("hooks", {}), **section.hooks}
 
 
 def load_file(path: Path, env_name: str | None, values: dict[str, Any], required: set[str]) -> None:

@@ -129,5 +129,14 @@ async def set_final(service: ShareService, share_id: str, secret: str | None, fi
         extra = {"final": True if final else None, "finalizedAt": now_ms() if final else None}
         return {"meta": {"extra": extra}, "audit": [note]}
 
-    result = await service.commit(share_id, build, allow_final=True)
+    changed: list[bool] = []
+
+    def build_and_note(state: ShareState) -> dict[str, Any] | None:
+        entry = build(state)
+        changed[:] = [entry is not None]
+        return entry
+
+    result = await service.commit(share_id, build_and_note, allow_final=True)
+    if final and changed and changed[0]:
+        service.emit("share.finalized", share_id)
     return {"id": share_id, "final": final, "finalizedAt": result.state.meta.extra.get("finalizedAt")}

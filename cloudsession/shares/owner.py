@@ -65,7 +65,7 @@ async def _change(
 
     def build(state: ShareState) -> dict[str, Any]:
         service.check_secret(state, secret)
-        seen[:] = [replace(state.meta)]
+        seen[:] = [replace(state.meta, extra=dict(state.meta.extra))]  # extra is mutated in place by the fold
         entry: dict[str, Any] = content(state)
         return {**entry, "audit": [note]}
 
@@ -83,6 +83,7 @@ async def rotate_secret(service: ShareService, share_id: str, secret: str, origi
     before = await _change(service, share_id, secret, "rotate", lambda s: {"meta": {"epoch": s.meta.epoch + 1}}, allow_final=True)
     epoch = before.epoch + 1
     await service.notify_access_changed(share_id)  # viewers holding the old read token
+    service.emit("share.rotated", share_id)
     return {
         "id": share_id,
         "secret": service.secret_for(before.session_id, epoch),
@@ -101,6 +102,8 @@ async def set_private(service: ShareService, share_id: str, secret: str, private
     meta = await _change(service, share_id, secret, "privacy", lambda s: {"meta": {"extra": {"private": True if private else None}}}, private=private)
     if private:
         await service.notify_access_changed(share_id)  # viewers without a read token
+    if bool(meta.extra.get("private")) != private:
+        service.emit("share.privacy_changed", share_id)
     token = credentials.derive_read_token(service.namespace, meta.session_id, meta.epoch)
     return {"private": private, "readToken": token, "capabilityEpoch": meta.epoch}
 
@@ -167,6 +170,7 @@ async def create(
     A share whose expiry has passed is deleted here rather than answering 410, so that a
     script re-creating its share starts afresh without waiting for the sweep."""
     expires_at = options.expiry(service.settings.retention, now_ms())
+    created: list[str] = []  # set by on_create, which runs only for a new share
 
     def on_create(state: ShareState) -> None:
         if options.private:
@@ -176,12 +180,15 @@ async def create(
         if options.labels:
             state.meta.extra["labels"] = dict(options.labels)
         state.meta.record_audit([audit.record("create", private=options.private, expiresAt=expires_at)])
+        created.append(state.share_id)
 
     try:
         creds = await service.create(session_id, origin=origin, initial_items=initial_items, on_create=on_create)
     except ShareGone:
         await _delete_expired_share_of(service, session_id)
         creds = await service.create(session_id, origin=origin, initial_items=initial_items, on_create=on_create)
+    if created:
+        service.emit("share.created", creds.id)
     return await _create_answer(service, creds)
 
 

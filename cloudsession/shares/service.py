@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -51,6 +51,9 @@ from cloudsession.shares.state import ShareState, sha256_hex
 from cloudsession.shares.storage import INDEX_PREFIX, index_key, journal_key, journal_prefix, snapshot_key
 from cloudsession.store import open_store
 from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys, read_json_object
+
+if TYPE_CHECKING:
+    from cloudsession.shares.hookbox import HookBox
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,8 @@ class ShareService:
         self.settings = settings
         self.namespace = settings.namespace
         self.events: EventSink = events or NullSink()
+        # Set when event hooks are configured (web/lifecycle.py): shares/hookbox.HookBox.
+        self.hooks: HookBox | None = None
         self._cache: OrderedDict[str, ShareState] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit_bytes = 512 * 1024 * 1024
@@ -371,14 +376,24 @@ class ShareService:
         except Exception:  # a viewer problem must never fail a durable write
             log.exception("share %s: access-change notification failed", share_id)
 
+    def emit(self, kind: str, share_id: str, state: ShareState | None = None) -> None:
+        """Tell the event hooks (when configured); never fails or delays the caller."""
+        if self.hooks is not None:
+            try:
+                self.hooks.emit(kind, share_id, state)
+            except Exception:
+                log.exception("share %s: recording %s for the hooks failed", share_id, kind)
+
     async def notify_sync(self, state: ShareState, items: list[dict[str, Any]], sync_count: int) -> None:
+        self.emit("share.synced", state.share_id)
         try:
             await self.events.share_synced(state.share_id, self.public_items(state, items), sync_count)
         except Exception:  # a viewer problem must never fail a durable write
             log.exception("share %s: live notification failed", state.share_id)
 
-    async def delete(self, share_id: str, secret: str | None, *, admin: bool = False) -> None:
-        """Delete a share (``admin`` skips the secret check: the operator's kill switch)."""
+    async def delete(self, share_id: str, secret: str | None, *, admin: bool = False, reason: str = "share.deleted") -> None:
+        """Delete a share (``admin`` skips the secret check: the operator's kill switch).
+        ``reason`` is the hook event it fires (``share.expired`` from the sweep)."""
         async with self._lock(share_id):
             for _ in range(8):
                 state = await self.load(share_id, missing=ShareNotFound)
@@ -398,6 +413,7 @@ class ShareService:
             self._cache_drop(share_id)
         # The share's own audit trail goes with it: the delete is recorded in the log.
         audit.log_event(share_id, "admin-delete" if admin else "delete")
+        self.emit(reason, share_id, state)
         await self.purge(share_id)
         try:
             await self.events.share_deleted(share_id)

@@ -4,13 +4,16 @@ error handling in ``middleware.py``."""
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
 from cloudsession.config import Settings
+from cloudsession.hooks.dispatch import resolve_secrets
 from cloudsession.live.hub import LiveHub
 from cloudsession.render.pages import ViewRenderer
 from cloudsession.web import lifecycle
-from cloudsession.web.keys import LIVE, RENDERER, SERVICE, SETTINGS
+from cloudsession.web.keys import HOOK_KEYS, LIVE, RENDERER, SERVICE, SETTINGS
 from cloudsession.web.middleware import actor_middleware, cors_middleware, error_middleware
 from cloudsession.web.routes import setup_routes
 
@@ -23,6 +26,8 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.limits.max_body_bytes,
     )
     app[SETTINGS] = settings
+    # Read now: a webhook whose signing key is missing stops startup with one clear line.
+    app[HOOK_KEYS] = resolve_secrets(settings.hooks, os.environ)
     app[LIVE] = LiveHub()  # viewers of /ws/<id> hear about every sync
     app[RENDERER] = ViewRenderer()
     app.on_shutdown.append(lifecycle.close_viewers)
