@@ -23,6 +23,7 @@ RANKS = {
     "web": 5,
     "client": 4,
     "live": 3,
+    "hooks": 3,
     "render": 3,
     "rpc": 3,
     "shares": 2,

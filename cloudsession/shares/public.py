@@ -256,6 +256,8 @@ class PublicShare:
     expires_at: int | None = None
     # The owner's (and parent session's) ids, for serialised output (the values are redacted).
     redactor: Redactor = field(default_factory=Redactor, repr=False)
+    labels: dict[str, str] = field(default_factory=dict)
+    final: bool = False
 
     def data_items(self) -> list[dict[str, Any]]:
         """The flat array ``opencode import`` reads: session, messages and parts in id order,

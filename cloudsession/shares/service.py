@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -37,18 +37,23 @@ from cloudsession.errors import (
     SessionNotFound,
     ShareConflict,
     ShareError,
+    ShareFinal,
     ShareGone,
     ShareNotFound,
     StoreUnavailable,
     ValidationFailed,
 )
 from cloudsession.jsonio import json_bytes
+from cloudsession.shares import audit
 from cloudsession.shares.events import EventSink, NullSink
 from cloudsession.shares.public import PublicShare, Redactor, current_redactor, note_owner
 from cloudsession.shares.state import ShareState, regression, sha256_hex
 from cloudsession.shares.storage import INDEX_PREFIX, index_key, journal_key, journal_prefix, snapshot_key
 from cloudsession.store import open_store
 from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys, read_json_object
+
+if TYPE_CHECKING:
+    from cloudsession.shares.hookbox import HookBox
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,8 @@ class ShareService:
         self.settings = settings
         self.namespace = settings.namespace
         self.events: EventSink = events or NullSink()
+        # Set when event hooks are configured (web/lifecycle.py): shares/hookbox.HookBox.
+        self.hooks: HookBox | None = None
         self._cache: OrderedDict[str, ShareState] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit_bytes = 512 * 1024 * 1024
@@ -248,12 +255,16 @@ class ShareService:
 
     # -- writing ------------------------------------------------------------------------------
 
-    async def commit(self, share_id: str, build: EntryBuilder, *, missing: type[ShareError] = ShareNotFound) -> CommitResult:
+    async def commit(
+        self, share_id: str, build: EntryBuilder, *, missing: type[ShareError] = ShareNotFound, allow_final: bool = False
+    ) -> CommitResult:
         """Append one journal entry built from the current state.
 
         ``build(state)`` validates against the state (raising ShareError to refuse) and returns
         the entry's content (``items``, ``syncs``, ``meta``...), or None to write nothing. It may
         run several times when other writers get in first, so it must not have side effects.
+        A finalised share refuses every write with ShareFinal (409) unless ``allow_final``
+        (finalising itself, rotation, idempotency records of creates).
         """
         limits = self.settings.limits
         async with self._lock(share_id):
@@ -261,9 +272,11 @@ class ShareService:
                 state = await self.load(share_id, missing=missing)
                 checked = time.monotonic()
                 self.ensure_live(state)
-                content = build(state)
+                content = build(state)  # checks the caller's secret first: 403 before 409
                 if content is None:
                     return CommitResult(state, state.meta.sync_count)
+                if state.meta.extra.get("final") and not allow_final:
+                    raise ShareFinal()
                 seq = state.meta.seq + 1
                 # "w" makes every entry's bytes unique, so the S3 store's lost-response check
                 # (compare what is stored with what was sent) can never mistake a rival's write
@@ -371,7 +384,16 @@ class ShareService:
         except Exception:  # a viewer problem must never fail a durable write
             log.exception("share %s: access-change notification failed", share_id)
 
+    def emit(self, kind: str, share_id: str, state: ShareState | None = None) -> None:
+        """Tell the event hooks (when configured); never fails or delays the caller."""
+        if self.hooks is not None:
+            try:
+                self.hooks.emit(kind, share_id, state)
+            except Exception:
+                log.exception("share %s: recording %s for the hooks failed", share_id, kind)
+
     async def notify_sync(self, state: ShareState, items: list[dict[str, Any]], sync_count: int) -> None:
+        self.emit("share.synced", state.share_id)
         # Viewers are told what the fold kept: an update it ignored as a regression is left out.
         applied = [item for item in items if not self._regressed(state, item)]
         try:
@@ -389,13 +411,18 @@ class ShareService:
             return regression(kind, stored, data) is not None
         return False
 
-    async def delete(self, share_id: str, secret: str | None, *, admin: bool = False) -> None:
-        """Delete a share (``admin`` skips the secret check: the operator's kill switch)."""
+    async def delete(self, share_id: str, secret: str | None, *, admin: bool = False, reason: str = "share.deleted") -> None:
+        """Delete a share (``admin`` skips the secret check: the operator's kill switch).
+        ``reason`` is the hook event it fires (``share.expired`` from the sweep)."""
         async with self._lock(share_id):
             for _ in range(8):
                 state = await self.load(share_id, missing=ShareNotFound)
                 if not admin:
-                    self.check_secret(state, secret)
+                    try:
+                        self.check_secret(state, secret)
+                    except InvalidSecret:
+                        audit.log_event(share_id, "delete", "denied")
+                        raise
                 try:
                     await self.store_call(self.store.delete_if_match(snapshot_key(share_id), state.snapshot_etag or ""))
                     break
@@ -404,6 +431,9 @@ class ShareService:
             else:
                 raise StoreUnavailable("the share kept changing while it was being deleted; retry")
             self._cache_drop(share_id)
+        # The share's own audit trail goes with it: the delete is recorded in the log.
+        audit.log_event(share_id, "admin-delete" if admin else "delete")
+        self.emit(reason, share_id, state)
         await self.purge(share_id)
         try:
             await self.events.share_deleted(share_id)
@@ -589,6 +619,8 @@ class ShareService:
             private=bool(state.meta.extra.get("private")),
             expires_at=state.meta.extra.get("expiresAt"),
             redactor=redactor,
+            labels=dict(state.meta.extra.get("labels") or {}),
+            final=bool(state.meta.extra.get("final")),
         )
         self._public_cache[state.share_id] = (version, view)
         return view

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudsession.jsonio import json_bytes
+from cloudsession.shares.audit import AUDIT_WINDOW
 from cloudsession.shares.items import model_key
 from cloudsession.shares.storage import new_incarnation
 
@@ -84,6 +85,12 @@ class ShareMeta:
     # Whether ``session`` came from a sync: the placeholder a create writes (stamped "now") must
     # not make the client's real session, with older times, look like a regression.
     session_synced: bool = False
+    # The audit trail (shares/audit.py), oldest first, bounded.
+    audit: list[dict[str, Any]] = field(default_factory=list)
+
+    def record_audit(self, records: list[Any]) -> None:
+        self.audit.extend(r for r in records if isinstance(r, dict))
+        del self.audit[: max(0, len(self.audit) - AUDIT_WINDOW)]
 
     def record_ops(self, outcomes: list[Any]) -> None:
         """Fold ``[[op_id, cursor | reason], ...]`` into the op ledger, evicting the oldest."""
@@ -164,6 +171,8 @@ class ShareState:
         ledger = _dict(ours.get("ledger"))
         meta.record_ops([pair for pair in ledger.get("ops") or [] if _is_ledger_pair(pair)])
         meta.op_floor_ms = max(meta.op_floor_ms, _int(ledger.get("floorMs"), 0))
+        if isinstance(ours.get("audit"), list):
+            meta.record_audit(ours["audit"])
         keys = ledger.get("keys")
         meta.record_idempotency({k: v for k, v in keys.items() if isinstance(v, dict)} if isinstance(keys, dict) else {})
         state = cls(share_id, meta, session, {}, {}, [], {})
@@ -230,6 +239,8 @@ class ShareState:
             self.meta.record_ops(entry["ops"])
         if entry.get("idem"):
             self.meta.record_idempotency(entry["idem"])
+        if isinstance(entry.get("audit"), list):
+            self.meta.record_audit(entry["audit"])
         self.meta.last_updated = max(self.meta.last_updated, int(entry.get("at", 0)))
         meta_update = entry.get("meta") or {}
         if "epoch" in meta_update:
@@ -271,6 +282,7 @@ class ShareState:
                     **({"ledger": _ledger_doc(meta)} if meta.op_ledger or meta.idempotency or meta.op_floor_ms else {}),
                     # So a reference-written share keeps its original secret after compaction.
                     **({"legacySecretSha256": meta.legacy_secret_sha256} if meta.legacy_secret_sha256 else {}),
+                    **({"audit": meta.audit} if meta.audit else {}),
                 },
             },
         }
@@ -295,6 +307,10 @@ class ShareState:
             doc["private"] = True
         if self.meta.extra.get("expiresAt"):
             doc["expiresAt"] = self.meta.extra["expiresAt"]
+        if self.meta.extra.get("labels"):
+            doc["labels"] = self.meta.extra["labels"]
+        if self.meta.extra.get("final"):
+            doc["final"] = True
         return doc
 
     def snapshot_bytes_now(self, compacted_at: int) -> bytes:
