@@ -285,15 +285,15 @@ class Settings(BaseModel):
     compact_min_bytes: int = Field(1 * MiB, ge=1)
     compact_ratio: float = Field(0.5, gt=0)
     # Folded journal entries are deleted only after this long, so that a writer which checked
-    # the share just before a compaction can never write into a freed slot (see journal.py).
+    # the share just before a compaction can never write into a freed slot (see shares/storage.py).
     journal_grace_seconds: float = Field(300.0, ge=1)
     # A writer re-checks the share when more than this passed since it last did.
     write_deadline_seconds: float = Field(30.0, ge=0.1)
     # How often the server deletes expired shares and prunes folded journal entries
-    # (durable.py; `cloudsession gc` does the same once). 0 turns the periodic sweep off.
+    # (shares/sweep.py; `cloudsession gc` does the same once). 0 turns the periodic sweep off.
     sweep_interval_seconds: float = Field(300.0, ge=0)
     # redis://[user:password@]host:port/db: live updates reach viewers on every replica
-    # (live.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
+    # (live/relay.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
     redis_url: SecretStr | None = None
     log_level: str = "INFO"
     # Deadlines on the HTTP connection (docs/hardening.md). A connection is closed when no
@@ -359,7 +359,17 @@ class Settings(BaseModel):
         for key in ("shared_secret", "rpc_shared_key"):
             data[key] = "<set>" if getattr(self, key) is not None else None
         data["redis_url"] = redact_url(self.redis_url.get_secret_value()) if self.redis_url else None
+        for hook in data["hooks"]["webhooks"]:
+            hook["url"] = display_url(hook["url"])
         return data
+
+
+def display_url(url: str) -> str:
+    """A webhook URL for logs and check-config: scheme and host only (Slack-style URLs carry their
+    secret in the path)."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}/…"
 
 
 def redact_url(url: str) -> str:

@@ -4,6 +4,7 @@ shared with ``cloudsession push --from-opencode`` as an expiring, labelled, fina
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -67,8 +68,12 @@ async def test_push_from_opencode_makes_a_complete_labelled_expiring_final_share
         assert metadata["labels"] == {"job": "https://ci.example/jobs/42", "commit": "abc123"}
         assert metadata["final"] is True
         assert 6.99 < (metadata["expiresAt"] - time.time() * 1000) / 86_400_000 <= 7
-        async with client.post(f"/api/share/{result['id']}/sync", json={"secret": "anything", "data": [f.item("session", f.session(SESSION))]}) as resp:
-            assert resp.status in (403, 409)
+        # The share is final: even its owner's secret (kept in the outbox, never printed) cannot change it.
+        with sqlite3.connect(tmp_path / "outbox.sqlite") as db:
+            [(secret,)] = db.execute("SELECT secret FROM shares WHERE share_id = ?", (result["id"],)).fetchall()
+        assert secret not in done.stdout + done.stderr
+        async with client.post(f"/api/share/{result['id']}/sync", json={"secret": secret, "data": [f.item("session", f.session(SESSION))]}) as resp:
+            assert resp.status == 409
 
 
 def test_push_from_opencode_reports_an_unknown_session(server: ServerProcess, tmp_path: Path) -> None:

@@ -121,12 +121,13 @@ async def _push(args: argparse.Namespace, outbox: Outbox, session_id: str, ops: 
     try:
         counts = await client.deliver()
         if args.finalize and counts[FAILED] == 0 and share.share_id and share.secret:
-            final = bool((await transport.finalize(share.share_id, share.secret)).get("final"))
-    except DeliveryFailed as exc:
+            try:
+                final = bool((await transport.finalize(share.share_id, share.secret)).get("final"))
+            except TransportError as exc:
+                print(f"cloudsession push: everything was delivered, but finalising failed: {exc}", file=sys.stderr)
+                return 1
+    except (DeliveryFailed, TransportError) as exc:
         print(f"cloudsession push: {exc}", file=sys.stderr)
-        return 1
-    except TransportError as exc:
-        print(f"cloudsession push: finalising failed: {exc}", file=sys.stderr)
         return 1
     finally:
         await transport.close()

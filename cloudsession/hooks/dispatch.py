@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 
 from cloudsession import __version__
-from cloudsession.config import CommandTarget, ConfigError, HookSettings, WebhookTarget
+from cloudsession.config import CommandTarget, ConfigError, HookSettings, WebhookTarget, display_url
 from cloudsession.errors import ShareError
 from cloudsession.jsonio import json_bytes
 from cloudsession.shares.hookbox import HookBox
@@ -42,6 +42,7 @@ log = logging.getLogger("cloudsession.hooks")
 SIGNATURE_HEADER = "X-Cloudsession-Signature"
 MAX_OUTPUT_LOGGED = 4096
 MAX_RETRY_SECONDS = 3600
+MAX_CONCURRENT_DELIVERIES = 8
 _LABEL_ENV_RE = re.compile(r"[^A-Z0-9_]")
 
 
@@ -54,7 +55,7 @@ def resolve_secrets(settings: HookSettings, environ: Mapping[str, str]) -> dict[
             continue
         value = environ.get(hook.secret_env)
         if not value:
-            raise ConfigError(f"hooks.webhooks ({hook.url}): secret_env {hook.secret_env} is not set in the environment")
+            raise ConfigError(f"hooks.webhooks ({display_url(hook.url)}): secret_env {hook.secret_env} is not set in the environment")
         keys[hook.url] = value.encode()
     return keys
 
@@ -65,17 +66,22 @@ def sign(key: bytes, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def target_name(target: WebhookTarget | CommandTarget) -> str:
-    if target.name:
-        return target.name
-    return target.url if isinstance(target, WebhookTarget) else str(target.command)
+def target_names(settings: HookSettings) -> list[str]:
+    """Each target's name: its own, else ``webhook-N`` / ``command-N`` (never its URL, which may
+    hold a secret). Names key the delivery state in the records, so they must be unique."""
+    names = [t.name or f"webhook-{n}" for n, t in enumerate(settings.webhooks, 1)]
+    names += [t.name or f"command-{n}" for n, t in enumerate(settings.commands, 1)]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"hooks: target names must be unique (repeated: {', '.join(duplicated)})")
+    return names
 
 
 def command_env(payload: dict[str, Any], delivery_id: str) -> dict[str, str]:
     """What a command hook sees: the share's public context, nothing of the server's own."""
     share = payload.get("share") or {}
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8")}
-    env.update(
+    context = dict(
         CLOUDSESSION_EVENT=str(payload.get("event", "")),
         CLOUDSESSION_DELIVERY_ID=delivery_id,
         CLOUDSESSION_SHARE_ID=str(share.get("id", "")),
@@ -85,7 +91,9 @@ def command_env(payload: dict[str, Any], delivery_id: str) -> dict[str, str]:
         OPENCODE_SESSION_TITLE=str(share.get("title") or ""),
     )
     for key, value in (share.get("labels") or {}).items():
-        env["CLOUDSESSION_LABEL_" + _LABEL_ENV_RE.sub("_", str(key).upper())] = str(value)
+        context["CLOUDSESSION_LABEL_" + _LABEL_ENV_RE.sub("_", str(key).upper())] = str(value)
+    # A NUL cannot be in an environment variable; a title may hold one.
+    env.update({key: value.replace("\0", "") for key, value in context.items()})
     return env
 
 
@@ -95,6 +103,12 @@ class Dispatcher:
         self.settings = settings
         self.keys = keys
         self.targets: list[WebhookTarget | CommandTarget] = [*settings.webhooks, *settings.commands]
+        self.names = dict(zip(map(id, self.targets), target_names(settings), strict=True))
+        # Records being delivered by this replica, and how many deliveries may run at once: a
+        # hanging target holds up only its own event.
+        self._inflight: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_DELIVERIES)
         # Long enough for every target of one event to run to its deadline, one after another; a
         # replica that dies holding a lease delays that event by this much at most.
         deadlines = [settings.request_timeout] * len(settings.webhooks) + [c.timeout for c in settings.commands]
@@ -115,14 +129,35 @@ class Dispatcher:
                     log.exception("hooks: dispatch round failed")
                 await asyncio.sleep(self.settings.poll_seconds)
         finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._http.close()
 
     async def tick(self) -> None:
         if time.monotonic() >= self._next_idle_scan:
             self._next_idle_scan = time.monotonic() + max(5.0, self.settings.idle_after / 10)
             await self.box.record_idle(self.settings.idle_after * 1000)
-        due = await self.box.due()
-        await asyncio.gather(*(self._deliver(key, record, etag) for key, record, etag in due))
+        for key, record, etag in await self.box.due():
+            if key in self._inflight or len(self._inflight) >= MAX_CONCURRENT_DELIVERIES * 4:
+                continue
+            self._inflight.add(key)
+            task = asyncio.get_running_loop().create_task(self._deliver_one(key, record, etag))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver_one(self, key: str, record: dict[str, Any], etag: str) -> None:
+        try:
+            async with self._slots:
+                await self._deliver(key, record, etag)
+        except asyncio.CancelledError:
+            raise
+        except ShareError as exc:
+            log.warning("hooks: the store failed while delivering %s (%s)", key, exc.message)
+        except Exception:
+            log.exception("hooks: delivering %s failed", key)
+        finally:
+            self._inflight.discard(key)
 
     async def _deliver(self, key: str, record: dict[str, Any], etag: str) -> None:
         now = int(time.time() * 1000)
@@ -142,10 +177,14 @@ class Dispatcher:
         payload = {"id": record["id"], "at": record["at"], **await self.box.current_payload(record)}
         done, attempts, failed = set(record.get("done", [])), dict(record.get("attempts", {})), list(record.get("failed", []))
         for target in self.targets:
-            name = target_name(target)
+            name = self.names[id(target)]
             if name in done or record["kind"] not in target.events:
                 continue
-            ok = await (self._post(target, payload) if isinstance(target, WebhookTarget) else self._run(target, payload, record))
+            try:
+                ok = await (self._post(target, payload) if isinstance(target, WebhookTarget) else self._run(target, payload, record))
+            except Exception:  # a target's own failure is a failed attempt, never a stuck event
+                log.exception("hooks: %s failed on %s %s", name, payload["event"], payload["id"])
+                ok = False
             attempts[name] = attempts.get(name, 0) + 1
             if ok:
                 done.add(name)
@@ -154,9 +193,9 @@ class Dispatcher:
                 done.add(name)
                 failed.append(name)
         record.update(done=sorted(done), attempts=attempts, failed=failed, lease=0)
-        pending = [t for t in self.targets if record["kind"] in t.events and target_name(t) not in done]
+        pending = [t for t in self.targets if record["kind"] in t.events and self.names[id(t)] not in done]
         if pending:
-            tries = max(attempts.get(target_name(t), 0) for t in pending)
+            tries = max(attempts.get(self.names[id(t)], 0) for t in pending)
             record["due"] = int(time.time() * 1000) + int(min(self.settings.retry_seconds * 2 ** (tries - 1), MAX_RETRY_SECONDS) * 1000)
         else:
             record["finished"] = int(time.time() * 1000)
@@ -180,9 +219,9 @@ class Dispatcher:
                 await resp.read()
                 if 200 <= resp.status < 300:
                     return True
-                log.warning("hooks: %s answered %d to %s %s", hook.url, resp.status, payload["event"], payload["id"])
+                log.warning("hooks: %s answered %d to %s %s", display_url(hook.url), resp.status, payload["event"], payload["id"])
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("hooks: %s unreachable for %s %s: %s", hook.url, payload["event"], payload["id"], type(exc).__name__)
+            log.warning("hooks: %s unreachable for %s %s: %s", display_url(hook.url), payload["event"], payload["id"], type(exc).__name__)
         return False
 
     async def _run(self, hook: CommandTarget, payload: dict[str, Any], record: dict[str, Any]) -> bool:
@@ -200,19 +239,22 @@ class Dispatcher:
                     *hook.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True
                 )
         except OSError as exc:
-            log.warning("hooks: cannot run %s for %s (request %s): %s", target_name(hook), payload["event"], request_id, exc)
+            log.warning("hooks: cannot run %s for %s (request %s): %s", self.names[id(hook)], payload["event"], request_id, exc)
             return False
+        name = self.names[id(hook)]
         try:
             output, _ = await asyncio.wait_for(proc.communicate(body), timeout=hook.timeout)
         except TimeoutError:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the whole group: a shell's children too
-            except ProcessLookupError:
-                pass
-            await proc.wait()
-            log.warning("hooks: %s timed out after %ds for %s (request %s)", target_name(hook), hook.timeout, payload["event"], request_id)
+            log.warning("hooks: %s timed out after %ds for %s (request %s)", name, hook.timeout, payload["event"], request_id)
             return False
+        finally:
+            if proc.returncode is None:  # timed out, or the server is shutting down
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: a shell's children too
+                except ProcessLookupError:
+                    pass
+                await asyncio.shield(proc.wait())
         text = output[:MAX_OUTPUT_LOGGED].decode("utf-8", "replace").strip()
-        log.info("hooks: %s exited %d for %s of share %s (request %s)%s", target_name(hook), proc.returncode, payload["event"],
+        log.info("hooks: %s exited %d for %s of share %s (request %s)%s", name, proc.returncode, payload["event"],
                  env["CLOUDSESSION_SHARE_ID"], request_id, f": {text}" if text else "")  # fmt: skip
         return proc.returncode == 0

@@ -22,6 +22,8 @@ import asyncio
 import hashlib
 import logging
 import time
+import uuid
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -45,6 +47,8 @@ KEEP_DONE_MS = 48 * 3600 * 1000
 # Background record writes in flight at most; beyond it events are dropped (and logged) rather
 # than letting a store outage grow memory without bound.
 MAX_PENDING_WRITES = 1000
+# Shares whose current sync window is remembered (the oldest forgotten first).
+MAX_REMEMBERED_WINDOWS = 10_000
 
 
 def _now() -> int:
@@ -64,8 +68,14 @@ class HookBox:
         self.settings = settings
         self.public_url = public_url.rstrip("/")
         self._writes: set[asyncio.Task[None]] = set()
-        # Keys of records already delivered (kept in the store for de-duplication): not read again.
-        self._finished: set[str] = set()
+        # Records already delivered (kept in the store for de-duplication) -> when: not read
+        # again, deleted once older than KEEP_DONE_MS.
+        self._finished: dict[str, int] = {}
+        # share id -> the sync window last recorded here: one store write per share per window,
+        # not one per sync (the create-if-absent still de-duplicates across replicas).
+        self._synced_windows: OrderedDict[str, int] = OrderedDict()
+        # When the idle scan last ran: each scan looks only at shares that went quiet since.
+        self._last_idle_scan = 0
 
     # -- recording --------------------------------------------------------------------------
 
@@ -77,9 +87,16 @@ class HookBox:
         if kind == "share.synced":
             window = self.settings.synced_interval * 1000
             slot = now // window
+            if self._synced_windows.get(share_id) == slot:
+                return  # this window's event is recorded already
+            self._synced_windows[share_id] = slot
+            self._synced_windows.move_to_end(share_id)
+            while len(self._synced_windows) > MAX_REMEMBERED_WINDOWS:
+                self._synced_windows.popitem(last=False)
             ident, due, payload = event_id(kind, share_id, slot), (slot + 1) * window, None
         else:
-            ident, due = event_id(kind, share_id, now, state.meta.incarnation if state else None), now
+            # Noticed by the one replica that made the change: a unique id.
+            ident, due = uuid.uuid4().hex, now
             payload = self.payload(kind, share_id, state) if state is not None else None
         self._write_later(ident, {"id": ident, "kind": kind, "share": share_id, "at": now, "due": due, "payload": payload, "requestId": audit.current_actor.get().request_id})
 
@@ -150,6 +167,10 @@ class HookBox:
         """(key, record, etag) of records due now and not leased by anyone; old done ones are
         deleted on the way."""
         now, found = _now(), []
+        for key, finished in list(self._finished.items()):
+            if now - finished > KEEP_DONE_MS:
+                await self.service.store_call(self.service.store.delete(key))
+                del self._finished[key]
         async for key in iter_keys(self.service.store, HOOK_PREFIX):
             if key in self._finished:
                 continue
@@ -163,10 +184,10 @@ class HookBox:
                 await self.service.store_call(self.service.store.delete(key))
                 continue
             if record.get("finished"):
-                if now - int(record.get("finished", 0)) > KEEP_DONE_MS:
+                if now - int(record["finished"]) > KEEP_DONE_MS:
                     await self.service.store_call(self.service.store.delete(key))
                 else:
-                    self._finished.add(key)
+                    self._finished[key] = int(record["finished"])
                 continue
             if int(record.get("due", 0)) <= now and int(record.get("lease", 0)) <= now:
                 found.append((key, record, stored.etag))
@@ -181,14 +202,17 @@ class HookBox:
         except PreconditionFailed:
             return None
         if record.get("finished"):
-            self._finished.add(key)
+            self._finished[key] = int(record["finished"])
         return new_etag
 
     async def record_idle(self, idle_ms: int) -> None:
-        """Notice shares that had no sync for ``idle_ms`` (within the last day of that): one
-        ``share.idle`` per share per last update, however many replicas notice it."""
+        """Notice shares that went quiet (no change for ``idle_ms``) since the last scan (at start,
+        within the last day): one ``share.idle`` per share per last update, however many
+        replicas notice it."""
         now = _now()
+        since = self._last_idle_scan or now - 24 * 3600 * 1000
         for entry in await self.service.list_index(fresh=True):
             updated = entry.get("lastUpdated")
-            if isinstance(updated, int) and now - 24 * 3600 * 1000 - idle_ms < updated <= now - idle_ms:
+            if isinstance(updated, int) and since - idle_ms < updated <= now - idle_ms:
                 self.emit_once("share.idle", entry["id"], updated)
+        self._last_idle_scan = now

@@ -25,6 +25,10 @@ from cloudsession.shares.service import ShareService, now_ms
 from cloudsession.shares.state import ShareState
 
 MAX_LABELS = 16
+# Filters one list request may combine (?label=k=v, repeated).
+MAX_LABEL_FILTERS = 8
+# The longest expiry anyone may ask for, whatever the retention policy.
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 MAX_LABEL_KEY = 64
 MAX_LABEL_VALUE = 256
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -96,9 +100,12 @@ def retention_ttl(policy: RetentionSettings, labels: dict[str, str], context: Cr
     """The TTL (seconds) retention gives a new share that did not ask for one; None: none."""
     if context.header_ttl:
         try:
-            return parse_duration(context.header_ttl)
+            ttl = parse_duration(context.header_ttl)
         except ValueError as exc:
             raise ValidationFailed(f"X-Cloudsession-TTL: {exc}", [{"path": ["X-Cloudsession-TTL"], "message": str(exc)}]) from None
+        if ttl > MAX_TTL_SECONDS:
+            raise ValidationFailed(f"X-Cloudsession-TTL: at most {MAX_TTL_SECONDS} seconds (10 years)", [{"path": ["X-Cloudsession-TTL"], "message": "too long"}])
+        return ttl
     for rule in policy.rules:
         if rule.matches(context.user_agent, labels):
             return rule.ttl_seconds

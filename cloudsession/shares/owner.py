@@ -23,13 +23,12 @@ from cloudsession.errors import (
 )
 from cloudsession.shares import audit
 from cloudsession.shares.inputs import ShareOptionsBody, parse_body
-from cloudsession.shares.lifecycle import CreateContext, cap_expiry, parse_labels, retention_ttl
+from cloudsession.shares.lifecycle import MAX_TTL_SECONDS, CreateContext, cap_expiry, parse_labels, retention_ttl
 from cloudsession.shares.service import ShareCredentials, ShareService, is_expired, now_ms
 from cloudsession.shares.state import ShareMeta, ShareState
 
 log = logging.getLogger(__name__)
 
-MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 
 # -- redeem, rotation, read tokens, privacy, expiry ------------------------------------------------
 
@@ -170,7 +169,6 @@ async def create(
     A share whose expiry has passed is deleted here rather than answering 410, so that a
     script re-creating its share starts afresh without waiting for the sweep."""
     expires_at = options.expiry(service.settings.retention, now_ms())
-    created: list[str] = []  # set by on_create, which runs only for a new share
 
     def on_create(state: ShareState) -> None:
         if options.private:
@@ -180,15 +178,12 @@ async def create(
         if options.labels:
             state.meta.extra["labels"] = dict(options.labels)
         state.meta.record_audit([audit.record("create", private=options.private, expiresAt=expires_at)])
-        created.append(state.share_id)
 
     try:
         creds = await service.create(session_id, origin=origin, initial_items=initial_items, on_create=on_create)
     except ShareGone:
         await _delete_expired_share_of(service, session_id)
         creds = await service.create(session_id, origin=origin, initial_items=initial_items, on_create=on_create)
-    if created:
-        service.emit("share.created", creds.id)
     return await _create_answer(service, creds)
 
 
@@ -211,7 +206,7 @@ async def _delete_expired_share_of(service: ShareService, session_id: str) -> No
         except SessionNotFound:
             continue
         if credentials.secrets_equal(state.meta.session_id, session_id) and is_expired(state, now_ms()):
-            await service.delete(share_id, None, admin=True)
+            await service.delete(share_id, None, admin=True, reason="share.expired")
 
 
 async def audit_trail(service: ShareService, share_id: str, secret: str | None, *, admin: bool = False) -> dict[str, Any]:

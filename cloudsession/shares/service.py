@@ -363,6 +363,8 @@ class ShareService:
                 state.snapshot_etag, state.snapshot_bytes, state.approx_bytes, state.compacted_at = etag, len(body), len(body), now
                 self._cache_put(state)
                 await self._write_index(share_id, state.index_doc())
+                # Here, after the create-if-absent won: concurrent creates fire one event.
+                self.emit("share.created", share_id)
                 return state
         raise ShareConflict("Share id collision: another session already owns this share id")
 

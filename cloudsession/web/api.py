@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from cloudsession.jsonio import json_bytes
-from cloudsession.protocol import IDEMPOTENCY_HEADER, LABELS_HEADER, TTL_HEADER
+from cloudsession.protocol import IDEMPOTENCY_HEADER
 from cloudsession.shares import idempotency, lifecycle, ops, owner
 from cloudsession.shares.inputs import (
     MAX_OPS_PER_REQUEST,
@@ -35,10 +35,8 @@ from cloudsession.shares.inputs import (
 )
 from cloudsession.shares.items import parse_sync_items
 from cloudsession.web.auth import has_admin_header, require_admin
-from cloudsession.web.http import json_response, public_origin, read_json, request_read_token
+from cloudsession.web.http import create_context, json_response, public_origin, read_json, request_read_token
 from cloudsession.web.keys import SERVICE, SETTINGS
-
-MAX_LABEL_FILTERS = 8
 
 # -- reference routes ---------------------------------------------------------------------------
 
@@ -50,8 +48,8 @@ def _idempotency_key(request: web.Request) -> str | None:
 def create_options(request: web.Request, raw: Any) -> owner.CreateOptions:
     """The create options of a body plus what the request's headers add: labels
     (``X-Cloudsession-Labels``), a TTL (``X-Cloudsession-TTL``) and the User-Agent for retention."""
-    context = lifecycle.CreateContext(header_ttl=request.headers.get(TTL_HEADER), user_agent=request.headers.get("User-Agent", ""))
-    return owner.CreateOptions.parse(raw, extra_labels=lifecycle.labels_from_header(request.headers.get(LABELS_HEADER)), context=context)
+    labels, context = create_context(request)
+    return owner.CreateOptions.parse(raw, extra_labels=labels, context=context)
 
 
 async def create_share(request: web.Request) -> web.Response:
@@ -111,7 +109,7 @@ async def get_share_metadata(request: web.Request) -> web.Response:
 async def list_sessions(request: web.Request) -> web.Response:
     """The admin list; ``?label=k=v`` (repeatable) keeps the shares carrying every such label."""
     require_admin(request)
-    wanted = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[:MAX_LABEL_FILTERS]]
+    wanted = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
     sessions = [s for s in await request.app[SERVICE].list_index() if lifecycle.matches_labels(s, wanted)]
     return json_response({"sessions": sessions, "count": len(sessions)})
 

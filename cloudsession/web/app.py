@@ -8,8 +8,8 @@ import os
 
 from aiohttp import web
 
-from cloudsession.config import Settings
-from cloudsession.hooks.dispatch import resolve_secrets
+from cloudsession.config import ConfigError, Settings
+from cloudsession.hooks.dispatch import resolve_secrets, target_names
 from cloudsession.live.hub import LiveHub
 from cloudsession.render.pages import ViewRenderer
 from cloudsession.web import lifecycle
@@ -40,6 +40,10 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     # Read now: a webhook whose signing key is missing stops startup with one clear line.
     app[HOOK_KEYS] = resolve_secrets(settings.hooks, os.environ)
+    if settings.hooks.enabled:
+        target_names(settings.hooks)  # unique, or one line at startup
+        if settings.public_url is None:
+            raise ConfigError("PUBLIC_URL must be set when hooks are configured: payloads carry share URLs, and no request says the origin")
     # Viewers of /ws/<id> hear about every sync.
     app[LIVE] = LiveHub(
         max_viewers_per_share=settings.limits.max_viewers_per_share,

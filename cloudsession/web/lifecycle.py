@@ -30,8 +30,7 @@ async def share_service(app: web.Application) -> AsyncIterator[None]:
         if not settings.hooks.enabled:
             yield
             return
-        origin = settings.public_url or f"http://{settings.host}:{settings.port}"
-        service.hooks = HookBox(service, settings.hooks, origin)
+        service.hooks = HookBox(service, settings.hooks, settings.public_url or "")
         dispatcher = asyncio.get_running_loop().create_task(Dispatcher(service.hooks, settings.hooks, app[HOOK_KEYS]).run())
         try:
             yield

@@ -31,7 +31,6 @@ from cloudsession.web.keys import RENDERER, SERVICE, SETTINGS
 ADMIN_COOKIE_MAX_AGE = 30 * 24 * 3600
 SESSIONS_PER_PAGE = 50
 MAX_QUERY_CHARS = 200
-MAX_LABEL_FILTERS = 8
 FINAL_CACHE_CONTROL = "public, max-age=86400, stale-while-revalidate=604800"
 MAX_FRAGMENT_IDS = 200
 MAX_PAGE = 1_000_000
@@ -162,7 +161,7 @@ async def sessions_page(request: web.Request) -> web.Response:
     if not (admin or public):
         return await _login_page(request, failed=False)
     query = request.query.get("q", "").strip()[:MAX_QUERY_CHARS]
-    label_filters = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[:MAX_LABEL_FILTERS]]
+    label_filters = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
     entries = await request.app[SERVICE].list_index()
     if not admin:
         entries = [e for e in entries if not e.get("private")]

@@ -23,7 +23,6 @@ from typing import Any
 from aiohttp import web
 
 from cloudsession.errors import ShareError, Unauthorized, ValidationFailed
-from cloudsession.protocol import LABELS_HEADER, TTL_HEADER
 from cloudsession.rpc.codec import INVALID_DATE, UNDEFINED, BigInt, RpcError, RpcLimits, RpcTarget
 from cloudsession.rpc.transport import serve_rpc
 from cloudsession.shares import lifecycle, owner
@@ -33,7 +32,7 @@ from cloudsession.shares.items import parse_sync_items
 from cloudsession.shares.lifecycle import CreateContext
 from cloudsession.shares.service import ShareService
 from cloudsession.web.auth import rpc_allowed
-from cloudsession.web.http import json_response, public_origin
+from cloudsession.web.http import create_context, json_response, public_origin
 from cloudsession.web.keys import SERVICE, SETTINGS
 
 
@@ -132,8 +131,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     )
     service = request.app[SERVICE]
     origin = public_origin(request)
-    labels = lifecycle.labels_from_header(request.headers.get(LABELS_HEADER))
-    context = CreateContext(header_ttl=request.headers.get(TTL_HEADER), user_agent=request.headers.get("User-Agent", ""))
+    labels, context = create_context(request)
     return await serve_rpc(
         request,
         lambda: ShareRpc(service, origin=origin, max_items=settings.limits.max_items_per_sync, labels=labels, context=context),
