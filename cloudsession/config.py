@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, ValidationError, field_validator
 
 from cloudsession.credentials import parse_namespace
 
@@ -74,6 +74,73 @@ class Limits(BaseModel):
     max_session_id_length: int = Field(256, ge=8)
 
 
+# -- operations: rate limits, metrics and logs (docs/operations.md) ------------------------------
+# Kept in one block: the rate limiter (web/ratelimit.py), /metrics (web/observability.py) and the
+# log format (logs.py) read these.
+
+
+def _limit_string(value: str) -> str:
+    """A rate limit in the ``limits`` notation ("60/minute", "10/second;600/minute") or "off"."""
+    text = value.strip()
+    if text.lower() in ("off", "none", "0", ""):
+        return "off"
+    from limits import parse_many
+
+    try:
+        parse_many(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a rate limit like '60/minute' or '10/second;600/minute' (or 'off')") from None
+    return text
+
+
+class RateLimitSettings(BaseModel):
+    """Per client address; the client address is the peer's, or the ``X-Forwarded-For`` hop
+    a trusted proxy reports (``trusted_proxies``). Counted in Redis when ``REDIS_URL`` is set
+    (shared by replicas), else in memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # POST /api/share and RPC createShare.
+    create: str = "60/minute"
+    # Writes that carry a share secret: sync, ops, delete, redeem, rotate, privacy, expiry,
+    # read-token (REST and RPC). One sync a second is 60 a minute; the rest is room for bursts.
+    sync: str = "600/minute"
+    # Requests to /rpc/share (one HTTP batch or one WebSocket session each).
+    rpc: str = "600/minute"
+    # Wrong admin keys (x-opencode-share-key, the sign-in form, the sign-in cookie): beyond it,
+    # every admin-key check from that address is refused (429) without looking at the key.
+    admin_failures: str = "10/minute"
+    # 404s on share reads, pages and /ws (share-id guessing): beyond it, share routes answer 429.
+    share_misses: str = "120/minute"
+    # Proxies whose X-Forwarded-For is believed (CIDR list, e.g. "10.0.0.0/8,127.0.0.1").
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+
+    @field_validator("create", "sync", "rpc", "admin_failures", "share_misses")
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        return _limit_string(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _cidrs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _enabled(cls, value: Any) -> Any:
+        return _truthy(value) if isinstance(value, str) else value
+
+
+def _apply_operations_environment(values: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """The operations block's secret: ``METRICS_TOKEN`` (environment only)."""
+    token = environ.get("CLOUDSESSION_METRICS_TOKEN") or environ.get("METRICS_TOKEN")
+    if token:
+        values["metrics_token"] = token
+
+
 class Settings(BaseModel):
     """Everything the service needs, validated once at startup."""
 
@@ -107,6 +174,24 @@ class Settings(BaseModel):
     # (live.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
     redis_url: SecretStr | None = None
     log_level: str = "INFO"
+    # -- operations: rate limits, metrics, log format (docs/operations.md) --------------------
+    rate_limits: RateLimitSettings = Field(default_factory=lambda: RateLimitSettings())
+    # "text" (one readable line per record, for a terminal) or "json" (JSON lines for a collector).
+    log_format: Literal["text", "json"] = "text"
+    # /metrics also accepts ``Authorization: Bearer <token>`` (besides the admin key). Secret.
+    metrics_token: SecretStr | None = None
+    # "host:port": serve /metrics on this separate address (only there, without the admin key).
+    metrics_address: str | None = None
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9100")
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -151,6 +236,7 @@ class Settings(BaseModel):
         for key in ("shared_secret", "rpc_shared_key"):
             data[key] = "<set>" if getattr(self, key) is not None else None
         data["redis_url"] = redact_url(self.redis_url.get_secret_value()) if self.redis_url else None
+        data["metrics_token"] = "<set>" if self.metrics_token is not None else None
         return data
 
 
@@ -172,7 +258,7 @@ def default_data_dir() -> Path:
 
 # -- the wrangler-like file ---------------------------------------------------------------------
 
-SECRET_NAMES = ("SESSIONS_SHARED_SECRET", "SESSIONS_RPC_SHARED_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRET_NAMES: tuple[str, ...] = ("SESSIONS_SHARED_SECRET", "SESSIONS_RPC_SHARED_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 class BucketBinding(BaseModel):
@@ -222,6 +308,22 @@ VARS: dict[str, tuple[str, ...]] = {
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
     "REDIS_URL": ("redis_url",),
 }
+
+# The operations block (rate limits, metrics, log format): docs/operations.md.
+VARS.update(
+    {
+        "LOG_FORMAT": ("log_format",),
+        "METRICS_ADDRESS": ("metrics_address",),
+        "RATE_LIMITS": ("rate_limits", "enabled"),
+        "RATE_LIMIT_CREATE": ("rate_limits", "create"),
+        "RATE_LIMIT_SYNC": ("rate_limits", "sync"),
+        "RATE_LIMIT_RPC": ("rate_limits", "rpc"),
+        "RATE_LIMIT_ADMIN_FAILURES": ("rate_limits", "admin_failures"),
+        "RATE_LIMIT_SHARE_MISSES": ("rate_limits", "share_misses"),
+        "TRUSTED_PROXIES": ("rate_limits", "trusted_proxies"),
+    }
+)
+SECRET_NAMES = (*SECRET_NAMES, "METRICS_TOKEN")
 
 
 def _set(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -306,6 +408,7 @@ def apply_environment(values: dict[str, Any], environ: Mapping[str, str]) -> Non
         values["store"] = parse_store_url(store_url)
     if isinstance(values.get("store"), dict):
         _aws_defaults(values["store"], environ)
+    _apply_operations_environment(values, environ)
 
 
 def _aws_defaults(spec: dict[str, Any], environ: Mapping[str, str]) -> None:

@@ -99,7 +99,7 @@ async def get_share_metadata(request: web.Request) -> web.Response:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    require_admin(request)
+    await require_admin(request)
     sessions = await request.app[SERVICE].list_index()
     return json_response({"sessions": sessions, "count": len(sessions)})
 

@@ -14,14 +14,14 @@ from cloudsession.live.hub import LiveHub
 from cloudsession.live.relay import RedisRelay, redis_client, relay_channel
 from cloudsession.shares.service import open_service
 from cloudsession.shares.sweep import sweep
-from cloudsession.web.keys import LIVE, SERVICE, SETTINGS
+from cloudsession.web.keys import LIVE, METRICS, SERVICE, SETTINGS
 
 log = logging.getLogger(__name__)
 
 
 async def share_service(app: web.Application) -> AsyncIterator[None]:
     """The store and the share service on it, telling the live hub about every change."""
-    async with open_service(app[SETTINGS], events=app[LIVE]) as service:
+    async with open_service(app[SETTINGS], events=app[LIVE], metrics=app.get(METRICS)) as service:
         app[SERVICE] = service
         yield
 

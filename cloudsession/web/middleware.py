@@ -39,8 +39,10 @@ async def error_page(request: web.Request, status: int, message: str) -> web.Res
 
 async def _error_response(request: web.Request, error: ShareError) -> web.Response:
     if _wants_json(request):
-        return web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json")
-    return await error_page(request, error.status, error.message)
+        return web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json", headers=error.headers())
+    page = await error_page(request, error.status, error.message)
+    page.headers.update(error.headers())
+    return page
 
 
 @web.middleware
