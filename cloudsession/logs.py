@@ -15,6 +15,7 @@ session content: only those fields are copied, and callers put only those values
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from contextvars import ContextVar
@@ -28,7 +29,7 @@ _context: ContextVar[dict[str, Any] | None] = ContextVar("cloudsession_log_conte
 
 def bind(**fields: Any) -> Any:
     """Start a request's context (returns the token for ``unbind``)."""
-    return _context.set({k: v for k, v in fields.items() if k in CONTEXT_FIELDS})
+    return _context.set({k: v for k, v in fields.items() if k in CONTEXT_FIELDS and v is not None})
 
 
 def unbind(token: Any) -> None:
@@ -62,7 +63,8 @@ class ContextFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-30 07:00:00,123 INFO name: message [request_id=... route=... share_id=...]``."""
+    """``2026-11-30 07:00:00,123 INFO name: message [request_id=... route=... share_id=...]``;
+    a record with a ``config`` attribute (the startup line) shows it as JSON after the message."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -70,7 +72,10 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         text = super().formatMessage(record)
         fields = [f"{key}={getattr(record, key)}" for key in (*CONTEXT_FIELDS, "status", "duration_ms") if getattr(record, key, None) is not None]
-        return f"{text} [{' '.join(fields)}]" if fields else text
+        if fields:
+            text = f"{text} [{' '.join(fields)}]"
+        config = getattr(record, "config", None)  # the startup line's effective configuration
+        return f"{text} configuration: {json.dumps(config, default=str, sort_keys=True)}" if config is not None else text
 
 
 def json_formatter() -> logging.Formatter:

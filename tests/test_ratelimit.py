@@ -201,7 +201,6 @@ async def test_limits_can_be_turned_off(aiohttp_client, tmp_path):
 async def test_an_unreachable_limit_store_lets_requests_through(tmp_path):
     from limits import parse_many
     from limits.aio.storage import RedisStorage
-
     from servers import free_port
 
     storage = RedisStorage(f"async+redis://127.0.0.1:{free_port()}/0", implementation="redispy", wrap_exceptions=True, socket_connect_timeout=0.5)
@@ -236,9 +235,8 @@ def _post(url: str, body: dict[str, Any]) -> int:
 
 
 def test_replicas_share_the_limit_through_redis(tmp_path, redis_server):  # noqa: F811
-    from servers import running_servers
-
     import redis
+    from servers import running_servers
 
     # A database of its own, emptied first: counts from other tests (or an earlier run within the
     # minute) must not count here.

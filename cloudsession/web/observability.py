@@ -16,7 +16,6 @@ log, ``/metrics``, and one log line at startup and one at shutdown (docs/operati
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -30,7 +29,7 @@ from aiohttp.abc import AbstractAccessLogger
 from cloudsession import __version__, logs
 from cloudsession.credentials import SHARE_ID_RE, secrets_equal
 from cloudsession.live.hub import LiveHub
-from cloudsession.metrics import CONTENT_TYPE_LATEST, Metrics
+from cloudsession.metrics import CONTENT_TYPE, Metrics
 from cloudsession.web.auth import checked_admin_header
 from cloudsession.web.keys import LIMITER, LIVE, METRICS, SETTINGS
 from cloudsession.web.ratelimit import admin_attempt, client_address
@@ -137,7 +136,7 @@ async def _metrics_allowed(request: web.Request, *, open_without_token: bool) ->
 
 
 def _exposition(metrics: Metrics) -> web.Response:
-    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
 
 def _unauthorized() -> web.Response:
@@ -213,7 +212,7 @@ async def lifecycle_log(app: web.Application) -> AsyncIterator[None]:
     redacted, when the server starts, and one when it has stopped."""
     settings = app[SETTINGS]
     config = settings.redacted()
-    log.info("cloudsession %s starting; configuration: %s", __version__, json.dumps(config, default=str, sort_keys=True), extra={"config": config})
+    log.info("cloudsession %s starting", __version__, extra={"config": config})
     started = time.monotonic()
     try:
         yield
