@@ -71,11 +71,12 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         text = super().formatMessage(record)
-        fields = [f"{key}={getattr(record, key)}" for key in (*CONTEXT_FIELDS, "status", "duration_ms") if getattr(record, key, None) is not None]
+        # The access line's message already shows status and duration; the bracket adds the context.
+        fields = [f"{key}={getattr(record, key)}" for key in CONTEXT_FIELDS if getattr(record, key, None) is not None]
         if fields:
             text = f"{text} [{' '.join(fields)}]"
         config = getattr(record, "config", None)  # the startup line's effective configuration
-        return f"{text} configuration: {json.dumps(config, default=str, sort_keys=True)}" if config is not None else text
+        return f"{text}; configuration: {json.dumps(config, default=str, sort_keys=True)}" if config is not None else text
 
 
 def json_formatter() -> logging.Formatter:

@@ -122,7 +122,7 @@ def test_text_format_for_a_terminal(capsys):
     finally:
         logging.getLogger().handlers.clear()
     first, second = stream.text.splitlines()
-    assert first.endswith(f"INFO cloudsession.test: hello [request_id=req-7 route=api.get share_id=abcd1234 session=ses_{'p' * 26} status=200]")
+    assert first.endswith(f"INFO cloudsession.test: hello [request_id=req-7 route=api.get share_id=abcd1234 session=ses_{'p' * 26}]")
     assert "never" not in stream.text
     assert second.endswith("INFO cloudsession.test: outside")
 
