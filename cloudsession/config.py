@@ -108,8 +108,8 @@ class RateLimitSettings(BaseModel):
     sync: str = "600/minute"
     # Requests to /rpc/share (one HTTP batch or one WebSocket session each).
     rpc: str = "600/minute"
-    # Wrong admin keys (x-opencode-share-key, the sign-in form, the sign-in cookie): beyond it,
-    # every admin-key check from that address is refused (429) without looking at the key.
+    # Wrong admin keys (x-opencode-share-key, the sign-in form, the sign-in cookie, /metrics):
+    # beyond it, every admin-key check from that address answers 429 whatever the key.
     admin_failures: str = "10/minute"
     # 404s on share reads, pages and /ws (share-id guessing): beyond it, share routes answer 429.
     share_misses: str = "120/minute"

@@ -14,6 +14,7 @@ import factories as f
 from factories import settings_for_tests
 from prometheus_client.parser import text_string_to_metric_families
 from servers import free_port
+from test_ratelimit import inside_one_window
 
 from cloudsession.web.app import create_app
 
@@ -42,8 +43,9 @@ async def scrape(client, headers=None) -> dict:
 
 
 async def test_series_after_traffic(aiohttp_client, tmp_path):
-    settings = settings_for_tests(tmp_path / "data", rpc_shared_key=ADMIN_KEY, compact_max_entries=4, rate_limits={"create": "3/minute"})
+    settings = settings_for_tests(tmp_path / "data", rpc_shared_key=ADMIN_KEY, compact_max_entries=4, rate_limits={"create": "3/hour"})
     client = await aiohttp_client(create_app(settings))
+    await inside_one_window(3600, needed=30)
     share = await (await client.post("/api/share", json={"sessionID": SID})).json()
     message = f.user_message(SID)
     items = [f.item("session", f.session(SID)), f.item("message", message), f.item("part", f.text_part(SID, message["id"]))]
@@ -53,7 +55,7 @@ async def test_series_after_traffic(aiohttp_client, tmp_path):
     assert (await client.get(f"/api/share/{share['id']}/data")).status == 200
     assert (await client.get("/api/share/doesnotexist")).status == 404
     assert (await client.get(f"/share/{share['id']}")).status == 200
-    for i in range(3):  # the 4th create of the minute is refused
+    for i in range(3):  # the 4th create of the hour is refused
         await client.post("/api/share", json={"sessionID": f"ses_metrics_more_{i:010d}"})
     viewer = await client.ws_connect(f"/ws/{share['id']}")
     # Compactions run in the background after the sync that makes the journal long enough.
@@ -94,6 +96,7 @@ async def test_series_after_traffic(aiohttp_client, tmp_path):
 async def test_metrics_need_the_admin_key_or_the_token(aiohttp_client, tmp_path):
     settings = settings_for_tests(tmp_path / "data", rpc_shared_key=ADMIN_KEY, metrics_token="scrape-token-1")
     client = await aiohttp_client(create_app(settings))
+    await inside_one_window(needed=15)
     assert (await client.get("/metrics")).status == 401
     assert (await client.get("/metrics", headers={"x-opencode-share-key": "wrong"})).status == 401
     assert (await client.get("/metrics", headers={"Authorization": "Bearer wrong"})).status == 401
