@@ -42,6 +42,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from cloudsession.config import Settings
 from cloudsession.errors import RateLimited, ShareError
+from cloudsession.live.relay import relay_channel
 from cloudsession.metrics import Metrics
 from cloudsession.web.keys import LIMITER, METRICS, SETTINGS
 
@@ -99,14 +100,20 @@ class RateLimiter:
         if settings.redis_url is not None:
             url = settings.redis_url.get_secret_value()
             url = "async+redis+unix" + url.removeprefix("unix") if url.startswith("unix") else "async+" + url
+            # Per deployment, like the live relay's channels: deployments on other stores that share
+            # the Redis server keep their own counts.
+            prefix = f"{KEY_PREFIX}:{relay_channel(settings).rsplit(':', 1)[-1]}"
             storage = RedisStorage(
-                url, implementation="redispy", key_prefix=KEY_PREFIX, wrap_exceptions=True, socket_timeout=STORAGE_DEADLINE, socket_connect_timeout=STORAGE_DEADLINE
+                url, implementation="redispy", key_prefix=prefix, wrap_exceptions=True, socket_timeout=STORAGE_DEADLINE, socket_connect_timeout=STORAGE_DEADLINE
             )
         else:
             storage = MemoryStorage()
         return cls(storage, limits, cfg.trusted_proxies, metrics)
 
     async def close(self) -> None:
+        timer = getattr(self.storage, "timer", None)  # the memory store's expiry task
+        if isinstance(timer, asyncio.Task) and not timer.done():
+            timer.cancel()
         bridge = getattr(self.storage, "bridge", None)
         client = getattr(bridge, "storage", None)
         if client is not None and hasattr(client, "aclose"):
