@@ -79,6 +79,10 @@ async def test_a_burst_of_100_creates_from_one_address_gets_60_through(aiohttp_c
     assert len(listing) == 60
 
 
+def _store_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def _service_key():
     from cloudsession.web.keys import SERVICE
 
@@ -184,8 +188,14 @@ async def test_sync_limit_counts_rest_and_rpc_calls(aiohttp_client, tmp_path):
     assert sorted(line[0] for line in answer) == ["reject", "resolve", "resolve"]
     [rejected] = [line for line in answer if line[0] == "reject"]
     assert rejected[2][:3] == ["error", "Error", rejected[2][2]] and rejected[2][2].startswith("Too many requests; retry in ")
-    resp = await client.post(f"/api/share/{share['id']}/sync", json=body)
+    before = await (await client.get(f"/api/share/{share['id']}/data")).read()
+    store_before = _store_bytes(tmp_path / "data" / "store")
+    refused_body = {"secret": share["secret"], "data": [f.item("session", f.session("ses_sync_limit_0000000001", title="refused"))]}
+    resp = await client.post(f"/api/share/{share['id']}/sync", json=refused_body)
     await assert_429(resp, json_body=True)
+    # Refused before the body was read: nothing stored changed.
+    assert await (await client.get(f"/api/share/{share['id']}/data")).read() == before
+    assert _store_bytes(tmp_path / "data" / "store") == store_before
     # RPC createShare counts against the create limit (one REST create already).
     status, answer = await rpc(client, call("createShare", "ses_sync_limit_0000000002"), call("createShare", "ses_sync_limit_0000000003"), ["pull", 1], ["pull", 2])
     assert sorted(line[0] for line in answer) == ["reject", "resolve"]
