@@ -100,21 +100,23 @@ class RateLimitSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
-    # POST /api/share and RPC createShare.
-    create: str = "60/minute"
-    # Writes that carry a share secret: sync, ops, delete, redeem, rotate, privacy, expiry,
-    # read-token (REST and RPC). One sync a second is 60 a minute; the rest is room for bursts.
-    sync: str = "600/minute"
-    # Requests to /rpc/share (one HTTP batch or one WebSocket session each).
-    rpc: str = "600/minute"
-    # Wrong admin keys (x-opencode-share-key, the sign-in form, the sign-in cookie, /metrics):
-    # beyond it, every admin-key check from that address answers 429 whatever the key.
-    admin_failures: str = "10/minute"
-    # 404s on share reads, pages and /ws (share-id guessing): beyond it, share routes answer 429.
-    share_misses: str = "120/minute"
-    # Proxies whose X-Forwarded-For is believed (CIDR list, e.g. "10.0.0.0/8,127.0.0.1").
-    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    enabled: bool = Field(True, description="false turns every rate limit off.")
+    create: str = Field("60/minute", description="Creates per address: POST /api/share and RPC createShare.")
+    sync: str = Field(
+        "600/minute",
+        description="Writes that carry a share secret per address (sync, ops, delete, redeem, rotate, privacy, expiry, read-token; "
+        "REST and RPC). A sync a second is 60 a minute; the rest is room for bursts.",
+    )
+    rpc: str = Field("600/minute", description="Requests to /rpc/share per address (an HTTP batch or a WebSocket session each).")
+    admin_failures: str = Field(
+        "10/minute",
+        description="Wrong admin keys per address (header, sign-in form, sign-in cookie, /metrics); beyond it every admin-key "
+        "check from that address answers 429, whatever the key.",
+    )
+    share_misses: str = Field("120/minute", description="404s per address on routes that name a share (id guessing); beyond it those routes answer 429.")
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list, description='Proxies whose X-Forwarded-For is believed, as CIDRs ("10.0.0.0/8,127.0.0.1").'
+    )
 
     @field_validator("create", "sync", "rpc", "admin_failures", "share_misses")
     @classmethod
@@ -175,13 +177,10 @@ class Settings(BaseModel):
     redis_url: SecretStr | None = None
     log_level: str = "INFO"
     # -- operations: rate limits, metrics, log format (docs/operations.md) --------------------
-    rate_limits: RateLimitSettings = Field(default_factory=lambda: RateLimitSettings())
-    # "text" (one readable line per record, for a terminal) or "json" (JSON lines for a collector).
-    log_format: Literal["text", "json"] = "text"
-    # /metrics also accepts ``Authorization: Bearer <token>`` (besides the admin key). Secret.
-    metrics_token: SecretStr | None = None
-    # "host:port": serve /metrics on this separate address (only there, without the admin key).
-    metrics_address: str | None = None
+    rate_limits: RateLimitSettings = Field(default_factory=lambda: RateLimitSettings(), description="Rate limits per client address (docs/operations.md).")
+    log_format: Literal["text", "json"] = Field("text", description="text (readable lines, for a terminal) or json (JSON lines, for a log collector).")
+    metrics_token: SecretStr | None = Field(None, description="/metrics also accepts Authorization: Bearer <token>. Secret: environment only.")
+    metrics_address: str | None = Field(None, description="host:port: serve /metrics only on this separate address (open unless METRICS_TOKEN is set).")
 
     @field_validator("metrics_address")
     @classmethod
