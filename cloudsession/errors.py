@@ -28,6 +28,10 @@ class ShareError(Exception):
         """The JSON body for this error (the reference's ``{"error": ...}`` shape)."""
         return {"error": self.message}
 
+    def headers(self) -> dict[str, str]:
+        """Response headers this error carries (``Retry-After`` on a 503), JSON or HTML alike."""
+        return {}
+
 
 class ValidationFailed(ShareError):
     """Bad input: the request is rejected before anything is read or written."""
@@ -92,5 +96,13 @@ class PayloadTooLarge(ShareError):
 
 
 class StoreUnavailable(ShareError):
+    """The store failed, did not answer within its deadline, or the share kept changing. The
+    client retries after ``Retry-After`` seconds (a write whose answer was lost may have landed:
+    op ids and ``Idempotency-Key`` make the retry safe). Never a 500: a store fault is not a bug."""
+
     status = 503
     message = "Storage unavailable"
+    retry_after_seconds: int = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}

@@ -44,11 +44,12 @@ from cloudsession.errors import (
 )
 from cloudsession.jsonio import json_bytes
 from cloudsession.shares.events import EventSink, NullSink
+from cloudsession.shares.guard import GuardedStore
 from cloudsession.shares.public import PublicShare
 from cloudsession.shares.state import ShareState, sha256_hex
 from cloudsession.shares.storage import INDEX_PREFIX, index_key, journal_key, journal_prefix, snapshot_key
 from cloudsession.store import open_store
-from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys, read_json_object
+from cloudsession.store.base import STALE_TEMP_SECONDS, ObjectStore, PreconditionFailed, StoreError, iter_keys, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ class CommitResult:
 
 class ShareService:
     def __init__(self, store: ObjectStore, settings: Settings, events: EventSink | None = None) -> None:
-        self.store = store
+        # Every store access of the domain goes through the guard: a deadline on each call, and
+        # every failure a StoreUnavailable (503), iterators and helpers included.
+        self.store = store if isinstance(store, GuardedStore) else GuardedStore(store, settings.store_timeout_seconds)
         self.settings = settings
         self.namespace = settings.namespace
         self.events: EventSink = events or NullSink()
@@ -114,9 +117,21 @@ class ShareService:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def ready(self) -> None:
-        """Raise StoreUnavailable unless the store answers: a one-key listing (a HEAD cannot tell
-        a missing bucket from a missing key)."""
-        await self.store_call(self.store.list_page(INDEX_PREFIX, limit=1))
+        """Raise StoreUnavailable unless the store answers within ``ready_timeout_seconds``: a
+        one-key listing (a HEAD cannot tell a missing bucket from a missing key)."""
+        try:
+            async with asyncio.timeout(self.settings.ready_timeout_seconds):
+                await self.store.list_page(INDEX_PREFIX, limit=1)
+        except TimeoutError:
+            raise StoreUnavailable() from None
+
+    async def remove_crash_leftovers(self) -> int:
+        """At startup: remove temporary files that writes interrupted by a crash left in the
+        store (old enough that no live process can still be writing them)."""
+        removed: int = await self.store.remove_stale_temp(older_than_seconds=STALE_TEMP_SECONDS)
+        if removed:
+            log.warning("removed %d temporary files left in the store by interrupted writes", removed)
+        return removed
 
     async def close(self) -> None:
         """Wait briefly for background compactions, then cancel what is left."""
@@ -173,7 +188,9 @@ class ShareService:
         self._public_cache.pop(share_id, None)
 
     async def store_call(self, coro: Awaitable[Any]) -> Any:
-        """Await a store call, turning store failures into StoreUnavailable (503)."""
+        """Await a store call. ``self.store`` already puts each call under its deadline and maps
+        failures to StoreUnavailable (``guard.py``); this also covers a coroutine made on an
+        unguarded store."""
         try:
             return await coro
         except PreconditionFailed:
@@ -212,7 +229,12 @@ class ShareService:
 
     async def _catch_up(self, state: ShareState) -> bool:
         """Fold journal entries newer than ``state``. False when the snapshot must be re-read
-        (an entry vanished under a concurrent compaction)."""
+        (an entry vanished under a concurrent compaction).
+
+        ``state`` is usually the cached object, shared by every request on the share: another
+        read, or the write that made an entry, may fold it while this one waits on the store.
+        Entries are folded by ``seq`` (each check-and-fold runs without an await in between), so
+        whoever gets there first folds an entry and everyone else skips it: never twice."""
         prefix = journal_prefix(state.share_id, state.meta.incarnation)
         after = journal_key(state.share_id, state.meta.incarnation, state.meta.seq)
         async for key in iter_keys(self.store, prefix, start_after=after):
@@ -227,6 +249,8 @@ class ShareService:
                 # Only a damaged store gets here: serve what is readable rather than a 500.
                 log.error("share %s: unreadable journal entry %s; folding stops before it", state.share_id, key)
                 return True
+            if isinstance(entry.get("seq"), int) and entry["seq"] <= state.meta.seq:
+                continue  # folded meanwhile by a concurrent read or by its own writer
             if entry.get("seq") != state.meta.seq + 1:
                 log.error("share %s: journal gap at %s (expected seq %d)", state.share_id, key, state.meta.seq + 1)
                 return True
@@ -257,6 +281,8 @@ class ShareService:
                 if content is None:
                     return CommitResult(state, state.meta.sync_count)
                 seq = state.meta.seq + 1
+                # What this commit makes of the count, whatever reads fold meanwhile.
+                sync_count = state.meta.sync_count + int(content.get("syncs", 0))
                 # "w" makes every entry's bytes unique, so the S3 store's lost-response check
                 # (compare what is stored with what was sent) can never mistake a rival's write
                 # for ours.
@@ -272,9 +298,12 @@ class ShareService:
                     # Another writer took this seq; back off a little so retries spread out.
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
                     continue
-                state.apply_entry(entry, len(body))
+                # A read that ran while the write was in flight may have found the entry in the
+                # store and folded it already (_catch_up): then it must not be folded again.
+                if state.meta.seq == seq - 1:
+                    state.apply_entry(entry, len(body))
                 self._cache_put(state)
-                result = CommitResult(state, state.meta.sync_count)
+                result = CommitResult(state, sync_count)
                 # Under the lock, so this process's index writes land in commit order and the
                 # list never keeps an older entry behind a newer one (other replicas may still
                 # briefly overwrite it with theirs: the index is derived and may lag).
@@ -291,8 +320,8 @@ class ShareService:
         # The index is derived and may lag; losing a write here must not fail a durable sync.
         try:
             await self.store.put(index_key(share_id), json_bytes(index))
-        except StoreError as exc:
-            log.warning("share %s: index write failed (%s); it will be rewritten on the next change", share_id, exc)
+        except StoreUnavailable:
+            log.warning("share %s: index write failed; it will be rewritten on the next change", share_id)
 
     async def create(
         self,
@@ -444,11 +473,14 @@ class ShareService:
             if state.tail_entries == 0 or not (force or self._needs_compaction(state)):
                 return False
             now = now_ms()
-            # Serialise under the lock (no writer in this process can change the state), but
-            # upload without it so that syncs are not held up by a large snapshot write.
-            body = await asyncio.to_thread(state.snapshot_bytes_now, now)
+            # A consistent cut, taken without an await: reads fold new entries into the cached
+            # state without the lock, so the state may move on while the bytes are encoded in a
+            # thread; the document holds its own containers and does not. Uploaded without the
+            # lock so that syncs are not held up by a large snapshot write.
+            doc = state.snapshot_doc(now)
             folded_seq, folded_bytes, old_etag = state.meta.seq, state.tail_bytes, state.snapshot_etag
             previous_seq, previous_at = state.snapshot_seq, state.compacted_at
+            body = await asyncio.to_thread(json_bytes, doc)
         try:
             etag = await self.store_call(self.store.put_if_match(snapshot_key(share_id), body, old_etag or ""))
         except PreconditionFailed:

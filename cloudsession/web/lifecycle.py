@@ -23,6 +23,10 @@ async def share_service(app: web.Application) -> AsyncIterator[None]:
     """The store and the share service on it, telling the live hub about every change."""
     async with open_service(app[SETTINGS], events=app[LIVE]) as service:
         app[SERVICE] = service
+        try:
+            await service.remove_crash_leftovers()
+        except ShareError as exc:  # a store that is down at startup must not stop the server
+            log.warning("could not look for temporary files left by a crash: %s", exc.message)
         yield
 
 

@@ -39,8 +39,11 @@ async def error_page(request: web.Request, status: int, message: str) -> web.Res
 
 async def _error_response(request: web.Request, error: ShareError) -> web.Response:
     if _wants_json(request):
-        return web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json")
-    return await error_page(request, error.status, error.message)
+        response = web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json")
+    else:
+        response = await error_page(request, error.status, error.message)
+    response.headers.update(error.headers())  # Retry-After on a 503
+    return response
 
 
 @web.middleware
