@@ -69,17 +69,15 @@ async def test_an_op_write_held_in_flight_is_acknowledged_once(store_opener: Sto
     held = HeldWriteStore(inner)
     service = ShareService(held, settings_for_tests(tmp_path / "data"))
     creds = await service.create(SESSION, origin="http://x")
-    cursor = 0
-    for n in range(3):
+    for cursor in range(3):
         held.hold_next()
         op_id = uuid7()
-        task = asyncio.create_task(append_ops(service, creds.id, creds.secret, None, [Op(op_id, [], cursor, None, message(n))]))
+        task = asyncio.create_task(append_ops(service, creds.id, creds.secret, None, [Op(op_id, [], cursor, None, message(cursor))]))
         await asyncio.wait_for(held.landed.wait(), 10)
         await asyncio.gather(*(service.public_share(creds.id) for _ in range(3)))
         held.release.set()
         answer = await task
         assert answer["applied"] == [{"op_id": op_id, "cursor": cursor + 1}], answer
-        cursor += 1
     state = await ShareService(inner, service.settings).load(creds.id)
     assert (state.meta.cursor, state.meta.sync_count) == (3, 3)
 
