@@ -170,6 +170,22 @@ class ShareService:
             self._locks[share_id] = lock
         return lock
 
+    @asynccontextmanager
+    async def _exclusive(self, share_id: str) -> AsyncIterator[None]:
+        """Hold the share's write lock. Waiting for it has the store's deadline too: writers
+        ahead that are stuck on a store that does not answer must not make every later request
+        wait out all of their deadlines in turn (a 503 instead, to retry)."""
+        lock = self._lock(share_id)
+        try:
+            async with asyncio.timeout(self.settings.store_timeout_seconds):
+                await lock.acquire()
+        except TimeoutError:
+            raise StoreUnavailable("The share is busy; retry") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     def _cache_put(self, state: ShareState) -> None:
         old = self._cache.pop(state.share_id, None)
         if old is not None:
@@ -272,7 +288,7 @@ class ShareService:
         run several times when other writers get in first, so it must not have side effects.
         """
         limits = self.settings.limits
-        async with self._lock(share_id):
+        async with self._exclusive(share_id):
             for attempt in range(MAX_WRITE_ATTEMPTS):
                 state = await self.load(share_id, missing=missing)
                 checked = time.monotonic()
@@ -400,7 +416,7 @@ class ShareService:
 
     async def delete(self, share_id: str, secret: str | None, *, admin: bool = False) -> None:
         """Delete a share (``admin`` skips the secret check: the operator's kill switch)."""
-        async with self._lock(share_id):
+        async with self._exclusive(share_id):
             for _ in range(8):
                 state = await self.load(share_id, missing=ShareNotFound)
                 if not admin:
@@ -468,7 +484,7 @@ class ShareService:
 
     async def compact(self, share_id: str, *, force: bool = False) -> bool:
         """Fold the journal tail into a new snapshot; off the request path. True if written."""
-        async with self._lock(share_id):
+        async with self._exclusive(share_id):
             state = await self.load(share_id)
             if state.tail_entries == 0 or not (force or self._needs_compaction(state)):
                 return False
@@ -485,7 +501,7 @@ class ShareService:
             etag = await self.store_call(self.store.put_if_match(snapshot_key(share_id), body, old_etag or ""))
         except PreconditionFailed:
             return False  # another replica compacted, or the share was deleted
-        async with self._lock(share_id):
+        async with self._exclusive(share_id):
             cached = self._cache.get(share_id)
             if cached is not None and cached.snapshot_etag == old_etag:
                 cached.snapshot_etag, cached.snapshot_seq, cached.compacted_at = etag, folded_seq, now
