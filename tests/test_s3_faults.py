@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from collections import Counter
@@ -178,7 +179,7 @@ async def test_concurrent_traffic_through_s3_faults_loses_nothing_acknowledged(p
         for n in range(3):
             status, body = await tally.request(http, "POST", f"{base}/api/share", json={"sessionID": f"ses_faultconc00000000000000{n}"})
             assert status == 200
-            shares.append(__import__("json").loads(body))
+            shares.append(json.loads(body))
         for share in shares:
             tally.acknowledged[share["id"]] = set()
         stop_readers = asyncio.Event()
