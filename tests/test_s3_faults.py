@@ -218,37 +218,37 @@ async def test_concurrent_traffic_through_s3_faults_loses_nothing_acknowledged(p
         await asyncio.gather(*readers)
         proxy.faults = NO_FAULTS
 
-        lost_answers = proxy.stats["lost-write-answers"]
-        acked = sum(len(v) for v in tally.acknowledged.values())
-        print(
-            f"S3 faults: {proxy.stats['requests']} store requests, injected "
-            + ", ".join(f"{k} {proxy.stats[k]}" for k in KINDS)
-            + f"; answers {dict(tally.statuses)}; longest {tally.longest:.2f}s; acknowledged syncs {acked};"
-            + f" write answers lost {lost_answers}"
-        )
-        assert tally.bad == []
-        assert set(tally.statuses) <= {200, 503}
-        assert sum(proxy.stats[k] for k in KINDS) > 20  # the faults did happen
-        assert tally.statuses[200] > 0
-
         # After the faults: every acknowledged sync is there, on this server and on a fresh one.
         fresh = ServerProcess(tmp_path / "fresh", server.env | {"PUBLIC_URL": ""})
         await asyncio.to_thread(fresh.start)
         try:
             lost = 0
+            counts: dict[str, list[int]] = {}
             for share in shares:
-                counts = []
                 for url in (base, fresh.url):
                     async with http.get(f"{url}/api/share/{share['id']}") as resp:
                         assert resp.status == 200
                         doc = await resp.json()
-                    present = {m["id"] for m in doc["messages"]}
-                    lost += len(tally.acknowledged[share["id"]] - present)
-                    counts.append(doc["metadata"]["syncCount"])
-                acked_here = len(tally.acknowledged[share["id"]])
-                assert counts[0] == counts[1], counts
-                # Counted once each: more than acknowledged only by writes whose answer was lost.
-                assert acked_here <= counts[0] <= acked_here + lost_answers, (acked_here, counts, lost_answers)
-            assert lost == 0
+                    lost += len(tally.acknowledged[share["id"]] - {m["id"] for m in doc["messages"]})
+                    counts.setdefault(share["id"], []).append(doc["metadata"]["syncCount"])
         finally:
             await asyncio.to_thread(fresh.stop)
+
+    lost_answers = proxy.stats["lost-write-answers"]
+    acked = sum(len(v) for v in tally.acknowledged.values())
+    print(
+        f"S3 faults: {FAULT_ROUNDS} fault rounds, {proxy.stats['requests']} store requests, injected "
+        + ", ".join(f"{k} {proxy.stats[k]}" for k in KINDS)
+        + f"; answers {dict(tally.statuses)}; longest {tally.longest:.2f}s; acknowledged syncs {acked},"
+        + f" lost {lost}; syncCount total {sum(c[0] for c in counts.values())}; write answers dropped {lost_answers}"
+    )
+    assert tally.bad == []
+    assert set(tally.statuses) <= {200, 503}
+    assert sum(proxy.stats[k] for k in KINDS) > 20  # the faults did happen
+    assert tally.statuses[200] > 0
+    assert lost == 0
+    for share_id, (here, there) in counts.items():
+        acked_here = len(tally.acknowledged[share_id])
+        assert here == there
+        # Counted once each: more than acknowledged only by writes whose answer was dropped.
+        assert acked_here <= here <= acked_here + lost_answers, (acked_here, here, lost_answers)
