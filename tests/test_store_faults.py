@@ -105,6 +105,24 @@ async def test_a_store_that_never_answers_is_a_503_within_the_deadline(store_ope
     assert (await service.public_share(creds.id)).sync_count == 0
 
 
+class SlowWriteStore(WrappedStore):
+    """Every journal write takes a while, as over a slow link to S3."""
+
+    async def put_if_absent(self, key: str, body: bytes) -> str:
+        await asyncio.sleep(0.04)
+        return await self.inner.put_if_absent(key, body)
+
+
+async def test_a_burst_of_syncs_waits_while_the_store_answers(store_opener: StoreOpener, tmp_path: Path) -> None:
+    """The wait for a share's write lock gives up only when the writers ahead are stuck: a queue
+    that moves is waited out, however much longer than one store deadline it takes."""
+    slow = SlowWriteStore(await store_opener(""))
+    service = ShareService(slow, settings_for_tests(tmp_path / "data", store_timeout_seconds=0.25))
+    creds = await service.create(SESSION, origin="http://x")
+    counts = await asyncio.gather(*(service.sync(creds.id, creds.secret, [message(n)]) for n in range(20)))
+    assert sorted(counts) == list(range(1, 21))
+
+
 class FailingListStore(WrappedStore):
     """Every LIST fails, as a store answering 500 to ListObjectsV2 does."""
 

@@ -92,6 +92,53 @@ class CommitResult:
     sync_count: int
 
 
+class _ShareLock(asyncio.Lock):
+    """A share's write lock, whose wait has a deadline measured in progress.
+
+    Writers queue for it while the ones ahead get answers from the store, however long the
+    queue (a burst of syncs to one share). Once no holder has finished for a whole store
+    deadline, they are stuck on a store that does not answer: a waiter gives up with a 503
+    rather than wait out every stuck holder's deadline in turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Holders that released the lock without a store failure.
+        self.progress = 0
+
+    @asynccontextmanager
+    async def hold(self, deadline: float) -> AsyncIterator[None]:
+        await self._acquire_while_progressing(deadline)
+        answered = True
+        try:
+            yield
+        except StoreUnavailable:
+            answered = False
+            raise
+        finally:
+            if answered:
+                self.progress += 1
+            self.release()
+
+    async def _acquire_while_progressing(self, deadline: float) -> None:
+        acquiring = asyncio.ensure_future(self.acquire())
+        try:
+            while True:
+                seen = self.progress
+                done, _ = await asyncio.wait({acquiring}, timeout=deadline)
+                if done:
+                    acquiring.result()
+                    return
+                if self.progress == seen:
+                    raise StoreUnavailable("The share is busy; retry")
+        except BaseException:
+            # Given up or cancelled: never leave the lock taken by an orphaned acquire.
+            if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+                self.release()
+            else:
+                acquiring.cancel()
+            raise
+
+
 class ShareService:
     def __init__(self, store: ObjectStore, settings: Settings, events: EventSink | None = None) -> None:
         # Every store access of the domain goes through the guard: a deadline on each call, and
@@ -104,7 +151,7 @@ class ShareService:
         self._cache_bytes = 0
         self._cache_limit_bytes = 512 * 1024 * 1024
         self._cache_limit_entries = 2048
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks: weakref.WeakValueDictionary[str, _ShareLock] = weakref.WeakValueDictionary()
         # share id -> ((snapshot ETag, seq), view). seq alone repeats when another process
         # deletes and re-creates the share; the snapshot and its journal entries up to seq do not.
         self._public_cache: dict[str, tuple[tuple[str | None, int], PublicShare]] = {}
@@ -163,28 +210,18 @@ class ShareService:
 
     # -- loading ------------------------------------------------------------------------------
 
-    def _lock(self, share_id: str) -> asyncio.Lock:
+    def _lock(self, share_id: str) -> _ShareLock:
         lock = self._locks.get(share_id)
         if lock is None:
-            lock = asyncio.Lock()
+            lock = _ShareLock()
             self._locks[share_id] = lock
         return lock
 
     @asynccontextmanager
     async def _exclusive(self, share_id: str) -> AsyncIterator[None]:
-        """Hold the share's write lock. Waiting for it has the store's deadline too: writers
-        ahead that are stuck on a store that does not answer must not make every later request
-        wait out all of their deadlines in turn (a 503 instead, to retry)."""
-        lock = self._lock(share_id)
-        try:
-            async with asyncio.timeout(self.settings.store_timeout_seconds):
-                await lock.acquire()
-        except TimeoutError:
-            raise StoreUnavailable("The share is busy; retry") from None
-        try:
+        """Hold the share's write lock (``_ShareLock.hold``)."""
+        async with self._lock(share_id).hold(self.settings.store_timeout_seconds):
             yield
-        finally:
-            lock.release()
 
     def _cache_put(self, state: ShareState) -> None:
         old = self._cache.pop(state.share_id, None)
