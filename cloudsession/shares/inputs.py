@@ -26,6 +26,8 @@ class ShareOptionsBody(_Body):
     private: StrictBool = False
     ttl: StrictInt | None = None
     expiresAt: StrictInt | None = None
+    # Validated by shares/lifecycle.parse_labels (bounded object of strings).
+    labels: Any = None
 
 
 class CreateShareBody(ShareOptionsBody):

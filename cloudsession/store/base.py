@@ -19,14 +19,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from cloudsession.errors import StoreError as StoreError  # re-exported: the store raises it
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 # Leftovers of an interrupted write (a killed process's temporary file) older than this are
 # removed when a store opens and by ``fsck --repair``; younger ones may be a write in progress.
 STALE_TEMP_SECONDS = 600.0
-
-
-class StoreError(Exception):
-    """A backend failure that is not a precondition failure (network, permissions, disk)."""
 
 
 class PreconditionFailed(StoreError):
