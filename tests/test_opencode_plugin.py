@@ -36,7 +36,7 @@ def test_the_plugin_outbox_logic_under_the_binarys_bun() -> None:
     done = run_bun("test", "./outbox.test.mjs")
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert " 0 fail" in output and " 11 pass" in output, output
+    assert " 0 fail" in output and " 12 pass" in output, output
 
 
 # -- the real opencode 1.18.33 with the plugin installed, against real share servers ---------------
@@ -70,15 +70,15 @@ class OpencodeServe:
     def _ready(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, "opencode serve exited"
         try:
-            self.call("GET", "/session")
+            self.call("GET", "/session", timeout=2)
             return True
         except OSError:
             return False
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, method=method, data=data, headers={"content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
 
     def new_session(self, title: str) -> str:

@@ -20,7 +20,7 @@
 // It never awaits a `client.*` call during start-up (opencode waits for plugins to load) and
 // never logs a secret.
 
-import { Outbox, defaultOutboxPath, FAILED } from "./outbox.js"
+import { Outbox, defaultOutboxPath, FAILED, leaseOwner } from "./outbox.js"
 import { Sender } from "./sender.js"
 import { HANDLED, itemOf } from "./events.js"
 
@@ -30,7 +30,7 @@ function createState(input, options) {
     shareMode: options.share || null,
     outbox: null,
     sender: null,
-    owner: crypto.randomUUID(),
+    owner: leaseOwner(),
     timer: null,
     timerAt: 0,
     flushing: null,
@@ -117,7 +117,8 @@ async function dispose(state) {
   if (state.timer) clearTimeout(state.timer)
   state.timer = null
   try {
-    if (state.outbox) {
+    if (state.server) {
+      state.open()
       if (state.flushing) await Promise.race([state.flushing, new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())))])
       // Ops waiting for a backoff get one more try now: whatever is left is sent by the next start.
       if (Date.now() < deadline) {

@@ -18,7 +18,7 @@
 
 import { Database } from "bun:sqlite"
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from "node:fs"
-import { homedir } from "node:os"
+import { homedir, hostname } from "node:os"
 import { dirname, join } from "node:path"
 
 export const PENDING = "pending"
@@ -131,6 +131,23 @@ export function backoffDelay(attempts, { base = 500, cap = 30000, random = Math.
   return Math.min(cap, base * 2 ** Math.max(attempts - 1, 0)) * (0.5 + random() / 2)
 }
 
+/** A lease owner is "<pid>@<host>:<random>". A holder whose process is gone (opencode killed, or
+ * `opencode serve` stopped by SIGTERM without running dispose) gives the lease up at once. */
+export function leaseOwner(pid = process.pid) {
+  return `${pid}@${hostname()}:${crypto.randomUUID()}`
+}
+
+function holderAlive(owner) {
+  const match = /^(\d+)@([^:]*):/.exec(owner)
+  if (!match || match[2] !== hostname()) return true // another machine's (shared disk): trust the expiry
+  try {
+    process.kill(Number(match[1]), 0)
+    return true
+  } catch (error) {
+    return error?.code === "EPERM"
+  }
+}
+
 export class Outbox {
   constructor(path = defaultOutboxPath()) {
     this.path = path
@@ -161,7 +178,7 @@ export class Outbox {
   acquireLease(owner, ttlMs = 30000, now = Date.now()) {
     return this.tx(() => {
       const row = this.db.query("SELECT owner, expires_at FROM lease WHERE id = 1").get()
-      if (row && row.owner !== owner && row.expires_at > now) return false
+      if (row && row.owner !== owner && row.expires_at > now && holderAlive(row.owner)) return false
       this.db.query("INSERT OR REPLACE INTO lease(id, owner, expires_at) VALUES (1, ?, ?)").run(owner, now + ttlMs)
       return true
     })

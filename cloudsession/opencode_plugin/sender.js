@@ -54,7 +54,7 @@ export class Sender {
     try {
       response = await fetch(server + path, { method: "POST", headers, body, signal: AbortSignal.timeout(budget) })
     } catch (error) {
-      throw new HttpError(0, `no answer (${error?.name || "error"})`)
+      throw new HttpError(0, `no answer (${error?.code || error?.name || "error"})`)
     }
     const text = await response.text().catch(() => "")
     if (!response.ok) {

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 
 const PLUGIN = process.env.CLOUDSESSION_PLUGIN_DIR
-const { Outbox, ACKED, FAILED, IN_FLIGHT, PENDING, uuid7, entityOf, defaultOutboxPath } = await import(`${PLUGIN}/outbox.js`)
+const { Outbox, leaseOwner, ACKED, FAILED, IN_FLIGHT, PENDING, uuid7, entityOf, defaultOutboxPath } = await import(`${PLUGIN}/outbox.js`)
 const { itemOf } = await import(`${PLUGIN}/events.js`)
 
 const SERVER = "http://127.0.0.1:1"
@@ -140,6 +140,18 @@ describe("lease", () => {
     expect(one.acquireLease("one", 30000, now + 31002)).toBe(false)
     two.releaseLease("two")
     expect(one.acquireLease("one", 30000, now + 31003)).toBe(true)
+  })
+
+  test("a holder whose process is gone loses the lease at once", () => {
+    const path = freshPath()
+    const outbox = new Outbox(path)
+    const dead = Bun.spawnSync(["true"]).pid // a process that has exited
+    const now = Date.now()
+    expect(outbox.acquireLease(leaseOwner(process.pid), 30000, now)).toBe(true)
+    expect(outbox.acquireLease(leaseOwner(process.pid), 30000, now)).toBe(false) // alive: a second instance in this process waits
+    outbox.releaseLease(outbox.db.query("SELECT owner FROM lease").get().owner)
+    expect(outbox.acquireLease(leaseOwner(dead), 30000, now)).toBe(true)
+    expect(outbox.acquireLease(leaseOwner(process.pid), 30000, now)).toBe(true)
   })
 })
 
