@@ -1,0 +1,111 @@
+// Delivery (sender.js) against a real `cloudsession serve` started by tests/test_opencode_plugin.py
+// with MAX_ITEMS_PER_SYNC=4, under the Bun embedded in the pinned opencode binary.
+import { describe, expect, test } from "bun:test"
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+
+const PLUGIN = process.env.CLOUDSESSION_PLUGIN_DIR
+const SERVER = process.env.CLOUDSESSION_TEST_SERVER
+const { Outbox, ACKED, FAILED } = await import(`${PLUGIN}/outbox.js`)
+const { Sender, parseRetryAfter } = await import(`${PLUGIN}/sender.js`)
+
+let n = 0
+const setup = (batchSize = 4) => {
+  const outbox = new Outbox(join(mkdtempSync(join(tmpdir(), "sender-")), "outbox.sqlite"))
+  const sessionID = `ses_plugintest${Date.now().toString(36)}${++n}x`
+  const share = outbox.share(SERVER, sessionID)
+  const logs = []
+  const sender = new Sender(outbox, { batchSize, log: (level, message) => logs.push(`${level} ${message}`) })
+  return { outbox, share, sender, logs, sessionID }
+}
+const part = (id, text) => ({ type: "part", data: { id, messageID: "msg_1", sessionID: "ses_x", type: "text", text } })
+const post = async (path, body) => {
+  const resp = await fetch(SERVER + path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) })
+  return { status: resp.status, body: await resp.json() }
+}
+const data = async (shareID) => (await fetch(`${SERVER}/api/share/${shareID}/data`)).json()
+const texts = (items) => Object.fromEntries(items.filter((i) => i.type === "part").map((i) => [i.data.id, i.data.text]))
+
+describe("delivery to a real server", () => {
+  test("a batch whose answer was lost is resent byte for byte and acknowledged as duplicates", async () => {
+    const { outbox, share, sender } = setup()
+    for (const id of ["prt_a", "prt_b", "prt_c"]) outbox.enqueue(share, part(id, id))
+    await sender.connect(share)
+    const batch = outbox.nextBatch(share)
+    // The first delivery reaches the server, its answer never reaches us.
+    const lost = await sender.post(SERVER, `/api/share/${share.share_id}/ops`, `{"secret":${JSON.stringify(share.secret)},"epoch":0,"ops":${batch.opsJSON}}`)
+    expect(lost.applied.length).toBe(3)
+    sender.redeemed.clear() // a reconnect
+    expect(await sender.drain(share)).toEqual({ done: true })
+    expect(outbox.counts(share)).toEqual({ pending: 0, in_flight: 0, acked: 3, failed: 0 })
+    const acks = outbox.db.query("SELECT ack_cursor FROM ops ORDER BY seq").all().map((r) => r.ack_cursor)
+    expect(acks).toEqual(lost.applied.map((a) => a.cursor)) // the duplicates carry the first cursors
+    const redeemed = await post(`/api/share/${share.share_id}/redeem`, { secret: share.secret })
+    expect(redeemed.body.cursor).toBe(3) // nothing applied twice
+    expect(texts(await data(share.share_id))).toEqual({ prt_a: "prt_a", prt_b: "prt_b", prt_c: "prt_c" })
+  })
+
+  test("after a rotation (403) the share is re-created with the session ID, redeemed and the batch resent", async () => {
+    const { outbox, share, sender } = setup()
+    outbox.enqueue(share, part("prt_a", "before"))
+    expect((await sender.drain(share)).done).toBe(true)
+    const rotated = await post(`/api/share/${share.share_id}/rotate`, { secret: share.secret })
+    expect(rotated.status).toBe(200)
+    const oldSecret = share.secret
+    outbox.enqueue(share, part("prt_b", "after the rotation"))
+    expect((await sender.drain(share)).done).toBe(true)
+    expect(share.secret).toBe(rotated.body.secret)
+    expect(share.secret).not.toBe(oldSecret)
+    expect(outbox.counts(share)).toEqual({ pending: 0, in_flight: 0, acked: 2, failed: 0 })
+    expect(texts(await data(share.share_id))).toEqual({ prt_a: "before", prt_b: "after the rotation" })
+  })
+
+  test("a batch too large (413) is split until it fits", async () => {
+    const { outbox, share, sender } = setup(10) // the server takes at most 4 items per request
+    for (let i = 0; i < 10; i++) outbox.enqueue(share, part(`prt_${i}`, `t${i}`))
+    expect((await sender.drain(share)).done).toBe(true)
+    expect(outbox.counts(share)).toEqual({ pending: 0, in_flight: 0, acked: 10, failed: 0 })
+    expect(Object.keys(texts(await data(share.share_id))).length).toBe(10)
+    const batches = outbox.db.query("SELECT batch_id, COUNT(*) AS n FROM ops GROUP BY batch_id").all()
+    expect(Math.max(...batches.map((b) => b.n))).toBeLessThanOrEqual(4)
+  })
+
+  test("an expired share (410) stops delivery: undelivered changes fail and the user is told", async () => {
+    const { outbox, share, sender, logs } = setup()
+    outbox.enqueue(share, part("prt_a", "delivered"))
+    expect((await sender.drain(share)).done).toBe(true)
+    expect((await post(`/api/share/${share.share_id}/expiry`, { secret: share.secret, ttl: 1 })).status).toBe(200)
+    await Bun.sleep(1200)
+    outbox.enqueue(share, part("prt_b", "too late"))
+    expect((await sender.drain(share)).done).toBe(true)
+    expect(share.status).toBe(FAILED)
+    expect(outbox.counts(share)).toEqual({ pending: 0, in_flight: 0, acked: 1, failed: 1 })
+    expect(logs.join("\n")).toContain("is gone")
+    expect(logs.join("\n")).not.toContain(share.secret)
+    expect(outbox.enqueue(share, part("prt_c", "ignored"))).toBeNull()
+  })
+
+  test("no server: the batch waits for its backoff; new changes do not pull the retry in", async () => {
+    const outbox = new Outbox(join(mkdtempSync(join(tmpdir(), "sender-")), "outbox.sqlite"))
+    const share = outbox.share("http://127.0.0.1:9", "ses_nowhere")
+    const sender = new Sender(outbox)
+    outbox.enqueue(share, part("prt_a", "x"))
+    const first = await sender.drain(share)
+    expect(first.done).toBe(false)
+    expect(first.retryAt).toBeGreaterThan(Date.now())
+    outbox.enqueue(share, part("prt_b", "y"))
+    expect(await sender.drain(share)).toEqual({ done: false, retryAt: first.retryAt })
+    expect(share.last_error).toMatch(/^no answer/)
+  })
+
+  test("Retry-After is honoured, in seconds or as a date", () => {
+    expect(parseRetryAfter("7", 0)).toBe(7000)
+    expect(parseRetryAfter(new Date(60000).toUTCString(), 0)).toBe(60000)
+    expect(parseRetryAfter(null)).toBeNull()
+    const { outbox, share } = setup()
+    outbox.enqueue(share, part("prt_a", "x"))
+    const batch = outbox.nextBatch(share)
+    expect(outbox.retryLater(share, batch, "HTTP 429", { now: 1000, retryAfterMs: 120000 })).toBe(121000)
+  })
+})
