@@ -1,5 +1,5 @@
 // Delivery (sender.js) against a real `cloudsession serve` started by tests/test_opencode_plugin.py
-// with MAX_ITEMS_PER_SYNC=4, under the Bun embedded in the pinned opencode binary.
+// with CLOUDSESSION_MAX_BODY_BYTES=2048, under the Bun embedded in the pinned opencode binary.
 import { describe, expect, test } from "bun:test"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -62,8 +62,8 @@ describe("delivery to a real server", () => {
   })
 
   test("a batch too large (413) is split until it fits", async () => {
-    const { outbox, share, sender } = setup(10) // the server takes at most 4 items per request
-    for (let i = 0; i < 10; i++) outbox.enqueue(share, part(`prt_${i}`, `t${i}`))
+    const { outbox, share, sender } = setup(10) // the server takes request bodies of at most 2 KiB
+    for (let i = 0; i < 10; i++) outbox.enqueue(share, part(`prt_${i}`, `t${i} `.padEnd(300, "x")))
     expect((await sender.drain(share)).done).toBe(true)
     expect(outbox.counts(share)).toEqual({ pending: 0, in_flight: 0, acked: 10, failed: 0 })
     expect(Object.keys(texts(await data(share.share_id))).length).toBe(10)
