@@ -4,10 +4,14 @@ embedded in the pinned opencode binary (``BUN_BE_BUN=1 opencode test``), and del
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -243,3 +247,78 @@ def test_the_plugin_delivery_against_a_real_server_under_the_binarys_bun(tmp_pat
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert " 0 fail" in output and " 6 pass" in output, output
+
+
+class DroppingProxy:
+    """A loopback HTTP proxy to the share server that forwards every request but, for the first
+    ``drop`` calls to ``/ops``, closes the connection instead of passing the answer on: the server
+    applied the batch, the plugin never learns it."""
+
+    def __init__(self, upstream: str, drop: int) -> None:
+        self.upstream, self.drop, self.dropped = upstream, drop, 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._forward(None)
+
+            def do_POST(self) -> None:
+                self._forward(self.rfile.read(int(self.headers.get("content-length") or 0)))
+
+            def _forward(self, body: bytes | None) -> None:
+                request = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command, headers={"content-type": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as resp:
+                        status, payload = resp.status, resp.read()
+                except urllib.error.HTTPError as exc:
+                    status, payload = exc.code, exc.read()
+                if self.path.endswith("/ops") and proxy.dropped < proxy.drop:
+                    proxy.dropped += 1
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> DroppingProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_answers_dropped_by_a_proxy_come_back_as_duplicates_and_nothing_is_applied_twice(share_server: ServerProcess, tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path / "opencode")
+    with DroppingProxy(share_server.url, drop=2) as proxy:
+        opencode = OpencodeServe(sandbox, proxy.url).start()
+        try:
+            session_id = opencode.new_session("lossy network")
+            for text in ("one", "two"):
+                opencode.say(session_id, text)
+            expected = in_opencode(opencode, session_id)
+            wait_for(lambda: delivered(proxy.url, sandbox, session_id, expected), what="delivery through the lossy proxy")
+        finally:
+            opencode.stop()
+    assert proxy.dropped == 2
+    share = share_of(sandbox, session_id)
+    # Every acknowledged op was applied exactly once: the share's cursor counts applied ops.
+    outbox = sqlite3.connect(Path(sandbox.env["XDG_DATA_HOME"]) / "opencode" / "cloudsession-outbox.sqlite")
+    acks = [row[0] for row in outbox.execute("SELECT ack_cursor FROM ops WHERE state = 'acked' ORDER BY ack_cursor")]
+    outbox.close()
+    assert acks == list(range(1, len(acks) + 1))
+    assert share["cursor"] == len(acks) == share["acked"]
+    request = urllib.request.Request(f"{share_server.url}/api/share/{share['shareID']}/metadata")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert json.loads(resp.read())["syncCount"] == len(acks)
