@@ -99,6 +99,32 @@ describe("delivery to a real server", () => {
     expect(share.last_error).toMatch(/^no answer/)
   })
 
+  test("the stock client's legacy syncs and the plugin's ops on one share never make it older", async () => {
+    const { outbox, share, sender } = setup()
+    const tool = (status, updated) => ({
+      type: "part",
+      data: { id: "prt_tool", messageID: "msg_1", sessionID: "ses_x", type: "tool", tool: "bash", callID: "c1", state: { status, input: {}, time: { start: 1 } }, time: { updated } },
+    })
+    outbox.enqueue(share, tool("completed", 2000))
+    expect((await sender.drain(share)).done).toBe(true)
+    const acked = share.cursor
+    // opencode's own share client, late: an older state of the same part and a new message.
+    const legacy = await post(`/api/share/${share.share_id}/sync`, {
+      secret: share.secret,
+      data: [tool("running", 1000), { type: "message", data: { id: "msg_2", sessionID: "ses_x", role: "user", time: { created: 3 } } }],
+    })
+    expect(legacy.status).toBe(200)
+    outbox.enqueue(share, part("prt_after", "after the legacy sync"))
+    expect((await sender.drain(share)).done).toBe(true)
+    const items = await data(share.share_id)
+    expect(items.find((i) => i.type === "part" && i.data.id === "prt_tool").data.state.status).toBe("completed")
+    expect(items.some((i) => i.type === "message" && i.data.id === "msg_2")).toBe(true)
+    expect(texts(items).prt_after).toBe("after the legacy sync")
+    const redeemed = await post(`/api/share/${share.share_id}/redeem`, { secret: share.secret })
+    expect(redeemed.body.cursor).toBe(acked + 2) // the legacy sync and the later op, each once
+    expect(outbox.rewind(share, redeemed.body.cursor)).toBe(0)
+  })
+
   test("Retry-After is honoured, in seconds or as a date", () => {
     expect(parseRetryAfter("7", 0)).toBe(7000)
     expect(parseRetryAfter(new Date(60000).toUTCString(), 0)).toBe(60000)
