@@ -247,7 +247,7 @@ def test_the_plugin_delivery_against_a_real_server_under_the_binarys_bun(tmp_pat
         server.stop()
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert " 0 fail" in output and " 7 pass" in output, output
+    assert " 0 fail" in output and " 9 pass" in output, output
 
 
 class DroppingProxy:

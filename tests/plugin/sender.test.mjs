@@ -9,6 +9,7 @@ const PLUGIN = process.env.CLOUDSESSION_PLUGIN_DIR
 const SERVER = process.env.CLOUDSESSION_TEST_SERVER
 const { Outbox, ACKED, FAILED } = await import(`${PLUGIN}/outbox.js`)
 const { Sender, parseRetryAfter } = await import(`${PLUGIN}/sender.js`)
+const plugin = await import(`${PLUGIN}/cloudsession-share.js`)
 
 let n = 0
 const setup = (batchSize = 4) => {
@@ -133,5 +134,50 @@ describe("delivery to a real server", () => {
     outbox.enqueue(share, part("prt_a", "x"))
     const batch = outbox.nextBatch(share)
     expect(outbox.retryLater(share, batch, "HTTP 429", { now: 1000, retryAfterMs: 120000 })).toBe(121000)
+  })
+})
+
+describe("the plugin entry", () => {
+  test("exports one plugin function only (opencode calls every export)", () => {
+    expect(Object.keys(plugin)).toEqual(["CloudsessionShare"])
+  })
+
+  test("events become ops, the model is looked up lazily, and dispose delivers within its budget", async () => {
+    const path = join(mkdtempSync(join(tmpdir(), "plugin-")), "outbox.sqlite")
+    const sessionID = `ses_pluginentry${Date.now().toString(36)}`
+    const lookups = []
+    const client = {
+      app: { log: async () => {} },
+      config: {
+        providers: async () => {
+          lookups.push(1)
+          return { data: { providers: [{ id: "prov", models: { "mod-1": { id: "mod-1", name: "Model One" } } }] } }
+        },
+      },
+    }
+    const hooks = await plugin.CloudsessionShare({ client }, { server: SERVER, outbox: path, debounceMs: 60000 })
+    await hooks.config({ share: "manual" })
+    const info = { id: sessionID, title: "entry test", share: { url: "https://example.invalid/s/x" }, time: { created: 1, updated: 2 } }
+    const assistant = { id: "msg_a", sessionID, role: "assistant", providerID: "prov", modelID: "mod-1", time: { created: 3 } }
+    const events = [
+      { type: "session.updated", properties: { sessionID, info } },
+      { type: "message.updated", properties: { sessionID, info: assistant } },
+      { type: "message.part.delta", properties: { sessionID, messageID: "msg_a", partID: "prt_1", delta: "Hel" } },
+      { type: "message.part.updated", properties: { sessionID, part: { id: "prt_1", messageID: "msg_a", sessionID, type: "text", text: "Hello" }, time: 4 } },
+      { type: "message.updated", properties: { sessionID: "ses_notshared", info: { id: "msg_z", sessionID: "ses_notshared", role: "user" } } },
+    ]
+    for (const event of events) await hooks.event({ event })
+    await Bun.sleep(50) // the provider lookup runs in the background
+    await hooks.dispose()
+    expect(lookups.length).toBe(1)
+    const outbox = new Outbox(path)
+    const [share] = outbox.shares()
+    expect(outbox.shares().length).toBe(1) // the session without share.url is not shared in manual mode
+    expect(outbox.counts(share)).toEqual({ pending: 0, in_flight: 0, acked: 4, failed: 0 })
+    expect(outbox.db.query("SELECT owner FROM lease").get()).toBeNull() // released at dispose
+    const items = await data(share.share_id)
+    expect(items.map((i) => i.type).filter((t) => t !== "session_diff").sort()).toEqual(["message", "model", "part", "session"])
+    expect(items.find((i) => i.type === "model").data[0].name).toBe("Model One")
+    expect(texts(items)).toEqual({ prt_1: "Hello" })
   })
 })
