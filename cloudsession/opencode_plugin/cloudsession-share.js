@@ -86,7 +86,11 @@ function schedule(state, at) {
 
 /** Deliver every share with work, while this process holds the lease. */
 async function flush(state, deadline = Infinity) {
-  if (state.flushing) return state.flushing
+  if (state.flushing) {
+    state.again = true // changes arrived while sending: look again when this round ends
+    return state.flushing
+  }
+  state.again = false
   state.flushing = (async () => {
     const outbox = state.open()
     if (!outbox.acquireLease(state.owner, state.leaseMs)) {
@@ -101,7 +105,7 @@ async function flush(state, deadline = Infinity) {
       if (!result.done) next = Math.min(next, result.retryAt)
     }
     if (next !== Infinity) schedule(state, next)
-    else if (outbox.sharesWithWork().length > 0 && deadline === Infinity) schedule(state, Date.now() + state.debounceMs)
+    else if ((state.again || outbox.sharesWithWork().length > 0) && deadline === Infinity) schedule(state, Date.now() + state.debounceMs)
     return next === Infinity
   })()
   try {

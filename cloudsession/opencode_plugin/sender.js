@@ -133,11 +133,15 @@ export class Sender {
           const retryAt = this.outbox.retryLater(share, batch, error.message, { retryAfterMs: error.retryAfterMs })
           return { done: false, retryAt }
         }
-        if (error.status === 403 && refreshes < 3) {
-          refreshes += 1
+        if (error.status === 403) {
           this.redeemed.delete(share.name)
-          await this.create(share, deadline).catch(() => {})
-          continue
+          if (refreshes < 3) {
+            refreshes += 1
+            await this.create(share, deadline).catch(() => {})
+            continue
+          }
+          // Still refused: keep the changes and try again later rather than dropping them.
+          return { done: false, retryAt: this.outbox.retryLater(share, batch, error.message) }
         }
         if (error.status === 404 || error.status === 410) {
           this.gone(share, error)
