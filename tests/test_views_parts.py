@@ -70,10 +70,11 @@ def test_header_sums_cost_tokens_and_lists_models(rich: BeautifulSoup) -> None:
     assert "Add a greeting module" in header
     assert ROOT in header
     assert "6 messages" in header
-    assert "$0.1263" in header  # three assistant messages at $0.0421
+    assert "$0.13" in header  # three assistant messages at $0.0421, in dollars and cents
     assert "4,620 tokens" in header  # (1,200 in + 340 out) x 3
     assert "Claude Sonnet 4 (anthropic/claude-sonnet-4)" in header
-    assert re.search(r"Created \w{3} \d+, \d\d:\d\d:\d\d [AP]M · Updated .* · 1 syncs", header)
+    # Times in UTC with the year until the page script localises them; "1 sync", not "1 syncs".
+    assert re.search(r"Created \w{3} \d+, \d{4}, \d\d:\d\d:\d\d UTC · Updated .* UTC · 1 sync$", header)
 
 
 def test_messages_have_role_time_model_and_anchor(rich: BeautifulSoup) -> None:
@@ -153,7 +154,7 @@ def test_step_parts_show_snapshot_tokens_and_cost(rich: BeautifulSoup) -> None:
     assert "@4b825dc6" in text(rich.select_one("section.part-step-start"))
     finish = rich.select_one("section.part-step-finish")
     assert text(finish.select_one(".tokens")) == "1,200in / 340out / 80reasoning / cache 4,000r 0w"
-    assert text(finish.select_one(".cost")) == "$0.0421"
+    assert text(finish.select_one(".cost")) == "$0.04"
     assert "stop" in text(finish)
 
 

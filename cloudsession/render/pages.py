@@ -38,7 +38,7 @@ STATIC_DIR = PACKAGE_DIR / "static"
 # enough that a 2,000-message session renders in a fraction of a second.
 PAGE_SIZE = 100
 # Bump when templates change the markup of a message, so cached fragments are not reused.
-FRAGMENT_VERSION = "1"
+FRAGMENT_VERSION = "2"
 # Total characters of rendered fragments kept in memory (roughly bytes for ASCII-heavy HTML).
 FRAGMENT_CACHE_CHARS = 96 * 1024 * 1024
 SHARE_VIEW_CACHE_SIZE = 32
@@ -87,6 +87,8 @@ def make_environment() -> Environment:
         dig=render.dig,
         pretty_json=render.pretty_json,
         format_time=render.format_time,
+        format_time_utc=render.format_time_utc,
+        plural=render.plural,
         iso_time=render.iso_time,
         format_number=render.format_number,
         format_cost=render.format_cost,

@@ -83,6 +83,11 @@
       if (oldStatus && newStatus) newStatus.replaceWith(oldStatus);
     }
     oldEl.replaceWith(fresh);
+    localise(fresh);
+  }
+
+  function localise(el) {
+    if (window.cloudsessionLocalise && el) window.cloudsessionLocalise(el);
   }
 
   // Run a DOM change without moving what the reader is looking at: the first message visible
@@ -153,6 +158,7 @@
     if (before) list.insertBefore(fresh, before);
     else list.appendChild(fresh);
     fresh.classList.add("flash");
+    localise(fresh);
     var waiting = byId("waiting");
     if (waiting) waiting.remove();
   }
@@ -327,6 +333,31 @@
     var item = list && list.querySelector('li[data-id="' + CSS.escape(hash.slice(4)) + '"] a');
     if (item && item.getAttribute("href").indexOf("?page=") === 0) location.href = item.href;
   }
+
+  // The navigator is a side column on wide screens and a drawer on narrow ones (the toggle in
+  // the top bar; without JavaScript the drawer opens as the #navigator target).
+  function setDrawer(open) {
+    body.classList.toggle("nav-open", open);
+    var toggle = byId("nav-toggle");
+    if (toggle) toggle.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  document.addEventListener("click", function (event) {
+    var target = event.target;
+    if (!(target instanceof Element)) return;
+    if (target.closest("#nav-toggle")) {
+      event.preventDefault();
+      setDrawer(!body.classList.contains("nav-open"));
+    } else if (target.closest("#nav-close")) {
+      event.preventDefault();
+      setDrawer(false);
+    } else if (target.closest("#nav-list a")) {
+      setDrawer(false);
+    }
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape") setDrawer(false);
+  });
 
   window.addEventListener("hashchange", followHash);
   followHash();
