@@ -332,3 +332,29 @@ async def test_private_share_links_keep_the_read_token(web) -> None:  # type: ig
     assert (await web.get(f"/share/{creds['id']}{pager_links[-1]}")).status == 200
     fragments = await (await web.get(f"/share/{creds['id']}/fragments", params={"token": token, "nav_from": "130"})).json()
     assert f"token={token}" in fragments["nav"]
+
+
+async def test_browser_error_page_is_html_and_passes_the_errors_headers_on(aiohttp_client, view_settings) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp import web as aioweb
+
+    from cloudsession.errors import StoreUnavailable
+
+    async def outage(request: aioweb.Request) -> aioweb.Response:
+        error = StoreUnavailable()
+        error.headers = {"Retry-After": "7"}  # type: ignore[attr-defined]  # what StoreUnavailable carries
+        raise error
+
+    app = create_app(view_settings)
+    app.router.add_get("/share/outage/test", outage)
+    app.router.add_get("/api/outage/test", outage)
+    web = await aiohttp_client(app)
+    response = await web.get("/share/outage/test")
+    assert response.status == 503 and response.content_type == "text/html"
+    assert response.headers["Retry-After"] == "7"
+    assert response.headers["Cache-Control"] == "no-store"
+    page = soup_of(await response.text())
+    assert page.select_one("h1").get_text() == "503 - Service Unavailable"
+    assert "try again in 7 seconds" in page.get_text()
+    assert page.select('a[href^="/sessions"]') == []
+    api = await web.get("/api/outage/test")
+    assert api.status == 503 and api.headers["Retry-After"] == "7" and (await api.json()) == {"error": "Storage unavailable"}

@@ -30,17 +30,29 @@ def _wants_json(request: web.Request) -> bool:
     return _is_api(request) or request.path.startswith("/rpc/")
 
 
-async def error_page(request: web.Request, status: int, message: str) -> web.Response:
-    """The HTML error page a browser gets (``/share/...``, ``/sessions``, anything not an API)."""
+async def error_page(request: web.Request, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The HTML error page a browser gets (``/share/...``, ``/sessions``, anything not an API).
+    ``headers`` (an error's own, such as ``Retry-After`` on a 503) go out with it."""
     title = HTTPStatus(status).phrase
-    text = await request.app[RENDERER].run(lambda pages: pages.template("error.html").render(status=status, title=title, message=message))
-    return html_response(text, status=status)
+    retry_after = (headers or {}).get("Retry-After", "")
+    text = await request.app[RENDERER].run(
+        lambda pages: pages.template("error.html").render(status=status, title=title, message=message, retry_after=retry_after)
+    )
+    return html_response(text, status=status, headers=headers)
+
+
+def _error_headers(error: ShareError) -> dict[str, str] | None:
+    # An error may carry response headers (StoreUnavailable: Retry-After); both the JSON and the
+    # HTML answer pass them on.
+    headers = getattr(error, "headers", None)
+    return {str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) and headers else None
 
 
 async def _error_response(request: web.Request, error: ShareError) -> web.Response:
+    headers = _error_headers(error)
     if _wants_json(request):
-        return web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json")
-    return await error_page(request, error.status, error.message)
+        return web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json", headers=headers)
+    return await error_page(request, error.status, error.message, headers)
 
 
 @web.middleware
