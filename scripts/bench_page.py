@@ -58,7 +58,7 @@ def free_port() -> int:
 
 def first_paint(page: Page, url: str) -> float:
     page.goto(url, wait_until="load")
-    page.wait_for_function("performance.getEntriesByName('first-contentful-paint').length > 0", timeout=30_000)
+    page.wait_for_function("() => performance.getEntriesByName('first-contentful-paint').length > 0", timeout=30_000)
     return float(page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime"))
 
 

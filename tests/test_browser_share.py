@@ -248,3 +248,25 @@ def test_screenshots_of_the_session_list_and_a_rich_share(page: Page, server: Se
     for name in ("sessions-list.png", "share-rich.png", "share-rich-narrow.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_a_revert_hides_messages_live_and_undoing_it_brings_them_back(page: Page, server: ServerProcess) -> None:
+    items = conversation(6, words=4)
+    creds = new_share(server, items)
+    open_live(page, server, creds["id"])
+    messages = [i["data"] for i in items if i["type"] == "message"]
+    base = next(i["data"] for i in items if i["type"] == "session")
+    assert page.locator("#messages article").count() == 6
+    sync(server, creds, [item("session", {**base, "revert": {"messageID": messages[4]["id"]}})])
+    page.wait_for_selector("#reverted-note", timeout=5_000)
+    page.wait_for_function("() => document.querySelectorAll('#messages article').length === 4", timeout=5_000)
+    assert "2 messages after a revert are hidden" in page.locator("#reverted-note").inner_text()
+    assert page.locator("#nav-list li").count() == 4 and page.locator("#nav-count").inner_text() == "4"
+    sync(server, creds, [item("session", base)])
+    page.wait_for_function("() => document.querySelectorAll('#messages article').length === 6", timeout=5_000)
+    assert page.locator("#reverted-note").count() == 0
+    assert page.locator("#nav-list li").count() == 6
+    ids = page.locator("#messages article").evaluate_all("els => els.map(e => e.id)")
+    assert ids == [f"msg-{m['id']}" for m in messages]
+    assert page.evaluate("window.__sameDocument") is True
+    assert page.errors == []  # type: ignore[attr-defined]

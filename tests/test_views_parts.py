@@ -12,6 +12,8 @@ from view_data import ROOT, assistant, fold, item, part, real_share, rich_items,
 
 from cloudsession.render.pages import PageRenderer
 
+QUIET = {"step-start", "step-finish", "snapshot", "patch"}
+
 
 @pytest.fixture(scope="module")
 def renderer() -> PageRenderer:
@@ -49,7 +51,9 @@ def test_real_share_renders_every_message_and_part(renderer: PageRenderer) -> No
     assert [a["id"] for a in articles] == [
         "msg-" + m["id"] for m in sorted(share.messages, key=lambda m: m["time"]["created"])
     ]
-    assert len(soup.select("section.part")) == len(share.parts)
+    # Every part opencode shows gets a section; step and patch bookkeeping does not.
+    shown = [p for p in share.parts if p["type"] not in QUIET and not (p["type"] == "text" and (p.get("synthetic") or not p["text"].strip()))]
+    assert len(soup.select("section.part")) == len(shown) == 5
     assert text(soup.select_one("h1")) == "Hello from the stub model. (title)"
     header = text(soup.select_one("#share-header"))
     assert "/home/devel/sandbox-serve/proj" in header and "5 messages" in header and "12 parts" in header
@@ -57,8 +61,8 @@ def test_real_share_renders_every_message_and_part(renderer: PageRenderer) -> No
     write = tool_section(soup, "write")
     assert text(write.select_one(".tool-title")) == "hello.txt"
     assert "hello from stub" in text(write.select_one("pre.file-content"))
-    assert [text(s) for s in soup.select(".step-finish .tokens")] == ["11in / 7out"] * 3
-    assert text(soup.select_one(".part-patch li")) == "hello.txt"
+    assert [text(s) for s in soup.select(".turn-footer .tokens")] == ["11 in · 7 out"] * 3
+    assert soup.select(".part-patch, .part-step-start, .part-step-finish, .part-snapshot") == []
     assert soup.select_one('meta[name="robots"]')["content"].startswith("noindex")
 
 
@@ -107,11 +111,12 @@ def test_numbers_follow_a_message_inserted_before_others(renderer: PageRenderer)
     ]
 
 
-def test_every_part_gets_a_section(rich: BeautifulSoup, rich_data: list[dict]) -> None:
+def test_every_shown_part_gets_a_section(rich: BeautifulSoup, rich_data: list[dict]) -> None:
     parts = [i["data"] for i in rich_data if i["type"] == "part"]
+    shown = [p for p in parts if p["type"] not in QUIET and not p.get("synthetic")]
     sections = rich.select("section.part")
-    assert len(sections) == len(parts)
-    assert {s["id"] for s in sections} == {"part-" + p["id"] for p in parts}
+    assert len(sections) == len(shown) == len(parts) - 5  # four bookkeeping parts, one synthetic text
+    assert {s["id"] for s in sections} == {"part-" + p["id"] for p in shown}
 
 
 # --------------------------------------------------------------------------- part types
@@ -128,16 +133,25 @@ def test_text_part_is_rendered_markdown(rich: BeautifulSoup) -> None:
     assert text(content.select_one("s")) == "maybe"
 
 
-def test_synthetic_text_is_marked(rich: BeautifulSoup) -> None:
-    synthetic = rich.select_one("section.part-text.synthetic")
-    assert "synthetic" in text(synthetic.select_one(".badge"))
+def test_synthetic_and_empty_text_is_hidden(renderer: PageRenderer, rich: BeautifulSoup) -> None:
+    assert rich.select("section.part-text.synthetic") == []
+    assert "Summarise and stop." not in rich.get_text()  # the synthetic text of the third prompt
+    u = user(1000)
+    a = assistant(u, 2000)
+    share = fold([
+        item("session", session()), item("message", u), item("message", a),
+        item("part", part(u, "text", text="shown")), item("part", part(a, "text", text="  \n ")),
+        item("part", part(a, "reasoning", text="")), item("part", part(a, "text", text="also shown")),
+    ])
+    soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    assert [text(s) for s in soup.select("section.part")] == ["shown", "also shown"]
 
 
 def test_reasoning_is_collapsed(rich: BeautifulSoup) -> None:
     details = rich.select_one("section.part-reasoning details.reasoning")
     assert not details.has_attr("open")
-    assert text(details.select_one("summary")).startswith("Thinking")
-    assert "800ms" in text(details.select_one("summary"))
+    # 800 ms of thinking: opencode shows durations over 2 s only.
+    assert text(details.select_one("summary")) == "Thinking"
     assert text(details.select_one("strong")) == "greet"
 
 
@@ -150,19 +164,33 @@ def test_file_parts_show_images_inline_and_text_content(rich: BeautifulSoup) -> 
     assert "from notes.txt" in text(files[1])
 
 
-def test_step_parts_show_snapshot_tokens_and_cost(rich: BeautifulSoup) -> None:
-    assert "@4b825dc6" in text(rich.select_one("section.part-step-start"))
-    finish = rich.select_one("section.part-step-finish")
-    assert text(finish.select_one(".tokens")) == "1,200in / 340out / 80reasoning / cache 4,000r 0w"
-    assert text(finish.select_one(".cost")) == "$0.04"
-    assert "stop" in text(finish)
+def test_step_parts_fold_into_a_quiet_turn_footer(rich: BeautifulSoup) -> None:
+    # opencode hides step-start, step-finish, snapshot and patch parts; their figures go into
+    # one footer per assistant message: tokens, cost, and the duration when over 2 s.
+    assert rich.select(".part-step-start, .part-step-finish, .part-snapshot, .part-patch") == []
+    page = text(rich.select_one("#messages"))
+    assert "@4b825dc6" not in page and "@5c36d82d" not in page and "Files changed (2)" not in page
+    footers = rich.select("article.assistant > footer.turn-footer")
+    assert len(footers) == 3 and rich.select("article.user footer") == []
+    first = footers[0]
+    assert text(first.select_one(".tokens")) == "1,200 in · 340 out · 80 reasoning · 4,000 cached"
+    assert "cache write 0" in first.select_one(".tokens")["title"]
+    assert text(first.select_one(".cost")) == "$0.04"
+    assert text(first.select_one(".duration")) == "4.2s"
+    header = rich.select_one("article.assistant .message-header")
+    assert header.select(".cost, .duration") == []  # the header stays quiet
 
 
-def test_patch_snapshot_agent_parts(rich: BeautifulSoup) -> None:
-    patch = rich.select_one("section.part-patch")
-    assert [text(li) for li in patch.select("li")] == ["greet.py", "test_greet.py"]
-    assert "Files changed (2)" in text(patch)
-    assert "@5c36d82d" in text(rich.select_one("section.part-snapshot"))
+def test_short_durations_are_hidden(renderer: PageRenderer) -> None:
+    u = user(1000)
+    quick = assistant(u, 2000, time={"created": 1_795_236_002_000, "completed": 1_795_236_003_500})
+    slow = assistant(u, 9000, time={"created": 1_795_236_009_000, "completed": 1_795_236_011_500})
+    share = fold([item("session", session()), item("message", u), item("message", quick), item("message", slow)])
+    soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    assert [text(f.select_one(".duration")) if f.select_one(".duration") else "" for f in soup.select("footer.turn-footer")] == ["", "2.5s"]
+
+
+def test_agent_parts(rich: BeautifulSoup) -> None:
     assert "@build" in text(rich.select_one("section.part-agent"))
 
 
@@ -191,7 +219,7 @@ def test_bash_shows_command_and_collapsed_long_output(rich: BeautifulSoup) -> No
     more = bash.select_one("details.more")
     assert text(more.select_one("summary")) == "show more (48 more lines)"
     assert "line 60:" in text(more)
-    assert "850ms" in text(bash.select_one(".duration"))
+    assert bash.select_one(".duration") is None  # 850 ms: shown only over 2 s
 
 
 def test_edit_shows_a_diff(rich: BeautifulSoup) -> None:
@@ -367,3 +395,33 @@ def test_fragment_cache_reuses_unchanged_messages_and_rerenders_changed_ones(ren
     changed = {e.id for e in second.entries if e.hash != first.by_id[e.id].hash}
     assert changed == {target["data"]["messageID"]}
     assert "edited text" in renderer.message_html(second.by_id[target["data"]["messageID"]])
+
+
+# --------------------------------------------------------------------------- what opencode hides
+
+
+def test_reverted_messages_are_hidden_with_a_note(renderer: PageRenderer) -> None:
+    items = [item("session", session())]
+    messages = []
+    for n in range(6):
+        message = user(n * 1000) if n % 2 == 0 else assistant(messages[-1], n * 1000)
+        messages.append(message)
+        items += [item("message", message), item("part", part(message, "text", text=f"message {n + 1}"))]
+    reverted = fold([*items, item("session", session(revert={"messageID": messages[3]["id"], "snapshot": "abc"}))])
+    soup = BeautifulSoup(renderer.share_page(reverted, 1), "html.parser")
+    assert [a["id"] for a in soup.select("#messages > article")] == [f"msg-{m['id']}" for m in messages[:3]]
+    assert [li["data-id"] for li in soup.select("#nav-list li")] == [m["id"] for m in messages[:3]]
+    assert text(soup.select_one("#reverted-note")) == "3 messages after a revert are hidden, as in opencode."
+    assert "3 messages" in text(soup.select_one(".count-messages"))
+    assert "message 4" not in soup.get_text()
+    # A revert that names no known message hides nothing; without a revert there is no note.
+    for session_data in (session(revert={"messageID": "msg_unknown"}), session()):
+        soup = BeautifulSoup(renderer.share_page(fold([*items, item("session", session_data)]), 1), "html.parser")
+        assert len(soup.select("#messages > article")) == 6 and soup.select_one("#reverted-note") is None
+
+
+def test_pending_tools_show_as_pending_without_noise(rich: BeautifulSoup) -> None:
+    pending = tool_section(rich, "bash", "pending")
+    assert text(pending.select_one(".tool-status")) == "pending"
+    assert pending.select("pre, details, .tool-error, .note") == []
+    assert text(pending) == "bash pending"

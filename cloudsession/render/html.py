@@ -464,6 +464,71 @@ def file_diff(value: Any) -> FileDiff:
     return FileDiff(path or "(unnamed file)", status, int(additions), int(deletions), rows, truncated)
 
 
+# --------------------------------------------------------------------------- what opencode hides
+
+# Bookkeeping parts opencode does not show: their figures go into the turn's footer.
+QUIET_PART_TYPES = frozenset({"step-start", "step-finish", "snapshot", "patch"})
+
+
+def is_shown_part(part: Any) -> bool:
+    """False for the parts opencode hides: step and snapshot bookkeeping, synthetic text (what
+    opencode adds to a prompt on its own), and text or reasoning with nothing in it."""
+    data = as_dict(part)
+    kind = as_text(data.get("type"))
+    if kind in QUIET_PART_TYPES:
+        return False
+    if kind == "text":
+        return data.get("synthetic") is not True and bool(as_text(data.get("text")).strip())
+    if kind == "reasoning":
+        return bool(as_text(data.get("text")).strip())
+    return True
+
+
+@dataclass(frozen=True)
+class TurnFooter:
+    """The quiet line under an assistant message: what the turn cost."""
+
+    tokens: str  # "1,200 in · 340 out · 80 reasoning · 4,000 cached", or ""
+    tokens_detail: str  # the same, spelled out, for a tooltip
+    cost: str
+    duration: str  # only when over MIN_SHOWN_DURATION_MS
+    steps: int
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens or self.cost or self.duration)
+
+
+def turn_footer(message: dict[str, Any], parts: list[dict[str, Any]]) -> TurnFooter:
+    """Tokens and cost of an assistant message (its own totals, else the sum of its steps) and
+    how long it took."""
+    finishes = [p for p in parts if as_text(p.get("type")) == "step-finish"]
+    counts = as_dict(message.get("tokens"))
+    keys = ("input", "output", "reasoning")
+    totals = {k: as_number(counts.get(k)) for k in keys}
+    cache = as_dict(counts.get("cache"))
+    totals["read"], totals["write"] = as_number(cache.get("read")), as_number(cache.get("write"))
+    cost = as_number(message.get("cost"))
+    if not any(totals.values()) and finishes:
+        for step in finishes:
+            step_tokens = as_dict(step.get("tokens"))
+            step_cache = as_dict(step_tokens.get("cache"))
+            for k in keys:
+                totals[k] += as_number(step_tokens.get(k))
+            totals["read"] += as_number(step_cache.get("read"))
+            totals["write"] += as_number(step_cache.get("write"))
+    if not cost and finishes:
+        cost = sum(as_number(step.get("cost")) for step in finishes)
+    shown = [(totals["input"], "in"), (totals["output"], "out"), (totals["reasoning"], "reasoning"), (totals["read"], "cached")]
+    tokens = " · ".join(f"{format_number(n)} {label}" for n, label in shown if n) if any(totals.values()) else ""
+    detail = (
+        f"input {format_number(totals['input'])}, output {format_number(totals['output'])}, reasoning "
+        f"{format_number(totals['reasoning'])}, cache read {format_number(totals['read'])}, cache write {format_number(totals['write'])}"
+    )
+    time = as_dict(message.get("time"))
+    duration = format_duration(time.get("created"), time.get("completed"), minimum=MIN_SHOWN_DURATION_MS)
+    return TurnFooter(tokens, detail if tokens else "", format_cost(cost), duration, len(finishes))
+
+
 # --------------------------------------------------------------------------- tools
 
 
@@ -504,7 +569,7 @@ def tool_view(part: dict[str, Any]) -> ToolView:
         output=as_text(state.get("output")),
         error=error,
         metadata=as_dict(state.get("metadata")),
-        duration=format_duration(time.get("start"), time.get("end")),
+        duration=format_duration(time.get("start"), time.get("end"), minimum=MIN_SHOWN_DURATION_MS),
         compacted=bool(as_number(time.get("compacted"))),
         attachments=[a for a in as_list(state.get("attachments")) if isinstance(a, dict)],
     )

@@ -138,6 +138,15 @@ class MessageEntry:
         return hashlib.blake2b(payload, digest_size=8).hexdigest()
 
     @cached_property
+    def shown_parts(self) -> list[dict[str, Any]]:
+        """The parts displayed; step bookkeeping goes into ``footer`` instead."""
+        return [p for p in self.parts if render.is_shown_part(p)]
+
+    @cached_property
+    def footer(self) -> render.TurnFooter | None:
+        return render.turn_footer(self.message, self.parts) if self.role == "assistant" else None
+
+    @cached_property
     def preview(self) -> str:
         """A one-line summary for the navigator: the first text, else the first tool's title."""
         for part in self.parts:
@@ -189,6 +198,13 @@ class ShareView:
                 by_message.setdefault(message_id, []).append(part)
         messages = [m for m in share.messages if isinstance(m, dict) and isinstance(m.get("id"), str)]
         ordered = sorted(messages, key=_created)  # stable: ties keep stored order, as the reference
+        # A reverted session (session.revert.messageID) hides that message and every later one,
+        # as opencode does; the page says how many.
+        revert = render.as_text(render.dig(share.session, "revert", "messageID"))
+        cut = next((i for i, m in enumerate(ordered) if m["id"] == revert), None) if revert else None
+        self.reverted_ids = [m["id"] for m in ordered[cut:]] if cut is not None else []
+        if cut is not None:
+            ordered = ordered[:cut]
         self.entries = [
             MessageEntry(m, by_message.get(m["id"], []), index + 1, index // page_size + 1)
             for index, m in enumerate(ordered)
@@ -240,7 +256,7 @@ class ShareView:
                 used[(provider, model_id)] = f"{provider}/{model_id}" if provider else model_id
         return ShareStats(
             message_count=len(self.entries),
-            part_count=len(self.share.parts),
+            part_count=sum(len(entry.parts) for entry in self.entries),
             total_cost=cost,
             input_tokens=tokens["input"],
             output_tokens=tokens["output"],

@@ -174,7 +174,23 @@
         if (list) list.appendChild(holder.content);
       }
       (data.messages || []).forEach(applyMessage);
+      // A revert hides that message and every later one: drop them from the page.
+      (Array.isArray(data.hidden) ? data.hidden : []).forEach(function (id) {
+        var el = byId("msg-" + id);
+        if (el) el.remove();
+        var list = navList();
+        var item = list && list.querySelector('li[data-id="' + CSS.escape(id) + '"]');
+        if (item) item.remove();
+      });
     });
+    var count = byId("nav-count");
+    var shown = navList();
+    if (count && shown) count.textContent = String(shown.children.length);
+    // Messages that came back (a revert undone) are not named by any sync event: when the
+    // navigator's count disagrees with the server's, catch up once through the digest.
+    if (typeof data.messageCount === "number" && !Array.isArray(data.digest) && shown && shown.children.length !== data.messageCount) {
+      catchUp();
+    }
     if (Array.isArray(data.digest)) {
       // Catch-up: anything on this page whose content hash differs (or is absent) is refetched.
       data.digest.forEach(function (d) {

@@ -117,6 +117,7 @@ async def share_fragments(request: web.Request) -> web.Response:
         }
         if flags["header"]:
             body["header"] = pages.header_html(view)
+            body["hidden"] = view.reverted_ids  # after a revert: messages the page must drop
         if flags["diffs"]:
             body["diffs"] = pages.diffs_html(view)
         if flags["digest"]:
