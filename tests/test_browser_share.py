@@ -270,3 +270,19 @@ def test_a_revert_hides_messages_live_and_undoing_it_brings_them_back(page: Page
     assert ids == [f"msg-{m['id']}" for m in messages]
     assert page.evaluate("window.__sameDocument") is True
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_the_navigator_follows_scrolling(page: Page, server: ServerProcess) -> None:
+    items = conversation(40)
+    creds = new_share(server, items)
+    open_live(page, server, creds["id"])
+    ids = [i["data"]["id"] for i in items if i["type"] == "message"]
+    assert page.locator("#nav-list li.current").get_attribute("data-id") == ids[0]
+    page.evaluate("id => document.getElementById('msg-' + id).scrollIntoView()", ids[30])
+    page.wait_for_function("id => document.querySelector('#nav-list li.current').getAttribute('data-id') === id", arg=ids[30], timeout=5_000)
+    assert page.locator("#nav-list li.current").count() == 1
+    current = page.locator("#nav-list li.current").bounding_box()
+    assert current is not None and 0 <= current["y"] <= 900  # kept in view inside the navigator
+    # Prompts are plain text: no markdown syntax in the navigator.
+    label = page.locator("#nav-list li.current").inner_text()
+    assert label.startswith("Message 31. word0 word1") and "*" not in label

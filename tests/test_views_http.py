@@ -358,3 +358,80 @@ async def test_browser_error_page_is_html_and_passes_the_errors_headers_on(aioht
     assert page.select('a[href^="/sessions"]') == []
     api = await web.get("/api/outage/test")
     assert api.status == 503 and api.headers["Retry-After"] == "7" and (await api.json()) == {"error": "Storage unavailable"}
+
+
+# --------------------------------------------------------------------------- compression and caching
+
+
+async def test_html_and_json_are_gzipped_when_the_client_accepts_it(web) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+
+    creds = await create(web)
+    await sync(web, creds, rich_items())
+    for path in (f"/share/{creds['id']}", f"/api/share/{creds['id']}/data"):
+        plain = await web.get(path, headers={"Accept-Encoding": "identity"}, auto_decompress=False)
+        raw = await plain.read()
+        assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
+        packed = await web.get(path, headers={"Accept-Encoding": "br;q=1.0, gzip;q=0.8"}, auto_decompress=False)
+        assert packed.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in packed.headers["Vary"]
+        body = await packed.read()
+        assert gzip.decompress(body) == raw and len(body) < len(raw) / 3
+        # Refused by q-value: sent as it is.
+        refused = await web.get(path, headers={"Accept-Encoding": "gzip;q=0, deflate"}, auto_decompress=False)
+        assert "Content-Encoding" not in refused.headers and await refused.read() == raw
+        starred = await web.get(path, headers={"Accept-Encoding": "*"}, auto_decompress=False)
+        assert starred.headers["Content-Encoding"] == "gzip"
+    # A tiny body is not worth it.
+    tiny = await web.get(f"/api/share/{creds['id']}/metadata", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert tiny.status == 200 and len(await tiny.read()) < 1024 and "Content-Encoding" not in tiny.headers
+
+
+async def test_hashed_static_urls_are_immutable_and_others_revalidate(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    page = soup_of(await (await web.get(f"/share/{creds['id']}")).text())
+    css = page.select_one('link[rel="stylesheet"]')["href"]
+    assert re.fullmatch(r"/static/app\.css\?v=[0-9a-f]{12}", css)
+    hashed = await web.get(css, headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert hashed.status == 200 and hashed.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert hashed.headers["Content-Encoding"] == "gzip" and hashed.content_type == "text/css"
+    assert hashed.headers["X-Content-Type-Options"] == "nosniff"
+    etag = hashed.headers["ETag"]
+    stale = await web.get("/static/app.css?v=000000000000")
+    assert stale.headers["Cache-Control"] == "no-cache" and stale.headers["ETag"] == etag
+    again = await web.get("/static/app.css", headers={"If-None-Match": etag})
+    assert again.status == 304 and await again.read() == b""
+    script = await web.get(page.select("script[src]")[-1]["src"])
+    assert script.content_type == "text/javascript"
+    for bad in ("/static/nope.css", "/static/..%2Fpages.py", "/static/%2e%2e%2fapp.py", "/static/"):
+        assert (await web.get(bad)).status == 404, bad
+
+
+async def test_public_share_pages_are_briefly_cacheable_with_an_etag(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    await sync(web, creds, rich_items())
+    first = await web.get(f"/share/{creds['id']}")
+    assert first.headers["Cache-Control"] == "public, max-age=30, stale-while-revalidate=300"
+    etag = first.headers["ETag"]
+    assert etag.startswith('W/"')
+    same = await web.get(f"/share/{creds['id']}", headers={"If-None-Match": etag})
+    assert same.status == 304 and same.headers["ETag"] == etag and await same.read() == b""
+    assert "Content-Security-Policy" in same.headers
+    assert (await web.get(f"/share/{creds['id']}", headers={"If-None-Match": '"other", ' + etag})).status == 304
+    assert (await web.get(f"/share/{creds['id']}?page=2", headers={"If-None-Match": etag})).status in (200, 304)
+    message = user(99_000)
+    await sync(web, creds, [item("message", message), item("part", part(message, "text", text="a new one"))])
+    changed = await web.get(f"/share/{creds['id']}", headers={"If-None-Match": etag})
+    assert changed.status == 200 and changed.headers["ETag"] != etag
+    # The live fragments are never cached.
+    fragments = await web.get(f"/share/{creds['id']}/fragments", params={"header": "1"})
+    assert fragments.headers["Cache-Control"] == "no-store"
+
+
+async def test_private_share_pages_are_never_stored(web) -> None:  # type: ignore[no-untyped-def]
+    response = await web.post("/api/share", json={"sessionID": SES, "private": True})
+    creds = await response.json()
+    await sync(web, creds, rich_items())
+    token = creds["readToken"]
+    page = await web.get(f"/share/{creds['id']}", params={"token": token})
+    assert page.status == 200
+    assert page.headers["Cache-Control"] == "private, no-store" and "ETag" not in page.headers

@@ -425,3 +425,38 @@ def test_pending_tools_show_as_pending_without_noise(rich: BeautifulSoup) -> Non
     assert text(pending.select_one(".tool-status")) == "pending"
     assert pending.select("pre, details, .tool-error, .note") == []
     assert text(pending) == "bash pending"
+
+
+def test_open_graph_and_twitter_card_tags(rich: BeautifulSoup) -> None:
+    def meta(key: str) -> str:
+        tag = rich.select_one(f'meta[property="{key}"]') or rich.select_one(f'meta[name="{key}"]')
+        assert tag is not None, key
+        return tag["content"]
+
+    assert meta("og:title") == meta("twitter:title") == "Add a greeting module"
+    assert meta("og:type") == "article" and meta("twitter:card") == "summary"
+    description = meta("og:description")
+    assert description == meta("twitter:description") == meta("description")
+    assert description.startswith("3 prompts · 6 messages · 2 files changed · Claude Sonnet 4 (anthropic/claude-sonnet-4) · $0.13. ")
+    assert description.endswith("Add a greeting module with tests, please. Here is a screenshot:")
+    assert meta("twitter:data1") == "Claude Sonnet 4 (anthropic/claude-sonnet-4)" and meta("twitter:data2") == "6"
+
+
+def test_navigator_lists_the_prompts_as_plain_text(renderer: PageRenderer) -> None:
+    u1 = user(1000)
+    a1 = assistant(u1, 2000)
+    u2 = user(3000)
+    share = fold([
+        item("session", session()), item("message", u1), item("message", a1), item("message", u2),
+        item("part", part(u1, "text", text="## Step 0: what I **changed**\n\n- `one` and [two](https://x.y)")),
+        item("part", part(a1, "text", text="the answer")),
+        item("part", part(u2, "text", text="injected by opencode", synthetic=True)),
+        item("part", part(u2, "text", text="> quoted *words*")),
+    ])
+    soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    items = soup.select("#nav-list li")
+    assert [li["data-id"] for li in items] == [u1["id"], a1["id"], u2["id"]]  # every message, for deep links
+    prompts = [li for li in items if "nav-user" in li["class"]]
+    assert [text(li) for li in prompts] == ["Step 0: what I changed one and two", "quoted words"]
+    assert [li.select_one("a")["data-n"] for li in prompts] == ["1", "3"]
+    assert items[1].select("a") == [] and items[1]["data-p"] == "1"

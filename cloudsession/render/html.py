@@ -220,6 +220,31 @@ def safe_http_url(value: Any) -> str:
 # --------------------------------------------------------------------------- highlighting
 
 _FORMATTER = HtmlFormatter(nowrap=True)
+
+
+def _plain_token_classes() -> frozenset[str]:
+    """Token classes neither theme colours (names, punctuation, whitespace...): their spans are
+    dropped from highlighted output, a quarter of a page's elements for no visible change."""
+    from pygments.styles import get_style_by_name
+    from pygments.token import STANDARD_TYPES, Text
+
+    def plain(style_name: str) -> set[str]:
+        style = get_style_by_name(style_name)
+        base = (style.style_for_token(Text)["color"] or "").lower()
+        found = {"w"}  # whitespace: a colour on spaces shows nothing
+        for token, cls in STANDARD_TYPES.items():
+            s = style.style_for_token(token)
+            decorated = s["bgcolor"] or s["bold"] or s["italic"] or s["underline"] or s["border"]
+            if cls and not decorated and (not s["color"] or s["color"].lower() == base):
+                found.add(cls)
+        return found
+
+    return frozenset(plain(HIGHLIGHT_STYLE_LIGHT) & plain(HIGHLIGHT_STYLE))
+
+
+_PLAIN_SPAN = re.compile(
+    '<span class="(?:' + "|".join(sorted(map(re.escape, _plain_token_classes()))) + ')">([^<]*)</span>'
+)
 _EXTRA_EXTENSIONS = {".tsx": "tsx", ".jsx": "jsx", ".mjs": "javascript", ".cjs": "javascript"}
 
 
@@ -269,7 +294,7 @@ def highlight(code: Any, *, filename: str | None = None, language: str | None = 
     lexer = lexer_for(filename, language) if len(text) <= MAX_HIGHLIGHT_CHARS else None
     if lexer is None or isinstance(lexer, TextLexer):
         return escape(text)
-    rendered = pygments_highlight(text, lexer, _FORMATTER)
+    rendered = _PLAIN_SPAN.sub(r"\1", pygments_highlight(text, lexer, _FORMATTER))
     # Pygments always appends a newline; keep the original ending so line counts stay true.
     if not text.endswith("\n") and rendered.endswith("\n"):
         rendered = rendered[:-1]
@@ -335,6 +360,25 @@ def _make_markdown() -> MarkdownIt:
 
 
 _MARKDOWN = _make_markdown()
+
+
+def plain_text(text: Any, limit: int = 600) -> str:
+    """The words of a markdown text without its syntax (for one-line previews): ``## Step 0:
+    what I **changed**`` reads ``Step 0: what I changed``. Only the first ``limit`` characters
+    are parsed."""
+    source = as_text(text)[:limit]
+    words: list[str] = []
+    for token in _MARKDOWN.parse(source):
+        if token.type == "inline":
+            for child in token.children or []:
+                if child.type in ("text", "code_inline"):
+                    words.append(child.content)
+                elif child.type in ("softbreak", "hardbreak"):
+                    words.append(" ")
+            words.append(" ")
+        elif token.type in ("fence", "code_block"):
+            words.append(token.content + " ")
+    return " ".join("".join(words).split())
 
 
 def render_markdown(text: Any) -> Markup:

@@ -54,11 +54,32 @@ def _templates_dir() -> Path:
     return packaged if packaged.is_dir() else TEMPLATES_DIR
 
 
+_STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+
+
+@dataclass(frozen=True)
+class StaticAsset:
+    body: bytes
+    content_type: str
+    digest: str
+
+
 @lru_cache(maxsize=64)
+def static_asset(name: str) -> StaticAsset | None:
+    """A file of ``static/`` with its content hash, or None for anything that is not one
+    (the name is only looked up among the files actually there: no path ever reaches open())."""
+    if name not in {p.name for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in _STATIC_TYPES}:
+        return None
+    body = (STATIC_DIR / name).read_bytes()
+    return StaticAsset(body, _STATIC_TYPES[Path(name).suffix], hashlib.blake2b(body, digest_size=6).hexdigest())
+
+
 def static_url(name: str) -> str:
     """``/static/<name>?v=<content hash>``: browsers may cache static files forever."""
-    digest = hashlib.blake2b((STATIC_DIR / name).read_bytes(), digest_size=6).hexdigest()
-    return f"/static/{name}?v={digest}"
+    asset = static_asset(name)
+    if asset is None:
+        raise ValueError(f"no static file {name!r}")
+    return f"/static/{name}?v={asset.digest}"
 
 
 def css_token(value: Any, fallback: str = "other") -> str:
@@ -151,7 +172,7 @@ class MessageEntry:
         """A one-line summary for the navigator: the first text, else the first tool's title."""
         for part in self.parts:
             if part.get("type") == "text" and not part.get("synthetic"):
-                text = " ".join(render.as_text(part.get("text")).split())
+                text = render.plain_text(part.get("text"))
                 if text:
                     return text[:PREVIEW_CHARS] + ("…" if len(text) > PREVIEW_CHARS else "")
         for part in self.parts:
@@ -267,6 +288,21 @@ class ShareView:
         )
 
     @cached_property
+    def summary(self) -> str:
+        """One line for link previews (Open Graph, Twitter cards): counts, model, cost, and the
+        first prompt."""
+        stats = self.stats
+        bits = [render.plural(len([e for e in self.entries if e.role == "user"]), "prompt"), render.plural(stats.message_count, "message")]
+        if self.diffs:
+            bits.append(render.plural(len(self.diffs), "file") + " changed")
+        if stats.models:
+            bits.append(stats.models[0] + (f" and {len(stats.models) - 1} more" if len(stats.models) > 1 else ""))
+        if render.format_cost(stats.total_cost):
+            bits.append(render.format_cost(stats.total_cost))
+        first = next((e.preview for e in self.entries if e.role == "user" and e.preview), "")
+        return " · ".join(bits) + (f". {first}" if first else "")
+
+    @cached_property
     def diffs(self) -> list[render.FileDiff]:
         return [render.file_diff(d) for d in self.share.diffs if isinstance(d, dict)]
 
@@ -364,13 +400,14 @@ class PageRenderer:
         message of the share (2,000 entries for a long session), and a macro call per entry
         would cost more than rendering a whole page of messages. Every value is escaped."""
         here = entry.page == current_page
-        href = f"#msg-{entry.id}" if here else f"?page={entry.page}{link_suffix}#msg-{entry.id}"
         role = entry.role
-        return (
-            f'<li class="nav-{css_token(role)}{" here" if here else ""}" data-id="{escape(entry.id)}">'
-            f'<a href="{escape(href)}"><span class="n">{entry.number}</span> <span class="role">{escape(role)}</span> '
-            f'<span class="pv">{escape(entry.preview)}</span></a></li>'
-        )
+        head = f'<li class="nav-{css_token(role)}{" here" if here else ""}" data-id="{escape(entry.id)}" data-p="{entry.page}"'
+        if role != "user":
+            # Listed (share.js finds every message's page here) but not shown: the navigator
+            # is the list of the user's prompts, one per turn, as opencode shows it.
+            return head + "></li>"
+        href = f"#msg-{entry.id}" if here else f"?page={entry.page}{link_suffix}#msg-{entry.id}"
+        return f'{head}><a href="{escape(href)}" data-n="{entry.number}">{escape(entry.preview) or "(no text)"}</a></li>'
 
     def navigator_html(self, view: ShareView, current_page: int, link_suffix: str = "") -> str:
         return "\n".join(self.nav_html(entry, current_page, link_suffix) for entry in view.entries)

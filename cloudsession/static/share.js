@@ -183,6 +183,7 @@
         if (item) item.remove();
       });
     });
+    scheduleTrack();
     var count = byId("nav-count");
     var shown = navList();
     if (count && shown) count.textContent = String(shown.children.length);
@@ -346,8 +347,9 @@
     var hash = decodeURIComponent(location.hash.slice(1));
     if (hash.indexOf("msg-") !== 0 || byId(hash)) return;
     var list = navList();
-    var item = list && list.querySelector('li[data-id="' + CSS.escape(hash.slice(4)) + '"] a');
-    if (item && item.getAttribute("href").indexOf("?page=") === 0) location.href = item.href;
+    var item = list && list.querySelector('li[data-id="' + CSS.escape(hash.slice(4)) + '"]');
+    var target = item ? parseInt(item.getAttribute("data-p"), 10) : 0;
+    if (target && target !== page) location.href = pageUrl(target) + "#" + encodeURIComponent(hash);
   }
 
   // The navigator is a side column on wide screens and a drawer on narrow ones (the toggle in
@@ -375,7 +377,52 @@
     if (event.key === "Escape") setDrawer(false);
   });
 
+  function pageUrl(n) {
+    var params = new URLSearchParams({ page: String(n) });
+    if (readToken) params.set("token", readToken);
+    return "?" + params.toString();
+  }
+
+  // The navigator follows the reader: the prompt of the turn at the top of the viewport is
+  // marked current and kept in view inside the navigator (never scrolling the page itself).
+  var tracking = false;
+  function trackTurn() {
+    tracking = false;
+    var articles = document.querySelectorAll("#messages > article");
+    var top = null;
+    for (var i = 0; i < articles.length; i++) {
+      if (articles[i].getBoundingClientRect().bottom > 80) {
+        top = articles[i];
+        break;
+      }
+    }
+    var list = navList();
+    if (!top || !list) return;
+    var item = list.querySelector('li[data-id="' + CSS.escape(top.id.slice(4)) + '"]');
+    while (item && !item.classList.contains("nav-user")) item = item.previousElementSibling;
+    list.querySelectorAll("li.current").forEach(function (li) {
+      if (li !== item) li.classList.remove("current");
+    });
+    if (!item || item.classList.contains("current")) return;
+    item.classList.add("current");
+    var box = byId("navigator");
+    if (box && box.scrollHeight > box.clientHeight) {
+      var itemTop = item.getBoundingClientRect().top - box.getBoundingClientRect().top + box.scrollTop;
+      if (itemTop < box.scrollTop + 40 || itemTop > box.scrollTop + box.clientHeight - 40) {
+        box.scrollTop = Math.max(0, itemTop - box.clientHeight / 3);
+      }
+    }
+  }
+  function scheduleTrack() {
+    if (tracking) return;
+    tracking = true;
+    requestAnimationFrame(trackTurn);
+  }
+  window.addEventListener("scroll", scheduleTrack, { passive: true });
+  window.addEventListener("resize", scheduleTrack);
+
   window.addEventListener("hashchange", followHash);
   followHash();
+  trackTurn();
   connect();
 })();

@@ -11,7 +11,7 @@ from cloudsession.live.hub import LiveHub
 from cloudsession.render.pages import ViewRenderer
 from cloudsession.web import lifecycle
 from cloudsession.web.keys import LIVE, RENDERER, SERVICE, SETTINGS
-from cloudsession.web.middleware import cors_middleware, error_middleware
+from cloudsession.web.middleware import compress_middleware, cors_middleware, error_middleware
 from cloudsession.web.routes import setup_routes
 
 __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
@@ -19,7 +19,7 @@ __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[cors_middleware, error_middleware],
+        middlewares=[compress_middleware, cors_middleware, error_middleware],
         client_max_size=settings.limits.max_body_bytes,
     )
     app[SETTINGS] = settings

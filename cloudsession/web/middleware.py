@@ -1,4 +1,5 @@
-"""Middlewares: domain errors turned into responses at the boundary, and CORS on ``/api/``.
+"""Middlewares: domain errors turned into responses at the boundary, CORS on ``/api/``, and
+gzip negotiated for every response worth compressing.
 
 Errors are JSON under ``/api/`` and ``/rpc/`` (with CORS, as the reference) and the HTML error
 page (``error.html``) elsewhere; anything unexpected is a bare 500 without a traceback (the
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from cloudsession.errors import PayloadTooLarge, ShareError
 from cloudsession.jsonio import json_bytes
-from cloudsession.web.http import html_response
+from cloudsession.web.http import compress_response, html_response
 from cloudsession.web.keys import RENDERER, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -86,4 +87,12 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         exc.headers["Access-Control-Allow-Origin"] = "*"
         raise
     response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@web.middleware
+async def compress_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost layer: gzip what is worth it when the client accepts it (error pages too)."""
+    response = await handler(request)
+    compress_response(request, response)
     return response

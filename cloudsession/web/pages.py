@@ -20,11 +20,22 @@ from aiohttp import web
 from cloudsession.credentials import secrets_equal
 from cloudsession.errors import SessionNotFound
 from cloudsession.jsonio import json_bytes
-from cloudsession.render.pages import Fragment, PageRenderer
+from cloudsession.render.pages import Fragment, PageRenderer, static_asset
 from cloudsession.shares.items import MAX_ID_LENGTH
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import ADMIN_COOKIE, admin_key, cookie_token, is_admin
-from cloudsession.web.http import SECURITY_HEADERS, html_response, is_https, request_read_token
+from cloudsession.web.http import (
+    IMMUTABLE_CACHE,
+    PRIVATE_PAGE_CACHE,
+    PUBLIC_PAGE_CACHE,
+    SECURITY_HEADERS,
+    html_response,
+    is_https,
+    not_modified,
+    not_modified_response,
+    request_read_token,
+    weak_etag,
+)
 from cloudsession.web.keys import RENDERER, SERVICE, SETTINGS
 
 ADMIN_COOKIE_MAX_AGE = 30 * 24 * 3600
@@ -77,7 +88,13 @@ async def share_page(request: web.Request) -> web.Response:
         page = _int_param(request, "page", 1)
     suffix = _link_suffix(request, share)
     text = await renderer.run(lambda pages: pages.share_page(share, page, link_suffix=suffix))
-    return html_response(text)
+    if share.private:
+        return html_response(text, headers={"Cache-Control": PRIVATE_PAGE_CACHE})
+    # Public pages may be cached briefly and revalidated: the ETag is the rendered page's.
+    etag = weak_etag(text.encode())
+    if not_modified(request, etag):
+        return not_modified_response(etag, PUBLIC_PAGE_CACHE)
+    return html_response(text, headers={"Cache-Control": PUBLIC_PAGE_CACHE, "ETag": etag})
 
 
 def _link_suffix(request: web.Request, share: PublicShare) -> str:
@@ -135,6 +152,23 @@ async def share_fragments(request: web.Request) -> web.Response:
         return body
 
     return _json_response(await request.app[RENDERER].run(build))
+
+
+# --------------------------------------------------------------------------- static files
+
+
+async def static_file(request: web.Request) -> web.Response:
+    """``GET /static/{name}``: the page's CSS, scripts and icon. A hashed URL (``?v=<hash>`` as
+    ``static_url`` builds them) is cacheable forever; anything else revalidates by ETag."""
+    asset = static_asset(request.match_info["name"])
+    if asset is None:
+        raise web.HTTPNotFound()
+    etag = f'"{asset.digest}"'
+    cache = IMMUTABLE_CACHE if request.query.get("v") == asset.digest else "no-cache"
+    headers = {"ETag": etag, "Cache-Control": cache, "X-Content-Type-Options": "nosniff"}
+    if not_modified(request, etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=asset.body, content_type=asset.content_type, charset="utf-8", headers=headers)
 
 
 # --------------------------------------------------------------------------- session list

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cloudsession.render.pages import STATIC_DIR
 from cloudsession.web import api, live, pages, probes, rpc
 
 SHARE = r"/api/{family:shares?}/{id}"
@@ -51,7 +50,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/share/{id}", pages.share_page, name="views.share")
     r.add_get("/share/{id}/fragments", pages.share_fragments, name="views.fragments")
     r.add_get("/ws/{id}", live.share_socket, name="live.socket")
-    r.add_static("/static", STATIC_DIR, name="static")
+    r.add_get("/static/{name}", pages.static_file, name="static")
 
     # Cap'n Web RPC (docs/rpc.md): POST is an HTTP batch, GET with Upgrade a WebSocket session,
     # any other method the reference's 400; auth is checked first, inside the handler.
