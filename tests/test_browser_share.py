@@ -286,3 +286,73 @@ def test_the_navigator_follows_scrolling(page: Page, server: ServerProcess) -> N
     # Prompts are plain text: no markdown syntax in the navigator.
     label = page.locator("#nav-list li.current").inner_text()
     assert label.startswith("Message 31. word0 word1") and "*" not in label
+
+
+def test_search_counts_matches_and_opens_collapsed_sections(page: Page, server: ServerProcess) -> None:
+    creds = new_share(server, rich_items())
+    open_live(page, server, creds["id"])
+    page.fill("#find-input", "collected test_")
+    page.wait_for_function("() => document.getElementById('find-count').textContent === '60 matches'", timeout=5_000)
+    assert page.evaluate("CSS.highlights.get('find').size") == 60
+    # The 13th match is in the collapsed rest of the bash output: showing it opens that section.
+    for _ in range(13):
+        page.click("#find-next")
+    assert page.locator("#find-count").inner_text() == "13 of 60 matches"
+    assert page.locator("section.tool-bash details.more").first.evaluate("d => d.open") is True
+    page.fill("#find-input", "no such text anywhere")
+    page.wait_for_function("() => document.getElementById('find-count').textContent === 'no matches'", timeout=5_000)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_copy_buttons_copy_code_and_deep_links(browser: Browser, server: ServerProcess) -> None:
+    creds = new_share(server, rich_items())
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    tab = context.new_page()
+    try:
+        open_live(tab, server, creds["id"])
+        command = tab.locator("section.tool-bash.status-completed pre.command").first
+        command.hover()
+        tab.click("#copy-button")
+        assert tab.evaluate("navigator.clipboard.readText()") == "pytest -q test_greet.py"
+        output = tab.locator("section.tool-bash.status-completed pre.output").first
+        output.hover()
+        tab.click("#copy-button")
+        copied = tab.evaluate("navigator.clipboard.readText()")
+        assert copied.startswith("line 1:") and copied.rstrip().endswith("line 60: collected test_060 PASSED")  # head and rest
+        todo = tab.locator("section.tool-todowrite").first
+        todo.hover()
+        assert tab.locator("#copy-button").inner_text() == "Copy link"
+        tab.click("#copy-button")
+        link = tab.evaluate("navigator.clipboard.readText()")
+        part_id = todo.get_attribute("id")
+        assert link == f"{server.url}/share/{creds['id']}?page=1#{part_id}"
+        tab.goto(link)
+        assert tab.locator(f"#{part_id}").bounding_box()["y"] < 200
+    finally:
+        context.close()
+
+
+def test_jump_to_latest_while_live(page: Page, server: ServerProcess) -> None:
+    creds = new_share(server, conversation(40))
+    open_live(page, server, creds["id"])
+    jump = page.locator("#jump-latest")
+    assert jump.is_visible()
+    jump.click()
+    page.wait_for_function("() => window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 400", timeout=5_000)
+    last = page.locator("#messages article").last.bounding_box()
+    assert last is not None and last["y"] + last["height"] <= 900 + 20
+
+
+def test_download_menu_offers_the_export_and_the_single_file(page: Page, server: ServerProcess) -> None:
+    creds = new_share(server, rich_items())
+    open_live(page, server, creds["id"])
+    page.click("#download-menu summary")
+    links = page.locator("#download-menu a")
+    assert links.count() == 2
+    with page.expect_download() as info:
+        links.nth(1).click()
+    download = info.value
+    assert download.suggested_filename == f"opencode-session-{creds['id']}.html"
+    html = Path(download.path()).read_text()
+    assert "<script" not in html and "Add a greeting module" in html

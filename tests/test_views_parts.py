@@ -78,7 +78,10 @@ def test_header_sums_cost_tokens_and_lists_models(rich: BeautifulSoup) -> None:
     assert "4,620 tokens" in header  # (1,200 in + 340 out) x 3
     assert "Claude Sonnet 4 (anthropic/claude-sonnet-4)" in header
     # Times in UTC with the year until the page script localises them; "1 sync", not "1 syncs".
-    assert re.search(r"Created \w{3} \d+, \d{4}, \d\d:\d\d:\d\d UTC · Updated .* UTC · 1 sync$", header)
+    assert re.search(r"Created \w{3} \d+, \d{4}, \d\d:\d\d:\d\d UTC · Updated .* UTC · 1 sync Changes", header)
+    # The Changes panel is reachable from the header.
+    link = rich.select_one("#share-header a.changes-link")
+    assert link["href"] == "#diffs" and text(link) == "Changes: 2 files"
 
 
 def test_messages_have_role_time_model_and_anchor(rich: BeautifulSoup) -> None:

@@ -426,7 +426,25 @@ class PageRenderer:
             diffs_html=Markup(self.diffs_html(view)),  # safe: rendered by parts.html (autoescape)
             navigator_html=self.navigator_html(view, page, link_suffix),
             link_suffix=link_suffix,
+            token_query="?" + link_suffix[1:] if link_suffix else "",
             live_format="events",
+        )
+
+    def standalone_page(self, share: PublicShare) -> str:
+        """The whole share in one self-contained HTML file: every message (all pages), the
+        stylesheets inlined, no script; links between messages are in-page anchors."""
+        view = self.view(share)
+        stylesheet = (STATIC_DIR / "app.css").read_text() + "\n" + (STATIC_DIR / "highlight.css").read_text()
+        return self.template("standalone.html").render(
+            share=share,
+            # Safe: the server's own static files; "</" cannot end the <style> element early.
+            stylesheet=Markup(stylesheet.replace("</", "<\\/")),
+            exported=render.iso_time(share.last_updated),
+            header_html=Markup(self.header_html(view)),  # safe: rendered by parts.html (autoescape)
+            messages_html=self.messages_html(view.entries),
+            diffs_html=Markup(self.diffs_html(view)),  # safe: rendered by parts.html (autoescape)
+            # Every entry on "page 0" links as an in-page anchor.
+            navigator_html="\n".join(self.nav_html(entry, entry.page) for entry in view.entries),
         )
 
     def fragments(self, share: PublicShare, ids: Iterable[str], page: int, link_suffix: str = "") -> list[Fragment | str]:

@@ -199,6 +199,8 @@
         if (!el || el.getAttribute("data-hash") !== d.hash) pending.ids.add(d.id);
       });
     }
+    if (typeof data.pages === "number") body.setAttribute("data-pages", String(data.pages));
+    updateJump();
     if (typeof data.syncCount === "number") syncCount = data.syncCount;
     body.setAttribute("data-sync-count", String(syncCount));
   }
@@ -319,6 +321,7 @@
     socket.onopen = function () {
       retries = 0;
       setStatus("live", "ok");
+      updateJump();
     };
     socket.onmessage = function (message) {
       var event;
@@ -331,6 +334,7 @@
     };
     socket.onclose = function (closeEvent) {
       socket = null;
+      updateJump();
       if (closeEvent.code === 4404) {
         gone();
         return;
@@ -421,7 +425,219 @@
   window.addEventListener("scroll", scheduleTrack, { passive: true });
   window.addEventListener("resize", scheduleTrack);
 
+  // ------------------------------------------------------------------ search within the page
+  // Matches are marked with the CSS Custom Highlight API: no element is added to the page, so
+  // live updates and the reader's selection are untouched. Collapsed sections are searched too
+  // and opened when a match inside them is shown.
+  var find = { ranges: [], index: -1, query: "" };
+  var MAX_MATCHES = 5000;
+
+  function findScopes() {
+    return [byId("messages"), byId("diffs")].filter(Boolean);
+  }
+
+  function runFind(query) {
+    find.query = query;
+    find.ranges = [];
+    find.index = -1;
+    var needle = query.toLowerCase();
+    if (needle.length >= 2) {
+      findScopes().forEach(function (scope) {
+        var walker = document.createTreeWalker(scope, NodeFilter.SHOW_TEXT);
+        var node;
+        while ((node = walker.nextNode()) && find.ranges.length < MAX_MATCHES) {
+          var hay = node.nodeValue.toLowerCase();
+          var at = hay.indexOf(needle);
+          while (at !== -1 && find.ranges.length < MAX_MATCHES) {
+            var range = document.createRange();
+            range.setStart(node, at);
+            range.setEnd(node, at + needle.length);
+            find.ranges.push(range);
+            at = hay.indexOf(needle, at + needle.length);
+          }
+        }
+      });
+    }
+    if (window.CSS && CSS.highlights && window.Highlight) {
+      CSS.highlights.set("find", new Highlight(...find.ranges));
+      CSS.highlights.delete("find-current");
+    }
+    showCount();
+  }
+
+  function showCount() {
+    var count = byId("find-count");
+    if (!count) return;
+    var n = find.ranges.length;
+    if (!find.query || find.query.length < 2) count.textContent = "";
+    else if (!n) count.textContent = "no matches";
+    else {
+      var total = (n >= MAX_MATCHES ? n + "+" : String(n)) + (n === 1 ? " match" : " matches");
+      count.textContent = find.index >= 0 ? find.index + 1 + " of " + total : total;
+    }
+  }
+
+  function step(delta) {
+    if (!find.ranges.length) return;
+    find.index = (find.index + delta + find.ranges.length) % find.ranges.length;
+    var range = find.ranges[find.index];
+    var el = range.startContainer.parentElement;
+    for (var d = el && el.closest("details"); d; d = d.parentElement && d.parentElement.closest("details")) d.open = true;
+    if (window.CSS && CSS.highlights && window.Highlight) CSS.highlights.set("find-current", new Highlight(range));
+    var rect = range.getBoundingClientRect();
+    if (rect.top < 80 || rect.bottom > window.innerHeight - 40) window.scrollBy(0, rect.top - window.innerHeight / 3);
+    showCount();
+  }
+
+  function setupFind() {
+    var form = byId("find");
+    var input = byId("find-input");
+    if (!form || !input) return;
+    form.hidden = false;
+    var timer = null;
+    input.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(function () { runFind(input.value.trim()); }, 150);
+    });
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (input.value.trim() !== find.query) runFind(input.value.trim());
+      step(1);
+    });
+    input.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" && event.shiftKey) {
+        event.preventDefault();
+        step(-1);
+      } else if (event.key === "Escape") {
+        input.value = "";
+        runFind("");
+      }
+    });
+    var prev = byId("find-prev");
+    var next = byId("find-next");
+    if (prev) prev.addEventListener("click", function () { step(-1); });
+    if (next) next.addEventListener("click", function () { step(1); });
+    document.addEventListener("keydown", function (event) {
+      if (event.key === "/" && document.activeElement === document.body) {
+        event.preventDefault();
+        input.focus();
+      }
+    });
+  }
+
+  // ------------------------------------------------------------------ copy buttons
+  // One floating button serves every code block, command and output ("Copy") and every message
+  // and part ("Copy link": a deep link that names the page, so it works from anywhere).
+  var copyButton = null;
+  var copyTarget = null;
+
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "offscreen";
+    document.body.appendChild(area);
+    area.select();
+    try {
+      document.execCommand("copy");
+    } finally {
+      area.remove();
+    }
+    return Promise.resolve();
+  }
+
+  function codeText(pre) {
+    var text = pre.textContent;
+    if (pre.classList.contains("command")) text = text.replace(/^\$ /, "");
+    var more = pre.nextElementSibling;
+    if (more && more.matches("details.more")) {
+      var rest = more.querySelector("pre");
+      if (rest) text += "\n" + rest.textContent;
+    }
+    if (pre.classList.contains("cont")) {
+      var head = pre.closest("details.more");
+      head = head && head.previousElementSibling;
+      if (head && head.tagName === "PRE") return codeText(head);
+    }
+    return text;
+  }
+
+  function deepLink(el) {
+    var params = new URLSearchParams({ page: String(page) });
+    if (readToken) params.set("token", readToken);
+    return location.origin + location.pathname + "?" + params.toString() + "#" + el.id;
+  }
+
+  function placeCopy(target, label) {
+    if (!copyButton) {
+      copyButton = document.createElement("button");
+      copyButton.type = "button";
+      copyButton.id = "copy-button";
+      copyButton.className = "copy-button";
+      copyButton.addEventListener("click", function (event) {
+        event.preventDefault();
+        if (!copyTarget) return;
+        var text = copyTarget.tagName === "PRE" ? codeText(copyTarget) : deepLink(copyTarget);
+        var button = copyButton;
+        copyText(text).then(function () {
+          button.textContent = "Copied";
+          button.setAttribute("data-copied", text.length > 200 ? text.slice(0, 200) : text);
+        });
+      });
+      document.body.appendChild(copyButton);
+    }
+    copyTarget = target;
+    copyButton.textContent = label;
+    var rect = target.getBoundingClientRect();
+    copyButton.hidden = false;
+    copyButton.style.top = window.scrollY + rect.top + 4 + "px";
+    copyButton.style.left = Math.max(0, window.scrollX + rect.right - copyButton.offsetWidth - 6) + "px";
+  }
+
+  document.addEventListener("mouseover", function (event) {
+    var target = event.target;
+    if (!(target instanceof Element) || target === copyButton) return;
+    var pre = target.closest("#messages pre, #diffs pre");
+    var holder = pre || target.closest("#messages section.part[id], #messages article.message[id]");
+    if (!holder || holder === copyTarget) return;
+    placeCopy(holder, pre ? "Copy" : "Copy link");
+  });
+
+  // ------------------------------------------------------------------ jump to the latest
+  function atBottom() {
+    var doc = document.documentElement;
+    return window.innerHeight + window.scrollY >= doc.scrollHeight - 120;
+  }
+
+  function updateJump() {
+    var jump = byId("jump-latest");
+    if (!jump) return;
+    var live = !!(socket && socket.readyState === 1);
+    var pages = parseInt(body.getAttribute("data-pages"), 10) || 1;
+    jump.hidden = !live || (page >= pages && atBottom());
+  }
+
+  function setupJump() {
+    var jump = byId("jump-latest");
+    if (!jump) return;
+    jump.addEventListener("click", function () {
+      var pages = parseInt(body.getAttribute("data-pages"), 10) || 1;
+      if (page < pages) {
+        location.href = pageUrl("last");
+        return;
+      }
+      var articles = document.querySelectorAll("#messages > article");
+      var last = articles[articles.length - 1];
+      if (last) window.scrollTo(0, window.scrollY + last.getBoundingClientRect().bottom - window.innerHeight + 16);
+      updateJump();
+    });
+    window.addEventListener("scroll", function () { requestAnimationFrame(updateJump); }, { passive: true });
+  }
+
   window.addEventListener("hashchange", followHash);
+  setupFind();
+  setupJump();
   followHash();
   trackTurn();
   connect();

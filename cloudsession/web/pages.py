@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from cloudsession.client import importer
 from cloudsession.credentials import secrets_equal
 from cloudsession.errors import SessionNotFound
 from cloudsession.jsonio import json_bytes
@@ -61,8 +62,8 @@ def _int_param(request: web.Request, name: str, default: int, maximum: int = MAX
     return min(max(int(raw), 1), maximum)
 
 
-async def not_found_page(request: web.Request) -> web.Response:
-    text = await request.app[RENDERER].run(lambda pages: pages.template("404.html").render())
+async def not_found_page(request: web.Request, message: str | None = None) -> web.Response:
+    text = await request.app[RENDERER].run(lambda pages: pages.template("404.html").render(message=message))
     return html_response(text, status=404)
 
 
@@ -95,6 +96,42 @@ async def share_page(request: web.Request) -> web.Response:
     if not_modified(request, etag):
         return not_modified_response(etag, PUBLIC_PAGE_CACHE)
     return html_response(text, headers={"Cache-Control": PUBLIC_PAGE_CACHE, "ETag": etag})
+
+
+def _download(body: bytes, content_type: str, filename: str, share: PublicShare) -> web.Response:
+    response = web.Response(body=body, content_type=content_type, charset="utf-8")
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Cache-Control"] = PRIVATE_PAGE_CACHE if share.private else "no-cache"
+    return response
+
+
+async def share_export_json(request: web.Request) -> web.Response:
+    """``GET /share/{id}/export.json``: the share as an opencode export file (what ``opencode
+    import FILE`` reads), the same document as ``cloudsession export``; public data only."""
+    share = await _public_share(request)
+    if share is None:
+        return await not_found_page(request)
+
+    def build() -> bytes:
+        document = importer.to_export(share.data_items()).document
+        return share.redact(importer.export_json(document).decode("utf-8")).encode("utf-8")
+
+    try:
+        body = await asyncio.to_thread(build)
+    except importer.ImportFailed as exc:
+        return await not_found_page(request, f"Nothing to download: {exc}")
+    return _download(body, "application/json", f"opencode-session-{share.id}.json", share)
+
+
+async def share_export_html(request: web.Request) -> web.Response:
+    """``GET /share/{id}/export.html``: the whole share (every page) as one self-contained HTML
+    file: styles inlined, no script, readable offline."""
+    share = await _public_share(request)
+    if share is None:
+        return await not_found_page(request)
+    text = await request.app[RENDERER].run(lambda pages: pages.standalone_page(share))
+    return _download(share.redact(text).encode("utf-8"), "text/html", f"opencode-session-{share.id}.html", share)
 
 
 def _link_suffix(request: web.Request, share: PublicShare) -> str:
