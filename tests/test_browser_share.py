@@ -356,3 +356,45 @@ def test_download_menu_offers_the_export_and_the_single_file(page: Page, server:
     assert download.suggested_filename == f"opencode-session-{creds['id']}.html"
     html = Path(download.path()).read_text()
     assert "<script" not in html and "Add a greeting module" in html
+
+
+def test_split_diff_view_is_remembered_and_marks_changes_within_lines(page: Page, server: ServerProcess) -> None:
+    from view_data import ROOT, assistant, tool
+
+    u = user(1000)
+    a = assistant(u, 2000)
+    patch = "@@ -1,3 +1,3 @@\n def total(price):\n-    return price * 2\n+    return price * 3\n # end\n"
+    edit = tool(a, "edit", "completed", {"filePath": f"{ROOT}/calc.py", "oldString": "2", "newString": "3"}, title="calc.py",
+                output="Edit applied successfully.", metadata={"diff": patch})
+    creds = new_share(server, [item("session", session()), item("message", u), item("message", a), item("part", edit)])
+    open_live(page, server, creds["id"])
+    # Within-line marks: just the changed character on each side.
+    marks = page.evaluate("['diff-del', 'diff-add'].map(n => [...CSS.highlights.get(n)].map(r => r.toString()))")
+    assert marks == [["2"], ["3"]]
+    button = page.locator("section.tool-edit .diff-mode")
+    assert button.inner_text() == "Split view"
+    button.click()
+    split = page.locator("section.tool-edit table.diff.split")
+    assert split.is_visible() and not page.locator("section.tool-edit table.diff.unified-source").is_visible()
+    row = split.locator("tr").nth(2)  # the changed line, old on the left and new on the right
+    assert [c.inner_text().strip() for c in row.locator("td").all()] == ["2", "−    return price * 2", "2", "+    return price * 3"]
+    page.reload()
+    page.wait_for_selector("#live-status.ok")
+    assert page.locator("section.tool-edit table.diff.split").is_visible()  # the choice persists
+    page.locator("section.tool-edit .diff-mode").click()
+    assert not page.locator("section.tool-edit table.diff.split").is_visible()
+    assert page.locator("section.tool-edit table.diff.unified-source").is_visible()
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_long_output_collapses_from_its_end(page: Page, server: ServerProcess) -> None:
+    creds = new_share(server, rich_items())
+    open_live(page, server, creds["id"])
+    more = page.locator("section.tool-bash details.more").first
+    more.locator("summary").click()
+    less = more.locator(".collapse-end")
+    assert less.is_visible()
+    height = more.locator("pre").bounding_box()
+    assert height is not None and height["height"] <= 900 * 0.7 + 2  # capped, scrolls inside
+    less.click()
+    assert more.evaluate("d => d.open") is False

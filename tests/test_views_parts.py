@@ -8,7 +8,7 @@ import re
 
 import pytest
 from bs4 import BeautifulSoup, Tag
-from view_data import ROOT, assistant, fold, item, part, real_share, rich_items, session, user
+from view_data import ROOT, assistant, fold, item, part, real_share, rich_items, session, tool, user
 
 from cloudsession.render.pages import PageRenderer
 
@@ -228,8 +228,9 @@ def test_bash_shows_command_and_collapsed_long_output(rich: BeautifulSoup) -> No
 def test_edit_shows_a_diff(rich: BeautifulSoup) -> None:
     edit = tool_section(rich, "edit")
     assert text(edit.select_one(".tool-title")) == "greet.py"
-    added = [text(r.select_one(".dc")) for r in edit.select("tr.d-add")]
-    removed = [text(r.select_one(".dc")) for r in edit.select("tr.d-del")]
+    # Cells hold highlighted tokens now: read their text as written, spaces collapsed.
+    added = [" ".join(r.select_one(".dc").get_text().split()) for r in edit.select("tr.d-add")]
+    removed = [" ".join(r.select_one(".dc").get_text().split()) for r in edit.select("tr.d-del")]
     assert added == ['+ """Greet someone politely."""', '+ return f"Hello, {name}!"']
     assert removed == ["− return 'hi ' + name"]
     assert [text(td) for td in edit.select("tr.d-add")[0].select("td.ln")] == ["", "2"]
@@ -246,7 +247,7 @@ def test_write_shows_the_file_highlighted_by_extension(rich: BeautifulSoup) -> N
 @pytest.mark.parametrize(
     ("name", "summary", "inside"),
     [
-        ("read", "greet.py", "00001| def greet(name):"),
+        ("read", "greet.py", "def greet(name):"),
         ("grep", "def greet in . (*.py) 1 matches", "Line 1: def greet(name):"),
         ("glob", "**/*.py in . 2 files", "/home/dev/proj/test_greet.py"),
         ("list", ". 2 entries", "README.md"),
@@ -463,3 +464,65 @@ def test_navigator_lists_the_prompts_as_plain_text(renderer: PageRenderer) -> No
     assert [text(li) for li in prompts] == ["Step 0: what I changed one and two", "quoted words"]
     assert [li.select_one("a")["data-n"] for li in prompts] == ["1", "3"]
     assert items[1].select("a") == [] and items[1]["data-p"] == "1"
+
+
+# --------------------------------------------------------------------------- code review
+
+
+def test_read_output_is_highlighted_with_its_line_numbers(rich: BeautifulSoup, renderer: PageRenderer) -> None:
+    read = tool_section(rich, "read")
+    code = read.select_one("details.tool-output pre.numbered")
+    assert [ln["data-n"] for ln in code.select(".ln")] == ["1", "2"]
+    assert code.select_one("span.k") is not None  # python, from the file name
+    assert "00001|" not in code.get_text() and "<file>" not in code.get_text()
+    assert text(read.select_one("details.tool-output summary")) == "2 lines"
+    # Without a numbered output (compacted, say), metadata.preview is shown, numbered from the offset.
+    u = user(1000)
+    a = assistant(u, 2000)
+    preview = tool(a, "read", "completed", {"filePath": f"{ROOT}/app.py", "offset": 40}, title="app.py", output="",
+                   metadata={"preview": "import os\nprint(os.getcwd())"})
+    soup = BeautifulSoup(renderer.share_page(fold([item("session", session()), item("message", u), item("message", a), item("part", preview)]), 1), "html.parser")
+    lines = soup.select("section.tool-read pre.numbered .ln")
+    assert [ln["data-n"] for ln in lines] == ["41", "42"]
+    assert "print(os.getcwd())" in soup.select_one("section.tool-read pre.numbered").get_text()
+
+
+def test_diffs_are_highlighted_by_file_type_with_within_line_changes(rich: BeautifulSoup) -> None:
+    edit = tool_section(rich, "edit")
+    table = edit.select_one("table.diff")
+    assert table.select_one("tr.d-ctx span.k") is not None  # "def" in greet.py
+    removed = edit.select_one("tr.d-del td.dc")
+    added = edit.select("tr.d-add td.dc")
+    # "    return 'hi ' + name" became "    \"\"\"Greet someone politely.\"\"\"": too different to mark;
+    # the second added line is unpaired. The legacy panel diff of a new file has no pairs either.
+    assert not removed.has_attr("data-ch") and not any(a.has_attr("data-ch") for a in added)
+
+
+def test_within_line_changes_name_the_changed_characters() -> None:
+    from cloudsession.render import html as render
+
+    fd = render.file_diff({"file": "a.py", "patch": "@@ -1,2 +1,2 @@\n-total = price * 2\n+total = price * 3\n keep = 1\n"})
+    rows = render.diff_rows(fd)
+    assert [(r.kind, r.marks) for r in rows] == [("hunk", ""), ("del", "16-17"), ("add", "16-17"), ("ctx", "")]
+    assert 'total <span class="o">=</span>' in str(rows[1].html)
+    plain = render.diff_rows(render.file_diff({"file": "notes.unknownext", "patch": "@@ -1 +1 @@\n-<b>\n+<i>\n"}))
+    assert [str(r.html) for r in plain] == ["@@ -1 +1 @@", "&lt;b&gt;", "&lt;i&gt;"]
+
+
+def test_lsp_diagnostics_show_under_edit_and_write(renderer: PageRenderer) -> None:
+    u = user(1000)
+    a = assistant(u, 2000)
+    path = f"{ROOT}/app.py"
+    diags = {path: [
+        {"range": {"start": {"line": 9, "character": 4}, "end": {"line": 9, "character": 8}}, "message": "Unused variable", "severity": 2},
+        {"range": {"start": {"line": 2, "character": 0}, "end": {"line": 2, "character": 3}}, "message": "Name 'foo' is not defined", "severity": 1},
+    ], f"{ROOT}/other.py": [{"range": {"start": {"line": 0, "character": 0}}, "message": "elsewhere", "severity": 1}]}
+    edit = tool(a, "edit", "completed", {"filePath": path, "oldString": "a", "newString": "b"}, title="app.py",
+                output="Edit applied successfully.", metadata={"diagnostics": diags})
+    write = tool(a, "write", "completed", {"filePath": path, "content": "x = 1\n"}, title="app.py",
+                 output="Wrote file successfully.", metadata={"diagnostics": diags})
+    share = fold([item("session", session()), item("message", u), item("message", a), item("part", edit), item("part", write)])
+    soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    for name in ("edit", "write"):
+        found = [text(li) for li in tool_section(soup, name).select("ul.diagnostics li")]
+        assert found == ["error 3:1 Name 'foo' is not defined", "warning 10:5 Unused variable"]

@@ -573,6 +573,91 @@ def turn_footer(message: dict[str, Any], parts: list[dict[str, Any]]) -> TurnFoo
     return TurnFooter(tokens, detail if tokens else "", format_cost(cost), duration, len(finishes))
 
 
+# --------------------------------------------------------------------------- diff review
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    """A diff line ready for the page: its code highlighted for the file's language, and the
+    character ranges that changed within the line (``"3-9 12-15"``, marked by the page script)."""
+
+    kind: str
+    old: int | None
+    new: int | None
+    html: Markup
+    marks: str = ""
+
+
+# Lines longer than this get no within-line comparison (SequenceMatcher is quadratic).
+MAX_INTRALINE_CHARS = 2_000
+
+
+def _highlight_side(lines: list[str], path: str) -> list[Markup] | None:
+    if not lines:
+        return []
+    rendered = highlight("\n".join(lines), filename=path)
+    split = rendered.split("\n")
+    return split if len(split) == len(lines) else None
+
+
+def _changed_ranges(before: str, after: str) -> tuple[str, str]:
+    if len(before) > MAX_INTRALINE_CHARS or len(after) > MAX_INTRALINE_CHARS:
+        return "", ""
+    matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+    if matcher.ratio() < 0.4:
+        return "", ""  # a different line, not an edited one: marking it all says nothing
+    old, new = [], []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        if i2 > i1:
+            old.append(f"{i1}-{i2}")
+        if j2 > j1:
+            new.append(f"{j1}-{j2}")
+    return " ".join(old), " ".join(new)
+
+
+def diff_rows(fd: FileDiff) -> list[DiffRow]:
+    """The rows of a diff with syntax highlighting by file type (each side highlighted as one
+    text, so multi-line constructs colour right) and within-line change ranges for each deleted
+    line paired with the added line that replaced it."""
+    lines = fd.lines
+    old_side = [line.text for line in lines if line.kind in ("ctx", "del")]
+    new_side = [line.text for line in lines if line.kind in ("ctx", "add")]
+    old_html = _highlight_side(old_side, fd.path)
+    new_html = _highlight_side(new_side, fd.path)
+    marks: dict[int, str] = {}
+    index = 0
+    while index < len(lines):
+        if lines[index].kind != "del":
+            index += 1
+            continue
+        dels = index
+        while index < len(lines) and lines[index].kind == "del":
+            index += 1
+        adds = index
+        while index < len(lines) and lines[index].kind == "add":
+            index += 1
+        for offset in range(min(adds - dels, index - adds)):
+            before, after = _changed_ranges(lines[dels + offset].text, lines[adds + offset].text)
+            if before or after:
+                marks[dels + offset], marks[adds + offset] = before, after
+    rows = []
+    o = n = 0
+    for position, line in enumerate(lines):
+        html: Markup = escape(line.text)
+        if line.kind in ("ctx", "del"):
+            if old_html is not None:
+                html = old_html[o]
+            o += 1
+        if line.kind in ("ctx", "add"):
+            if new_html is not None:
+                html = new_html[n]
+            n += 1
+        rows.append(DiffRow(line.kind, line.old, line.new, html, marks.get(position, "")))
+    return rows
+
+
 # --------------------------------------------------------------------------- tools
 
 
@@ -635,6 +720,76 @@ def edit_diff(view: ToolView) -> FileDiff:
             "deletions": filediff.get("deletions"),
         }
     )
+
+
+_READ_LINE = re.compile(r"^(\d{1,9})\| ?(.*)$")
+
+
+@dataclass(frozen=True)
+class NumberedCode:
+    """File content with its line numbers (the read tool's output, or its preview)."""
+
+    lines: list[tuple[int, Markup]]  # (line number, highlighted line)
+    rest: int  # lines not shown beyond the visible head
+    note: str  # opencode's trailing remark ("(File has more lines...)"), if any
+
+
+def read_view(view: ToolView, preview_lines: int = 400) -> NumberedCode | None:
+    """The read tool's ``<file>`` output as numbered, highlighted lines (its ``NNNNN| `` prefixes
+    parsed out), else ``metadata.preview`` numbered from the read offset; None when neither is
+    there."""
+    path = as_text(view.input.get("filePath"))
+    numbers: list[int] = []
+    code: list[str] = []
+    note = ""
+    for raw in view.output[:MAX_OUTPUT_CHARS].split("\n"):
+        match = _READ_LINE.match(raw)
+        if match:
+            numbers.append(int(match.group(1)))
+            code.append(match.group(2))
+        elif raw.strip() and raw.strip() not in ("<file>", "</file>"):
+            note = raw.strip() if numbers else note
+    if not numbers:
+        preview = as_text(view.metadata.get("preview"))
+        if not preview:
+            return None
+        code = preview.split("\n")
+        start = int(as_number(view.input.get("offset"))) + 1
+        numbers = list(range(start, start + len(code)))
+    shown = min(len(code), preview_lines)
+    rendered = highlight("\n".join(code[:shown]), filename=path).split("\n")
+    if len(rendered) != shown:
+        rendered = [escape(line) for line in code[:shown]]
+    return NumberedCode(list(zip(numbers[:shown], rendered, strict=True)), len(code) - shown, note)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    severity: str  # error | warning | info | hint
+    line: int
+    column: int
+    message: str
+
+
+_SEVERITIES = {1: "error", 2: "warning", 3: "info", 4: "hint"}
+MAX_DIAGNOSTICS = 20
+
+
+def diagnostics(view: ToolView) -> list[Diagnostic]:
+    """LSP diagnostics opencode attached to an edit or write (``metadata.diagnostics``, keyed by
+    file): those of the file the tool changed, errors first, at most MAX_DIAGNOSTICS."""
+    by_file = as_dict(view.metadata.get("diagnostics"))
+    path = as_text(view.input.get("filePath"))
+    found = []
+    for entry in as_list(by_file.get(path)):
+        data = as_dict(entry)
+        start = as_dict(dig(data, "range", "start"))
+        severity = _SEVERITIES.get(int(as_number(data.get("severity"))) or 1, "error")
+        message = as_text(data.get("message"))
+        if message:
+            found.append(Diagnostic(severity, int(as_number(start.get("line"))) + 1, int(as_number(start.get("character"))) + 1, message[:2000]))
+    order = list(_SEVERITIES.values())
+    return sorted(found, key=lambda d: order.index(d.severity))[:MAX_DIAGNOSTICS]
 
 
 @dataclass(frozen=True)

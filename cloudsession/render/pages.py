@@ -122,9 +122,12 @@ def make_environment() -> Environment:
         render_markdown=render.render_markdown,
         split_output=render.split_output,
         file_diff=render.file_diff,
+        diff_rows=render.diff_rows,
         tool_view=render.tool_view,
         edit_diff=render.edit_diff,
         todos=render.todos,
+        read_view=render.read_view,
+        diagnostics=render.diagnostics,
         questions=render.questions,
         attachment=render.attachment,
     )

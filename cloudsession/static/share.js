@@ -84,6 +84,7 @@
     }
     oldEl.replaceWith(fresh);
     localise(fresh);
+    if (typeof applyDiffMode === "function") applyDiffMode(fresh);
   }
 
   function localise(el) {
@@ -159,6 +160,7 @@
     else list.appendChild(fresh);
     fresh.classList.add("flash");
     localise(fresh);
+    applyDiffMode(fresh);
     var waiting = byId("waiting");
     if (waiting) waiting.remove();
   }
@@ -635,7 +637,165 @@
     window.addEventListener("scroll", function () { requestAnimationFrame(updateJump); }, { passive: true });
   }
 
+  // ------------------------------------------------------------------ code review
+  // Within-line changes: the server names the changed character ranges of each paired line
+  // (td[data-ch]); they are marked with highlights, over the syntax colouring, without markup.
+  var marked = { del: [], add: [] };
+
+  function textRanges(cell, spec) {
+    var nodes = [];
+    var walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    var node;
+    while ((node = walker.nextNode())) {
+      if (!node.parentElement.closest(".sign")) nodes.push(node);
+    }
+    var ranges = [];
+    spec.split(" ").forEach(function (pair) {
+      var bounds = pair.split("-");
+      var start = parseInt(bounds[0], 10);
+      var end = parseInt(bounds[1], 10);
+      if (!(end > start)) return;
+      var range = document.createRange();
+      var seen = 0;
+      var begun = false;
+      for (var i = 0; i < nodes.length; i++) {
+        var len = nodes[i].nodeValue.length;
+        if (!begun && start < seen + len) {
+          range.setStart(nodes[i], start - seen);
+          begun = true;
+        }
+        if (begun && end <= seen + len) {
+          range.setEnd(nodes[i], end - seen);
+          ranges.push(range);
+          return;
+        }
+        seen += len;
+      }
+    });
+    return ranges;
+  }
+
+  function markDiffs() {
+    if (!(window.CSS && CSS.highlights && window.Highlight)) return;
+    marked = { del: [], add: [] };
+    document.querySelectorAll("td[data-ch]").forEach(function (cell) {
+      var kind = cell.classList.contains("d-del") || cell.parentElement.classList.contains("d-del") ? "del" : "add";
+      marked[kind] = marked[kind].concat(textRanges(cell, cell.getAttribute("data-ch")));
+    });
+    CSS.highlights.set("diff-del", new Highlight(...marked.del));
+    CSS.highlights.set("diff-add", new Highlight(...marked.add));
+  }
+
+  // Split view: built from the unified table on demand (the page itself stays unified, so it
+  // reads without JavaScript); the reader's choice persists.
+  var DIFF_KEY = "cloudsession-diff";
+  function diffMode() {
+    try {
+      return localStorage.getItem(DIFF_KEY) === "split" ? "split" : "unified";
+    } catch (e) {
+      return "unified";
+    }
+  }
+
+  function cell(cls, from) {
+    var td = document.createElement("td");
+    td.className = cls;
+    if (from) {
+      td.innerHTML = from.innerHTML;
+      if (from.hasAttribute("data-ch")) td.setAttribute("data-ch", from.getAttribute("data-ch"));
+    }
+    return td;
+  }
+
+  function splitRow(left, right) {
+    var tr = document.createElement("tr");
+    var l = left ? left.cells : null;
+    var r = right ? right.cells : null;
+    tr.appendChild(l ? cell("ln", l[0]) : cell("ln gap"));
+    var oldCode = l ? cell("dc " + left.className, l[2]) : cell("dc gap");
+    tr.appendChild(oldCode);
+    tr.appendChild(r ? cell("ln", r[1]) : cell("ln gap"));
+    tr.appendChild(r ? cell("dc " + right.className, r[2]) : cell("dc gap"));
+    return tr;
+  }
+
+  function buildSplit(table) {
+    var split = document.createElement("table");
+    split.className = "diff hl split";
+    var rows = Array.prototype.slice.call(table.rows);
+    for (var i = 0; i < rows.length; ) {
+      var row = rows[i];
+      if (row.classList.contains("d-hunk") || row.classList.contains("d-note")) {
+        var tr = document.createElement("tr");
+        tr.className = row.className;
+        var td = cell("dc", row.cells[2]);
+        td.colSpan = 4;
+        tr.appendChild(td);
+        split.appendChild(tr);
+        i++;
+      } else if (row.classList.contains("d-ctx")) {
+        split.appendChild(splitRow(row, row));
+        i++;
+      } else {
+        var dels = [];
+        var adds = [];
+        while (i < rows.length && rows[i].classList.contains("d-del")) dels.push(rows[i++]);
+        while (i < rows.length && rows[i].classList.contains("d-add")) adds.push(rows[i++]);
+        for (var k = 0; k < Math.max(dels.length, adds.length); k++) split.appendChild(splitRow(dels[k], adds[k]));
+      }
+    }
+    return split;
+  }
+
+  function applyDiffMode(scope) {
+    var mode = diffMode();
+    document.documentElement.setAttribute("data-diff", mode);
+    (scope || document).querySelectorAll(".diff-mode").forEach(function (button) {
+      button.hidden = false;
+      button.textContent = mode === "split" ? "Unified view" : "Split view";
+    });
+    if (mode === "split") {
+      (scope || document).querySelectorAll("table.diff:not(.split):not(.unified-source)").forEach(function (table) {
+        table.classList.add("unified-source");
+        table.after(buildSplit(table));
+      });
+    }
+    markDiffs();
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target instanceof Element && event.target.closest(".diff-mode");
+    if (!button) return;
+    event.preventDefault();
+    try {
+      localStorage.setItem(DIFF_KEY, diffMode() === "split" ? "unified" : "split");
+    } catch (e) {
+      /* private mode: this page only */
+    }
+    applyDiffMode(document);
+  });
+
+  // Long outputs: once opened, a "show less" at their end closes them again and brings the
+  // reader back to where the output starts.
+  document.addEventListener("toggle", function (event) {
+    var details = event.target;
+    if (!(details instanceof HTMLDetailsElement) || !details.open) return;
+    if (!details.matches("details.more, details.tool-output, details.tool-input")) return;
+    if (details.querySelector(":scope > .collapse-end")) return;
+    var less = document.createElement("button");
+    less.type = "button";
+    less.className = "collapse-end";
+    less.textContent = "show less";
+    less.addEventListener("click", function () {
+      details.open = false;
+      var top = details.parentElement.getBoundingClientRect().top;
+      if (top < 0) window.scrollBy(0, top - 20);
+    });
+    details.appendChild(less);
+  }, true);
+
   window.addEventListener("hashchange", followHash);
+  applyDiffMode(document);
   setupFind();
   setupJump();
   followHash();
