@@ -155,7 +155,7 @@ def test_theme_follows_the_system_and_the_toggle_persists(browser: Browser, serv
         assert light.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(255, 255, 255)"
         # Prose is set in a proportional face, code in a monospace one.
         prose = light.evaluate("getComputedStyle(document.querySelector('.text-content p')).fontFamily")
-        code = light.evaluate("getComputedStyle(document.querySelector('pre code')).fontFamily")
+        code = light.evaluate("getComputedStyle(document.querySelector('pre')).fontFamily")
         assert "monospace" not in prose and "monospace" in code
     finally:
         light.context.close()

@@ -216,7 +216,7 @@ def test_subtask_retry_compaction_and_unknown_parts(rich: BeautifulSoup) -> None
 def test_bash_shows_command_and_collapsed_long_output(rich: BeautifulSoup) -> None:
     bash = tool_section(rich, "bash")
     assert text(bash.select_one(".tool-title")) == "Run the tests"
-    assert text(bash.select_one("pre.command")) == "$ pytest -q test_greet.py"
+    assert text(bash.select_one("pre.command")) == "pytest -q test_greet.py"  # the "$ " is drawn by CSS
     head = text(bash.select_one("pre.output"))
     assert "line 1:" in head and "line 60:" not in head
     more = bash.select_one("details.more")
@@ -231,8 +231,8 @@ def test_edit_shows_a_diff(rich: BeautifulSoup) -> None:
     # Cells hold highlighted tokens now: read their text as written, spaces collapsed.
     added = [" ".join(r.select_one(".dc").get_text().split()) for r in edit.select("tr.d-add")]
     removed = [" ".join(r.select_one(".dc").get_text().split()) for r in edit.select("tr.d-del")]
-    assert added == ['+ """Greet someone politely."""', '+ return f"Hello, {name}!"']
-    assert removed == ["− return 'hi ' + name"]
+    assert added == ['"""Greet someone politely."""', 'return f"Hello, {name}!"']  # the signs are drawn by CSS
+    assert removed == ["return 'hi ' + name"]
     assert [text(td) for td in edit.select("tr.d-add")[0].select("td.ln")] == ["", "2"]
     assert "Edit applied successfully." not in text(edit)
 
@@ -526,3 +526,9 @@ def test_lsp_diagnostics_show_under_edit_and_write(renderer: PageRenderer) -> No
     for name in ("edit", "write"):
         found = [text(li) for li in tool_section(soup, name).select("ul.diagnostics li")]
         assert found == ["error 3:1 Name 'foo' is not defined", "warning 10:5 Unused variable"]
+
+
+def test_completed_tools_carry_no_status_badge(rich: BeautifulSoup) -> None:
+    # The normal case says nothing; only pending, running, failed and aborted tools are marked.
+    assert tool_section(rich, "bash").select(".tool-status") == []
+    assert {text(s) for s in rich.select(".tool-header .tool-status")} == {"pending", "running", "error", "aborted"}

@@ -551,7 +551,6 @@
 
   function codeText(pre) {
     var text = pre.textContent;
-    if (pre.classList.contains("command")) text = text.replace(/^\$ /, "");
     var more = pre.nextElementSibling;
     if (more && more.matches("details.more")) {
       var rest = more.querySelector("pre");
@@ -647,7 +646,7 @@
     var walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
     var node;
     while ((node = walker.nextNode())) {
-      if (!node.parentElement.closest(".sign")) nodes.push(node);
+      nodes.push(node);
     }
     var ranges = [];
     spec.split(" ").forEach(function (pair) {
