@@ -12,6 +12,16 @@
   var shareId = body.getAttribute("data-share-id");
   if (!shareId) return;
 
+  // After the first frame: lay out every message (see app.css, "Long pages").
+  requestAnimationFrame(function () {
+    setTimeout(function () {
+      document.documentElement.classList.add("laid-out");
+      // True sizes above a linked message move it: put it back at the top.
+      var target = location.hash ? document.getElementById(decodeURIComponent(location.hash.slice(1))) : null;
+      if (target) target.scrollIntoView();
+    }, 0);
+  });
+
   var page = parseInt(body.getAttribute("data-page"), 10) || 1;
   var syncCount = parseInt(body.getAttribute("data-sync-count"), 10) || 0;
   var base = "/share/" + encodeURIComponent(shareId);
