@@ -398,3 +398,34 @@ def test_long_output_collapses_from_its_end(page: Page, server: ServerProcess) -
     assert height is not None and height["height"] <= 900 * 0.7 + 2  # capped, scrolls inside
     less.click()
     page.wait_for_function("() => !document.querySelector('section.tool-bash details.more').open", timeout=5_000)
+
+
+def test_search_finds_text_on_another_page(page: Page, server: ServerProcess) -> None:
+    items = conversation(130, words=3)
+    messages = [i["data"] for i in items if i["type"] == "message"]
+    target = messages[117]
+    items.append(item("part", part(target, "text", text="the zebra crossing is here")))
+    creds = new_share(server, items)
+    open_live(page, server, creds["id"])
+    page.fill("#find-input", "zebra")
+    page.wait_for_selector("#find-elsewhere a.find-page", timeout=5_000)
+    assert page.locator("#find-count").inner_text() == "no matches"  # not on this page...
+    link = page.locator("#find-elsewhere a.find-page")
+    assert link.inner_text() == "2 (1)"  # ...but on page 2
+    link.click()
+    page.wait_for_url(f"**/share/{creds['id']}?page=2&find=zebra#msg-{target['id']}", timeout=5_000)
+    page.wait_for_function("() => document.getElementById('find-count').textContent === '1 match'", timeout=5_000)
+    assert page.locator("#find-input").input_value() == "zebra"
+
+
+def test_downloads_of_a_private_share_carry_its_token(page: Page, server: ServerProcess) -> None:
+    creds = call(server, "POST", "/api/share", {"sessionID": f"ses_browser{next(_sessions):05d}zzzzzzzzzzzzzzz", "private": True})
+    sync(server, creds, rich_items())
+    token = creds["readToken"]
+    page.goto(f"{server.url}/share/{creds['id']}?token={token}")
+    page.wait_for_selector("#live-status.ok")
+    page.click("#download-menu summary")
+    with page.expect_download() as info:
+        page.locator("#download-menu a").first.click()
+    exported = json.loads(Path(info.value.path()).read_text())
+    assert exported["info"]["title"] == "Add a greeting module" and len(exported["messages"]) == 6

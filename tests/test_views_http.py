@@ -435,3 +435,23 @@ async def test_private_share_pages_are_never_stored(web) -> None:  # type: ignor
     page = await web.get(f"/share/{creds['id']}", params={"token": token})
     assert page.status == 200
     assert page.headers["Cache-Control"] == "private, no-store" and "ETag" not in page.headers
+
+
+async def test_search_counts_matches_on_every_page(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    items = [item("session", session())]
+    for n in range(130):
+        message = user(n * 1000)
+        word = "needle" if n in (3, 120, 125) else "hay"
+        items += [item("message", message), item("part", part(message, "text", text=f"number {n + 1}: {word} and NEEDLE" if word == "needle" else f"number {n + 1}"))]
+    await sync(web, creds, items)
+    response = await web.get(f"/share/{creds['id']}/search", params={"q": "Needle"})
+    assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+    found = await response.json()
+    assert found["total"] == 6 and found["pages"] == [{"page": 1, "count": 2}, {"page": 2, "count": 4}]
+    assert [h["number"] for h in found["hits"]] == [4, 121, 126]
+    assert found["hits"][1]["href"] == f"?page=2#msg-{found['hits'][1]['id']}"
+    assert found["hits"][0]["snippet"] == "number 4: needle and NEEDLE"
+    for bad in ({"q": "x"}, {"q": "x" * 201}, {}):
+        assert (await web.get(f"/share/{creds['id']}/search", params=bad)).status == 400
+    assert (await web.get("/share/Nope1234/search", params={"q": "abc"})).status == 404

@@ -43,6 +43,8 @@ FRAGMENT_VERSION = "2"
 FRAGMENT_CACHE_CHARS = 96 * 1024 * 1024
 SHARE_VIEW_CACHE_SIZE = 32
 PREVIEW_CHARS = 90
+SEARCH_HITS = 50
+SNIPPET_CHARS = 60
 
 T = TypeVar("T")
 
@@ -169,6 +171,24 @@ class MessageEntry:
     @cached_property
     def footer(self) -> render.TurnFooter | None:
         return render.turn_footer(self.message, self.parts) if self.role == "assistant" else None
+
+    @cached_property
+    def search_texts(self) -> list[str]:
+        """What the page shows of this message, as plain strings, for searching across pages."""
+        texts: list[str] = []
+        for part in self.shown_parts:
+            kind = part.get("type")
+            if kind in ("text", "reasoning"):
+                texts.append(render.as_text(part.get("text")))
+            elif kind == "tool":
+                view = render.tool_view(part)
+                texts += [view.tool, view.title, view.output[: render.MAX_OUTPUT_CHARS], view.error]
+                texts += [render.as_text(view.input.get(k)) for k in ("command", "description", "filePath", "pattern", "url", "prompt")]
+            elif kind == "file":
+                texts.append(render.as_text(part.get("filename")))
+            elif kind == "subtask":
+                texts += [render.as_text(part.get("description")), render.as_text(part.get("prompt"))]
+        return [t for t in texts if t]
 
     @cached_property
     def preview(self) -> str:
@@ -429,9 +449,35 @@ class PageRenderer:
             diffs_html=Markup(self.diffs_html(view)),  # safe: rendered by parts.html (autoescape)
             navigator_html=self.navigator_html(view, page, link_suffix),
             link_suffix=link_suffix,
-            token_query="?" + link_suffix[1:] if link_suffix else "",
             live_format="events",
         )
+
+    def search(self, share: PublicShare, query: str, link_suffix: str = "", limit: int = SEARCH_HITS) -> dict[str, Any]:
+        """Case-insensitive matches of ``query`` in every message of the share (all pages): the
+        count per page and the first ``limit`` messages with a snippet and a link."""
+        view = self.view(share)
+        needle = query.lower()
+        pages: dict[int, int] = {}
+        hits: list[dict[str, Any]] = []
+        total = 0
+        for entry in view.entries:
+            count = 0
+            snippet = ""
+            for text in entry.search_texts:
+                lowered = text.lower()
+                found = lowered.count(needle)
+                if found and not snippet:
+                    at = lowered.index(needle)
+                    start = max(0, at - SNIPPET_CHARS)
+                    snippet = ("…" if start else "") + " ".join(text[start : at + len(needle) + SNIPPET_CHARS].split())
+                count += found
+            if count:
+                total += count
+                pages[entry.page] = pages.get(entry.page, 0) + count
+                if len(hits) < limit:
+                    hits.append({"id": entry.id, "page": entry.page, "number": entry.number, "count": count, "snippet": snippet,
+                                 "href": f"?page={entry.page}{link_suffix}#msg-{entry.id}"})
+        return {"query": query, "total": total, "pages": [{"page": p, "count": c} for p, c in sorted(pages.items())], "hits": hits}
 
     def standalone_page(self, share: PublicShare) -> str:
         """The whole share in one self-contained HTML file: every message (all pages), the

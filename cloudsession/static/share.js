@@ -475,6 +475,41 @@
       CSS.highlights.delete("find-current");
     }
     showCount();
+    findElsewhere(query);
+  }
+
+  // Other pages: the server counts matches across the whole share; each page with matches
+  // links to its first match and carries the query on (?find=), where the search runs again.
+  var elsewhereSeq = 0;
+  function findElsewhere(query) {
+    var box = byId("find-elsewhere");
+    var pages = parseInt(body.getAttribute("data-pages"), 10) || 1;
+    if (!box) return;
+    box.textContent = "";
+    if (pages < 2 || query.length < 2) return;
+    var seq = ++elsewhereSeq;
+    var params = new URLSearchParams({ q: query });
+    if (readToken) params.set("token", readToken);
+    fetch(base + "/search?" + params.toString(), { headers: { Accept: "application/json" } })
+      .then(function (res) { return res.ok ? res.json() : null; })
+      .then(function (data) {
+        if (!data || seq !== elsewhereSeq) return;
+        var others = data.pages.filter(function (p) { return p.page !== page; });
+        if (!others.length) return;
+        box.appendChild(document.createTextNode("other pages: "));
+        others.slice(0, 12).forEach(function (p, i) {
+          var first = data.hits.filter(function (h) { return h.page === p.page; })[0];
+          var link = document.createElement("a");
+          var url = new URLSearchParams({ page: String(p.page), find: query });
+          if (readToken) url.set("token", readToken);
+          link.href = "?" + url.toString() + (first ? "#msg-" + encodeURIComponent(first.id) : "");
+          link.textContent = p.page + " (" + p.count + ")";
+          link.className = "find-page";
+          if (i) box.appendChild(document.createTextNode(" "));
+          box.appendChild(link);
+        });
+      })
+      .catch(function () {});
   }
 
   function showCount() {
@@ -525,6 +560,11 @@
         runFind("");
       }
     });
+    var initial = new URLSearchParams(location.search).get("find");
+    if (initial) {
+      input.value = initial.slice(0, 200);
+      runFind(input.value.trim());
+    }
     var prev = byId("find-prev");
     var next = byId("find-next");
     if (prev) prev.addEventListener("click", function () { step(-1); });
@@ -802,6 +842,13 @@
     });
     details.appendChild(less);
   }, true);
+
+  // Downloads of a private share need its read token, which this page has in its address.
+  if (readToken) {
+    document.querySelectorAll("#download-menu a").forEach(function (a) {
+      a.href = a.getAttribute("href") + "?token=" + encodeURIComponent(readToken);
+    });
+  }
 
   window.addEventListener("hashchange", followHash);
   applyDiffMode(document);

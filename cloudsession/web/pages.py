@@ -98,6 +98,19 @@ async def share_page(request: web.Request) -> web.Response:
     return html_response(text, headers={"Cache-Control": PUBLIC_PAGE_CACHE, "ETag": etag})
 
 
+async def share_search(request: web.Request) -> web.Response:
+    """``GET /share/{id}/search?q=``: matches in every page of the share (the page's search box
+    shows the other pages' counts from here). Public data only, at most MAX_QUERY_CHARS."""
+    share = await _public_share(request)
+    if share is None:
+        raise web.HTTPNotFound(text="Session not found")
+    query = request.query.get("q", "").strip()
+    if len(query) < 2 or len(query) > MAX_QUERY_CHARS:
+        raise web.HTTPBadRequest(text=f"q: 2 to {MAX_QUERY_CHARS} characters")
+    suffix = _link_suffix(request, share)
+    return _json_response(await request.app[RENDERER].run(lambda pages: pages.search(share, query, suffix)))
+
+
 def _download(body: bytes, content_type: str, filename: str, share: PublicShare) -> web.Response:
     response = web.Response(body=body, content_type=content_type, charset="utf-8")
     response.headers.update(SECURITY_HEADERS)

@@ -49,6 +49,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/sessions/logout", pages.logout, name="views.logout")
     r.add_get("/share/{id}", pages.share_page, name="views.share")
     r.add_get("/share/{id}/fragments", pages.share_fragments, name="views.fragments")
+    r.add_get("/share/{id}/search", pages.share_search, name="views.search")
     r.add_get("/share/{id}/export.json", pages.share_export_json, name="views.export_json")
     r.add_get("/share/{id}/export.html", pages.share_export_html, name="views.export_html")
     r.add_get("/ws/{id}", live.share_socket, name="live.socket")
