@@ -86,6 +86,7 @@ def test_no_horizontal_page_scroll_at_any_width(browser: Browser, server: Server
                 # The wide code is still there, scrolling inside its own box.
                 code = page.locator("section.tool-bash pre.output").first
                 assert code.evaluate("el => el.scrollWidth > el.clientWidth")
+            page.evaluate("document.querySelectorAll('details.menu').forEach(d => d.open = false)")
             shot = f"layout-{name}-{width}-{scheme}.png"
             page.screenshot(path=str(ARTIFACTS / shot), full_page=width < 1000 and name == "rich")
             assert (ARTIFACTS / shot).stat().st_size > 5_000
