@@ -22,6 +22,9 @@ class ShareError(Exception):
     message: str = "Internal Server Error"
     # The JS error class name used when the error travels over Cap'n Web RPC.
     rpc_name: str = "Error"
+    # Raised before the request body was (all) read: the answer ends the connection, so that
+    # whatever body is still on its way is discarded rather than parsed as the next request.
+    close_connection: bool = False
 
     def __init__(self, message: str | None = None, *, detail: Any = None) -> None:
         if message is not None:
@@ -32,6 +35,15 @@ class ShareError(Exception):
     def body(self) -> dict[str, Any]:
         """The JSON body for this error (the reference's ``{"error": ...}`` shape)."""
         return {"error": self.message}
+
+    def headers(self) -> dict[str, str]:
+        """Response headers this error adds (``Retry-After`` on 429)."""
+        return {}
+
+    @property
+    def rpc_message(self) -> str:
+        """The message of the Cap'n Web rejection (no headers there: what they say goes in it)."""
+        return self.message
 
 
 class ValidationFailed(ShareError):
@@ -96,6 +108,62 @@ class PayloadTooLarge(ShareError):
     message = "Payload too large"
 
 
+class BodyTooLarge(PayloadTooLarge):
+    """``Content-Length`` above the limit: refused before any of the body is read."""
+
+    close_connection = True
+
+
+class RequestTimeout(ShareError):
+    """The request body did not arrive within ``body_timeout_seconds``."""
+
+    status = 408
+    message = "Request body not received in time"
+    close_connection = True
+
+
+class BodyAborted(ShareError):
+    """The client went away (or broke the framing) in the middle of its body."""
+
+    status = 400
+    message = "Request body incomplete"
+    close_connection = True
+
+
+class UnsupportedEncoding(ShareError):
+    """A ``Content-Encoding`` on a request body: compressed bodies are refused (docs/hardening.md)."""
+
+    status = 415
+    message = "Compressed request bodies are not accepted; send the body without Content-Encoding"
+    close_connection = True
+
+
+class ShareFinal(ShareError):
+    status = 409
+    message = "This share is final: it can no longer be changed (its owner or the admin can unfreeze it)"
+
+
 class StoreUnavailable(ShareError):
     status = 503
     message = "Storage unavailable"
+
+
+class RateLimited(ShareError):
+    """Too many requests of one kind from one client address (web/ratelimit.py)."""
+
+    status = 429
+    message = "Too many requests"
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def rpc_message(self) -> str:
+        return f"{self.message}; retry in {self.retry_after} s"
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "retryAfter": self.retry_after}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

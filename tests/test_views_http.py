@@ -339,10 +339,12 @@ async def test_browser_error_page_is_html_and_passes_the_errors_headers_on(aioht
 
     from cloudsession.errors import StoreUnavailable
 
+    class Outage(StoreUnavailable):
+        def headers(self) -> dict[str, str]:
+            return {"Retry-After": "7"}
+
     async def outage(request: aioweb.Request) -> aioweb.Response:
-        error = StoreUnavailable()
-        error.headers = {"Retry-After": "7"}  # type: ignore[attr-defined]  # what StoreUnavailable carries
-        raise error
+        raise Outage()
 
     app = create_app(view_settings)
     app.router.add_get("/share/outage/test", outage)

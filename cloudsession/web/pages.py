@@ -22,6 +22,7 @@ from cloudsession.credentials import secrets_equal
 from cloudsession.errors import SessionNotFound
 from cloudsession.jsonio import json_bytes
 from cloudsession.render.pages import Fragment, PageRenderer, static_asset
+from cloudsession.shares import lifecycle
 from cloudsession.shares.items import MAX_ID_LENGTH
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import ADMIN_COOKIE, admin_key, cookie_token, is_admin
@@ -30,6 +31,7 @@ from cloudsession.web.http import (
     PRIVATE_PAGE_CACHE,
     PUBLIC_PAGE_CACHE,
     SECURITY_HEADERS,
+    body_deadline,
     html_response,
     is_https,
     not_modified,
@@ -38,14 +40,16 @@ from cloudsession.web.http import (
     weak_etag,
 )
 from cloudsession.web.keys import RENDERER, SERVICE, SETTINGS
+from cloudsession.web.ratelimit import admin_attempt
 
 ADMIN_COOKIE_MAX_AGE = 30 * 24 * 3600
 SESSIONS_PER_PAGE = 50
 MAX_QUERY_CHARS = 200
+FINAL_CACHE_CONTROL = "public, max-age=86400, stale-while-revalidate=604800"
 MAX_FRAGMENT_IDS = 200
 MAX_PAGE = 1_000_000
 MAX_LOGIN_BYTES = 4096
-# A wrong admin key costs this long: slows guessing without any shared state.
+# A wrong admin key costs this long (on top of the per-address limit on failures).
 LOGIN_FAILURE_DELAY = 0.5
 
 
@@ -57,7 +61,8 @@ def _json_response(data: Any) -> web.Response:
 
 def _int_param(request: web.Request, name: str, default: int, maximum: int = MAX_PAGE) -> int:
     raw = request.query.get(name, "")
-    if not raw.isdigit() or len(raw) > 9:
+    # isascii: str.isdigit accepts digits int() refuses ("²"), and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         return default
     return min(max(int(raw), 1), maximum)
 
@@ -91,11 +96,13 @@ async def share_page(request: web.Request) -> web.Response:
     text = await renderer.run(lambda pages: pages.share_page(share, page, link_suffix=suffix))
     if share.private:
         return html_response(text, headers={"Cache-Control": PRIVATE_PAGE_CACHE})
-    # Public pages may be cached briefly and revalidated: the ETag is the rendered page's.
+    # Public pages may be cached briefly and revalidated (the ETag is the rendered page's); a
+    # final share no longer changes, so caches may keep it longer.
+    cache = FINAL_CACHE_CONTROL if share.final else PUBLIC_PAGE_CACHE
     etag = weak_etag(text.encode())
     if not_modified(request, etag):
-        return not_modified_response(etag, PUBLIC_PAGE_CACHE)
-    return html_response(text, headers={"Cache-Control": PUBLIC_PAGE_CACHE, "ETag": etag})
+        return not_modified_response(etag, cache)
+    return html_response(text, headers={"Cache-Control": cache, "ETag": etag})
 
 
 async def share_search(request: web.Request) -> web.Response:
@@ -225,21 +232,31 @@ async def static_file(request: web.Request) -> web.Response:
 
 
 def _matches(entry: dict[str, Any], needle: str) -> bool:
-    return any(isinstance(entry.get(k), str) and needle in entry[k].lower() for k in ("title", "directory", "id"))
+    labels = entry.get("labels")
+    texts = [entry.get(k) for k in ("title", "directory", "id")]
+    if isinstance(labels, dict):
+        texts += [f"{k}={v}" for k, v in labels.items()]
+    return any(isinstance(text, str) and needle in text.lower() for text in texts)
 
 
 async def sessions_page(request: web.Request) -> web.Response:
     """``GET /sessions``: shares newest first, searchable, paginated; admin only unless
     ``public_listing`` is on (then private shares stay hidden)."""
-    admin = is_admin(request)
+    admin = await is_admin(request)
     public = request.app[SETTINGS].public_listing
     renderer = request.app[RENDERER]
     if not (admin or public):
-        return await _login_page(request, failed=False)
+        login_page = await _login_page(request, failed=False)
+        if ADMIN_COOKIE in request.cookies:
+            # A stale cookie (the key changed) counts as one failed sign-in, not one per view.
+            login_page.del_cookie(ADMIN_COOKIE, path="/sessions")
+        return login_page
     query = request.query.get("q", "").strip()[:MAX_QUERY_CHARS]
+    label_filters = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
     entries = await request.app[SERVICE].list_index()
     if not admin:
         entries = [e for e in entries if not e.get("private")]
+    entries = [e for e in entries if lifecycle.matches_labels(e, label_filters)]
     if query:
         needle = query.lower()
         entries = [e for e in entries if _matches(e, needle)]
@@ -248,7 +265,8 @@ async def sessions_page(request: web.Request) -> web.Response:
     shown = entries[(page - 1) * SESSIONS_PER_PAGE : page * SESSIONS_PER_PAGE]
 
     def page_query(n: int) -> str:
-        return urlencode({"q": query, "page": n} if query else {"page": n})
+        params = ([("q", query)] if query else []) + [("label", f"{k}={v}") for k, v in label_filters] + [("page", str(n))]
+        return urlencode(params)
 
     text = await renderer.run(
         lambda p: p.template("sessions.html").render(
@@ -259,6 +277,7 @@ async def sessions_page(request: web.Request) -> web.Response:
             pages=pages,
             page_query=page_query,
             can_logout=ADMIN_COOKIE in request.cookies,
+            label_filters=label_filters,
         )
     )
     return html_response(text)
@@ -281,9 +300,14 @@ async def login(request: web.Request) -> web.Response:
         raise web.HTTPLengthRequired()
     if request.content_length > MAX_LOGIN_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_LOGIN_BYTES, actual_size=request.content_length)
-    form = await request.post()
+    async with body_deadline(request):
+        form = await request.post()
     given = form.get("key")
-    if key is None or not isinstance(given, str) or not secrets_equal(given, key):
+    ok = key is not None and isinstance(given, str) and secrets_equal(given, key)
+    # Counted before the delay, so parallel guesses from one address are throttled as they are
+    # made (web/ratelimit.py): over the limit, a 429 whatever the key.
+    await admin_attempt(request, ok)
+    if key is None or not ok:
         await asyncio.sleep(LOGIN_FAILURE_DELAY)
         return await _login_page(request, failed=True)
     response = web.HTTPSeeOther("/sessions")
