@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cloudsession.render.pages import STATIC_DIR
-from cloudsession.web import api, live, pages, probes, rpc
+from cloudsession.web import api, live, openapi, pages, probes, rpc
 
 SHARE = r"/api/{family:shares?}/{id}"
 
@@ -41,6 +41,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_post(SHARE + "/privacy", api.privacy, name="durable.privacy")
     r.add_post(SHARE + "/expiry", api.expiry, name="durable.expiry")
     r.add_get("/api/sessions", api.list_sessions, name="api.sessions")
+    r.add_get(openapi.DOC_PATH, openapi.document_route(), name="api.doc")  # web/openapi.py
     r.add_route("OPTIONS", "/api/{tail:.*}", api.api_options, name="api.options")
     r.add_route("*", "/api/{tail:.*}", api.api_not_found, name="api.not_found")
 
