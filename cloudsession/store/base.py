@@ -19,11 +19,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from cloudsession.errors import StoreError as StoreError  # re-exported: the store raises it
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
-
-
-class StoreError(Exception):
-    """A backend failure that is not a precondition failure (network, permissions, disk)."""
 
 
 class PreconditionFailed(StoreError):
