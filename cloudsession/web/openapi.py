@@ -22,6 +22,7 @@ from cloudsession.jsonio import json_bytes
 from cloudsession.protocol import ADMIN_HEADER, IDEMPOTENCY_HEADER, READ_TOKEN_HEADER
 from cloudsession.shares.inputs import _BATCH_ID_RE, AppendOpsBody, CreateShareBody, ExpiryBody, PrivacyBody, SecretBody, SyncBody
 from cloudsession.shares.items import MAX_ID_LENGTH
+from cloudsession.shares.owner import MAX_TTL_SECONDS
 
 DOC_PATH = "/api/doc"
 _REF = "#/components/schemas/{model}"
@@ -221,6 +222,12 @@ def build_document() -> dict[str, Any]:
     envelope["op_id"]["description"] = "A UUIDv7 in canonical form (any case)"
     envelope["batch_id"]["pattern"] = _BATCH_ID_RE.pattern
     components["SyncBody"]["properties"]["data"]["description"] = "At most MAX_ITEMS_PER_SYNC items (413 beyond)"
+    for name in ("CreateShareBody", "ExpiryBody", "ShareOptionsBody"):
+        if name in components:  # owner.resolve_expiry's rules
+            ttl = components[name]["properties"]["ttl"]
+            ttl["anyOf"][0].update(minimum=1, maximum=MAX_TTL_SECONDS)
+            ttl["description"] = "Seconds until the share expires"
+            components[name]["properties"]["expiresAt"]["description"] = "Epoch milliseconds, in the future and at most 10 years ahead; not with ttl"
 
     share = "/api/share/{id}"
     id_only = [_ID_PARAM]
