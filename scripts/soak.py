@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -455,7 +456,12 @@ async def run(args: argparse.Namespace) -> int:
     server_errors = load.statuses.get("500", 0)
     print(f"  500 answers: {server_errors}")
     print(f"  client tasks stuck after the deadline: {len(stuck)}")
-    return 1 if lost or server_errors or stuck else 0
+    failed = bool(lost or server_errors or stuck)
+    if failed:
+        print(f"  server logs kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failed else 0
 
 
 def main() -> int:
