@@ -40,6 +40,10 @@ def setup_routes(app: web.Application) -> None:
     r.add_post(SHARE + "/read-token", api.read_token, name="durable.read_token")
     r.add_post(SHARE + "/privacy", api.privacy, name="durable.privacy")
     r.add_post(SHARE + "/expiry", api.expiry, name="durable.expiry")
+    r.add_post(SHARE + "/finalize", api.finalize, name="lifecycle.finalize")
+    r.add_post(SHARE + "/unfinalize", api.unfinalize, name="lifecycle.unfinalize")
+    r.add_post(SHARE + "/audit", api.audit_trail, name="lifecycle.audit")
+    r.add_get(SHARE + "/audit", api.audit_trail, name="lifecycle.audit_admin")
     r.add_get("/api/sessions", api.list_sessions, name="api.sessions")
     r.add_get(openapi.DOC_PATH, openapi.document_route(), name="api.doc")  # web/openapi.py
     r.add_route("OPTIONS", "/api/{tail:.*}", api.api_options, name="api.options")
