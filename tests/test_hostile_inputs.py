@@ -377,15 +377,28 @@ def snapshot(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole answer: its head and the ``Content-Length`` bytes of body.
+    (A server may answer early and keep the connection open a while to drain a body it refused.)"""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return len(body) >= int(value.strip())
+    return False  # no length: the answer ends when the server closes
+
+
 def send(port: int, raw: bytes) -> tuple[int, bytes]:
-    """Send raw bytes, read the answer until the server closes; (status, body) or a failure."""
+    """Send raw bytes and read the answer; (status, body), or a failure after the deadline."""
     with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_DEADLINE) as sock:
         try:
             sock.sendall(raw)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server may answer and close before it has read everything we sent
         data = b""
-        while True:
+        while not _complete(data):
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:

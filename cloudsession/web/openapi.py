@@ -19,10 +19,10 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from cloudsession.jsonio import json_bytes
-from cloudsession.protocol import ADMIN_HEADER, IDEMPOTENCY_HEADER, READ_TOKEN_HEADER
+from cloudsession.protocol import ADMIN_HEADER, IDEMPOTENCY_HEADER, LABELS_HEADER, READ_TOKEN_HEADER, TTL_HEADER
 from cloudsession.shares.inputs import _BATCH_ID_RE, AppendOpsBody, CreateShareBody, ExpiryBody, PrivacyBody, SecretBody, SyncBody
 from cloudsession.shares.items import MAX_ID_LENGTH
-from cloudsession.shares.owner import MAX_TTL_SECONDS
+from cloudsession.shares.lifecycle import LABEL_KEY_RE, MAX_LABEL_VALUE, MAX_LABELS, MAX_TTL_SECONDS
 
 DOC_PATH = "/api/doc"
 _REF = "#/components/schemas/{model}"
@@ -34,7 +34,8 @@ _DESCRIPTIONS = {
     401: "Missing or wrong admin key",
     403: "Invalid secret (or a capability epoch that is no longer current)",
     404: "Unknown share (also a private share read without its read token)",
-    409: "This Idempotency-Key was already used for a different request",
+    408: "The request body did not arrive in time",
+    409: "The share is final (frozen), or this Idempotency-Key was already used for a different request",
     410: "The share has expired",
     413: "Request body or item count beyond the configured limits",
     415: "Unsupported Content-Encoding on the request body",
@@ -44,8 +45,8 @@ _DESCRIPTIONS = {
 # Every request that reaches the store can meet a full store or a rate limit.
 _ALWAYS = (429, 503)
 _READ = (200, 400, 404, 410, *_ALWAYS)
-_BODY = (400, 413, 415)
-_OWNER = (200, *_BODY, 403, 404, 410, *_ALWAYS)
+_BODY = (400, 408, 413, 415)
+_OWNER = (200, *_BODY, 403, 404, 409, 410, *_ALWAYS)
 
 
 def _model_schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +149,8 @@ def _response_schemas() -> dict[str, Any]:
         ),
         "Rotated": _object({"id": _STR, "secret": _STR, "url": _STR, "capabilityEpoch": _INT, "readToken": _STR}),
         "ReadToken": _object({"readToken": _STR, "capabilityEpoch": _INT}),
+        "Final": _object({"id": _STR, "final": _BOOL, "finalizedAt": _OPT_INT}),
+        "AuditTrail": _object({"id": _STR, "events": {"type": "array", "items": {"type": "object"}}}),
         "Privacy": _object({"private": _BOOL, "readToken": _STR, "capabilityEpoch": _INT}),
         "Expiry": _object({"expiresAt": _OPT_INT}),
     }
@@ -181,6 +184,16 @@ _IDEMPOTENCY = {
     "description": "A retried request with the same key returns the first answer without applying it twice",
     "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
 }
+_CREATE_HEADERS = [
+    {
+        "name": LABELS_HEADER,
+        "in": "header",
+        "required": False,
+        "description": "Labels of a new share as k=v,k2=v2 (docs/lifecycle.md)",
+        "schema": {"type": "string"},
+    },
+    {"name": TTL_HEADER, "in": "header", "required": False, "description": "Retention of a new share (docs/lifecycle.md)", "schema": {"type": "string"}},
+]
 _READ_TOKEN = [
     {
         "name": READ_TOKEN_HEADER,
@@ -222,6 +235,18 @@ def build_document() -> dict[str, Any]:
     envelope["op_id"]["description"] = "A UUIDv7 in canonical form (any case)"
     envelope["batch_id"]["pattern"] = _BATCH_ID_RE.pattern
     components["SyncBody"]["properties"]["data"]["description"] = "At most MAX_ITEMS_PER_SYNC items (413 beyond)"
+    components["CreateShareBody"]["properties"]["labels"] = {
+        "description": "Labels of a new share (shares/lifecycle.py parse_labels)",
+        "anyOf": [
+            {
+                "type": "object",
+                "maxProperties": MAX_LABELS,
+                "propertyNames": {"pattern": LABEL_KEY_RE.pattern},
+                "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE, "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
+            },
+            {"type": "null"},
+        ],
+    }
     for name in ("CreateShareBody", "ExpiryBody", "ShareOptionsBody"):
         if name in components:  # owner.resolve_expiry's rules
             ttl = components[name]["properties"]["ttl"]
@@ -239,17 +264,15 @@ def build_document() -> dict[str, Any]:
                 (200, *_BODY, 409, *_ALWAYS),
                 "Created",
                 body=create,
-                params=[_IDEMPOTENCY],
+                params=[_IDEMPOTENCY, *_CREATE_HEADERS],
             )
         },
-        share + "/sync": {
-            "post": _operation("syncShare", "Merge sync items into a share", (*_OWNER, 409), "Synced", body=sync, params=[_ID_PARAM, _IDEMPOTENCY])
-        },
+        share + "/sync": {"post": _operation("syncShare", "Merge sync items into a share", _OWNER, "Synced", body=sync, params=[_ID_PARAM, _IDEMPOTENCY])},
         share + "/data": {"get": _operation("getShareData", "The flat array opencode import reads", _READ, "ShareData", params=id_only + _READ_TOKEN)},
         share + "/metadata": {"get": _operation("getShareMetadata", "The share's index entry", _READ, "Metadata", params=id_only + _READ_TOKEN)},
         share: {
             "get": _operation("getShare", "The share object (no secret, no real session ID)", _READ, "ShareObject", params=id_only + _READ_TOKEN),
-            "delete": _operation("deleteShare", "Delete a share", (*_OWNER, 409), "Deleted", body=secret, params=[_ID_PARAM, _IDEMPOTENCY]),
+            "delete": _operation("deleteShare", "Delete a share", _OWNER, "Deleted", body=secret, params=[_ID_PARAM, _IDEMPOTENCY]),
         },
         share + "/ops": {"post": _operation("appendOps", "Append operation envelopes, applied exactly once", _OWNER, "OpsAnswer", body=ops, params=id_only)},
         share + "/redeem": {"post": _operation("redeem", "Where the server is, for a reconnecting client", _OWNER, "Redeemed", body=secret, params=id_only)},
@@ -257,6 +280,20 @@ def build_document() -> dict[str, Any]:
         share + "/read-token": {"post": _operation("readToken", "A private share's read token", _OWNER, "ReadToken", body=secret, params=id_only)},
         share + "/privacy": {"post": _operation("privacy", "Make a share private or public", _OWNER, "Privacy", body=privacy, params=id_only)},
         share + "/expiry": {"post": _operation("expiry", "Set or clear a share's expiry", _OWNER, "Expiry", body=expiry, params=id_only)},
+        share + "/finalize": {"post": _operation("finalize", "Freeze the share: later writes answer 409", _OWNER, "Final", body=secret, params=id_only)},
+        share + "/unfinalize": {
+            "post": {
+                **_operation("unfinalize", "Unfreeze the share: its secret in the body, or the admin key", (*_OWNER, 401), "Final", body=secret, params=id_only),
+                "security": [{}, {"adminKey": []}],
+            }
+        },
+        share + "/audit": {
+            "post": _operation("auditTrail", "The share's audit trail, for its owner", _OWNER, "AuditTrail", body=secret, params=id_only),
+            "get": {
+                **_operation("adminAuditTrail", "The share's audit trail, for the admin", (200, 401, 404, *_ALWAYS), "AuditTrail", params=id_only),
+                "security": [{"adminKey": []}],
+            },
+        },
         "/api/sessions": {
             "get": {
                 **_operation("listSessions", "Admin list of every share", (200, 401, *_ALWAYS), "Sessions"),
