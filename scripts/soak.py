@@ -376,6 +376,9 @@ async def run(args: argparse.Namespace) -> int:
         **os.environ,
         "SESSIONS_SHARED_SECRET": NAMESPACE,
         "CLOUDSESSION_LOG_LEVEL": "WARNING",
+        # All the load comes from one address: with the per-address limits on, the figures would
+        # measure the limiter. --rate-limits keeps them.
+        "CLOUDSESSION_RATE_LIMITS": "true" if args.rate_limits else "false",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -475,6 +478,7 @@ def main() -> int:
     parser.add_argument("--crash", action="store_true", help="kill -9 and restart one server every --crash-every seconds")
     parser.add_argument("--crash-every", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rate-limits", action="store_true", help="keep the per-address rate limits on (off by default: one client address)")
     return asyncio.run(_interruptible(run(parser.parse_args())))
 
 

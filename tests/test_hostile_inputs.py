@@ -347,6 +347,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "CLOUDSESSION_MAX_BODY_BYTES": str(MAX_BODY),
         "CLOUDSESSION_PUBLIC_LISTING": "true",
         "CLOUDSESSION_SWEEP_INTERVAL_SECONDS": "0",  # nothing may write to the store but the cases
+        "CLOUDSESSION_RATE_LIMITS": "false",  # each input must reach the code it aims at, not a 429
     }
     proc = ServerProcess(tmp_path_factory.mktemp("hostile") / "data", env).start()
     try:

@@ -41,7 +41,10 @@ schema = schemathesis.openapi.from_dict(build_document())
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("fuzz") / "data", {"SESSIONS_RPC_SHARED_KEY": ADMIN_KEY}).start()
+    # Rate limits off: hundreds of made-up share ids would otherwise turn every later request
+    # into a 429 and the fuzzing would test the limiter (tests/test_ratelimit.py does that).
+    env = {"SESSIONS_RPC_SHARED_KEY": ADMIN_KEY, "CLOUDSESSION_RATE_LIMITS": "false"}
+    proc = ServerProcess(tmp_path_factory.mktemp("fuzz") / "data", env).start()
     try:
         yield proc
     finally:
