@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cloudsession.web import api, live, observability, pages, probes, rpc
+from cloudsession.web import api, live, observability, openapi, pages, probes, rpc
 
 SHARE = r"/api/{family:shares?}/{id}"
 
@@ -45,6 +45,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_post(SHARE + "/audit", api.audit_trail, name="lifecycle.audit")
     r.add_get(SHARE + "/audit", api.audit_trail, name="lifecycle.audit_admin")
     r.add_get("/api/sessions", api.list_sessions, name="api.sessions")
+    r.add_get(openapi.DOC_PATH, openapi.document_route(), name="api.doc")  # web/openapi.py
     r.add_route("OPTIONS", "/api/{tail:.*}", api.api_options, name="api.options")
     r.add_route("*", "/api/{tail:.*}", api.api_not_found, name="api.not_found")
 
