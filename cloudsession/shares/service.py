@@ -42,7 +42,7 @@ from cloudsession.errors import (
     StoreUnavailable,
     ValidationFailed,
 )
-from cloudsession.jsonio import json_bytes
+from cloudsession.jsonio import parse_stored, stored_bytes
 from cloudsession.shares.events import EventSink, NullSink
 from cloudsession.shares.public import PublicShare
 from cloudsession.shares.state import ShareState, sha256_hex
@@ -110,6 +110,8 @@ class ShareService:
         # share id -> stored index entry (real ids; made public on the way out), and when read.
         self._listing: dict[str, dict[str, Any]] | None = None
         self._listing_read_at = 0.0
+        # Index keys the last listing could not read (skipped, counted and logged).
+        self.listing_skipped = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -184,7 +186,7 @@ class ShareService:
 
     async def load(self, share_id: str, *, missing: type[ShareError] = SessionNotFound) -> ShareState:
         """The share's current folded state (cached; brought up to date with the store)."""
-        if not credentials.SHARE_ID_RE.match(share_id):
+        if not credentials.is_served_id(share_id):
             raise missing()
         for _ in range(8):
             cached = self._cache.get(share_id)
@@ -200,8 +202,8 @@ class ShareService:
                 if obj is None:
                     continue
                 try:
-                    state = ShareState.from_snapshot(share_id, orjson.loads(obj.body), obj.etag, len(obj.body))
-                except (ValueError, orjson.JSONDecodeError) as exc:
+                    state = ShareState.from_snapshot(share_id, parse_stored(obj.body), obj.etag, len(obj.body))
+                except ValueError as exc:
                     log.error("share %s has an unreadable snapshot: %s", share_id, exc)
                     raise missing() from None
             if await self._catch_up(state):
@@ -209,6 +211,11 @@ class ShareService:
                 return state
             self._cache_drop(share_id)
         raise StoreUnavailable("the share kept changing while it was being read; retry")
+
+    async def catch_up(self, state: ShareState) -> bool:
+        """Fold the journal into a state read outside :meth:`load` (the store tools repair a
+        blob in memory and fold it as the service would); False when it must be re-read."""
+        return await self._catch_up(state)
 
     async def _catch_up(self, state: ShareState) -> bool:
         """Fold journal entries newer than ``state``. False when the snapshot must be re-read
@@ -220,8 +227,8 @@ class ShareService:
             if obj is None:
                 return False
             try:
-                entry = orjson.loads(obj.body)
-            except orjson.JSONDecodeError:
+                entry = parse_stored(obj.body)
+            except ValueError:
                 entry = None
             if not isinstance(entry, dict):
                 # Only a damaged store gets here: serve what is readable rather than a 500.
@@ -261,7 +268,7 @@ class ShareService:
                 # (compare what is stored with what was sent) can never mistake a rival's write
                 # for ours.
                 entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": secrets.token_hex(8), **content}
-                body = json_bytes(entry)
+                body = stored_bytes(entry)
                 if state.approx_bytes + len(body) > limits.max_share_bytes:
                     raise PayloadTooLarge(f"Share would exceed its size limit of {limits.max_share_bytes} bytes")
                 if time.monotonic() - checked > self.settings.write_deadline_seconds:
@@ -290,7 +297,7 @@ class ShareService:
             self._listing[share_id] = index
         # The index is derived and may lag; losing a write here must not fail a durable sync.
         try:
-            await self.store.put(index_key(share_id), json_bytes(index))
+            await self.store.put(index_key(share_id), stored_bytes(index))
         except StoreError as exc:
             log.warning("share %s: index write failed (%s); it will be rewritten on the next change", share_id, exc)
 
@@ -319,7 +326,19 @@ class ShareService:
         return ShareCredentials(state.share_id, secret, self.share_url(origin, state.share_id))
 
     async def _find_or_create(self, session_id: str, on_create: Callable[[ShareState], None] | None) -> ShareState:
-        for share_id in credentials.share_id_candidates(self.namespace, session_id):
+        candidates = credentials.share_id_candidates(self.namespace, session_id)
+        legacy = credentials.reference_share_id(session_id)
+        if legacy not in candidates and credentials.is_served_id(legacy):
+            # A share the reference Worker made under an id cloudsession would not choose
+            # (``26.11.30``): found, never created, so the owner's re-create keeps its link.
+            try:
+                state = await self.load(legacy)
+            except SessionNotFound:
+                state = None
+            if state is not None and credentials.secrets_equal(state.meta.session_id, session_id):
+                self.ensure_live(state)
+                return state
+        for share_id in candidates:
             for _ in range(4):
                 try:
                     state = await self.load(share_id)
@@ -564,15 +583,38 @@ class ShareService:
         return self.public_index(state.index_doc())
 
     async def _read_listing(self) -> dict[str, dict[str, Any]]:
+        """Every readable index entry. One odd key never fails the list: an entry whose id is
+        not served, that cannot be read or is not an index entry is skipped, counted in
+        ``listing_skipped`` and logged (``admin fsck`` says what is wrong with it)."""
         keys = [key async for key in iter_keys(self.store, INDEX_PREFIX)]
         semaphore = asyncio.Semaphore(16)
+        skipped: list[str] = []
+        failures = 0
 
         async def one(key: str) -> dict[str, Any] | None:
-            async with semaphore:
-                doc = await self.store_call(read_json_object(self.store, key))
-            return doc if doc is not None and isinstance(doc.get("id"), str) else None
+            nonlocal failures
+            share_id = key[len(INDEX_PREFIX):]
+            if not credentials.is_served_id(share_id):
+                skipped.append(key)
+                return None
+            try:
+                async with semaphore:
+                    doc = await read_json_object(self.store, key)
+            except StoreError as exc:
+                log.error("listing: index entry %r cannot be read: %s", key, exc)
+                failures += 1
+                doc = None
+            if doc is None or not isinstance(doc.get("id"), str) or not credentials.is_served_id(doc["id"]):
+                skipped.append(key)
+                return None
+            return doc
 
         docs = await asyncio.gather(*(one(k) for k in keys))
+        if keys and failures == len(keys):
+            raise StoreUnavailable()  # the store is down, not one entry damaged
+        if skipped:
+            log.warning("listing: skipped %d index entries that cannot be listed (e.g. %r); run `cloudsession admin fsck`", len(skipped), skipped[0])
+        self.listing_skipped = len(skipped)
         return {doc["id"]: doc for doc in docs if doc is not None}
 
     async def list_index(self, *, include_expired: bool = False, fresh: bool = False) -> list[dict[str, Any]]:

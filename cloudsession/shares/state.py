@@ -26,7 +26,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudsession.jsonio import json_bytes
+from cloudsession.jsonio import stored_bytes
 from cloudsession.shares.items import model_key
 from cloudsession.shares.storage import new_incarnation
 
@@ -250,7 +250,7 @@ class ShareState:
         return doc
 
     def snapshot_bytes_now(self, compacted_at: int) -> bytes:
-        return json_bytes(self.snapshot_doc(compacted_at))
+        return stored_bytes(self.snapshot_doc(compacted_at))
 
 
 def sha256_hex(text: str) -> str:

@@ -100,8 +100,12 @@ async def get_share_metadata(request: web.Request) -> web.Response:
 
 async def list_sessions(request: web.Request) -> web.Response:
     require_admin(request)
-    sessions = await request.app[SERVICE].list_index()
-    return json_response({"sessions": sessions, "count": len(sessions)})
+    service = request.app[SERVICE]
+    sessions = await service.list_index()
+    body: dict[str, Any] = {"sessions": sessions, "count": len(sessions)}
+    if service.listing_skipped:
+        body["skipped"] = service.listing_skipped  # unreadable index entries (logged; see fsck)
+    return json_response(body)
 
 
 async def api_not_found(request: web.Request) -> web.Response:

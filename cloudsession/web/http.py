@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cloudsession.jsonio import json_bytes, parse_json
+from cloudsession.jsonio import json_bytes, parse_json, scrub_text
 from cloudsession.protocol import READ_TOKEN_HEADER
 from cloudsession.web.keys import SETTINGS
 
@@ -40,7 +40,11 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def html_response(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates in a Worker-written share: U+FFFD at the edge
+        body = scrub_text(text).encode("utf-8")
+    response = web.Response(body=body, status=status, content_type="text/html", charset="utf-8")
     response.headers.update(SECURITY_HEADERS)
     if headers:
         response.headers.update(headers)
