@@ -297,6 +297,9 @@ async def test_lone_surrogates_are_served_kept_and_deletable(places: dict[str, P
     assert "backfill-index: ok 2" in capsys.readouterr().out
     assert await admin("migrate", "--from", url, "--to", places["target"].url) == 0
     assert "migrate: copied 2" in capsys.readouterr().out
+    exported = places["source"].settings.data_dir / "export.json"
+    assert await asyncio.to_thread(cli.main, ["export", share_id, "--store", url, "-o", str(exported)]) == 0
+    assert "emoji cut here: \ufffd" in exported.read_text()
     # The owner deletes with the secret; the operator deletes without it.
     assert (await client.delete(f"/api/share/{share_id}", json={"secret": secret})).status == 200
     assert await admin("delete", "--store", url, other) == 0
@@ -311,13 +314,19 @@ async def test_odd_keys_never_break_the_list(places: dict[str, Place], aiohttp_c
     store = places["source"].store
     ok, _ = await put_worker_share(store, "ses_e0398094effebZevp8D0r58s46")
     odd, _ = await put_worker_share(store, "ses_ünïcödé✓")
+    spaced, _ = await put_worker_share(store, "ses_00000000a b?c%d")
     await store.put("index/26/11/30", js_stringify({"id": "26/11/30", "sessionID": "ses_2026/11/30"}))  # an id with slashes
     await store.put("index/garbage1", b"{not json")
     await store.put("index/nullidxx", b"null")
     client = await aiohttp_client(create_app(places["source"].settings))
     answer = await listing(client)
-    assert sorted(e["id"] for e in answer["sessions"]) == sorted([ok, odd])
-    assert answer["count"] == 2 and answer["skipped"] == 3
+    assert sorted(e["id"] for e in answer["sessions"]) == sorted([ok, odd, spaced])
+    assert answer["count"] == 3 and answer["skipped"] == 3
+    page = await client.get("/sessions", headers={"x-opencode-share-key": ADMIN_KEY})
+    assert page.status == 200
+    links = re.findall(r'href="(/share/[^"]*)"', await page.text())
+    assert spaced == "0a b?c%d" and "/share/0a%20b%3Fc%25d" in links and f"/share/{quote(odd)}" in links
+    assert (await client.get("/share/0a%20b%3Fc%25d")).status == 200
 
 
 async def test_fsck_moves_a_share_whose_id_cannot_be_served(places: dict[str, Place], aiohttp_client: Any, cli_env: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -335,6 +344,8 @@ async def test_fsck_moves_a_share_whose_id_cannot_be_served(places: dict[str, Pl
 
     assert await admin("migrate", "--from", url, "--to", places["target"].url, "--dry-run") == 0
     assert f"26/11/30: moved: the id cannot be served (it contains '/'); copied as {new_id}" in capsys.readouterr().out
+    assert await admin("backfill-index", "--store", url) == 1
+    assert "26/11/30: unservable-id: the id cannot be served (it contains '/'); `cloudsession admin fsck --repair` moves it" in capsys.readouterr().out
     assert await admin("fsck", "--store", url) == 1
     out = capsys.readouterr().out
     assert f"26/11/30: unservable-id: the id cannot be served (it contains '/'); --repair moves it to {new_id}" in out

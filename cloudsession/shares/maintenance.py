@@ -256,6 +256,11 @@ async def backfill_index(service: ShareService, *, dry_run: bool = False, start:
     tick = start(len(ids))
 
     async def work(share_id: str) -> None:
+        reason = credentials.unservable_reason(share_id)
+        if reason is not None:
+            report.add(Finding(share_id if reason == "it contains '/'" else repr(share_id), "unservable-id",
+                               f"the id cannot be served ({reason}); `cloudsession admin fsck --repair` moves it"))
+            return
         try:
             outcome = await sync_index(service, share_id, dry_run=dry_run)
         except SessionNotFound:

@@ -586,7 +586,11 @@ class ShareService:
         """Every readable index entry. One odd key never fails the list: an entry whose id is
         not served, that cannot be read or is not an index entry is skipped, counted in
         ``listing_skipped`` and logged (``admin fsck`` says what is wrong with it)."""
-        keys = [key async for key in iter_keys(self.store, INDEX_PREFIX)]
+        try:
+            keys = [key async for key in iter_keys(self.store, INDEX_PREFIX)]
+        except StoreError as exc:
+            log.error("store error: %s", exc)
+            raise StoreUnavailable() from exc
         semaphore = asyncio.Semaphore(16)
         skipped: list[str] = []
         failures = 0
