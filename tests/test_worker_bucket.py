@@ -259,7 +259,7 @@ async def test_migrate_fails_a_copy_that_reads_back_differently(tmp_path: Path, 
 # -- lone surrogates ------------------------------------------------------------------------------
 
 
-async def test_lone_surrogates_are_served_kept_and_deletable(places: dict[str, Place], aiohttp_client: Any, cli_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_lone_surrogates_are_served_kept_and_deletable(places: dict[str, Place], aiohttp_client: Any, cli_env: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     store = places["source"].store
     sid = "ses_0000000000000000surrogat"
     share_id, secret = await put_worker_share(store, sid, title=f"cut {LONE}", text=f"emoji cut here: {LONE}")
@@ -297,7 +297,7 @@ async def test_lone_surrogates_are_served_kept_and_deletable(places: dict[str, P
     assert "backfill-index: ok 2" in capsys.readouterr().out
     assert await admin("migrate", "--from", url, "--to", places["target"].url) == 0
     assert "migrate: copied 2" in capsys.readouterr().out
-    exported = places["source"].settings.data_dir / "export.json"
+    exported = tmp_path / "export.json"
     assert await asyncio.to_thread(cli.main, ["export", share_id, "--store", url, "-o", str(exported)]) == 0
     assert "emoji cut here: \ufffd" in exported.read_text()
     # The owner deletes with the secret; the operator deletes without it.
