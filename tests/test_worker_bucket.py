@@ -409,3 +409,44 @@ async def test_migrate_keeps_the_syncs_made_while_serving(tmp_path: Path, cli_en
     assert "migrate: copied 1" in capsys.readouterr().out
     state = await ShareService(FilesystemStore(tmp_path / "target"), settings).load(share_id)
     assert state.meta.sync_count == 4 and "msg_x" in state.messages
+
+
+def nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"k": [value]}
+    return value
+
+
+async def test_deep_nesting_the_worker_wrote_is_served_and_kept(tmp_path: Path, aiohttp_client: Any, cli_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """V8 writes and reads nesting far deeper than orjson writes (254 levels): a tool part's
+    metadata 300 levels deep is served, synced, compacted and migrated without loss."""
+    root = tmp_path / "store"
+    settings = settings_for_tests(tmp_path / "data", store={"path": root})
+    store = FilesystemStore(root)
+    sid = "ses_e0398094effebZevp8D0r58s46"
+    share_id, blob, index = worker_share(sid)
+    doc = json.loads(blob)
+    doc["parts"][1]["metadata"] = nested(150)  # 300 JSON levels, inside parts[1]
+    await store.put(f"share/{share_id}", js_stringify(doc))
+    await store.put(f"index/{share_id}", index)
+    client = await aiohttp_client(create_app(settings))
+    before = await reads(client, share_id)
+    assert json.dumps(before["object"]["parts"][1]["metadata"]) == json.dumps(nested(150))
+    # A client's sync nested as deep is accepted too (the journal entry is written as it is).
+    resp = await client.post(f"/api/share/{share_id}/sync", json={"secret": derive_secret(NAMESPACE, sid), "data": [
+        f.item("part", {"id": "prt_deep", "messageID": f"msg_{share_id}u", "type": "tool", "state": nested(200)})]})
+    assert await resp.json() == {"success": True, "syncCount": 4}
+    service = ShareService(store, settings)
+    assert await service.compact(share_id, force=True)
+    assert (await service.load(share_id)).parts["prt_deep"]["state"] == nested(200)
+    assert await admin("migrate", "--from", str(root), "--to", str(tmp_path / "target")) == 0
+    assert "migrate: copied 1" in capsys.readouterr().out
+
+
+async def test_a_list_the_store_cannot_give_is_a_503(moto_endpoint: str, tmp_path: Path, aiohttp_client: Any) -> None:
+    settings = settings_for_tests(tmp_path / "data", rpc_shared_key=ADMIN_KEY, store={
+        "backend": "s3", "bucket": "no-such-bucket-here", "endpoint": moto_endpoint, "region": "us-east-1"})
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/api/sessions", headers={"x-opencode-share-key": ADMIN_KEY})
+    assert resp.status == 503  # a StoreError from the listing itself used to escape as a 500
