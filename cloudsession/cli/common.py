@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cloudsession.config import Settings, ensure_namespace, load_settings, store_settings_from_url
-from cloudsession.errors import ShareError
+from cloudsession.errors import ShareError, StoreError
 from cloudsession.shares import maintenance
 from cloudsession.shares.service import ShareService
 from cloudsession.shares.service import open_service as open_share_service
-from cloudsession.store import StoreError
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -20,14 +20,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from cloudsession.errors import StoreError as StoreError  # re-exported: the store raises it
 from cloudsession.jsonio import parse_stored
 
 _BAD_KEY_CHAR_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 MAX_KEY_BYTES = 1024
-
-
-class StoreError(Exception):
-    """A backend failure that is not a precondition failure (network, permissions, disk)."""
 
 
 class PreconditionFailed(StoreError):
