@@ -27,6 +27,7 @@ Worker recognise it::
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 import uuid
@@ -80,6 +81,188 @@ class Limits(BaseModel):
     viewer_buffer_bytes: int = Field(1 * MiB, ge=4096, description="Unsent bytes one live viewer may hold.")
 
 
+_DURATION_RE = re.compile(r"^(\d{1,9})([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | int) -> int:
+    """``"7d"``, ``"12h"``, ``"90m"``, ``"3600"`` or 3600 -> seconds; ValueError otherwise."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 1:
+            raise ValueError("a duration must be positive")
+        return text
+    match = _DURATION_RE.match(str(text).strip().lower())
+    if match is None or int(match[1]) < 1:
+        raise ValueError(f"{text!r} is not a duration (like 3600, 90m, 12h, 7d or 2w)")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+class RetentionRule(BaseModel):
+    """One ``[[retention.rules]]`` entry: shares whose User-Agent matches ``user_agent`` (a regular
+    expression, searched) and that carry ``label`` (``key=value``) live ``ttl``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_agent: str | None = None
+    label: str | None = None
+    ttl: str | int
+
+    @field_validator("user_agent")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        if value is not None and "=" not in value:
+            raise ValueError("a label rule is key=value")
+        return value
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: str | int) -> int:
+        return parse_duration(value)
+
+    @property
+    def ttl_seconds(self) -> int:
+        return int(self.ttl)
+
+    def matches(self, user_agent: str, labels: dict[str, str]) -> bool:
+        if self.user_agent is None and self.label is None:
+            return False  # a rule without a condition would be the default: say so instead
+        if self.user_agent is not None and not re.search(self.user_agent, user_agent):
+            return False
+        if self.label is not None:
+            key, _, value = self.label.partition("=")
+            if labels.get(key) != value:
+                return False
+        return True
+
+
+class RetentionSettings(BaseModel):
+    """Server-wide retention (docs/lifecycle.md): the TTL of new shares that did not ask for one,
+    and the longest any share may live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_ttl: str | int | None = None
+    max_ttl: str | int | None = None
+    rules: list[RetentionRule] = Field(default_factory=list)
+
+    @field_validator("default_ttl", "max_ttl")
+    @classmethod
+    def _duration(cls, value: str | int | None) -> int | None:
+        return None if value in (None, "", 0, "0") else parse_duration(value)
+
+    @property
+    def default_ttl_seconds(self) -> int | None:
+        return None if self.default_ttl is None else int(self.default_ttl)
+
+    @property
+    def max_ttl_seconds(self) -> int | None:
+        return None if self.max_ttl is None else int(self.max_ttl)
+
+
+HOOK_EVENTS = (
+    "share.created",
+    "share.synced",
+    "share.idle",
+    "share.finalized",
+    "share.rotated",
+    "share.privacy_changed",
+    "share.expired",
+    "share.deleted",
+)
+
+
+class _HookTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    # The events this target hears; all of them by default.
+    events: list[str] = Field(default_factory=lambda: list(HOOK_EVENTS))
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(HOOK_EVENTS))
+        if unknown:
+            raise ValueError(f"unknown event(s) {', '.join(unknown)} (known: {', '.join(HOOK_EVENTS)})")
+        return value
+
+
+class WebhookTarget(_HookTarget):
+    """``[[hooks.webhooks]]``: POST a signed JSON payload to ``url``. The signing key is read from
+    the environment variable named by ``secret_env`` (never from the file)."""
+
+    url: str
+    secret_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class CommandTarget(_HookTarget):
+    """``[[hooks.commands]]``: run ``command`` (a list: program and arguments; a string only with
+    ``shell = true``) with the share's context in its environment."""
+
+    command: list[str] | str
+    shell: bool = False
+    timeout: int = 30
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: str | int) -> int:
+        return parse_duration(value)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str] | str) -> list[str] | str:
+        if not value:
+            raise ValueError("must name a program")
+        return value
+
+
+class HookSettings(BaseModel):
+    """The ``[hooks]`` section (docs/hooks.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhooks: list[WebhookTarget] = Field(default_factory=list)
+    commands: list[CommandTarget] = Field(default_factory=list)
+    # share.synced fires at most once per share per this interval (at its end, with the count then).
+    synced_interval: int = 60
+    # share.idle fires once a share has had no sync for this long.
+    idle_after: int = 600
+    # Delivery: attempts per target before giving up, the first retry delay (doubling, capped at
+    # an hour), and the deadline of one webhook request.
+    max_attempts: int = Field(12, ge=1, le=100)
+    retry_seconds: float = Field(2.0, gt=0)
+    request_timeout: int = 10
+    # How often a replica looks for events to deliver.
+    poll_seconds: float = Field(1.0, gt=0)
+
+    @field_validator("synced_interval", "idle_after", "request_timeout", mode="before")
+    @classmethod
+    def _durations(cls, value: str | int) -> int:
+        return parse_duration(value)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhooks or self.commands)
+
+
 class Settings(BaseModel):
     """Everything the service needs, validated once at startup."""
 
@@ -102,15 +285,15 @@ class Settings(BaseModel):
     compact_min_bytes: int = Field(1 * MiB, ge=1)
     compact_ratio: float = Field(0.5, gt=0)
     # Folded journal entries are deleted only after this long, so that a writer which checked
-    # the share just before a compaction can never write into a freed slot (see journal.py).
+    # the share just before a compaction can never write into a freed slot (see shares/storage.py).
     journal_grace_seconds: float = Field(300.0, ge=1)
     # A writer re-checks the share when more than this passed since it last did.
     write_deadline_seconds: float = Field(30.0, ge=0.1)
     # How often the server deletes expired shares and prunes folded journal entries
-    # (durable.py; `cloudsession gc` does the same once). 0 turns the periodic sweep off.
+    # (shares/sweep.py; `cloudsession gc` does the same once). 0 turns the periodic sweep off.
     sweep_interval_seconds: float = Field(300.0, ge=0)
     # redis://[user:password@]host:port/db: live updates reach viewers on every replica
-    # (live.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
+    # (live/relay.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
     redis_url: SecretStr | None = None
     log_level: str = "INFO"
     # Deadlines on the HTTP connection (docs/hardening.md). A connection is closed when no
@@ -128,6 +311,10 @@ class Settings(BaseModel):
     # entry this many places from the right. 0: the connection's peer (no proxy; the header is
     # then ignored, since any client can send it).
     trusted_proxy_hops: int = Field(0, ge=0, le=10)
+    # Retention policies: the [retention] section of the config file (docs/lifecycle.md).
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    # Event hooks: the [hooks] section of the config file (docs/hooks.md).
+    hooks: HookSettings = Field(default_factory=HookSettings)
 
     @field_validator("public_url")
     @classmethod
@@ -172,7 +359,17 @@ class Settings(BaseModel):
         for key in ("shared_secret", "rpc_shared_key"):
             data[key] = "<set>" if getattr(self, key) is not None else None
         data["redis_url"] = redact_url(self.redis_url.get_secret_value()) if self.redis_url else None
+        for hook in data["hooks"]["webhooks"]:
+            hook["url"] = display_url(hook["url"])
         return data
+
+
+def display_url(url: str) -> str:
+    """A webhook URL for logs and check-config: scheme and host only (Slack-style URLs carry their
+    secret in the path)."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}/…"
 
 
 def redact_url(url: str) -> str:
@@ -218,6 +415,8 @@ class EnvSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vars: dict[str, Any] = Field(default_factory=dict)
+    retention: dict[str, Any] | None = None
+    hooks: dict[str, Any] | None = None
     r2_buckets: list[BucketBinding] | None = None
     secrets: SecretsSection | None = None
 
@@ -250,6 +449,8 @@ VARS: dict[str, tuple[str, ...]] = {
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
     "REDIS_URL": ("redis_url",),
+    "RETENTION_DEFAULT_TTL": ("retention", "default_ttl"),
+    "RETENTION_MAX_TTL": ("retention", "max_ttl"),
 }
 
 
@@ -292,6 +493,10 @@ def _apply_section(values: dict[str, Any], section: EnvSection, source: str, req
         values["store"] = _bucket_to_store(section.r2_buckets[0])
     if section.secrets is not None:
         required.update(section.secrets.required)
+    if section.retention is not None:
+        values["retention"] = {**values.get("retention", {}), **section.retention}
+    if section.hooks is not None:
+        values["hooks"] = {**values.get("hooks", {}), **section.hooks}
 
 
 def load_file(path: Path, env_name: str | None, values: dict[str, Any], required: set[str]) -> None:

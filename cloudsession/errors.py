@@ -129,6 +129,11 @@ class UnsupportedEncoding(ShareError):
     close_connection = True
 
 
+class ShareFinal(ShareError):
+    status = 409
+    message = "This share is final: it can no longer be changed (its owner or the admin can unfreeze it)"
+
+
 class StoreUnavailable(ShareError):
     status = 503
     message = "Storage unavailable"

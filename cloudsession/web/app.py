@@ -4,15 +4,18 @@ error handling in ``middleware.py``."""
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
-from cloudsession.config import Settings
+from cloudsession.config import ConfigError, Settings
+from cloudsession.hooks.dispatch import resolve_secrets, target_names
 from cloudsession.live.hub import LiveHub
 from cloudsession.render.pages import ViewRenderer
 from cloudsession.web import lifecycle
 from cloudsession.web.http import ServerLog
-from cloudsession.web.keys import LIVE, RENDERER, SERVICE, SETTINGS
-from cloudsession.web.middleware import body_guard_middleware, cors_middleware, error_middleware
+from cloudsession.web.keys import HOOK_KEYS, LIVE, RENDERER, SERVICE, SETTINGS
+from cloudsession.web.middleware import actor_middleware, body_guard_middleware, cors_middleware, error_middleware, redaction_middleware
 from cloudsession.web.routes import setup_routes
 
 __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
@@ -20,7 +23,8 @@ __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[cors_middleware, error_middleware, body_guard_middleware],
+        # Outermost: the redaction covers every answer, error pages included.
+        middlewares=[redaction_middleware, cors_middleware, error_middleware, body_guard_middleware, actor_middleware],
         client_max_size=settings.limits.max_body_bytes,
         # Passed to every connection's handler, whoever runs the app (``serve``, the tests), and
         # winning over run_app's own defaults; see docs/hardening.md.
@@ -34,6 +38,12 @@ def create_app(settings: Settings) -> web.Application:
         },
     )
     app[SETTINGS] = settings
+    # Read now: a webhook whose signing key is missing stops startup with one clear line.
+    app[HOOK_KEYS] = resolve_secrets(settings.hooks, os.environ)
+    if settings.hooks.enabled:
+        target_names(settings.hooks)  # unique, or one line at startup
+        if settings.public_url is None:
+            raise ConfigError("PUBLIC_URL must be set when hooks are configured: payloads carry share URLs, and no request says the origin")
     # Viewers of /ws/<id> hear about every sync.
     app[LIVE] = LiveHub(
         max_viewers_per_share=settings.limits.max_viewers_per_share,

@@ -20,7 +20,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from cloudsession.errors import BodyAborted, BodyTooLarge, RequestTimeout
 from cloudsession.jsonio import json_bytes, parse_json, scrub_text
-from cloudsession.protocol import READ_TOKEN_HEADER
+from cloudsession.protocol import LABELS_HEADER, READ_TOKEN_HEADER, TTL_HEADER
+from cloudsession.shares.lifecycle import CreateContext, labels_from_header
 from cloudsession.web.keys import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -187,3 +188,10 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         return msg, kwargs
+
+
+def create_context(request: web.Request) -> tuple[dict[str, str], CreateContext]:
+    """What a create request's headers add to its body: labels (``X-Cloudsession-Labels``), and
+    the TTL header and User-Agent that retention reads (docs/lifecycle.md)."""
+    labels = labels_from_header(request.headers.get(LABELS_HEADER))
+    return labels, CreateContext(header_ttl=request.headers.get(TTL_HEADER), user_agent=request.headers.get("User-Agent", ""))

@@ -16,3 +16,5 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 SERVICE: web.AppKey[ShareService] = web.AppKey("service")
 LIVE: web.AppKey[EventSink] = web.AppKey("live")
 RENDERER: web.AppKey[ViewRenderer] = web.AppKey("renderer")
+# Webhook signing keys, read from the environment when the app is built (docs/hooks.md).
+HOOK_KEYS: web.AppKey[dict[str, bytes]] = web.AppKey("hook_keys")

@@ -1,5 +1,6 @@
-"""Middlewares: domain errors turned into responses at the boundary, CORS on ``/api/``, and the
-cheap checks every request body passes before any of it is read (``body_guard_middleware``).
+"""Middlewares: owner keys redacted from every response, domain errors turned into responses at
+the boundary, CORS on ``/api/``, and the cheap checks every request body passes before any of it
+is read (``body_guard_middleware``).
 
 Errors are JSON under ``/api/`` and ``/rpc/`` (with CORS, as the reference) and the HTML error
 page (``error.html``) elsewhere; anything unexpected is a bare 500 without a traceback (the
@@ -9,6 +10,8 @@ traceback goes to the log).
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
@@ -16,7 +19,9 @@ from aiohttp import web
 
 from cloudsession.errors import BodyTooLarge, PayloadTooLarge, RequestTimeout, ShareError, UnsupportedEncoding
 from cloudsession.jsonio import json_bytes
-from cloudsession.web.http import html_response
+from cloudsession.shares import audit
+from cloudsession.shares.public import redaction_scope
+from cloudsession.web.http import client_address, html_response
 from cloudsession.web.keys import RENDERER, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,22 @@ async def _error_response(request: web.Request, error: ShareError) -> web.Respon
         if request.transport is not None:
             request.transport.close()
     return response
+
+
+@web.middleware
+async def redaction_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request runs in a redaction scope: each share it reads registers its owner's real
+    session ID there, and the response body leaves with those IDs replaced by the public ones
+    (``shares/public.py``). Live frames are redacted by the hub with the same scope's redactor
+    (``web/live.py``); streamed files (static assets) hold no share data."""
+    with redaction_scope() as redactor:
+        response = await handler(request)
+        if redactor and isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
+            body = bytes(response.body)
+            redacted = redactor.serialised_bytes(body)
+            if redacted is not body:
+                response.body = redacted
+        return response
 
 
 @web.middleware
@@ -121,3 +142,21 @@ async def body_guard_middleware(request: web.Request, handler: Handler) -> web.S
         if too_long and not request.path.startswith("/rpc/"):
             raise BodyTooLarge(f"Request body exceeds {limit} bytes")
     return await handler(request)
+
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+@web.middleware
+async def actor_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Who is acting, for the audit trail (``shares/audit.py``): the client's address, its
+    User-Agent, the request id (``X-Request-ID`` when sane, else a new one) and the door."""
+    given = request.headers.get("X-Request-ID", "")
+    request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    via = "rpc" if request.path.startswith("/rpc/") else "http"
+    actor = audit.Actor(client_address(request), request.headers.get("User-Agent", ""), request_id, via)
+    token = audit.current_actor.set(actor)
+    try:
+        return await handler(request)
+    finally:
+        audit.current_actor.reset(token)

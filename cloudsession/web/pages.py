@@ -21,6 +21,7 @@ from cloudsession.credentials import secrets_equal
 from cloudsession.errors import SessionNotFound
 from cloudsession.jsonio import json_bytes
 from cloudsession.render.pages import Fragment, PageRenderer
+from cloudsession.shares import lifecycle
 from cloudsession.shares.items import MAX_ID_LENGTH
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import ADMIN_COOKIE, admin_key, cookie_token, is_admin
@@ -30,6 +31,7 @@ from cloudsession.web.keys import RENDERER, SERVICE, SETTINGS
 ADMIN_COOKIE_MAX_AGE = 30 * 24 * 3600
 SESSIONS_PER_PAGE = 50
 MAX_QUERY_CHARS = 200
+FINAL_CACHE_CONTROL = "public, max-age=86400, stale-while-revalidate=604800"
 MAX_FRAGMENT_IDS = 200
 MAX_PAGE = 1_000_000
 MAX_LOGIN_BYTES = 4096
@@ -78,7 +80,9 @@ async def share_page(request: web.Request) -> web.Response:
         page = _int_param(request, "page", 1)
     suffix = _link_suffix(request, share)
     text = await renderer.run(lambda pages: pages.share_page(share, page, link_suffix=suffix))
-    return html_response(text)
+    # A final public share no longer changes: caches may keep it (a private one never).
+    cache = {"Cache-Control": FINAL_CACHE_CONTROL} if share.final and not share.private else None
+    return html_response(text, headers=cache)
 
 
 def _link_suffix(request: web.Request, share: PublicShare) -> str:
@@ -141,7 +145,11 @@ async def share_fragments(request: web.Request) -> web.Response:
 
 
 def _matches(entry: dict[str, Any], needle: str) -> bool:
-    return any(isinstance(entry.get(k), str) and needle in entry[k].lower() for k in ("title", "directory", "id"))
+    labels = entry.get("labels")
+    texts = [entry.get(k) for k in ("title", "directory", "id")]
+    if isinstance(labels, dict):
+        texts += [f"{k}={v}" for k, v in labels.items()]
+    return any(isinstance(text, str) and needle in text.lower() for text in texts)
 
 
 async def sessions_page(request: web.Request) -> web.Response:
@@ -153,9 +161,11 @@ async def sessions_page(request: web.Request) -> web.Response:
     if not (admin or public):
         return await _login_page(request, failed=False)
     query = request.query.get("q", "").strip()[:MAX_QUERY_CHARS]
+    label_filters = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
     entries = await request.app[SERVICE].list_index()
     if not admin:
         entries = [e for e in entries if not e.get("private")]
+    entries = [e for e in entries if lifecycle.matches_labels(e, label_filters)]
     if query:
         needle = query.lower()
         entries = [e for e in entries if _matches(e, needle)]
@@ -164,7 +174,8 @@ async def sessions_page(request: web.Request) -> web.Response:
     shown = entries[(page - 1) * SESSIONS_PER_PAGE : page * SESSIONS_PER_PAGE]
 
     def page_query(n: int) -> str:
-        return urlencode({"q": query, "page": n} if query else {"page": n})
+        params = ([("q", query)] if query else []) + [("label", f"{k}={v}") for k, v in label_filters] + [("page", str(n))]
+        return urlencode(params)
 
     text = await renderer.run(
         lambda p: p.template("sessions.html").render(
@@ -175,6 +186,7 @@ async def sessions_page(request: web.Request) -> web.Response:
             pages=pages,
             page_query=page_query,
             can_logout=ADMIN_COOKIE in request.cookies,
+            label_filters=label_filters,
         )
     )
     return html_response(text)
