@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, ValidationError, field_validator
 
 from cloudsession.credentials import parse_namespace
 
@@ -263,6 +263,75 @@ class HookSettings(BaseModel):
         return bool(self.webhooks or self.commands)
 
 
+# -- operations: rate limits, metrics and logs (docs/operations.md) ------------------------------
+# Kept in one block: the rate limiter (web/ratelimit.py), /metrics (web/observability.py) and the
+# log format (logs.py) read these.
+
+
+def _limit_string(value: str) -> str:
+    """A rate limit in the ``limits`` notation ("60/minute", "10/second;600/minute") or "off"."""
+    text = value.strip()
+    if text.lower() in ("off", "none", "0", ""):
+        return "off"
+    from limits import parse_many
+
+    try:
+        parse_many(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a rate limit like '60/minute' or '10/second;600/minute' (or 'off')") from None
+    return text
+
+
+class RateLimitSettings(BaseModel):
+    """Per client address; the client address is the peer's, or the ``X-Forwarded-For`` hop
+    a trusted proxy reports (``trusted_proxies``). Counted in Redis when ``REDIS_URL`` is set
+    (shared by replicas), else in memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="false turns every rate limit off.")
+    create: str = Field("60/minute", description="Creates per address: POST /api/share and RPC createShare.")
+    sync: str = Field(
+        "600/minute",
+        description="Writes that carry a share secret per address (sync, ops, delete, redeem, rotate, privacy, expiry, read-token; "
+        "REST and RPC). A sync a second is 60 a minute; the rest is room for bursts.",
+    )
+    rpc: str = Field("600/minute", description="Requests to /rpc/share per address (an HTTP batch or a WebSocket session each).")
+    admin_failures: str = Field(
+        "10/minute",
+        description="Wrong admin keys per address (header, sign-in form, sign-in cookie, /metrics); beyond it every admin-key "
+        "check from that address answers 429, whatever the key.",
+    )
+    share_misses: str = Field("120/minute", description="404s per address on routes that name a share (id guessing); beyond it those routes answer 429.")
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list, description='Proxies whose X-Forwarded-For is believed, as CIDRs ("10.0.0.0/8,127.0.0.1").'
+    )
+
+    @field_validator("create", "sync", "rpc", "admin_failures", "share_misses")
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        return _limit_string(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _cidrs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _enabled(cls, value: Any) -> Any:
+        return _truthy(value) if isinstance(value, str) else value
+
+
+def _apply_operations_environment(values: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """The operations block's secret: ``METRICS_TOKEN`` (environment only)."""
+    token = environ.get("CLOUDSESSION_METRICS_TOKEN") or environ.get("METRICS_TOKEN")
+    if token:
+        values["metrics_token"] = token
+
+
 class Settings(BaseModel):
     """Everything the service needs, validated once at startup."""
 
@@ -306,15 +375,25 @@ class Settings(BaseModel):
     body_min_bytes_per_second: int = Field(32 * 1024, ge=1)
     # A live viewer's socket must accept each piece of a frame within this long, or it is closed.
     viewer_send_timeout_seconds: float = Field(30.0, gt=0)
-    # Reverse proxies in front of the server that append the client's address to
-    # X-Forwarded-For (nginx's $proxy_add_x_forwarded_for, Caddy): per-address limits count the
-    # entry this many places from the right. 0: the connection's peer (no proxy; the header is
-    # then ignored, since any client can send it).
-    trusted_proxy_hops: int = Field(0, ge=0, le=10)
     # Retention policies: the [retention] section of the config file (docs/lifecycle.md).
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     # Event hooks: the [hooks] section of the config file (docs/hooks.md).
     hooks: HookSettings = Field(default_factory=HookSettings)
+    # -- operations: rate limits, metrics, log format (docs/operations.md) --------------------
+    rate_limits: RateLimitSettings = Field(default_factory=lambda: RateLimitSettings(), description="Rate limits per client address (docs/operations.md).")
+    log_format: Literal["text", "json"] = Field("text", description="text (readable lines, for a terminal) or json (JSON lines, for a log collector).")
+    metrics_token: SecretStr | None = Field(None, description="/metrics also accepts Authorization: Bearer <token>. Secret: environment only.")
+    metrics_address: str | None = Field(None, description="host:port: serve /metrics only on this separate address (open unless METRICS_TOKEN is set).")
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9100")
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -361,6 +440,7 @@ class Settings(BaseModel):
         data["redis_url"] = redact_url(self.redis_url.get_secret_value()) if self.redis_url else None
         for hook in data["hooks"]["webhooks"]:
             hook["url"] = display_url(hook["url"])
+        data["metrics_token"] = "<set>" if self.metrics_token is not None else None
         return data
 
 
@@ -390,7 +470,7 @@ def default_data_dir() -> Path:
 
 # -- the wrangler-like file ---------------------------------------------------------------------
 
-SECRET_NAMES = ("SESSIONS_SHARED_SECRET", "SESSIONS_RPC_SHARED_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRET_NAMES: tuple[str, ...] = ("SESSIONS_SHARED_SECRET", "SESSIONS_RPC_SHARED_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 class BucketBinding(BaseModel):
@@ -444,7 +524,6 @@ VARS: dict[str, tuple[str, ...]] = {
     "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds",),
     "BODY_MIN_BYTES_PER_SECOND": ("body_min_bytes_per_second",),
     "VIEWER_SEND_TIMEOUT_SECONDS": ("viewer_send_timeout_seconds",),
-    "TRUSTED_PROXY_HOPS": ("trusted_proxy_hops",),
     "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
@@ -452,6 +531,22 @@ VARS: dict[str, tuple[str, ...]] = {
     "RETENTION_DEFAULT_TTL": ("retention", "default_ttl"),
     "RETENTION_MAX_TTL": ("retention", "max_ttl"),
 }
+
+# The operations block (rate limits, metrics, log format): docs/operations.md.
+VARS.update(
+    {
+        "LOG_FORMAT": ("log_format",),
+        "METRICS_ADDRESS": ("metrics_address",),
+        "RATE_LIMITS": ("rate_limits", "enabled"),
+        "RATE_LIMIT_CREATE": ("rate_limits", "create"),
+        "RATE_LIMIT_SYNC": ("rate_limits", "sync"),
+        "RATE_LIMIT_RPC": ("rate_limits", "rpc"),
+        "RATE_LIMIT_ADMIN_FAILURES": ("rate_limits", "admin_failures"),
+        "RATE_LIMIT_SHARE_MISSES": ("rate_limits", "share_misses"),
+        "TRUSTED_PROXIES": ("rate_limits", "trusted_proxies"),
+    }
+)
+SECRET_NAMES = (*SECRET_NAMES, "METRICS_TOKEN")
 
 
 def _set(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -540,6 +635,7 @@ def apply_environment(values: dict[str, Any], environ: Mapping[str, str]) -> Non
         values["store"] = parse_store_url(store_url)
     if isinstance(values.get("store"), dict):
         _aws_defaults(values["store"], environ)
+    _apply_operations_environment(values, environ)
 
 
 def _aws_defaults(spec: dict[str, Any], environ: Mapping[str, str]) -> None:

@@ -28,10 +28,11 @@ RANKS = {
     "rpc": 3,
     "shares": 2,
     "store": 1,
-    # The base: settings, errors, credentials, wire constants and JSON, used by every layer.
+    # The base: settings, errors, credentials, wire constants and JSON, the metrics registry and
+    # the log setup, used by every layer.
     "base": 0,
 }
-BASE_MODULES = {"config", "errors", "credentials", "protocol", "jsonio", "__init__"}
+BASE_MODULES = {"config", "errors", "credentials", "protocol", "jsonio", "metrics", "logs", "__init__"}
 # Importing these makes a module a web door or a command; only their rooms may.
 FRAMEWORK_ROOMS = {"aiohttp.web": {"web", "rpc", "cli"}, "argparse": {"cli"}}
 

@@ -4,33 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 from cloudsession import __version__
 from cloudsession.cli.common import add_config_flags, settings_from_args
 from cloudsession.config import load_settings
+from cloudsession.logs import configure as configure_logging
 from cloudsession.web.app import create_app
 
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request without the query string: read tokens of private shares may travel
-    in ``?token=`` and must never reach a log."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            '%s "%s %s" %s %s %.4fs',
-            request.remote, request.method, request.path, response.status, response.body_length, time,
-        )
+# One line per request without the query string (read tokens travel in ``?token=``), with the
+# request id, route, share id and public session id: web/observability.py.
+from cloudsession.web.observability import AccessLogger
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, host=args.host, port=args.port)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)  # text or JSON lines (LOG_FORMAT)
     # The default data dir may not exist yet on a fresh machine.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = settings.store.backend if settings.store.backend == "s3" else f"fs:{settings.store_path}"

@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cloudsession import credentials
+from cloudsession import credentials, logs
 from cloudsession.config import Settings
 from cloudsession.errors import (
     InvalidSecret,
@@ -42,6 +42,7 @@ from cloudsession.errors import (
     ValidationFailed,
 )
 from cloudsession.jsonio import parse_stored, stored_bytes
+from cloudsession.metrics import Metrics
 from cloudsession.shares import audit
 from cloudsession.shares.events import EventSink, NullSink
 from cloudsession.shares.public import PublicShare, Redactor, current_redactor, note_owner
@@ -49,6 +50,7 @@ from cloudsession.shares.state import ShareState, regression, sha256_hex
 from cloudsession.shares.storage import INDEX_PREFIX, index_key, journal_key, journal_prefix, snapshot_key
 from cloudsession.store import open_store
 from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys, read_json_object
+from cloudsession.store.instrumented import InstrumentedStore
 
 if TYPE_CHECKING:
     from cloudsession.shares.hookbox import HookBox
@@ -92,8 +94,12 @@ class CommitResult:
 
 
 class ShareService:
-    def __init__(self, store: ObjectStore, settings: Settings, events: EventSink | None = None) -> None:
+    def __init__(self, store: ObjectStore, settings: Settings, events: EventSink | None = None, metrics: Metrics | None = None) -> None:
         self.store = store
+        # Syncs, items, bytes, compactions and journal lengths go here when the server measures.
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.watch_journal(self.journal_tails)
         self.settings = settings
         self.namespace = settings.namespace
         self.events: EventSink = events or NullSink()
@@ -135,6 +141,11 @@ class ShareService:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def journal_tails(self) -> tuple[int, int]:
+        """(longest, total) unfolded journal entries over the cached shares (for /metrics)."""
+        tails = [state.tail_entries for state in self._cache.values()]
+        return (max(tails, default=0), sum(tails))
 
     # -- credentials --------------------------------------------------------------------------
 
@@ -221,6 +232,8 @@ class ShareService:
                 # Whatever this request outputs from here on is redacted of this owner's ids.
                 for real, public in self._owner_pairs(state):
                     note_owner(real, public)
+                # Log lines about this request name the share and its public session id.
+                logs.annotate(share_id=share_id, session=self.public_id(state.meta.session_id))
                 return state
             self._cache_drop(share_id)
         raise StoreUnavailable("the share kept changing while it was being read; retry")
@@ -300,6 +313,8 @@ class ShareService:
                     continue
                 state.apply_entry(entry, len(body))
                 self._cache_put(state)
+                if self.metrics is not None:
+                    self.metrics.journal_appended(content, len(body))
                 result = CommitResult(state, state.meta.sync_count)
                 # Under the lock, so this process's index writes land in commit order and the
                 # list never keeps an older entry behind a newer one (other replicas may still
@@ -502,6 +517,8 @@ class ShareService:
         except ShareError:
             pass  # deleted or expired meanwhile: nothing to compact
         except Exception:
+            if self.metrics is not None:
+                self.metrics.compactions.labels("failed").inc()
             log.exception("share %s: compaction failed", share_id)
         finally:
             self._compacting.discard(share_id)
@@ -521,7 +538,12 @@ class ShareService:
         try:
             etag = await self.store_call(self.store.put_if_match(snapshot_key(share_id), body, old_etag or ""))
         except PreconditionFailed:
+            if self.metrics is not None:
+                self.metrics.compactions.labels("skipped").inc()
             return False  # another replica compacted, or the share was deleted
+        if self.metrics is not None:
+            self.metrics.compactions.labels("written").inc()
+            self.metrics.compacted_entries.observe(folded_seq - previous_seq)
         async with self._lock(share_id):
             cached = self._cache.get(share_id)
             if cached is not None and cached.snapshot_etag == old_etag:
@@ -742,11 +764,14 @@ class ShareService:
 
 
 @asynccontextmanager
-async def open_service(settings: Settings, *, events: EventSink | None = None) -> AsyncIterator[ShareService]:
+async def open_service(settings: Settings, *, events: EventSink | None = None, metrics: Metrics | None = None) -> AsyncIterator[ShareService]:
     """The configured store and a share service on it, for the lifetime of the context: what the
-    server runs on, and what every offline store tool uses."""
+    server runs on, and what every offline store tool uses. With ``metrics`` every store call
+    is measured (``store/instrumented.py``)."""
     async with open_store(settings) as store:
-        service = ShareService(store, settings, events)
+        if metrics is not None:
+            store = InstrumentedStore(store, metrics)
+        service = ShareService(store, settings, events, metrics)
         try:
             yield service
         finally:

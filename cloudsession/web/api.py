@@ -34,7 +34,7 @@ from cloudsession.shares.inputs import (
     parse_body,
 )
 from cloudsession.shares.items import parse_sync_items
-from cloudsession.web.auth import has_admin_header, require_admin
+from cloudsession.web.auth import checked_admin_header, require_admin
 from cloudsession.web.http import create_context, json_response, public_origin, read_json, request_read_token
 from cloudsession.web.keys import SERVICE, SETTINGS
 
@@ -108,7 +108,7 @@ async def get_share_metadata(request: web.Request) -> web.Response:
 
 async def list_sessions(request: web.Request) -> web.Response:
     """The admin list; ``?label=k=v`` (repeatable) keeps the shares carrying every such label."""
-    require_admin(request)
+    await require_admin(request)
     service = request.app[SERVICE]
     wanted = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
     sessions = [s for s in await service.list_index() if lifecycle.matches_labels(s, wanted)]
@@ -175,7 +175,7 @@ async def finalize(request: web.Request) -> web.Response:
 
 async def unfinalize(request: web.Request) -> web.Response:
     """Unfreeze the share: its owner's secret in the body, or the admin key in the header."""
-    admin = has_admin_header(request)
+    admin = await checked_admin_header(request)  # throttled like every admin-key check
     secret = None if admin else await _secret(request)
     return json_response(await lifecycle.set_final(request.app[SERVICE], request.match_info["id"], secret, False, admin=admin))
 
@@ -183,7 +183,7 @@ async def unfinalize(request: web.Request) -> web.Response:
 async def audit_trail(request: web.Request) -> web.Response:
     """The share's audit trail: ``POST`` with its owner's secret, or ``GET`` with the admin key."""
     if request.method == "GET":
-        require_admin(request)
+        await require_admin(request)
         answer = await owner.audit_trail(request.app[SERVICE], request.match_info["id"], None, admin=True)
     else:
         answer = await owner.audit_trail(request.app[SERVICE], request.match_info["id"], await _secret(request))

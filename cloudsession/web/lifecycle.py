@@ -16,7 +16,7 @@ from cloudsession.live.relay import RedisRelay, redis_client, relay_channel
 from cloudsession.shares.hookbox import HookBox
 from cloudsession.shares.service import open_service
 from cloudsession.shares.sweep import sweep
-from cloudsession.web.keys import HOOK_KEYS, LIVE, SERVICE, SETTINGS
+from cloudsession.web.keys import HOOK_KEYS, LIVE, METRICS, SERVICE, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ async def share_service(app: web.Application) -> AsyncIterator[None]:
     """The store and the share service on it, telling the live hub about every change, and the
     event hooks' dispatcher when hooks are configured (docs/hooks.md)."""
     settings = app[SETTINGS]
-    async with open_service(settings, events=app[LIVE]) as service:
+    async with open_service(settings, events=app[LIVE], metrics=app.get(METRICS)) as service:
         app[SERVICE] = service
         if not settings.hooks.enabled:
             yield

@@ -10,8 +10,6 @@ traceback goes to the log).
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
@@ -19,9 +17,8 @@ from aiohttp import web
 
 from cloudsession.errors import BodyTooLarge, PayloadTooLarge, RequestTimeout, ShareError, UnsupportedEncoding
 from cloudsession.jsonio import json_bytes
-from cloudsession.shares import audit
 from cloudsession.shares.public import redaction_scope
-from cloudsession.web.http import client_address, html_response
+from cloudsession.web.http import html_response
 from cloudsession.web.keys import RENDERER, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -45,9 +42,10 @@ async def error_page(request: web.Request, status: int, message: str) -> web.Res
 
 async def _error_response(request: web.Request, error: ShareError) -> web.Response:
     if _wants_json(request):
-        response = web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json")
+        response = web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json", headers=error.headers())
     else:
         response = await error_page(request, error.status, error.message)
+        response.headers.update(error.headers())
     if error.close_connection:
         # The body was not (all) read: no keep-alive; the rest is discarded (aiohttp lingers for
         # at most 10 s so that a client still sending sees this answer), then the connection closes.
@@ -142,21 +140,3 @@ async def body_guard_middleware(request: web.Request, handler: Handler) -> web.S
         if too_long and not request.path.startswith("/rpc/"):
             raise BodyTooLarge(f"Request body exceeds {limit} bytes")
     return await handler(request)
-
-
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-
-
-@web.middleware
-async def actor_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Who is acting, for the audit trail (``shares/audit.py``): the client's address, its
-    User-Agent, the request id (``X-Request-ID`` when sane, else a new one) and the door."""
-    given = request.headers.get("X-Request-ID", "")
-    request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
-    via = "rpc" if request.path.startswith("/rpc/") else "http"
-    actor = audit.Actor(client_address(request), request.headers.get("User-Agent", ""), request_id, via)
-    token = audit.current_actor.set(actor)
-    try:
-        return await handler(request)
-    finally:
-        audit.current_actor.reset(token)

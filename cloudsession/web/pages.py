@@ -27,6 +27,7 @@ from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import ADMIN_COOKIE, admin_key, cookie_token, is_admin
 from cloudsession.web.http import SECURITY_HEADERS, body_deadline, html_response, is_https, request_read_token
 from cloudsession.web.keys import RENDERER, SERVICE, SETTINGS
+from cloudsession.web.ratelimit import admin_attempt
 
 ADMIN_COOKIE_MAX_AGE = 30 * 24 * 3600
 SESSIONS_PER_PAGE = 50
@@ -35,7 +36,7 @@ FINAL_CACHE_CONTROL = "public, max-age=86400, stale-while-revalidate=604800"
 MAX_FRAGMENT_IDS = 200
 MAX_PAGE = 1_000_000
 MAX_LOGIN_BYTES = 4096
-# A wrong admin key costs this long: slows guessing without any shared state.
+# A wrong admin key costs this long (on top of the per-address limit on failures).
 LOGIN_FAILURE_DELAY = 0.5
 
 
@@ -155,11 +156,15 @@ def _matches(entry: dict[str, Any], needle: str) -> bool:
 async def sessions_page(request: web.Request) -> web.Response:
     """``GET /sessions``: shares newest first, searchable, paginated; admin only unless
     ``public_listing`` is on (then private shares stay hidden)."""
-    admin = is_admin(request)
+    admin = await is_admin(request)
     public = request.app[SETTINGS].public_listing
     renderer = request.app[RENDERER]
     if not (admin or public):
-        return await _login_page(request, failed=False)
+        login_page = await _login_page(request, failed=False)
+        if ADMIN_COOKIE in request.cookies:
+            # A stale cookie (the key changed) counts as one failed sign-in, not one per view.
+            login_page.del_cookie(ADMIN_COOKIE, path="/sessions")
+        return login_page
     query = request.query.get("q", "").strip()[:MAX_QUERY_CHARS]
     label_filters = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
     entries = await request.app[SERVICE].list_index()
@@ -212,7 +217,11 @@ async def login(request: web.Request) -> web.Response:
     async with body_deadline(request):
         form = await request.post()
     given = form.get("key")
-    if key is None or not isinstance(given, str) or not secrets_equal(given, key):
+    ok = key is not None and isinstance(given, str) and secrets_equal(given, key)
+    # Counted before the delay, so parallel guesses from one address are throttled as they are
+    # made (web/ratelimit.py): over the limit, a 429 whatever the key.
+    await admin_attempt(request, ok)
+    if key is None or not ok:
         await asyncio.sleep(LOGIN_FAILURE_DELAY)
         return await _login_page(request, failed=True)
     response = web.HTTPSeeOther("/sessions")

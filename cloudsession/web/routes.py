@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cloudsession.render.pages import STATIC_DIR
-from cloudsession.web import api, live, pages, probes, rpc
+from cloudsession.web import api, live, observability, pages, probes, rpc
 
 SHARE = r"/api/{family:shares?}/{id}"
 
@@ -25,6 +25,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/", root, name="root")
     r.add_get("/healthz", probes.healthz, name="healthz")
     r.add_get("/readyz", probes.readyz, name="readyz")
+    r.add_get("/metrics", observability.metrics_endpoint, name="metrics")  # docs/operations.md
 
     # REST share API (web/api.py); /api/shares/... are exact aliases (the client's console-mode
     # paths). The reference's routes first, then the durable protocol's (docs/protocol.md).

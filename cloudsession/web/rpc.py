@@ -15,7 +15,7 @@ message is read. Without a key the endpoint is open, as in the reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -34,13 +34,21 @@ from cloudsession.shares.service import ShareService
 from cloudsession.web.auth import rpc_allowed
 from cloudsession.web.http import create_context, json_response, public_origin
 from cloudsession.web.keys import SERVICE, SETTINGS
+from cloudsession.web.ratelimit import rpc_limiter
 
 
 class ShareRpc(RpcTarget):
     """The main object of one RPC session. Method names are the wire contract (camelCase)."""
 
     def __init__(
-        self, service: ShareService, *, origin: str, max_items: int, labels: dict[str, str] | None = None, context: CreateContext = CreateContext()
+        self,
+        service: ShareService,
+        *,
+        origin: str,
+        max_items: int,
+        labels: dict[str, str] | None = None,
+        context: CreateContext = CreateContext(),
+        limit: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._service = service
         self._origin = origin
@@ -48,11 +56,18 @@ class ShareRpc(RpcTarget):
         # What the HTTP request's headers add to a create (labels, TTL, User-Agent).
         self._labels = labels or {}
         self._context = context
+        # Counts a call against the caller's rate limit ("create", "sync"); see web/ratelimit.py.
+        self._limit = limit
+
+    async def _count(self, name: str) -> None:
+        if self._limit is not None:
+            await self._limit(name)
 
     async def createShare(self, sessionID: Any, initialData: Any = UNDEFINED, options: Any = UNDEFINED) -> dict[str, Any]:
         """Create (or return, idempotently) the share of ``sessionID``; ``initialData`` is one sync;
         ``options`` ``{private?, ttl?, expiresAt?, labels?}`` apply to a new share (shares/owner.py)."""
         with _rejections():
+            await self._count("create")
             items = None
             if initialData is not UNDEFINED and initialData is not None:
                 items = self._items(initialData, "initialData")
@@ -61,6 +76,7 @@ class ShareRpc(RpcTarget):
 
     async def syncShare(self, id: Any, secret: Any, data: Any) -> dict[str, Any]:
         with _rejections():
+            await self._count("sync")
             share_id, secret = _text(id, "id"), _text(secret, "secret")
             items = self._items(data, "data")
             sync_count = await self._service.sync(share_id, secret, items)
@@ -75,6 +91,7 @@ class ShareRpc(RpcTarget):
 
     async def appendOps(self, shareID: Any, secret: Any, epoch: Any, ops: Any) -> dict[str, Any]:
         with _rejections():
+            await self._count("sync")
             raw = {"secret": secret, "epoch": None if epoch is UNDEFINED else epoch, "ops": json_data(ops, "ops")}
             limit = min(MAX_OPS_PER_REQUEST, self._max_items)
             secret, epoch, parsed = share_ops.parse_ops_request(raw, max_items=limit)
@@ -119,7 +136,7 @@ class ShareRpc(RpcTarget):
 async def handle(request: web.Request) -> web.StreamResponse:
     """``/rpc/share``, every method: auth, then batch (POST), WebSocket (GET upgrade) or 400."""
     settings = request.app[SETTINGS]
-    if not rpc_allowed(request):
+    if not await rpc_allowed(request):
         return json_response(Unauthorized().body(), status=401)
     # One sync may be as large over RPC as over REST; the other limits keep their defaults.
     size = settings.limits.max_body_bytes
@@ -134,7 +151,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     labels, context = create_context(request)
     return await serve_rpc(
         request,
-        lambda: ShareRpc(service, origin=origin, max_items=settings.limits.max_items_per_sync, labels=labels, context=context),
+        lambda: ShareRpc(
+            service, origin=origin, max_items=settings.limits.max_items_per_sync, labels=labels, context=context, limit=rpc_limiter(request)
+        ),
         limits,
     )
 
@@ -145,7 +164,7 @@ def _rejections() -> Iterator[None]:
     try:
         yield
     except ShareError as error:
-        raise RpcError(error.rpc_name, error.message) from None
+        raise RpcError(error.rpc_name, error.rpc_message) from None
 
 
 def _options(value: Any, name: str) -> dict[str, Any]:
