@@ -276,6 +276,9 @@ async def test_lone_surrogates_are_served_kept_and_deletable(places: dict[str, P
     assert [e["title"] for e in (await listing(client))["sessions"] if e["id"] == share_id] == ["cut \ufffd"]
     resp = await client.post(f"/api/share/{share_id}/sync", json={"secret": secret, "data": [f.item("message", {"id": "msg_z", "role": "user"})]})
     assert await resp.json() == {"success": True, "syncCount": 4}
+    for download in ("export.json", "export.html"):
+        got = await client.get(f"/share/{share_id}/{download}")
+        assert got.status == 200 and "emoji cut here: \ufffd" in await got.text(), download
     fragments = await client.get(f"/share/{share_id}/fragments", params={"header": "1", "digest": "1", "id": f"msg_{share_id}u"})
     assert fragments.status == 200
     # Request bodies stay strict: a lone surrogate from a client is still a 400.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cloudsession.render.pages import STATIC_DIR
 from cloudsession.web import api, live, observability, pages, probes, rpc
 
 SHARE = r"/api/{family:shares?}/{id}"
@@ -55,8 +54,11 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/sessions/logout", pages.logout, name="views.logout")
     r.add_get("/share/{id}", pages.share_page, name="views.share")
     r.add_get("/share/{id}/fragments", pages.share_fragments, name="views.fragments")
+    r.add_get("/share/{id}/search", pages.share_search, name="views.search")
+    r.add_get("/share/{id}/export.json", pages.share_export_json, name="views.export_json")
+    r.add_get("/share/{id}/export.html", pages.share_export_html, name="views.export_html")
     r.add_get("/ws/{id}", live.share_socket, name="live.socket")
-    r.add_static("/static", STATIC_DIR, name="static")
+    r.add_get("/static/{name}", pages.static_file, name="static")
 
     # Cap'n Web RPC (docs/rpc.md): POST is an HTTP batch, GET with Upgrade a WebSocket session,
     # any other method the reference's 400; auth is checked first, inside the handler.
