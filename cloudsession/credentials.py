@@ -26,7 +26,11 @@ import hmac
 import re
 import uuid
 
+# The ids cloudsession creates. Reads and writes also serve the wider set the reference Worker
+# created (``unservable_reason``).
 SHARE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+MAX_SERVED_ID_BYTES = 64
+_CONTROL_OR_SURROGATE_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _SAFE_TAIL_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 # Session IDs shorter than this never lend their tail to the share id (see the module docstring).
 MIN_TAIL_SESSION_ID_LENGTH = 12
@@ -62,6 +66,42 @@ def _base62(data: bytes, length: int) -> str:
 
 def _base32(data: bytes, length: int) -> str:
     return base64.b32encode(data).decode("ascii").lower()[:length]
+
+
+def unservable_reason(share_id: str) -> str | None:
+    """Why ``share_id`` is not served (None when it is).
+
+    The reference Worker made a share id of the last 8 characters of *any* session ID, so a
+    bucket it wrote can hold ids with dots, spaces or any Unicode (``26.11.30``, ``ünïcödé✓``).
+    Every such id that is a safe key segment is served under its own id (percent-escaped where a
+    store needs it): not empty, not ``.`` or ``..``, no ``/`` (no URL names it: the path
+    separator), no control character or lone surrogate, at most 64 UTF-8 bytes. The rest are
+    reported by ``admin fsck``, whose ``--repair`` moves them to the id cloudsession gives the
+    session (``share_id_candidates``).
+    """
+    if SHARE_ID_RE.match(share_id):
+        return None
+    if not share_id:
+        return "the id is empty"
+    if share_id in (".", ".."):
+        return f"the id is {share_id!r}"
+    if "/" in share_id:
+        return "it contains '/'"
+    found = _CONTROL_OR_SURROGATE_RE.search(share_id)
+    if found:
+        return "it contains a lone surrogate" if found.group() >= "\ud800" else "it contains a control character"
+    if len(share_id.encode("utf-8")) > MAX_SERVED_ID_BYTES:
+        return f"it is longer than {MAX_SERVED_ID_BYTES} bytes"
+    return None
+
+
+def is_served_id(share_id: str) -> bool:
+    return unservable_reason(share_id) is None
+
+
+def reference_share_id(session_id: str) -> str:
+    """The reference Worker's share id: ``sessionID.slice(-8)``, in UTF-16 code units."""
+    return session_id.encode("utf-16-le", "surrogatepass")[-16:].decode("utf-16-le", "surrogatepass")
 
 
 def share_id_candidates(namespace: uuid.UUID, session_id: str) -> list[str]:

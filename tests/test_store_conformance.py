@@ -105,13 +105,36 @@ async def test_nested_keys_coexist_with_their_parents(store: ObjectStore) -> Non
     assert (await store.list_page("a")).keys == ["a", "a/b/c", "a/b/c/d.json"]
 
 
-@pytest.mark.parametrize("key", ["", "/lead", "trail/", "a//b", "../up", "a/../b", "a/./b", "sp ace", "ünï", "a\\b"])
+@pytest.mark.parametrize("key", ["", "/lead", "trail/", "a//b", "../up", "a/../b", "a/./b", "ctl\x01", "lone\ud83d", "x" * 1025])
 async def test_invalid_keys_are_refused_without_touching_the_store(store: ObjectStore, key: str) -> None:
     with pytest.raises(StoreError):
         await store.put(key, b"x")
     with pytest.raises(StoreError):
         await store.get(key)
     assert (await store.list_page("")).keys == []
+
+
+ODD_KEYS = ["share/26.11.30", "share/ünïcödé✓", "share/sp ace", "share/a\\b", "share/%41", "share/a?b#c&d", "share/...", "share/😀", "index/ünï/x"]
+
+
+async def test_every_segment_the_worker_could_write_is_a_key(store: ObjectStore) -> None:
+    """The reference Worker's share ids are any 8 characters: they round-trip as keys (escaped
+    on disk by the filesystem store), list in UTF-8 byte order like S3, and never alias."""
+    for key in ODD_KEYS:
+        await store.put(key, key.encode())
+    await store.put("share/A", b"plain")
+    for key in ODD_KEYS:
+        got = await store.get(key)
+        assert got is not None and got.body == key.encode() and await store.head(key) == got.etag
+    assert (await store.get("share/A")).body == b"plain"  # not the same object as "share/%41"
+    listed = [k async for k in iter_keys(store, "", page_size=3)]
+    assert listed == sorted([*ODD_KEYS, "share/A"], key=lambda k: k.encode("utf-8"))
+    assert (await store.list_page("share/ü")).keys == ["share/ünïcödé✓"]
+    assert (await store.list_page("index/ünï/")).keys == ["index/ünï/x"]
+    etag = await store.put_if_absent("share/ünï2", b"new")
+    await store.put_if_match("share/ünï2", b"newer", etag)
+    await store.delete("share/ünïcödé✓")
+    assert await store.get("share/ünïcödé✓") is None
 
 
 async def test_prefixes_isolate_stores_on_one_location(store_opener) -> None:

@@ -98,7 +98,7 @@ async def _backfill(args: argparse.Namespace) -> int:
         progress = progress_for(args, "backfill-index")
         report = await maintenance.backfill_index(service, dry_run=args.dry_run, start=progress.start)
     print_report("backfill-index", report, dry_run=args.dry_run)
-    return 1 if report.counts["failed"] or report.counts["unreadable"] else 0
+    return 1 if report.counts["failed"] or report.counts["unreadable"] or report.counts["unservable-id"] else 0
 
 
 async def _fsck(args: argparse.Namespace) -> int:

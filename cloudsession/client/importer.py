@@ -39,6 +39,7 @@ import orjson
 
 from cloudsession import __version__
 from cloudsession.credentials import SHARE_ID_RE
+from cloudsession.jsonio import scrub
 from cloudsession.protocol import READ_TOKEN_HEADER
 
 # Share page, API object and /data URLs all name the share; the id rule is the server's.
@@ -293,8 +294,12 @@ async def import_share(
 
 
 def export_json(document: dict[str, Any]) -> bytes:
-    """Indented like ``opencode export`` output, with a final newline."""
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    """Indented like ``opencode export`` output, with a final newline. An output edge: lone
+    surrogates (a Worker-written share's text cut inside an emoji) become U+FFFD."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    except orjson.JSONEncodeError:
+        return orjson.dumps(scrub(document), option=orjson.OPT_INDENT_2) + b"\n"
 
 
 def write_output(data: bytes, path: Path | None) -> None:

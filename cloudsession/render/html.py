@@ -33,6 +33,8 @@ from pygments.lexer import Lexer
 from pygments.lexers import TextLexer, get_lexer_by_name, get_lexer_for_filename
 from pygments.util import ClassNotFound
 
+from cloudsession.jsonio import scrub_text
+
 # Pygments runs at roughly a megabyte per second; past this size code is shown escaped but plain,
 # so one huge file cannot make a page slow.
 MAX_HIGHLIGHT_CHARS = 100_000
@@ -61,9 +63,11 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def as_text(value: Any) -> str:
-    """A displayable string for a scalar, or "" for anything else (objects, lists, null)."""
+    """A displayable string for a scalar, or "" for anything else (objects, lists, null). Lone
+    surrogates (text a Worker-written share cut inside an emoji) become U+FFFD here, the
+    rendering edge: nothing downstream (markdown, the sanitiser, UTF-8) can take them."""
     if isinstance(value, str):
-        return value
+        return scrub_text(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)) and math.isfinite(value):

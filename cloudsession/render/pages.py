@@ -26,6 +26,7 @@ import orjson
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader, Template
 from markupsafe import Markup, escape
 
+from cloudsession.jsonio import stored_bytes
 from cloudsession.render import html as render
 from cloudsession.shares.public import PublicShare
 
@@ -160,7 +161,11 @@ class MessageEntry:
     def hash(self) -> str:
         # Everything the fragment shows: the message, its parts and its number (a message inserted
         # earlier renumbers the later ones). The hash keys the fragment cache and the page digest.
-        payload = orjson.dumps([FRAGMENT_VERSION, self.number, self.message, self.parts], option=orjson.OPT_NON_STR_KEYS)
+        content = [FRAGMENT_VERSION, self.number, self.message, self.parts]
+        try:
+            payload = orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:
+            payload = stored_bytes(content)  # lone surrogates from a Worker-written share
         return hashlib.blake2b(payload, digest_size=8).hexdigest()
 
     @cached_property

@@ -114,7 +114,7 @@ async def create_once(service: ShareService, session_id: Any, key: str, *, origi
 def _delete_record_key(share_id: str, digest: str) -> str:
     # Read before the share is loaded (which checks the id): a malformed id from the URL is an
     # unknown share, not a key the store refuses (a 503).
-    if not credentials.SHARE_ID_RE.match(share_id):
+    if not credentials.is_served_id(share_id):
         raise ShareNotFound()
     return delete_record_key(share_id, digest)
 

@@ -32,10 +32,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from cloudsession import credentials
 from cloudsession.errors import SessionNotFound, ShareError, ShareNotFound
-from cloudsession.jsonio import json_bytes
+from cloudsession.jsonio import parse_stored, stored_bytes
 from cloudsession.shares.service import ShareService
 from cloudsession.shares.state import ShareState
 from cloudsession.shares.storage import (
@@ -47,7 +46,7 @@ from cloudsession.shares.storage import (
     journal_prefix,
     snapshot_key,
 )
-from cloudsession.store.base import STALE_TEMP_SECONDS, ObjectStore, PreconditionFailed, iter_keys, read_json_object
+from cloudsession.store.base import STALE_TEMP_SECONDS, ObjectStore, PreconditionFailed, StoredObject, is_valid_key, iter_keys, read_json_object
 
 CONCURRENCY = 16
 # Keys are listed a page at a time and worked on in batches of this size, so memory stays flat
@@ -99,11 +98,14 @@ class Report:
 # -- listing ------------------------------------------------------------------------------------
 
 
-async def ids_under(store: ObjectStore, prefix: str) -> list[str]:
-    """Share ids of the ``<prefix><id>`` keys (every page); deeper keys count once by their id."""
+async def ids_under(store: ObjectStore, prefix: str, *, below: int = 0) -> list[str]:
+    """Share ids of the ``<prefix><id>`` keys (every page), or of ``<prefix><id>/...`` keys with
+    ``below`` more segments (journal entries: 2). The id is the whole rest of the key: the
+    reference Worker's ids may themselves hold ``/`` (fsck reports those)."""
     seen: dict[str, None] = {}
     async for key in iter_keys(store, prefix):
-        seen.setdefault(key[len(prefix):].split("/", 1)[0], None)
+        rest = key[len(prefix):]
+        seen.setdefault(rest.rsplit("/", below)[0] if below else rest, None)
     return list(seen)
 
 
@@ -147,8 +149,9 @@ def diagnose(body: bytes, share_id: str, index: dict[str, Any] | None = None, *,
     if not body.strip():
         return Diagnosis("empty", ["the blob is empty"])
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        # What the Worker's JSON.parse reads (lone surrogates included) is readable here too.
+        doc = parse_stored(body)
+    except ValueError as exc:
         return Diagnosis("invalid-json", [f"not valid JSON ({exc})"])
     if not isinstance(doc, dict):
         return Diagnosis("not-an-object", [f"the blob is a JSON {type(doc).__name__}, not an object"])
@@ -237,12 +240,12 @@ async def sync_index(service: ShareService, share_id: str, *, dry_run: bool) -> 
     current = await service.store_call(service.store.get(index_key(share_id)))
     if current is not None:
         try:
-            if orjson.loads(current.body) == expected:
+            if parse_stored(current.body) == expected:
                 return "ok"
-        except orjson.JSONDecodeError:
+        except ValueError:
             pass
     if not dry_run:
-        await service.store_call(service.store.put(index_key(share_id), json_bytes(expected)))
+        await service.store_call(service.store.put(index_key(share_id), stored_bytes(expected)))
     return "missing" if current is None else "stale"
 
 
@@ -253,6 +256,11 @@ async def backfill_index(service: ShareService, *, dry_run: bool = False, start:
     tick = start(len(ids))
 
     async def work(share_id: str) -> None:
+        reason = credentials.unservable_reason(share_id)
+        if reason is not None:
+            report.add(Finding(share_id if reason == "it contains '/'" else repr(share_id), "unservable-id",
+                               f"the id cannot be served ({reason}); `cloudsession admin fsck --repair` moves it"))
+            return
         try:
             outcome = await sync_index(service, share_id, dry_run=dry_run)
         except SessionNotFound:
@@ -301,7 +309,7 @@ async def fsck(service: ShareService, options: FsckOptions, *, start: Callable[[
     report = Report()
     share_ids = await ids_under(store, SNAPSHOT_PREFIX)
     index_ids = await ids_under(store, INDEX_PREFIX)
-    journal_ids = await ids_under(store, JOURNAL_PREFIX)
+    journal_ids = await ids_under(store, JOURNAL_PREFIX, below=2)
     shares = set(share_ids)
     orphans = sorted((set(index_ids) | set(journal_ids)) - shares)
     tick = start(len(share_ids) + len(orphans))
@@ -337,6 +345,10 @@ async def _check_temp(service: ShareService, options: FsckOptions, report: Repor
 
 async def _check_share(service: ShareService, share_id: str, options: FsckOptions, report: Report) -> None:
     store = service.store
+    reason = credentials.unservable_reason(share_id)
+    if reason is not None:
+        await _check_unservable(service, share_id, reason, options, report)
+        return
     obj = await service.store_call(store.get(snapshot_key(share_id)))
     if obj is None:
         return  # deleted while we were listing
@@ -355,7 +367,7 @@ async def _check_share(service: ShareService, share_id: str, options: FsckOption
             action = options.act("repaired", "would repair")
             if not options.dry_run:
                 try:
-                    await service.store_call(store.put_if_match(snapshot_key(share_id), json_bytes(diagnosis.fixed), obj.etag))
+                    await service.store_call(store.put_if_match(snapshot_key(share_id), stored_bytes(diagnosis.fixed), obj.etag))
                 except PreconditionFailed:
                     action = ""
                     diagnosis.issues.append("changed while being repaired; run fsck again")
@@ -408,8 +420,8 @@ async def _check_tail(service: ShareService, state: ShareState, options: FsckOpt
     if obj is None:
         return
     try:
-        entry = orjson.loads(obj.body)
-    except orjson.JSONDecodeError:
+        entry = parse_stored(obj.body)
+    except ValueError:
         entry = None
     if isinstance(entry, dict) and entry.get("seq") == seq:
         return  # a write that landed after the share was loaded
@@ -421,7 +433,7 @@ async def _check_tail(service: ShareService, state: ShareState, options: FsckOpt
             # that clients already saw keep their values.
             placeholder = {"v": 1, "seq": seq, "at": state.meta.last_updated, "w": "fsck", "items": [], "syncs": 1}
             try:
-                await service.store_call(service.store.put_if_match(key, json_bytes(placeholder), obj.etag))
+                await service.store_call(service.store.put_if_match(key, stored_bytes(placeholder), obj.etag))
             except PreconditionFailed:
                 action = ""
     report.add(Finding(state.share_id, "damaged-journal", f"journal entry {seq} is unreadable; reads stop before it and writes fail", action))
@@ -429,6 +441,9 @@ async def _check_tail(service: ShareService, state: ShareState, options: FsckOpt
 
 async def _check_orphan(service: ShareService, share_id: str, options: FsckOptions, report: Report) -> None:
     """Index or journal keys whose snapshot is gone (an interrupted delete)."""
+    if not is_valid_key(index_key(share_id)):
+        report.add(Finding(repr(share_id), "unaddressable-key", _unaddressable(index_key(share_id))))
+        return
     if await service.store_call(service.store.head(snapshot_key(share_id))) is not None:
         return  # created since the listing
     action = ""
@@ -448,6 +463,85 @@ async def _delete_raw(service: ShareService, share_id: str) -> None:
     """Remove a share's keys without reading it (it may be unreadable)."""
     await service.store_call(service.store.delete(snapshot_key(share_id)))
     await service.purge(share_id)
+
+
+# -- share ids that cannot be served -----------------------------------------------------------
+
+
+def _unaddressable(key: str) -> str:
+    return (
+        f"the key {key!r} cannot be read or written through the store interface (an empty, '.' or '..' "
+        "segment, a control character or more than 1,024 bytes); remove it with the bucket's own tools"
+    )
+
+
+async def _new_home(service: ShareService, share_id: str, body: bytes) -> tuple[str, ShareState]:
+    """Where a share whose id cannot be served goes: the id cloudsession's create gives its
+    session (so opencode's re-create finds it, with the same secret), or CannotMigrate."""
+    diagnosis = await diagnose_stored(service.store, share_id, body)
+    if diagnosis.fixed is None and diagnosis.kind != "ok":
+        raise CannotMigrate(f"{diagnosis.kind}: {_summary(diagnosis.issues)}")
+    doc = diagnosis.fixed if diagnosis.fixed is not None else parse_stored(body)
+    state = ShareState.from_snapshot(share_id, doc, None, len(body))
+    for candidate in credentials.share_id_candidates(service.namespace, state.meta.session_id):
+        try:
+            existing = await service.load(candidate)
+        except SessionNotFound:
+            return candidate, state
+        if credentials.secrets_equal(existing.meta.session_id, state.meta.session_id):
+            return candidate, state
+    raise CannotMigrate("every id cloudsession would give its session is taken by another session")
+
+
+async def _check_unservable(service: ShareService, share_id: str, reason: str, options: FsckOptions, report: Report) -> None:
+    """A Worker share under an id no URL can name (``26/11/30``): --repair moves it (snapshot
+    bytes as they are, so its secret keeps working) to the id cloudsession gives its session."""
+    shown, key = repr(share_id) if reason != "it contains '/'" else share_id, snapshot_key(share_id)
+    if not is_valid_key(key):
+        report.add(Finding(shown, "unaddressable-key", _unaddressable(key)))
+        return
+    obj = await service.store_call(service.store.get(key))
+    if obj is None:
+        return
+    try:
+        new_id, _ = await _new_home(service, share_id, obj.body)
+    except CannotMigrate as exc:
+        action = ""
+        if options.delete_unrepairable:
+            action = options.act("deleted", "would delete")
+            if not options.dry_run:
+                await _delete_raw(service, share_id)
+        report.add(Finding(shown, "unservable-id", f"the id cannot be served ({reason}) and cannot be moved: {exc}", action))
+        return
+    action = ""
+    detail = f"the id cannot be served ({reason}); --repair moves it to {new_id}"
+    if options.repair:
+        action = options.act("repaired", "would repair")
+        if not options.dry_run:
+            problem = await _move(service, share_id, obj, new_id)
+            if problem:
+                action, detail = "", f"{detail}; {problem}"
+    report.add(Finding(shown, "unservable-id", detail, action))
+
+
+async def _move(service: ShareService, share_id: str, obj: StoredObject, new_id: str) -> str | None:
+    """Copy the snapshot to ``new_id`` (create-if-absent), index it, then remove the old keys.
+    Returns a problem to report, or None."""
+    store = service.store
+    try:
+        await service.store_call(store.put_if_absent(snapshot_key(new_id), obj.body))
+    except PreconditionFailed:
+        existing = await service.store_call(store.get(snapshot_key(new_id)))
+        if existing is None or existing.body != obj.body:
+            return f"{new_id} already holds this session's share; delete one of them (admin delete)"
+        # an earlier repair copied it and stopped short: finish it
+    await sync_index(service, new_id, dry_run=False)
+    try:
+        await service.store_call(store.delete_if_match(snapshot_key(share_id), obj.etag))
+    except PreconditionFailed:
+        return "the old key changed while being moved; run fsck again"
+    await service.purge(share_id)
+    return None
 
 
 # -- delete -------------------------------------------------------------------------------------
@@ -478,50 +572,124 @@ async def delete_share(service: ShareService, share_id: str, *, dry_run: bool = 
 
 
 async def migrate(source: ShareService, target: ShareService, *, dry_run: bool = False, start: Callable[[int], Tick]) -> Report:
-    """Copy every share of ``source`` (a reference Worker bucket, or another cloudsession store)
-    into ``target`` in cloudsession's layout. Idempotent and resumable: a share already copied
-    is left alone unless the source moved on and the target was not written since."""
+    """Copy every share of ``source`` (a reference Worker bucket, served or not, or another
+    cloudsession store) into ``target`` in cloudsession's layout, and read each copy back.
+    Idempotent and resumable: a share already copied is left alone unless the source moved on
+    and the target was not written since."""
     report = Report()
     ids = await ids_under(source.store, SNAPSHOT_PREFIX)
     tick = start(len(ids))
 
     async def work(share_id: str) -> None:
+        reason = credentials.unservable_reason(share_id)
+        shown = share_id if reason in (None, "it contains '/'") else repr(share_id)
         try:
-            outcome = await _migrate_one(source, target, share_id, dry_run=dry_run)
+            if reason is not None and not is_valid_key(snapshot_key(share_id)):
+                raise CannotMigrate(_unaddressable(snapshot_key(share_id)))
+            outcome, moved_to = await _migrate_one(source, target, share_id, dry_run=dry_run)
         except Exception as exc:  # one share must never stop the run
-            report.add(Finding(share_id, "failed", _describe(exc)))
+            report.add(Finding(shown, "failed", _describe(exc)))
             return
+        if moved_to is not None and outcome.startswith("copied"):
+            outcome = outcome.replace("copied", "moved", 1)
+            report.findings.append(Finding(shown, "moved", f"the id cannot be served ({reason}); copied as {moved_to}"))
         report.counts[outcome] += 1
 
     await for_each(ids, work, tick)
     return report
 
 
-async def _source_state(source: ShareService, share_id: str) -> tuple[ShareState, bool]:
-    """The share as the source holds it, folded; repaired in memory if malformed. A reference
-    blob has no journal, so it is read with one GET; a cloudsession snapshot goes through the
-    service so that its journal tail is folded in."""
+async def _source_state(source: ShareService, target: ShareService, share_id: str) -> tuple[ShareState, bool, str | None]:
+    """``(state, repaired, moved to)``: the share exactly as the source serves it (the snapshot
+    folded with its journal: a reference blob synced while served has entries under
+    ``journal/<id>/0/``), repaired in memory if malformed. A share whose id cannot be served is
+    given the id cloudsession's create gives its session on the target (as fsck --repair)."""
     obj = await source.store_call(source.store.get(snapshot_key(share_id)))
     if obj is None:
         raise ShareNotFound("deleted from the source during the run")
+    if not credentials.is_served_id(share_id):
+        new_id, state = await _new_home(target, share_id, obj.body)
+        repaired = (await diagnose_stored(source.store, share_id, obj.body)).kind != "ok"
+        state.share_id = new_id
+        return state, repaired, new_id
     diagnosis = await diagnose_stored(source.store, share_id, obj.body)
     if diagnosis.fixed is None and diagnosis.kind != "ok":
         raise CannotMigrate(f"{diagnosis.kind}: {_summary(diagnosis.issues)}")
-    doc = diagnosis.fixed if diagnosis.fixed is not None else orjson.loads(obj.body)
-    ours = isinstance(doc["metadata"].get("cloudsession"), dict)
-    if ours and diagnosis.kind == "ok":
-        return await source.load(share_id), False
-    if ours and await _has_journal(source, share_id):
-        raise CannotMigrate("malformed snapshot with journal entries: repair the source first (admin fsck --repair)")
-    return ShareState.from_snapshot(share_id, doc, obj.etag, len(obj.body)), diagnosis.kind != "ok"
+    if diagnosis.kind == "ok":
+        return await source.load(share_id), False, None
+    # Served, a malformed blob reads as its defensive fold plus its journal; the copy is the
+    # repaired blob plus the same journal.
+    state = ShareState.from_snapshot(share_id, diagnosis.fixed, obj.etag, len(obj.body))
+    if not await source.catch_up(state):
+        raise CannotMigrate("the source changed while being read; run migrate again")
+    return state, True, None
 
 
-async def _migrate_one(source: ShareService, target: ShareService, share_id: str, *, dry_run: bool) -> str:
-    state, repaired = await _source_state(source, share_id)
-    # compactedAt = lastUpdated keeps the bytes a function of the share, so a re-run can tell
-    # "already copied" by comparing them.
-    body = state.snapshot_bytes_now(state.meta.last_updated)
-    key = snapshot_key(share_id)
+def _copy_bytes(state: ShareState) -> bytes:
+    """The target snapshot: a function of the share (compactedAt = lastUpdated), so a re-run can
+    tell "already copied" by comparing bytes; ``migrated`` marks a copy the target has not
+    written since (any write there either leaves journal entries or compacts the mark away)."""
+    doc = state.snapshot_doc(state.meta.last_updated)
+    doc["metadata"]["cloudsession"]["migrated"] = True
+    return stored_bytes(doc)
+
+
+def _untouched_copy(existing: StoredObject, current: ShareState, source_seq: int) -> bool:
+    """Whether the target's share is a copy made by migrate that nothing has written since."""
+    if current.tail_entries:
+        return False
+    try:
+        ours = parse_stored(existing.body)["metadata"]["cloudsession"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    if not isinstance(ours, dict):
+        return False
+    if ours.get("migrated") is True:
+        return True
+    # Copies made before the mark existed: stamped compactedAt = lastUpdated, at a seq the
+    # source has reached.
+    return ours.get("compactedAt") == current.meta.last_updated and current.meta.seq <= source_seq
+
+
+def fingerprint(service: ShareService, state: ShareState) -> dict[str, Any]:
+    """What anyone reads of a share, and what its owner's credentials are: public data, the
+    object, the index entry, privacy and expiry, the secret and read token (the share id aside,
+    which a moved share changes)."""
+    view = service.public_view(state)
+    meta = state.meta
+    index = state.index_doc()
+    index.pop("id", None)
+    return {
+        "data": view.data_items(),
+        "object": view.agent_session(),
+        "index": service.public_index(index),
+        "private": view.private,
+        "expiresAt": view.expires_at,
+        "sessionID": meta.session_id,
+        "secret": service.secret_for(meta.session_id, meta.epoch),
+        "legacySecret": meta.legacy_secret_sha256,
+        "readToken": service.read_token_for(state),
+        "cursor": meta.cursor,
+    }
+
+
+async def _verify(source: ShareService, state: ShareState, target: ShareService, share_id: str) -> None:
+    """Read the copy back through the target's service and compare it with the source's view."""
+    try:
+        copy = await target.load(share_id)
+    except SessionNotFound:
+        raise CannotMigrate("the copy cannot be read back from the target") from None
+    expected, got = fingerprint(source, state), fingerprint(target, copy)
+    if expected != got:
+        differing = ", ".join(k for k in expected if expected[k] != got.get(k))
+        raise CannotMigrate(f"the copy reads back differently from the source ({differing}); the target keeps it, run migrate again or check the target with fsck")
+
+
+async def _migrate_one(source: ShareService, target: ShareService, share_id: str, *, dry_run: bool) -> tuple[str, str | None]:
+    state, repaired, moved_to = await _source_state(source, target, share_id)
+    target_id = state.share_id
+    body = _copy_bytes(state)
+    key = snapshot_key(target_id)
     existing = await target.store_call(target.store.get(key))
     if existing is None:
         outcome = "copied"
@@ -529,28 +697,36 @@ async def _migrate_one(source: ShareService, target: ShareService, share_id: str
             try:
                 await target.store_call(target.store.put_if_absent(key, body))
             except PreconditionFailed:
-                return "kept"  # created on the target meanwhile: the live copy wins
+                return "kept", moved_to  # created on the target meanwhile: the live copy wins
     elif existing.body == body:
         outcome = "unchanged"
     else:
         try:
-            current = await target.load(share_id)
+            current = await target.load(target_id)
         except SessionNotFound:
             raise CannotMigrate("the target's copy cannot be read; run `cloudsession admin fsck` on the target") from None
-        # A copy the target has written to since (a sync moves seq on) or a share re-created
-        # there (new incarnation) is newer than anything the source can offer.
-        if current.meta.seq > state.meta.seq or current.meta.incarnation != state.meta.incarnation:
-            return "kept"
-        outcome = "updated"
-        if not dry_run:
-            try:
-                await target.store_call(target.store.put_if_match(key, body, existing.etag))
-            except PreconditionFailed:
-                return "kept"
+        if fingerprint(target, current) == fingerprint(source, state) and current.meta.seq == state.meta.seq:
+            outcome = "unchanged"  # the same share in other bytes (e.g. migrating in place)
+        elif not _untouched_copy(existing, current, state.meta.seq):
+            # Synced on cloudsession since the copy (journal entries, or a compaction that
+            # dropped the mark), or re-created there: newer than anything the source offers.
+            return "kept", moved_to
+        else:
+            outcome = "updated"
+            if not dry_run:
+                try:
+                    await target.store_call(target.store.put_if_match(key, body, existing.etag))
+                except PreconditionFailed:
+                    return "kept", moved_to
     if dry_run:
         pass
     elif outcome == "unchanged":
-        await sync_index(target, share_id, dry_run=False)  # the target may have synced since
-    elif await _read_index(target.store, share_id) != state.index_doc():
-        await target.store_call(target.store.put(index_key(share_id), json_bytes(state.index_doc())))
-    return f"{outcome} (repaired)" if repaired else outcome
+        current = await target.load(target_id)
+        if current.tail_entries == 0:
+            await _verify(source, state, target, target_id)
+        await sync_index(target, target_id, dry_run=False)  # the target may have synced since
+    else:
+        await _verify(source, state, target, target_id)
+        if await _read_index(target.store, target_id) != state.index_doc():
+            await target.store_call(target.store.put(index_key(target_id), stored_bytes(state.index_doc())))
+    return (f"{outcome} (repaired)" if repaired else outcome), moved_to

@@ -27,8 +27,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-
 from cloudsession import credentials, logs
 from cloudsession.config import Settings
 from cloudsession.errors import (
@@ -43,7 +41,7 @@ from cloudsession.errors import (
     StoreUnavailable,
     ValidationFailed,
 )
-from cloudsession.jsonio import json_bytes
+from cloudsession.jsonio import parse_stored, stored_bytes
 from cloudsession.metrics import Metrics
 from cloudsession.shares import audit
 from cloudsession.shares.events import EventSink, NullSink
@@ -247,6 +245,8 @@ class ShareService:
         # share id -> {id(stored entity): (stored entity, redacted entity)}: a new version of a
         # share redacts only the entities that changed.
         self._redacted: dict[str, tuple[list[tuple[str, str]], dict[int, tuple[Any, Any]]]] = {}
+        # Index keys the last listing could not read (skipped, counted and logged).
+        self.listing_skipped = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -348,7 +348,7 @@ class ShareService:
 
     async def load(self, share_id: str, *, missing: type[ShareError] = SessionNotFound) -> ShareState:
         """The share's current folded state (cached; brought up to date with the store)."""
-        if not credentials.SHARE_ID_RE.match(share_id):
+        if not credentials.is_served_id(share_id):
             raise missing()
         for _ in range(8):
             cached = self._cache.get(share_id)
@@ -364,8 +364,8 @@ class ShareService:
                 if obj is None:
                     continue
                 try:
-                    state = ShareState.from_snapshot(share_id, orjson.loads(obj.body), obj.etag, len(obj.body))
-                except (ValueError, orjson.JSONDecodeError) as exc:
+                    state = ShareState.from_snapshot(share_id, parse_stored(obj.body), obj.etag, len(obj.body))
+                except ValueError as exc:
                     log.error("share %s has an unreadable snapshot: %s", share_id, exc)
                     raise missing() from None
             if await self._catch_up(state):
@@ -378,6 +378,11 @@ class ShareService:
                 return state
             self._cache_drop(share_id)
         raise StoreUnavailable("the share kept changing while it was being read; retry")
+
+    async def catch_up(self, state: ShareState) -> bool:
+        """Fold the journal into a state read outside :meth:`load` (the store tools repair a
+        blob in memory and fold it as the service would); False when it must be re-read."""
+        return await self._catch_up(state)
 
     async def _catch_up(self, state: ShareState) -> bool:
         """Fold journal entries newer than ``state``. False when the snapshot must be re-read
@@ -394,8 +399,8 @@ class ShareService:
             if obj is None:
                 return False
             try:
-                entry = orjson.loads(obj.body)
-            except orjson.JSONDecodeError:
+                entry = parse_stored(obj.body)
+            except ValueError:
                 entry = None
             if not isinstance(entry, dict):
                 # Only a damaged store gets here: serve what is readable rather than a 500.
@@ -445,7 +450,7 @@ class ShareService:
                 # (compare what is stored with what was sent) can never mistake a rival's write
                 # for ours.
                 entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": secrets.token_hex(8), **content}
-                body = json_bytes(entry)
+                body = stored_bytes(entry)
                 if state.approx_bytes + len(body) > limits.max_share_bytes:
                     raise PayloadTooLarge(f"Share would exceed its size limit of {limits.max_share_bytes} bytes")
                 if time.monotonic() - checked > self.settings.write_deadline_seconds:
@@ -479,7 +484,7 @@ class ShareService:
             self._listing[share_id] = index
         # The index is derived and may lag; losing a write here must not fail a durable sync.
         try:
-            await self.store.put(index_key(share_id), json_bytes(index))
+            await self.store.put(index_key(share_id), stored_bytes(index))
         except StoreUnavailable:
             log.warning("share %s: index write failed; it will be rewritten on the next change", share_id)
 
@@ -508,7 +513,19 @@ class ShareService:
         return ShareCredentials(state.share_id, secret, self.share_url(origin, state.share_id))
 
     async def _find_or_create(self, session_id: str, on_create: Callable[[ShareState], None] | None) -> ShareState:
-        for share_id in credentials.share_id_candidates(self.namespace, session_id):
+        candidates = credentials.share_id_candidates(self.namespace, session_id)
+        legacy = credentials.reference_share_id(session_id)
+        if legacy not in candidates and credentials.is_served_id(legacy):
+            # A share the reference Worker made under an id cloudsession would not choose
+            # (``26.11.30``): found, never created, so the owner's re-create keeps its link.
+            try:
+                state = await self.load(legacy)
+            except SessionNotFound:
+                state = None
+            if state is not None and credentials.secrets_equal(state.meta.session_id, session_id):
+                self.ensure_live(state)
+                return state
+        for share_id in candidates:
             for _ in range(4):
                 try:
                     state = await self.load(share_id)
@@ -673,7 +690,7 @@ class ShareService:
             doc = state.snapshot_doc(now)
             folded_seq, folded_bytes, old_etag = state.meta.seq, state.tail_bytes, state.snapshot_etag
             previous_seq, previous_at = state.snapshot_seq, state.compacted_at
-            body = await asyncio.to_thread(json_bytes, doc)
+            body = await asyncio.to_thread(stored_bytes, doc)
         try:
             etag = await self.store_call(self.store.put_if_match(snapshot_key(share_id), body, old_etag or ""))
         except PreconditionFailed:
@@ -837,15 +854,42 @@ class ShareService:
         return self.public_index(state.index_doc())
 
     async def _read_listing(self) -> dict[str, dict[str, Any]]:
-        keys = [key async for key in iter_keys(self.store, INDEX_PREFIX)]
+        """Every readable index entry. One odd key never fails the list: an entry whose id is
+        not served, that cannot be read or is not an index entry is skipped, counted in
+        ``listing_skipped`` and logged (``admin fsck`` says what is wrong with it)."""
+        try:
+            keys = [key async for key in iter_keys(self.store, INDEX_PREFIX)]
+        except StoreError as exc:
+            log.error("store error: %s", exc)
+            raise StoreUnavailable() from exc
         semaphore = asyncio.Semaphore(16)
+        skipped: list[str] = []
+        failures = 0
 
         async def one(key: str) -> dict[str, Any] | None:
-            async with semaphore:
-                doc = await self.store_call(read_json_object(self.store, key))
-            return doc if doc is not None and isinstance(doc.get("id"), str) else None
+            nonlocal failures
+            share_id = key[len(INDEX_PREFIX):]
+            if not credentials.is_served_id(share_id):
+                skipped.append(key)
+                return None
+            try:
+                async with semaphore:
+                    doc = await read_json_object(self.store, key)
+            except StoreError as exc:
+                log.error("listing: index entry %r cannot be read: %s", key, exc)
+                failures += 1
+                doc = None
+            if doc is None or not isinstance(doc.get("id"), str) or not credentials.is_served_id(doc["id"]):
+                skipped.append(key)
+                return None
+            return doc
 
         docs = await asyncio.gather(*(one(k) for k in keys))
+        if keys and failures == len(keys):
+            raise StoreUnavailable()  # the store is down, not one entry damaged
+        if skipped:
+            log.warning("listing: skipped %d index entries that cannot be listed (e.g. %r); run `cloudsession admin fsck`", len(skipped), skipped[0])
+        self.listing_skipped = len(skipped)
         return {doc["id"]: doc for doc in docs if doc is not None}
 
     async def list_index(self, *, include_expired: bool = False, fresh: bool = False) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudsession.jsonio import json_bytes
+from cloudsession.jsonio import stored_bytes
 from cloudsession.shares.audit import AUDIT_WINDOW
 from cloudsession.shares.items import model_key
 from cloudsession.shares.storage import new_incarnation
@@ -316,7 +316,7 @@ class ShareState:
         return doc
 
     def snapshot_bytes_now(self, compacted_at: int) -> bytes:
-        return json_bytes(self.snapshot_doc(compacted_at))
+        return stored_bytes(self.snapshot_doc(compacted_at))
 
 
 def regression(kind: str, stored: dict[str, Any] | None, update: dict[str, Any]) -> str | None:

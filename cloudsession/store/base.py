@@ -6,8 +6,11 @@ and ordered listing by prefix with pagination. Conditional writes are what make 
 writers (several coroutines, processes or replicas) safe; every backend must give them the same
 meaning, which ``tests/test_store_conformance.py`` checks against each backend.
 
-Keys are ``/``-separated strings made of ``[A-Za-z0-9_./-]``; backends may apply a prefix.
-ETags are opaque strings (without surrounding quotes).
+Keys are ``/``-separated, non-empty segments of any Unicode text except control characters
+and lone surrogates, and never ``.`` or ``..`` (at most 1,024 UTF-8 bytes with the prefix, S3's
+limit): every key the reference Worker could write for a share id that is a segment at all. S3
+stores them as they are; the filesystem store percent-escapes what a file name cannot hold.
+Backends may apply a prefix. ETags are opaque strings (without surrounding quotes).
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import orjson
-
 from cloudsession.errors import StoreError as StoreError  # re-exported: the store raises it
+from cloudsession.jsonio import parse_stored
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+_BAD_KEY_CHAR_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+MAX_KEY_BYTES = 1024
 # Leftovers of an interrupted write (a killed process's temporary file) older than this are
 # removed when a store opens and by ``fsck --repair``; younger ones may be a write in progress.
 STALE_TEMP_SECONDS = 600.0
@@ -85,12 +88,27 @@ class ObjectStore(Protocol):
 
 
 def full_key(prefix: str, key: str) -> str:
-    """``prefix + key``, refused (StoreError) unless made of safe ``/``-separated segments with
-    no ``.`` or ``..`` segment: ids from URLs can never reach outside their key space."""
+    """``prefix + key``, refused (StoreError) unless made of non-empty ``/``-separated segments,
+    none of them ``.`` or ``..``, without control characters or lone surrogates: ids from URLs
+    can never reach outside their key space."""
     full = prefix + key
-    if not _KEY_RE.match(full) or any(seg in (".", "..") for seg in full.split("/")):
+    if (
+        not key
+        or _BAD_KEY_CHAR_RE.search(full)
+        or any(seg in ("", ".", "..") for seg in full.split("/"))
+        or len(full.encode("utf-8")) > MAX_KEY_BYTES
+    ):
         raise StoreError(f"invalid object key {key!r}")
     return full
+
+
+def is_valid_key(key: str) -> bool:
+    """Whether a store accepts ``key`` (before its prefix)."""
+    try:
+        full_key("", key)
+    except StoreError:
+        return False
+    return True
 
 
 async def read_json_object(store: ObjectStore, key: str) -> dict[str, Any] | None:
@@ -100,8 +118,8 @@ async def read_json_object(store: ObjectStore, key: str) -> dict[str, Any] | Non
     if obj is None:
         return None
     try:
-        doc = orjson.loads(obj.body)
-    except orjson.JSONDecodeError:
+        doc = parse_stored(obj.body)
+    except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
 

@@ -1,7 +1,10 @@
 """The embedded default store: objects as files on the local disk.
 
 Each key is a file under ``<root>/objects/`` (``/`` in a key is a directory; files carry an
-``.obj`` suffix so that ``a`` and ``a/b`` can coexist, as they can on S3). Writes go to a
+``.obj`` suffix so that ``a`` and ``a/b`` can coexist, as they can on S3). Each segment's UTF-8
+bytes outside ``[A-Za-z0-9_.-]`` are percent-escaped (``share/ünï`` is the file
+``share/%C3%BCn%C3%AF.obj``), so keys such as the reference Worker's ids with spaces or Unicode
+are stored under portable names; plain keys keep their names. Writes go to a
 temporary file that is renamed into place, so a reader never sees half an object. Conditional
 operations hold an exclusive ``flock`` on ``<root>/store.lock`` while they check and rename,
 which makes them atomic across coroutines, threads and processes sharing the directory; the lock
@@ -24,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import re
 import secrets
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError, full_key
 
@@ -37,6 +42,28 @@ _SUFFIX = ".obj"
 _TOKEN_BYTES = 16
 _TEMP_PREFIX = "w-"
 _TEMP_SUFFIX = ".tmp"
+_PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_ESCAPED_NAME_RE = re.compile(r"(?:[A-Za-z0-9_.\-]|%[0-9A-F]{2})+\Z")
+
+
+def _escape(segment: str) -> str:
+    """A key segment as a file name: bytes outside ``[A-Za-z0-9_.-]`` as ``%XX``."""
+    if segment.isascii() and all(ord(c) in _PLAIN for c in segment):
+        return segment
+    return "".join(chr(b) if b in _PLAIN else f"%{b:02X}" for b in segment.encode("utf-8"))
+
+
+def _unescape(name: str) -> str | None:
+    """The key segment a file name holds; None for a name this store never writes."""
+    if "%" not in name:
+        return name
+    if not _ESCAPED_NAME_RE.match(name):
+        return None
+    try:
+        segment = unquote_to_bytes(name).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return segment if _escape(segment) == name else None
 
 
 def _tail_token(path: Path) -> str | None:
@@ -70,7 +97,7 @@ class FilesystemStore:
     # -- key mapping -------------------------------------------------------------------------
 
     def _path(self, key: str) -> Path:
-        return self._objects / (full_key(self.prefix, key) + _SUFFIX)
+        return self._objects / ("/".join(_escape(seg) for seg in full_key(self.prefix, key).split("/")) + _SUFFIX)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -170,15 +197,21 @@ class FilesystemStore:
     def _list(self, prefix: str, start_after: str | None, limit: int) -> ListPage:
         full_prefix = self.prefix + prefix
         base_rel = full_prefix.rsplit("/", 1)[0] if "/" in full_prefix else ""
-        base = self._objects / base_rel if base_rel else self._objects
+        base = self._objects / "/".join(_escape(seg) for seg in base_rel.split("/")) if base_rel else self._objects
         found: list[str] = []
         for dirpath, _dirs, files in os.walk(base):
-            rel_dir = os.path.relpath(dirpath, self._objects)
-            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            rel = os.path.relpath(dirpath, self._objects)
+            segments = [] if rel == "." else [_unescape(seg) for seg in rel.split(os.sep)]
+            if any(seg is None for seg in segments):
+                continue  # not a directory this store made
+            rel_dir = "".join(f"{seg}/" for seg in segments)
             for name in files:
                 if not name.endswith(_SUFFIX):
                     continue
-                full = rel_dir + name[: -len(_SUFFIX)]
+                last = _unescape(name[: -len(_SUFFIX)])
+                if last is None:
+                    continue
+                full = rel_dir + last
                 if full.startswith(full_prefix):
                     found.append(full[len(self.prefix):])
         found.sort()

@@ -109,9 +109,13 @@ async def get_share_metadata(request: web.Request) -> web.Response:
 async def list_sessions(request: web.Request) -> web.Response:
     """The admin list; ``?label=k=v`` (repeatable) keeps the shares carrying every such label."""
     await require_admin(request)
+    service = request.app[SERVICE]
     wanted = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
-    sessions = [s for s in await request.app[SERVICE].list_index() if lifecycle.matches_labels(s, wanted)]
-    return json_response({"sessions": sessions, "count": len(sessions)})
+    sessions = [s for s in await service.list_index() if lifecycle.matches_labels(s, wanted)]
+    body: dict[str, Any] = {"sessions": sessions, "count": len(sessions)}
+    if service.listing_skipped:
+        body["skipped"] = service.listing_skipped  # unreadable index entries (logged; see fsck)
+    return json_response(body)
 
 
 async def api_not_found(request: web.Request) -> web.Response:

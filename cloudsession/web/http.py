@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_response import ContentCoding
 
 from cloudsession.errors import BodyAborted, BodyTooLarge, RequestTimeout
-from cloudsession.jsonio import json_bytes, parse_json
+from cloudsession.jsonio import json_bytes, parse_json, scrub_text
 from cloudsession.protocol import LABELS_HEADER, READ_TOKEN_HEADER, TTL_HEADER
 from cloudsession.shares.lifecycle import CreateContext, labels_from_header
 from cloudsession.web.keys import SETTINGS
@@ -65,8 +65,18 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=json_bytes(data), status=status, content_type="application/json", headers=headers)
 
 
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8; lone surrogates (a Worker-written share's text cut inside an emoji)
+    become U+FFFD here, at the output edge (docs/migration.md)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return scrub_text(text).encode("utf-8")
+
+
 def html_response(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+    body = utf8(text)
+    response = web.Response(body=body, status=status, content_type="text/html", charset="utf-8")
     response.headers.update(SECURITY_HEADERS)
     if headers:
         response.headers.update(headers)

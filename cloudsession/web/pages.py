@@ -37,6 +37,7 @@ from cloudsession.web.http import (
     not_modified,
     not_modified_response,
     request_read_token,
+    utf8,
     weak_etag,
 )
 from cloudsession.web.keys import RENDERER, SERVICE, SETTINGS
@@ -99,7 +100,7 @@ async def share_page(request: web.Request) -> web.Response:
     # Public pages may be cached briefly and revalidated (the ETag is the rendered page's); a
     # final share no longer changes, so caches may keep it longer.
     cache = FINAL_CACHE_CONTROL if share.final else PUBLIC_PAGE_CACHE
-    etag = weak_etag(text.encode())
+    etag = weak_etag(utf8(text))
     if not_modified(request, etag):
         return not_modified_response(etag, cache)
     return html_response(text, headers={"Cache-Control": cache, "ETag": etag})
@@ -151,7 +152,7 @@ async def share_export_html(request: web.Request) -> web.Response:
     if share is None:
         return await not_found_page(request)
     text = await request.app[RENDERER].run(lambda pages: pages.standalone_page(share))
-    return _download(share.redact(text).encode("utf-8"), "text/html", f"opencode-session-{share.id}.html", share)
+    return _download(utf8(share.redact(text)), "text/html", f"opencode-session-{share.id}.html", share)
 
 
 def _link_suffix(request: web.Request, share: PublicShare) -> str:
