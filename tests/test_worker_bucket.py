@@ -436,13 +436,20 @@ async def test_deep_nesting_the_worker_wrote_is_served_and_kept(tmp_path: Path, 
     client = await aiohttp_client(create_app(settings))
     before = await reads(client, share_id)
     assert json.dumps(before["object"]["parts"][1]["metadata"]) == json.dumps(nested(150))
-    # A client's sync nested as deep is accepted too (the journal entry is written as it is).
-    resp = await client.post(f"/api/share/{share_id}/sync", json={"secret": derive_secret(NAMESPACE, sid), "data": [
+    # New data from a client is held to the input limit (shares/items.MAX_NESTING, 200 levels):
+    # what the Worker stored deeper stays readable, but nobody adds more of it.
+    secret = derive_secret(NAMESPACE, sid)
+    resp = await client.post(f"/api/share/{share_id}/sync", json={"secret": secret, "data": [
         f.item("part", {"id": "prt_deep", "messageID": f"msg_{share_id}u", "type": "tool", "state": nested(200)})]})
+    assert resp.status == 400
+    resp = await client.post(f"/api/share/{share_id}/sync", json={"secret": secret, "data": [
+        f.item("part", {"id": "prt_deep", "messageID": f"msg_{share_id}u", "type": "tool", "state": nested(90)})]})
     assert await resp.json() == {"success": True, "syncCount": 4}
     service = ShareService(store, settings)
     assert await service.compact(share_id, force=True)
-    assert (await service.load(share_id)).parts["prt_deep"]["state"] == nested(200)
+    state = await service.load(share_id)
+    assert state.parts["prt_deep"]["state"] == nested(90)
+    assert json.dumps(state.parts[doc["parts"][1]["id"]]["metadata"]) == json.dumps(nested(150))
     assert await admin("migrate", "--from", str(root), "--to", str(tmp_path / "target")) == 0
     assert "migrate: copied 1" in capsys.readouterr().out
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from cloudsession.errors import PayloadTooLarge, ValidationFailed
-from cloudsession.jsonio import json_bytes
 
 ITEM_TYPES = ("session", "message", "part", "session_diff", "model")
 MAX_ID_LENGTH = 256
@@ -88,8 +89,10 @@ def _check_storable(data: Any, where: list[Any]) -> None:
     for _ in range(_WRITER_LIMIT - MAX_NESTING):
         padded = [padded]
     try:
-        json_bytes(padded)
-    except TypeError as exc:
+        # orjson itself, strict: jsonio's writers fall back to the standard library so that data
+        # the Worker stored deeper stays readable, but a client's new data is held to the limit.
+        orjson.dumps(padded)
+    except (orjson.JSONEncodeError, TypeError) as exc:
         reason = f"nested deeper than {MAX_NESTING} levels" if "ecursion" in str(exc) else "cannot be stored as JSON"
         raise _fail(where, reason) from None
 
