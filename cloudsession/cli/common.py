@@ -7,12 +7,15 @@ import argparse
 import asyncio
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from cloudsession.config import Settings, ensure_namespace, load_settings, store_settings_from_url
+from pydantic import SecretStr
+
+from cloudsession.config import Settings, ensure_namespace, load_settings, redact_url, store_settings_from_url
 from cloudsession.errors import ShareError
 from cloudsession.shares import maintenance
 from cloudsession.shares.service import ShareService
@@ -50,6 +53,49 @@ async def open_service(settings: Settings, store_url: str | None = None) -> Asyn
         settings = settings.model_copy(update={"store": store_settings_from_url(store_url)})
     async with open_share_service(settings) as service:
         yield service
+
+
+# -- the store check at startup -----------------------------------------------------------------
+
+
+class StoreCheckFailed(Exception):
+    """The store did not answer; the message names the store, where it was configured, and why."""
+
+
+def describe_store(settings: Settings) -> str:
+    """The store for an operator: ``s3://bucket/prefix at <endpoint>`` or ``file:///path``."""
+    cfg = settings.store
+    if cfg.backend == "fs":
+        return f"file://{settings.store_path}"
+    where = redact_url(cfg.endpoint) if cfg.endpoint else f"AWS S3 ({cfg.region or 'default region'})"
+    return f"s3://{cfg.bucket}/{cfg.prefix} at {where}"
+
+
+def _store_names(settings: Settings) -> str:
+    names = dict.fromkeys(settings.origin("store", key) for key in (("bucket", "endpoint") if settings.store.backend == "s3" else ("path",)))
+    return ", ".join(name for name in names if name not in ("store.bucket", "store.endpoint", "store.path"))
+
+
+async def check_store(settings: Settings, timeout: float) -> None:
+    """Open the store and list one key within ``timeout`` seconds (``ShareService.check_store``);
+    StoreCheckFailed naming the endpoint, the bucket and the settings that chose them otherwise."""
+    if settings.shared_secret is None:
+        # Only a listing is done: no secret is derived, any namespace will do.
+        settings = settings.model_copy(update={"shared_secret": SecretStr(str(uuid.uuid4()))})
+    names = _store_names(settings)
+    label = f"store {describe_store(settings)}" + (f" (from {names})" if names else "")
+    try:
+        async with asyncio.timeout(timeout):
+            async with open_share_service(settings) as service:
+                await service.check_store()
+    except TimeoutError:
+        raise StoreCheckFailed(f"{label}: no answer within {timeout:g}s") from None
+    except StoreError as exc:
+        raise StoreCheckFailed(f"{label}: {exc}") from None
+    except OSError as exc:
+        raise StoreCheckFailed(f"{label}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # botocore: a malformed endpoint or region
+        raise StoreCheckFailed(f"{label}: {exc}") from None
 
 
 # -- progress and summaries ---------------------------------------------------------------------

@@ -1,10 +1,20 @@
-"""``cloudsession serve`` and ``cloudsession check-config``."""
+"""``cloudsession serve`` and ``cloudsession check-config``.
+
+Startup explains itself: every configuration or environment mistake (a bad value, an unknown
+key, an unusable data dir, a port in use, a store that does not answer) ends in one line on
+stderr that names the setting, and exit status 2 (1 for a store that does not answer), never a
+traceback. The order is chosen so that nothing is announced before it works: settings, data
+dir, the store, the listening socket, then "listening on ...".
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import errno
 import json
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -12,9 +22,13 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from cloudsession import __version__
-from cloudsession.cli.common import add_config_flags, settings_from_args
-from cloudsession.config import load_settings
+from cloudsession.cli.common import StoreCheckFailed, add_config_flags, check_store, describe_store
+from cloudsession.config import ConfigError, Settings, ensure_local_admin_key, ensure_namespace, load_settings, prepare_data_dir
 from cloudsession.web.app import create_app
+from cloudsession.web.auth import enable_local_admin
+
+# How long `serve` and `check-config --check-store` wait for the store's first answer.
+STORE_CHECK_SECONDS = 10.0
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -28,22 +42,80 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
+def bind(settings: Settings) -> socket.socket:
+    """The listening socket, bound before anything says "listening"; ConfigError naming the
+    setting when the address is taken, not local, or not allowed."""
+    where = f"{settings.host}:{settings.port}"
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"{settings.origin('host')}: cannot resolve {settings.host!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        # An address this machine does not have is the host's fault; anything else the port's.
+        name = settings.origin("host") if exc.errno == errno.EADDRNOTAVAIL else settings.origin("port")
+        raise ConfigError(f"{name}: cannot listen on {where}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, host=args.host, port=args.port)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The default data dir may not exist yet on a fresh machine.
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = settings.store.backend if settings.store.backend == "s3" else f"fs:{settings.store_path}"
-    print(f"cloudsession {__version__} listening on http://{settings.host}:{settings.port} (store {store})", flush=True)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log_class=AccessLogger)
+    settings = load_settings(config_file=args.config, env_name=args.env_name, overrides={"data_dir": args.data_dir, "host": args.host, "port": args.port})
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # "Found credentials in environment variables" on every start says nothing an operator needs.
+    for name in ("aiobotocore.credentials", "botocore.credentials"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    prepare_data_dir(settings)
+    settings = ensure_namespace(settings)
+    try:
+        asyncio.run(check_store(settings, STORE_CHECK_SECONDS))
+    except StoreCheckFailed as exc:
+        print(f"cloudsession: {exc}", file=sys.stderr)
+        return 1
+    local_admin = ensure_local_admin_key(settings)
+    sock = bind(settings)
+    host, port = sock.getsockname()[:2]
+    origin = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    app = create_app(settings)
+    print(f"cloudsession {__version__} listening on {origin} (store {describe_store(settings)})", flush=True)
+    if local_admin is not None:
+        key, path = local_admin
+        token = enable_local_admin(app, key)
+        shown = origin if settings.host not in ("0.0.0.0", "::") else f"http://127.0.0.1:{port}"
+        print(
+            f"sign in to {shown}/sessions once with this link (it works one time, for an hour):\n"
+            f"    {shown}/sessions/login?token={token}\n"
+            f"or paste the admin key kept in {path} into the sign-in form. "
+            "Set SESSIONS_RPC_SHARED_KEY to choose the key yourself.",
+            flush=True,
+        )
+    web.run_app(app, sock=sock, print=None, access_log_class=AccessLogger)
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        from cloudsession.cli.reference import reference_markdown
+
+        sys.stdout.write(reference_markdown())
+        return 0
     settings = load_settings(config_file=args.config, env_name=args.env_name, overrides={"data_dir": args.data_dir})
     print(json.dumps(settings.redacted(), indent=2, default=str))
     if settings.shared_secret is None:
         print("note: SESSIONS_SHARED_SECRET is not set; `serve` will use a development namespace", file=sys.stderr)
+    if args.check_store:
+        try:
+            asyncio.run(check_store(settings, args.store_timeout))
+        except StoreCheckFailed as exc:
+            print(f"cloudsession: {exc}", file=sys.stderr)
+            return 1
+        print(f"store {describe_store(settings)}: answers", file=sys.stderr)
     return 0
 
 
@@ -51,9 +123,12 @@ def add_subcommands(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the share server")
     add_config_flags(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default 8787)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8787; 0 picks a free one)")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="print the effective configuration, secrets redacted")
     add_config_flags(check)
+    check.add_argument("--check-store", action="store_true", help="also try the store (a one-key listing) and name the endpoint and bucket when it fails")
+    check.add_argument("--store-timeout", type=float, default=STORE_CHECK_SECONDS, help="seconds to wait for the store (default %(default)s)")
+    check.add_argument("--reference", action="store_true", help="print the configuration reference (docs/configuration.md) and exit")
     check.set_defaults(func=cmd_check_config)

@@ -118,6 +118,11 @@ class ShareService:
         a missing bucket from a missing key)."""
         await self.store_call(self.store.list_page(INDEX_PREFIX, limit=1))
 
+    async def check_store(self) -> None:
+        """``ready()`` for an operator at startup: the same one-key listing, but the store's own
+        error (``StoreError``, naming what went wrong) propagates instead of a generic 503."""
+        await self.store.list_page(INDEX_PREFIX, limit=1)
+
     async def close(self) -> None:
         """Wait briefly for background compactions, then cancel what is left."""
         if self._background:

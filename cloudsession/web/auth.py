@@ -4,6 +4,11 @@
 - the sign-in cookie of ``/sessions``, which holds an HMAC of the key, never the key;
 - for ``/rpc/share`` only, no key at all when none is configured (open, as in the reference).
 
+On the embedded default (filesystem store, no ``SESSIONS_RPC_SHARED_KEY``) ``serve`` generates a
+local admin key for ``/sessions`` and ``/api/sessions`` (``enable_local_admin``) and prints a
+one-time sign-in link: ``GET /sessions/login?token=`` sets the cookie once and redirects, so the
+key itself never travels in a URL. ``/rpc/share`` stays open then, as without a key.
+
 Every comparison is constant-time.
 """
 
@@ -11,6 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
+import time
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -20,12 +28,47 @@ from cloudsession.protocol import ADMIN_HEADER
 from cloudsession.web.keys import SETTINGS
 
 ADMIN_COOKIE = "cloudsession_admin"
+SIGN_IN_LINK_SECONDS = 3600
+
+
+@dataclass(slots=True)
+class OneTimeSignIn:
+    """The token of the sign-in link ``serve`` prints: good once, for an hour, in this process."""
+
+    digest: bytes
+    expires: float
+    used: bool = False
+
+    def redeem(self, given: str) -> bool:
+        ok = hmac.compare_digest(hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest(), self.digest)
+        if not ok or self.used or time.monotonic() > self.expires:
+            return False
+        self.used = True
+        return True
+
+
+LOCAL_ADMIN_KEY: web.AppKey[str] = web.AppKey("local_admin_key")
+SIGN_IN: web.AppKey[OneTimeSignIn] = web.AppKey("sign_in")
+
+
+def enable_local_admin(app: web.Application, key: str) -> str:
+    """Use ``key`` (generated in the data dir) as the admin key of ``/sessions`` and
+    ``/api/sessions``; return a fresh one-time sign-in token for the startup link."""
+    token = "st_" + secrets.token_urlsafe(24)
+    app[LOCAL_ADMIN_KEY] = key
+    app[SIGN_IN] = OneTimeSignIn(hashlib.sha256(token.encode()).digest(), time.monotonic() + SIGN_IN_LINK_SECONDS)
+    return token
+
+
+def configured_key(request: web.Request) -> str | None:
+    """``SESSIONS_RPC_SHARED_KEY``, or None when it is not set (or empty)."""
+    key = request.app[SETTINGS].rpc_shared_key
+    return key.get_secret_value() if key is not None and key.get_secret_value() else None
 
 
 def admin_key(request: web.Request) -> str | None:
-    """The configured admin key, or None when there is none (or it is empty)."""
-    key = request.app[SETTINGS].rpc_shared_key
-    return key.get_secret_value() if key is not None and key.get_secret_value() else None
+    """The admin key: the configured one, else the generated local one, else None."""
+    return configured_key(request) or request.app.get(LOCAL_ADMIN_KEY)
 
 
 def cookie_token(key: str) -> str:
@@ -55,4 +98,6 @@ def require_admin(request: web.Request) -> None:
 
 def rpc_allowed(request: web.Request) -> bool:
     """``/rpc/share``: open without a configured key, else the header must hold it."""
-    return admin_key(request) is None or has_admin_header(request)
+    key = configured_key(request)
+    given = request.headers.get(ADMIN_HEADER)
+    return key is None or (given is not None and secrets_equal(given, key))
