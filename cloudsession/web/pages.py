@@ -179,7 +179,7 @@ async def sessions_page(request: web.Request) -> web.Response:
     return html_response(text)
 
 
-async def _login_page(request: web.Request, *, failed: bool) -> web.Response:
+async def _login_page(request: web.Request, *, failed: bool | str) -> web.Response:
     configured = admin_key(request) is not None
     text = await request.app[RENDERER].run(
         lambda p: p.template("login.html").render(failed=failed, configured=configured)
@@ -211,7 +211,7 @@ async def login_link(request: web.Request) -> web.Response:
     given = request.query.get("token", "")
     if key is None or sign_in is None or not given or len(given) > 200 or not sign_in.redeem(given):
         await asyncio.sleep(LOGIN_FAILURE_DELAY)
-        return await _login_page(request, failed=True)
+        return await _login_page(request, failed="link")
     _signed_in(request, key)
 
 
