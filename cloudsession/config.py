@@ -75,7 +75,8 @@ def check_endpoint(value: str | None) -> str | None:
 class StoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["fs", "s3"] = Field("fs", description="`fs` (the embedded filesystem store) or `s3` (S3, R2, MinIO).")
+    backend: Literal["fs", "s3"] = Field("fs", description="`fs` (the embedded filesystem store) or `s3` (S3, R2, MinIO). "
+        "`CLOUDSESSION_STORE=s3://bucket/prefix` or `file:///path` sets backend, bucket, prefix and path at once.")
     bucket: str | None = Field(None, description="Bucket of the s3 store.")
     endpoint: str | None = Field(None, description="S3 endpoint URL for R2 or MinIO; unset: AWS S3.")
     region: str | None = Field(None, description="S3 region (`auto` for R2).")
@@ -130,7 +131,8 @@ class Settings(BaseModel):
     rpc_shared_key: SecretStr | None = Field(
         None,
         description="Admin key: `GET /api/sessions` (`x-opencode-share-key`), `/rpc/share` and the `/sessions` page. Unset on "
-        "the filesystem store: an admin key for `/sessions` is generated in the data dir and a one-time sign-in link printed.",
+        "the filesystem store: an admin key for `/sessions` and `/api/sessions` (not `/rpc/share`, which stays open) is generated "
+        "into `<data dir>/admin-key` and `serve` prints a one-time sign-in link. Required for a listing on S3.",
     )
     public_listing: bool = Field(False, description="Anyone may see the `/sessions` list (private shares stay hidden).")
     store: StoreSettings = Field(default_factory=StoreSettings)
@@ -138,7 +140,7 @@ class Settings(BaseModel):
     # Journal compaction: fold the tail into the snapshot once it holds this many entries, or
     # once its bytes exceed max(compact_min_bytes, snapshot size * compact_ratio).
     compact_max_entries: int = Field(1024, ge=2, description="Fold a share's journal into its snapshot once it holds this many entries.")
-    compact_min_bytes: int = Field(1 * MiB, ge=1, description="... or once the journal's bytes exceed the larger of this and the snapshot size times `compact_ratio`.")
+    compact_min_bytes: int = Field(1 * MiB, ge=1, description="Fold the journal also once its bytes exceed the larger of this and the snapshot's size times `compact_ratio`.")
     compact_ratio: float = Field(0.5, gt=0, description="See `compact_min_bytes`.")
     # Folded journal entries are deleted only after this long, so that a writer which checked
     # the share just before a compaction can never write into a freed slot (see journal.py).
@@ -289,7 +291,11 @@ VARS: dict[str, tuple[str, ...]] = {
     "MAX_BODY_BYTES": ("limits", "max_body_bytes"),
     "MAX_ITEMS_PER_SYNC": ("limits", "max_items_per_sync"),
     "MAX_SHARE_BYTES": ("limits", "max_share_bytes"),
+    "MAX_SESSION_ID_LENGTH": ("limits", "max_session_id_length"),
     "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
+    "COMPACT_MIN_BYTES": ("compact_min_bytes",),
+    "COMPACT_RATIO": ("compact_ratio",),
+    "WRITE_DEADLINE_SECONDS": ("write_deadline_seconds",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
     "REDIS_URL": ("redis_url",),
