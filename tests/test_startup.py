@@ -299,3 +299,67 @@ def test_replicas_started_together_on_one_data_dir_share_one_generated_key(tmp_p
         for server in servers:
             server.stop()
     assert sorted(p.name for p in (tmp_path / "data").iterdir() if p.name.startswith(".")) == []  # no temporary files left
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+async def test_sigterm_closes_viewers_and_lets_a_sync_still_uploading_finish(tmp_path: Path) -> None:
+    """SIGTERM while a sync's body is half sent: the viewer is closed with 1001, the rest of the
+    body is still read, the sync is answered 200 and stored, and the process exits 0. (aiohttp's
+    own shutdown stops reading every connection first: the sync hung until its 60 s timeout and
+    then failed.)"""
+    import asyncio
+    import json
+    import signal
+
+    import aiohttp
+
+    server = ServerProcess(tmp_path / "data").start()
+    assert server.proc is not None
+    session_id = "ses_sigtermuploading00000001"
+    parts = [
+        {"type": "part", "data": {"id": f"prt_{n:05d}", "messageID": "msg_1", "sessionID": session_id, "type": "text", "text": "x" * 1000}}
+        for n in range(2000)
+    ]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(server.url + "/api/share", json={"sessionID": session_id}) as resp:
+                share = await resp.json()
+            ws = await http.ws_connect(f"{server.url}/ws/{share['id']}?format=events")
+            assert json.loads((await ws.receive(timeout=5)).data)["type"] == "hello"
+            raw = json.dumps({"secret": share["secret"], "data": parts}).encode()
+            signalled, half_sent = asyncio.Event(), asyncio.Event()
+
+            async def body():  # type: ignore[no-untyped-def]
+                yield raw[: len(raw) // 2]
+                half_sent.set()
+                await signalled.wait()
+                yield raw[len(raw) // 2 :]
+
+            headers = {"Content-Type": "application/json", "Content-Length": str(len(raw))}
+
+            async def sync() -> tuple[int, str]:
+                async with http.post(f"{server.url}/api/share/{share['id']}/sync", data=body(), headers=headers) as resp:
+                    return resp.status, await resp.text()
+
+            in_flight = asyncio.create_task(sync())
+            await asyncio.wait_for(half_sent.wait(), 10)
+            await asyncio.sleep(0.3)  # the server has the headers and is reading the body
+            server.proc.send_signal(signal.SIGTERM)
+            closed = await ws.receive(timeout=10)
+            assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+            signalled.set()  # only now does the rest of the body go out
+            status, text = await asyncio.wait_for(in_flight, 30)
+            assert status == 200 and json.loads(text)["syncCount"] == 1
+            assert await asyncio.to_thread(server.proc.wait, 30) == 0
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+    server.start()  # the sync was stored, not just answered
+    try:
+        with urllib.request.urlopen(f"{server.url}/api/share/{share['id']}/data", timeout=10) as resp:
+            stored = json.loads(resp.read())
+        assert sum(1 for item in stored if item["type"] == "part") == len(parts)
+    finally:
+        server.stop()

@@ -14,8 +14,10 @@ import asyncio
 import errno
 import json
 import logging
+import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,9 +28,16 @@ from cloudsession.cli.common import StoreCheckFailed, add_config_flags, check_st
 from cloudsession.config import ConfigError, Settings, ensure_local_admin_key, ensure_namespace, load_settings, prepare_data_dir
 from cloudsession.web.app import create_app
 from cloudsession.web.auth import enable_local_admin
+from cloudsession.web.keys import IN_FLIGHT
+from cloudsession.web.lifecycle import close_viewers
 
 # How long `serve` and `check-config --check-store` wait for the store's first answer.
 STORE_CHECK_SECONDS = 10.0
+# On SIGTERM or SIGINT: requests already being read or handled get this long to finish (below
+# Kubernetes' default 30 s grace period); whatever is left then gets SHUTDOWN_TIMEOUT_SECONDS more.
+DRAIN_SECONDS = 20.0
+SHUTDOWN_TIMEOUT_SECONDS = 5.0
+log = logging.getLogger("cloudsession.serve")
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -83,20 +92,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     origin = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     app = create_app(settings)
-    print(f"cloudsession {__version__} listening on {origin} (store {describe_store(settings)})", flush=True)
-    if local_admin is not None:
-        key, path = local_admin
-        token = enable_local_admin(app, key)
-        shown = origin if settings.host not in ("0.0.0.0", "::") else f"http://127.0.0.1:{port}"
-        print(
-            f"sign in to {shown}/sessions once with this link (it works one time, for an hour):\n"
-            f"    {shown}/sessions/login?token={token}\n"
-            f"or paste the admin key kept in {path} into the sign-in form. "
-            "Set SESSIONS_RPC_SHARED_KEY to choose the key yourself.",
-            flush=True,
-        )
-    web.run_app(app, sock=sock, print=None, access_log_class=AccessLogger)
+    token = enable_local_admin(app, local_admin[0]) if local_admin is not None else None
+
+    def announce() -> None:
+        print(f"cloudsession {__version__} listening on {origin} (store {describe_store(settings)})", flush=True)
+        if local_admin is not None:
+            shown = origin if settings.host not in ("0.0.0.0", "::") else f"http://127.0.0.1:{port}"
+            print(
+                f"sign in to {shown}/sessions once with this link (it works one time, for an hour):\n"
+                f"    {shown}/sessions/login?token={token}\n"
+                f"or paste the admin key kept in {local_admin[1]} into the sign-in form. "
+                "Set SESSIONS_RPC_SHARED_KEY to choose the key yourself.",
+                flush=True,
+            )
+
+    asyncio.run(serve_until_signalled(app, sock, announce))
     return 0
+
+
+async def serve_until_signalled(app: web.Application, sock: socket.socket, announce: Callable[[], None]) -> None:
+    """Serve on ``sock`` until SIGTERM or SIGINT, then shut down in order: stop accepting, close
+    the live viewers (1001), let the requests in flight finish (``DRAIN_SECONDS`` at most: a sync
+    still uploading completes instead of being cut off), then run the cleanups."""
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.SockSite(runner, sock)
+        await site.start()
+        announce()
+        await stop.wait()
+        log.info("shutting down: %d request(s) in flight", app[IN_FLIGHT].count)
+        await site.stop()
+        await close_viewers(app)
+        if not await app[IN_FLIGHT].drained(DRAIN_SECONDS):
+            log.warning("shutting down with %d request(s) still in flight after %gs", app[IN_FLIGHT].count, DRAIN_SECONDS)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from cloudsession.config import Settings
 from cloudsession.live.hub import LiveHub
 from cloudsession.render.pages import ViewRenderer
 from cloudsession.web import lifecycle
-from cloudsession.web.keys import LIVE, RENDERER, SERVICE, SETTINGS
+from cloudsession.web.keys import IN_FLIGHT, LIVE, RENDERER, SERVICE, SETTINGS
 from cloudsession.web.middleware import cors_middleware, error_middleware
 from cloudsession.web.routes import setup_routes
 
@@ -19,10 +19,11 @@ __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[cors_middleware, error_middleware],
+        middlewares=[lifecycle.in_flight_middleware, cors_middleware, error_middleware],
         client_max_size=settings.limits.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[IN_FLIGHT] = lifecycle.InFlight()  # what a shutdown waits for (cli/serve.py)
     app[LIVE] = LiveHub()  # viewers of /ws/<id> hear about every sync
     app[RENDERER] = ViewRenderer()
     app.on_shutdown.append(lifecycle.close_viewers)
