@@ -54,7 +54,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 def did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
     """`` (did you mean X?)`` for the closest known name, or an empty string."""
-    close = difflib.get_close_matches(name.upper() if name.isupper() else name, list(known), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
