@@ -68,6 +68,16 @@ async def one_run(base: Path, items: int, delay: float) -> dict[str, object]:
                 except aiohttp.ClientError as exc:
                     return f"failed: {type(exc).__name__}"
 
+            async def watch() -> str:
+                # Read like a browser does, so the close handshake is answered at once.
+                events = 0
+                while True:
+                    message = await ws.receive(timeout=30)
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        return f"{events} sync event(s), then {message.type.name} {message.data}"
+                    events += 1
+
+            viewer_task = asyncio.create_task(watch())
             in_flight = asyncio.create_task(sync())
             await asyncio.sleep(delay)
             sent = time.monotonic()
@@ -77,13 +87,7 @@ async def one_run(base: Path, items: int, delay: float) -> dict[str, object]:
             code = await asyncio.to_thread(server.proc.wait, 120)
             exited = time.monotonic() - sent
             sync_result = await in_flight
-            events = 0
-            while True:
-                message = await ws.receive(timeout=5)
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    break
-                events += 1
-            viewer = f"{events} sync event(s), then {message.type.name} {message.data}"
+            viewer = await viewer_task
             return {"seconds": exited, "exit": code, "sync": sync_result, "viewer": viewer}
     finally:
         server.stop()
