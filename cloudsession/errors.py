@@ -1,13 +1,18 @@
 """Domain errors that carry their HTTP status.
 
 Every layer below the doors (service, store, credentials) raises these; one middleware in
-``app.py`` renders them as JSON under ``/api/`` and as HTML pages elsewhere, and the RPC target
+``web/middleware.py`` renders them as JSON under ``/api/`` and as HTML pages elsewhere, and the RPC target
 turns them into Cap'n Web rejections. Handlers never build error responses by hand.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+
+class StoreError(Exception):
+    """A store backend failure that is not a precondition failure (network, permissions, disk).
+    Raised by ``cloudsession.store``; the share service turns it into ``StoreUnavailable``."""
 
 
 class ShareError(Exception):

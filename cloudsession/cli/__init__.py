@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except ConfigError as exc:
         print(f"cloudsession: configuration error: {exc}", file=sys.stderr)
         return 2

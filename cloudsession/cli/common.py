@@ -16,11 +16,10 @@ from typing import Any, TextIO
 from pydantic import SecretStr
 
 from cloudsession.config import Settings, ensure_namespace, load_settings, redact_url, store_settings_from_url
-from cloudsession.errors import ShareError
+from cloudsession.errors import ShareError, StoreError
 from cloudsession.shares import maintenance
 from cloudsession.shares.service import ShareService
 from cloudsession.shares.service import open_service as open_share_service
-from cloudsession.store import StoreError
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +184,8 @@ def print_report(title: str, report: maintenance.Report, *, dry_run: bool) -> No
 def run(coro: Any) -> int:
     """Run a command coroutine; a share or store problem is one line on stderr and exit 1."""
     try:
-        return asyncio.run(coro)
+        status: int = asyncio.run(coro)
+        return status
     except ShareError as exc:
         print(f"cloudsession: {exc.message}", file=sys.stderr)
         return 1

@@ -124,7 +124,7 @@ def parse_share_url(url: str, token: str | None = None) -> ShareLocation:
     if match is None or not SHARE_ID_RE.match(match["id"]):
         raise InvalidShareURL(f"Invalid share URL {_shown(text)}: {expected}")
     query = parse_qs(parts.query)
-    return ShareLocation(f"{parts.scheme}://{parts.netloc.lower()}", match["id"], token or (query.get("token") or [None])[0])
+    return ShareLocation(f"{parts.scheme}://{parts.netloc.lower()}", match["id"], token or next(iter(query.get("token", [])), None))
 
 
 def _shown(url: str) -> str:

@@ -68,7 +68,7 @@ class Backoff:
 
     def delay(self, attempts: int) -> float:
         # Full jitter in the upper half keeps retries of many clients from moving in step.
-        return min(self.cap, self.base * 2 ** max(attempts - 1, 0)) * random.uniform(0.5, 1.0)
+        return float(min(self.cap, self.base * 2 ** max(attempts - 1, 0)) * random.uniform(0.5, 1.0))
 
 
 @dataclass(slots=True)

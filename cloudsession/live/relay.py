@@ -217,7 +217,7 @@ class RedisRelay:
                 failing = True
             finally:
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass
             await asyncio.sleep(next(delays))

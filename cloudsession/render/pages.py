@@ -122,7 +122,7 @@ class MessageEntry:
 
     @property
     def id(self) -> str:
-        return self.message["id"]
+        return str(self.message["id"])
 
     @property
     def role(self) -> str:

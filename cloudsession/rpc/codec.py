@@ -160,6 +160,8 @@ class PeerExportRef:
 
     kind: str
     import_id: int
+    # Set by the session when it starts evaluating this reference.
+    outcome: Any = field(default=None, repr=False)
 
 
 @dataclass(eq=False)
@@ -167,6 +169,8 @@ class RemapRef:
     """``["remap", id, path, captures, instructions]`` (``promise.map()``), kept only to reject it."""
 
     export_id: int
+    # Set by the session to the rejection it answers with.
+    outcome: Any = field(default=None, repr=False)
 
 
 Reference = PipelineRef | PeerExportRef | RemapRef
@@ -271,13 +275,13 @@ class _Decoder:
             case "pipeline" | "import" if 2 <= n <= 4 and _is_id(expr[1]):
                 return self.pipeline(expr, depth)
             case "export" | "promise" if n == 2 and _is_id(expr[1]):
-                ref = PeerExportRef(tag, expr[1])
-                self.refs.append(ref)
-                return ref
+                peer = PeerExportRef(tag, expr[1])
+                self.refs.append(peer)
+                return peer
             case "remap" if n == 5 and _is_id(expr[1]) and all(isinstance(x, list) for x in expr[2:]):
-                ref = RemapRef(expr[1])
-                self.refs.append(ref)
-                return ref
+                remap = RemapRef(expr[1])
+                self.refs.append(remap)
+                return remap
         shown = _preview(json.dumps(tag)) if isinstance(tag, str) else "(not a type name)"
         raise ProtocolError(f"unknown special value: {shown}")
 

@@ -41,7 +41,7 @@ class SecretBody(_Body):
     secret: StrictStr
 
 
-def parse_body(model: type[_Body], raw: Any) -> Any:
+def parse_body(model: type[BaseModel], raw: Any) -> Any:
     """Validate a JSON body against ``model``; a ValidationFailed that names the bad fields."""
     try:
         return model.model_validate(raw)

@@ -154,19 +154,20 @@ def diagnose(body: bytes, share_id: str, index: dict[str, Any] | None = None, *,
         return Diagnosis("not-an-object", [f"the blob is a JSON {type(doc).__name__}, not an object"])
     index = index or {}
     issues: list[str] = []
-    metadata = doc.get("metadata")
-    if not isinstance(metadata, dict):
-        issues.append("metadata is missing" if metadata is None else "metadata is not an object")
-        metadata = {}
-    session = doc.get("session")
-    if not isinstance(session, dict):
-        issues.append("session is missing" if session is None else "session is not an object")
-        session = {}
+    raw_metadata = doc.get("metadata")
+    metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
+    if not isinstance(raw_metadata, dict):
+        issues.append("metadata is missing" if raw_metadata is None else "metadata is not an object")
+    raw_session = doc.get("session")
+    session: dict[str, Any] = raw_session if isinstance(raw_session, dict) else {}
+    if not isinstance(raw_session, dict):
+        issues.append("session is missing" if raw_session is None else "session is not an object")
     session_id = _text(metadata.get("sessionID")) or _text(session.get("id")) or _text(index.get("sessionID"))
     if session_id is None:
         return Diagnosis("no-session-id", issues + ["no session ID in metadata, session or index"])
     stamp = int(time.time() * 1000) if now is None else now
-    times = session.get("time") if isinstance(session.get("time"), dict) else {}
+    raw_times = session.get("time")
+    times: dict[str, Any] = raw_times if isinstance(raw_times, dict) else {}
     created = _int(metadata.get("createdAt")) or _int(times.get("created")) or _int(index.get("createdAt")) or stamp
     updated = _int(metadata.get("lastUpdated")) or _int(times.get("updated")) or _int(index.get("lastUpdated")) or created
 
@@ -184,16 +185,13 @@ def diagnose(body: bytes, share_id: str, index: dict[str, Any] | None = None, *,
 
     arrays: dict[str, list[Any]] = {}
     for key, need in (("messages", ("id",)), ("parts", ("id", "messageID")), ("diffs", ()), ("models", ("id",))):
-        value = doc.get(key)
-        if not isinstance(value, list):
-            if value is not None or key in doc:
-                issues.append(f"{key} is not an array")
-            else:
-                issues.append(f"{key} is missing")
-            value = []
-        good = [v for v in value if isinstance(v, dict) and all(_text(v.get(k)) for k in need)]
-        if len(good) != len(value):
-            issues.append(f"{len(value) - len(good)} {key} entries are not objects with {' and '.join(need) or 'fields'}")
+        raw_list = doc.get(key)
+        entries: list[Any] = raw_list if isinstance(raw_list, list) else []
+        if not isinstance(raw_list, list):
+            issues.append(f"{key} is not an array" if raw_list is not None or key in doc else f"{key} is missing")
+        good = [v for v in entries if isinstance(v, dict) and all(_text(v.get(k)) for k in need)]
+        if len(good) != len(entries):
+            issues.append(f"{len(entries) - len(good)} {key} entries are not objects with {' and '.join(need) or 'fields'}")
         arrays[key] = good
 
     fixed_meta = dict(metadata)

@@ -59,7 +59,8 @@ async def _change(service: ShareService, share_id: str, secret: str, content: An
     def build(state: ShareState) -> dict[str, Any]:
         service.check_secret(state, secret)
         seen[:] = [replace(state.meta)]
-        return content(state)
+        entry: dict[str, Any] = content(state)
+        return entry
 
     await service.commit(share_id, build)
     return seen[0]

@@ -590,7 +590,7 @@ class ShareService:
         now = now_ms()
         if not include_expired:
             entries = [e for e in entries if not (isinstance(e.get("expiresAt"), int) and e["expiresAt"] <= now)]
-        entries.sort(key=lambda e: e.get("lastUpdated") if isinstance(e.get("lastUpdated"), int) else 0, reverse=True)
+        entries.sort(key=lambda e: e["lastUpdated"] if isinstance(e.get("lastUpdated"), int) else 0, reverse=True)
         return entries
 
 

@@ -116,9 +116,9 @@ class ShareState:
         blob may hold nulls or odd types, which are skipped rather than allowed to poison reads."""
         if not isinstance(doc, dict):
             raise ValueError("snapshot is not a JSON object")
-        metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-        ours = metadata.get("cloudsession") if isinstance(metadata.get("cloudsession"), dict) else {}
-        session = doc.get("session") if isinstance(doc.get("session"), dict) else {}
+        metadata = _dict(doc.get("metadata"))
+        ours = _dict(metadata.get("cloudsession"))
+        session = _dict(doc.get("session"))
         session_id = metadata.get("sessionID") if isinstance(metadata.get("sessionID"), str) else session.get("id")
         if not isinstance(session_id, str) or not session_id:
             raise ValueError("snapshot has no session ID")
@@ -135,7 +135,7 @@ class ShareState:
             extra=dict(ours["extra"]) if isinstance(ours.get("extra"), dict) else {},
             cursor=_int(ours.get("cursor"), 0),
         )
-        ledger = ours.get("ledger") if isinstance(ours.get("ledger"), dict) else {}
+        ledger = _dict(ours.get("ledger"))
         meta.record_ops([pair for pair in ledger.get("ops") or [] if _is_ledger_pair(pair)])
         meta.op_floor_ms = max(meta.op_floor_ms, _int(ledger.get("floorMs"), 0))
         keys = ledger.get("keys")
@@ -285,6 +285,11 @@ def _legacy_secret_hash(metadata: dict[str, Any], ours: dict[str, Any]) -> str |
         return sha256_hex(metadata["secret"])
     value = ours.get("legacySecretSha256")
     return value if isinstance(value, str) else None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is an object, else an empty one: reference blobs may hold nulls."""
+    return value if isinstance(value, dict) else {}
 
 
 def _int(value: Any, default: int) -> int:

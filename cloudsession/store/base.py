@@ -15,15 +15,13 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from cloudsession.errors import StoreError as StoreError  # re-exported: the store raises it
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
-
-
-class StoreError(Exception):
-    """A backend failure that is not a precondition failure (network, permissions, disk)."""
 
 
 class PreconditionFailed(StoreError):
@@ -87,7 +85,7 @@ def full_key(prefix: str, key: str) -> str:
     return full
 
 
-async def read_json_object(store: ObjectStore, key: str) -> dict | None:
+async def read_json_object(store: ObjectStore, key: str) -> dict[str, Any] | None:
     """The object at ``key`` parsed as a JSON object; None when absent, not JSON or not an object
     (derived keys such as index entries are allowed to be damaged; callers rebuild them)."""
     obj = await store.get(key)

@@ -87,7 +87,7 @@ def _failure(action: str, key: str, exc: BotoCoreError | ClientError) -> StoreEr
     return StoreError(f"S3 {action} of {key!r} failed: {detail}")
 
 
-class _CountedRetriesOnly(AIOHTTPSession):
+class _CountedRetriesOnly(AIOHTTPSession):  # type: ignore[misc]  # aiobotocore ships no types
     """aiobotocore's HTTP session without aiohttp's own silent retry of idempotent requests.
 
     aiohttp resends a PUT or DELETE once when a persistent connection drops before the response
