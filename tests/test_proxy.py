@@ -1,7 +1,7 @@
 """Three replicas behind a real nginx: the deployment the docs promise a team, end to end.
 
-A real ``nginx`` (the Debian package; its own prefix and config under tmp, no root needed)
-balances round-robin over three real ``cloudsession serve`` processes on one S3 endpoint (the
+A real ``nginx`` (the Debian package; its own prefix under tmp, no root needed) running the
+shipped proxy config (``deploy/nginx/compose.conf``) balances round-robin over three real ``cloudsession serve`` processes on one S3 endpoint (the
 moto server) with one real ``redis-server``. Through the proxy: the real opencode client's
 captured syncs are replayed and give the real server's data, a ``/ws/<id>`` viewer connected
 through the proxy hears syncs that landed on the other replicas, concurrent syncs lose nothing,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -32,6 +33,10 @@ from test_live_redis import RedisServer
 from test_replay import RECORDED_ID, merge_key
 
 REPLICAS = 3
+# The shipped proxy config for deploy/compose.yaml, used as it is: only the replicas' addresses
+# and the listening address are rewritten, and it is wrapped in a minimal nginx.conf whose
+# access log records which replica answered.
+SITE = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "compose.conf"
 NGINX_CONF = """
 daemon off;
 worker_processes 1;
@@ -46,30 +51,20 @@ http {{
     fastcgi_temp_path {prefix}/tmp/fastcgi;
     uwsgi_temp_path {prefix}/tmp/uwsgi;
     scgi_temp_path {prefix}/tmp/scgi;
-    # The client's first sync carries the whole session: as large as MAX_BODY_BYTES.
-    client_max_body_size 64m;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-    upstream cloudsession {{
-{servers}
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://cloudsession;
-            proxy_http_version 1.1;
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            # Live viewers hold their socket open for as long as they watch.
-            proxy_read_timeout 1h;
-            proxy_buffering off;
-        }}
-    }}
+    include {prefix}/site.conf;
 }}
 """
+
+
+def site_config(upstreams: list[str], port: int) -> str:
+    """deploy/nginx/compose.conf with our replicas and a local port in place of compose's names."""
+    text = SITE.read_text(encoding="utf-8")
+    names = re.findall(r"server (cloudsession-\d+:8787)", text)
+    assert len(names) == len(upstreams), names
+    for name, upstream in zip(names, upstreams, strict=True):
+        text = text.replace(f"server {name}", f"server {upstream}")
+    assert "listen 80;" in text
+    return text.replace("listen 80;", f"listen 127.0.0.1:{port};")
 
 
 class Nginx:
@@ -86,9 +81,9 @@ class Nginx:
         binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
         assert binary, "nginx is not installed (scripts/test installs the Debian package)"
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
-        servers = "\n".join(f"        server {u};" for u in self.upstreams)
+        (self.prefix / "site.conf").write_text(site_config(self.upstreams, self.port))
         conf = self.prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.port, servers=servers))
+        conf.write_text(NGINX_CONF.format(prefix=self.prefix))
         cmd = [binary, "-p", str(self.prefix), "-c", str(conf), "-e", str(self.prefix / "error.log")]
         with open(self.prefix / "stderr.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -118,6 +113,14 @@ class Nginx:
             if line.startswith(method + " ") and path_part in line:
                 out.append(line.rsplit("upstream=", 1)[1])
         return out
+
+    def await_logged(self, method: str, path_part: str, count: int, timeout: float = 10.0) -> list[str]:
+        """``upstreams_of`` once ``count`` such requests are logged (nginx logs a WebSocket
+        request only when it ends, a moment after the client closed it)."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.upstreams_of(method, path_part)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return found
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -238,7 +241,7 @@ async def test_a_viewer_through_the_proxy_hears_syncs_that_landed_on_other_repli
         assert heard == [[f"msg_{n:03d}"] for n in range(1, 7)]
         await ws.close()
     syncs = deployment.nginx.upstreams_of("POST", f"/api/share/{share['id']}/sync")
-    viewer = deployment.nginx.upstreams_of("GET", f"/ws/{share['id']}")
+    viewer = await asyncio.to_thread(deployment.nginx.await_logged, "GET", f"/ws/{share['id']}", 1)
     assert len(viewer) == 1 and len(spread(syncs)) == REPLICAS
     assert [u for u in syncs if u != viewer[0]], "no sync landed on another replica than the viewer's"
 
