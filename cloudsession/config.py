@@ -103,6 +103,12 @@ class Limits(BaseModel):
     max_items_per_sync: int = Field(20_000, ge=1, description="Most items in one sync request (413 above).")
     max_share_bytes: int = Field(512 * MiB, ge=MiB, description="Largest total size of one share (413 above).")
     max_session_id_length: int = Field(256, ge=8, description="Longest session ID accepted on create (400 above).")
+    # Live viewers (/ws/<id>): how many one share, and one client address, may hold at once.
+    max_viewers_per_share: int = Field(500, ge=1, description="Most live viewers of one share (503 above).")
+    max_viewers_per_address: int = Field(20, ge=1, description="Most live viewers from one client address (503 above).")
+    # Bytes a viewer may have waiting to be sent beyond the frame in flight: past it, an events
+    # viewer is told to resync and a reference viewer is disconnected (docs/hardening.md).
+    viewer_buffer_bytes: int = Field(1 * MiB, ge=4096, description="Unsent bytes one live viewer may hold.")
 
 
 class Settings(BaseModel):
@@ -160,6 +166,29 @@ class Settings(BaseModel):
         "Unset: each replica tells its own viewers only. Shown redacted; a password only from the environment.",
     )
     log_level: str = Field("INFO", description="`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`.")
+    # Deadlines on the HTTP connection (docs/hardening.md). A connection is closed when no
+    # complete request head arrives within keepalive_timeout_seconds of it opening or of the
+    # previous answer (idle keep-alive and slow headers alike). A request body may take
+    # body_timeout_seconds plus one second per body_min_bytes_per_second bytes received so far
+    # (408 and close otherwise): trickled bodies end quickly, large honest uploads never do.
+    keepalive_timeout_seconds: float = Field(
+        15.0, gt=0, description="An idle connection, or a request head that does not complete, is closed after this long (docs/hardening.md)."
+    )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request body may take this long plus one second per `body_min_bytes_per_second` bytes received (408 otherwise)."
+    )
+    body_min_bytes_per_second: int = Field(32 * 1024, ge=1, description="See `body_timeout_seconds`: the slowest upload rate that never times out.")
+    # A live viewer's socket must accept each piece of a frame within this long, or it is closed.
+    viewer_send_timeout_seconds: float = Field(30.0, gt=0, description="A live viewer's socket must accept each piece of a frame within this long, or it is closed.")
+    # Reverse proxies in front of the server that append the client's address to
+    # X-Forwarded-For (nginx's $proxy_add_x_forwarded_for, Caddy): per-address limits count the
+    # entry this many places from the right. 0: the connection's peer (no proxy; the header is
+    # then ignored, since any client can send it).
+    trusted_proxy_hops: int = Field(
+        0, ge=0, le=10,
+        description="Reverse proxies in front that append to `X-Forwarded-For`: per-address limits count the entry this many places "
+        "from the right. 0: the connection's peer (the header is ignored).",
+    )
 
     # Where each value came from ("CLOUDSESSION_PORT", "--data-dir", "c.toml: vars.PORT"), for messages.
     _origins: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
@@ -292,6 +321,14 @@ VARS: dict[str, tuple[str, ...]] = {
     "MAX_ITEMS_PER_SYNC": ("limits", "max_items_per_sync"),
     "MAX_SHARE_BYTES": ("limits", "max_share_bytes"),
     "MAX_SESSION_ID_LENGTH": ("limits", "max_session_id_length"),
+    "MAX_VIEWERS_PER_SHARE": ("limits", "max_viewers_per_share"),
+    "MAX_VIEWERS_PER_ADDRESS": ("limits", "max_viewers_per_address"),
+    "VIEWER_BUFFER_BYTES": ("limits", "viewer_buffer_bytes"),
+    "KEEPALIVE_TIMEOUT_SECONDS": ("keepalive_timeout_seconds",),
+    "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds",),
+    "BODY_MIN_BYTES_PER_SECOND": ("body_min_bytes_per_second",),
+    "VIEWER_SEND_TIMEOUT_SECONDS": ("viewer_send_timeout_seconds",),
+    "TRUSTED_PROXY_HOPS": ("trusted_proxy_hops",),
     "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
     "COMPACT_MIN_BYTES": ("compact_min_bytes",),
     "COMPACT_RATIO": ("compact_ratio",),

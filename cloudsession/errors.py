@@ -22,6 +22,9 @@ class ShareError(Exception):
     message: str = "Internal Server Error"
     # The JS error class name used when the error travels over Cap'n Web RPC.
     rpc_name: str = "Error"
+    # Raised before the request body was (all) read: the answer ends the connection, so that
+    # whatever body is still on its way is discarded rather than parsed as the next request.
+    close_connection: bool = False
 
     def __init__(self, message: str | None = None, *, detail: Any = None) -> None:
         if message is not None:
@@ -94,6 +97,36 @@ class ShareGone(ShareError):
 class PayloadTooLarge(ShareError):
     status = 413
     message = "Payload too large"
+
+
+class BodyTooLarge(PayloadTooLarge):
+    """``Content-Length`` above the limit: refused before any of the body is read."""
+
+    close_connection = True
+
+
+class RequestTimeout(ShareError):
+    """The request body did not arrive within ``body_timeout_seconds``."""
+
+    status = 408
+    message = "Request body not received in time"
+    close_connection = True
+
+
+class BodyAborted(ShareError):
+    """The client went away (or broke the framing) in the middle of its body."""
+
+    status = 400
+    message = "Request body incomplete"
+    close_connection = True
+
+
+class UnsupportedEncoding(ShareError):
+    """A ``Content-Encoding`` on a request body: compressed bodies are refused (docs/hardening.md)."""
+
+    status = 415
+    message = "Compressed request bodies are not accepted; send the body without Content-Encoding"
+    close_connection = True
 
 
 class StoreUnavailable(ShareError):

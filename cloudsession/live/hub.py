@@ -20,8 +20,12 @@ formats chosen by the viewer when it connects:
 
 Both formats close with code 4404 when the share is deleted. Unlike the reference, the hub checks
 that the share exists and that a browser's ``Origin`` is this server, bounds the number of
-viewers, pings idle sockets, and never lets a slow viewer delay a sync: each viewer has a small
-queue, and a viewer whose queue is full is told to resync (events) or disconnected (reference).
+viewers (per share and per client address), pings idle sockets, and never lets a slow viewer
+delay a sync or hold memory without bound: frames are serialised once per sync and shared by
+every viewer; each viewer has a queue bounded in frames and in bytes (``max_queued_bytes``), and
+a viewer whose queue is full is told to resync (events) or disconnected (reference). The socket
+under a viewer (``web/live.py``) writes a frame in pieces as the client reads them, each within a
+deadline, so an unread frame never becomes a per-viewer copy in the transport's buffer.
 
 With several replicas, ``REDIS_URL`` makes the hub relay every event through Redis pub/sub
 (``RedisRelay`` below), so a viewer connected to one replica hears about syncs accepted by any.
@@ -73,67 +77,99 @@ def sync_event(items: list[dict[str, Any]], sync_count: int) -> dict[str, Any]:
     return {"type": "sync", "syncCount": sync_count, "messages": list(messages), **touched}
 
 
-class Socket(Protocol):
-    """What the hub needs of a viewer's WebSocket (aiohttp's ``WebSocketResponse`` is one)."""
+MAX_QUEUED_FRAMES = 64
+DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024
 
-    async def send_str(self, data: str) -> None: ...
+
+class Socket(Protocol):
+    """What the hub needs of a viewer's WebSocket (``web/live.py`` adapts aiohttp's)."""
+
+    async def send_text(self, payload: bytes) -> None:
+        """Send one text message (UTF-8 already); TimeoutError when the client stops reading."""
+        ...
 
     async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
+
+    def abort(self) -> None:
+        """Drop the connection at once, with whatever is still unsent."""
+        ...
 
 
 @dataclass(eq=False)
 class Viewer:
-    """One connected socket: its format and its outgoing queue (drained by ``pump``)."""
+    """One connected socket: its format, its client address and its outgoing queue (drained by
+    ``pump``). Frames are bytes objects shared with every other viewer of the same sync."""
 
     ws: Socket
     format: str
-    queue: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
+    address: str = ""
+    # Bytes of frames waiting behind the one being sent; a frame that would take the queue past
+    # it (or past MAX_QUEUED_FRAMES) makes the viewer too slow. An empty queue takes any frame.
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
+    queue: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(maxsize=MAX_QUEUED_FRAMES))
+    queued_bytes: int = 0
     close_code: int = 1000
     close_reason: str = ""
     # Set by ``finish``: the queue ends with the close, which no later frame may push out.
     closing: bool = False
 
-    def offer(self, frame: str, sync_count: int) -> None:
+    def offer(self, frame: bytes, sync_count: int) -> None:
         if self.closing:
             return
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            if self.format == FORMAT_EVENTS:
-                # Drop what is queued: one resync replaces any number of missed events.
-                while not self.queue.empty():
-                    self.queue.get_nowait()
-                self.queue.put_nowait(json_bytes({"type": "resync", "syncCount": sync_count}).decode())
-            else:
-                self.finish(CLOSE_TOO_SLOW, "Viewer too slow")
+        fits = self.queue.empty() or self.queued_bytes + len(frame) <= self.max_queued_bytes
+        if fits and not self.queue.full():
+            self._put(frame)
+        elif self.format == FORMAT_EVENTS:
+            # Drop what is queued: one resync replaces any number of missed events.
+            self._clear()
+            self._put(json_bytes({"type": "resync", "syncCount": sync_count}))
+        else:
+            self.finish(CLOSE_TOO_SLOW, "Viewer too slow")
 
-    def finish(self, code: int, reason: str, last_frame: str | None = None) -> None:
-        """Replace whatever is queued with an optional last frame and the close."""
-        self.close_code, self.close_reason, self.closing = code, reason, True
+    def _put(self, frame: bytes | None) -> None:
+        self.queue.put_nowait(frame)
+        self.queued_bytes += len(frame) if frame is not None else 0
+
+    def _clear(self) -> None:
         while not self.queue.empty():
             self.queue.get_nowait()
+        self.queued_bytes = 0
+
+    def finish(self, code: int, reason: str, last_frame: bytes | None = None) -> None:
+        """Replace whatever is queued with an optional last frame and the close."""
+        self.close_code, self.close_reason, self.closing = code, reason, True
+        self._clear()
         if last_frame is not None:
-            self.queue.put_nowait(last_frame)
-        self.queue.put_nowait(None)
+            self._put(last_frame)
+        self._put(None)
 
     async def pump(self) -> None:
-        """Send queued frames in order; a ``None`` closes the socket with the recorded code."""
-        while True:
-            frame = await self.queue.get()
-            if frame is None:
-                await self.ws.close(code=self.close_code, message=self.close_reason.encode())
-                return
-            await self.ws.send_str(frame)
+        """Send queued frames in order; a ``None`` closes the socket with the recorded code. A
+        client that stops reading (the socket's send deadline passes) is dropped at once: its
+        unsent data goes with it."""
+        try:
+            while True:
+                frame = await self.queue.get()
+                if frame is None:
+                    await self.ws.close(code=self.close_code, message=self.close_reason.encode())
+                    return
+                self.queued_bytes -= len(frame)
+                await self.ws.send_text(frame)
+        except TimeoutError:
+            log.info("live viewer %s stopped reading; disconnected", self.address or "?")
+            self.ws.abort()
 
 
 class LiveHub:
     """Fan-out of share events to this process's WebSocket viewers, and through ``relay`` (when
     Redis is configured) to the viewers of the other replicas (see docs/views.md)."""
 
-    def __init__(self, *, max_viewers: int = 10_000, max_viewers_per_share: int = 500) -> None:
+    def __init__(self, *, max_viewers: int = 10_000, max_viewers_per_share: int = 500, max_viewers_per_address: int = 20) -> None:
         self.max_viewers = max_viewers
         self.max_viewers_per_share = max_viewers_per_share
+        self.max_viewers_per_address = max_viewers_per_address
         self._viewers: dict[str, set[Viewer]] = {}
+        self._per_address: dict[str, int] = {}
         # Set by ``redis_fanout`` while Redis is configured; None: this process's viewers only.
         self.relay: RedisRelay | None = None
         # The latest sync count told to each watched share's viewers: with several replicas,
@@ -147,16 +183,31 @@ class LiveHub:
     def viewers_of(self, share_id: str) -> int:
         return len(self._viewers.get(share_id, ()))
 
-    def has_room(self, share_id: str) -> bool:
-        return self.viewer_count < self.max_viewers and self.viewers_of(share_id) < self.max_viewers_per_share
+    def viewers_from(self, address: str) -> int:
+        return self._per_address.get(address, 0)
+
+    def has_room(self, share_id: str, address: str = "") -> bool:
+        return (
+            self.viewer_count < self.max_viewers
+            and self.viewers_of(share_id) < self.max_viewers_per_share
+            and self.viewers_from(address) < self.max_viewers_per_address
+        )
 
     def add(self, share_id: str, viewer: Viewer) -> None:
-        self._viewers.setdefault(share_id, set()).add(viewer)
+        viewers = self._viewers.setdefault(share_id, set())
+        if viewer not in viewers:
+            viewers.add(viewer)
+            self._per_address[viewer.address] = self._per_address.get(viewer.address, 0) + 1
 
     def remove(self, share_id: str, viewer: Viewer) -> None:
         viewers = self._viewers.get(share_id)
-        if viewers is not None:
+        if viewers is not None and viewer in viewers:
             viewers.discard(viewer)
+            left = self._per_address.get(viewer.address, 0) - 1
+            if left > 0:
+                self._per_address[viewer.address] = left
+            else:
+                self._per_address.pop(viewer.address, None)
             if not viewers:
                 del self._viewers[share_id]
                 self._sync_counts.pop(share_id, None)
@@ -193,22 +244,22 @@ class LiveHub:
         # overwrite newer ones for a reference viewer.
         late = sync_count < self._sync_counts.get(share_id, -1)
         self._sync_counts[share_id] = max(sync_count, self._sync_counts.get(share_id, -1))
-        # Serialised once per format, however many viewers there are.
-        reference = event = ""
+        # Serialised (and encoded) once per format, however many viewers there are.
+        reference = event = b""
         for viewer in list(viewers):
             if viewer.format == FORMAT_EVENTS:
                 unknown = {"type": "resync", "syncCount": sync_count}  # re-read the page
-                event = event or json_bytes(unknown if items is None else sync_event(items, sync_count)).decode()
+                event = event or json_bytes(unknown if items is None else sync_event(items, sync_count))
                 viewer.offer(event, sync_count)
             elif items is None or late:
                 # A reference viewer cannot be told to resync: closed, as when it falls behind.
                 viewer.finish(CLOSE_TOO_SLOW, "Missed updates")
             else:
-                reference = reference or json_bytes(items).decode()
+                reference = reference or json_bytes(items)
                 viewer.offer(reference, sync_count)
 
     async def deliver_deleted(self, share_id: str) -> None:
-        deleted = json_bytes({"type": "deleted"}).decode()
+        deleted = json_bytes({"type": "deleted"})
         for viewer in list(self._viewers.get(share_id, ())):
             viewer.finish(CLOSE_DELETED, "Share deleted", deleted if viewer.format == FORMAT_EVENTS else None)
 

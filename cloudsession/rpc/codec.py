@@ -47,6 +47,11 @@ class RpcLimits:
     max_bigint_digits: int = 4300
     max_pushes_per_batch: int = 1000
     max_concurrent_calls: int = 64
+    # An HTTP batch's body may take max_batch_seconds plus one second per min_batch_bytes_per_second
+    # bytes received so far (408 otherwise): a trickled body ends, a large honest one does not.
+    # None: no deadline.
+    max_batch_seconds: float | None = None
+    min_batch_bytes_per_second: int = 32 * 1024
     # Live entries in a WebSocket session's export table (calls not yet released by the client).
     max_exports: int = 10_000
 
@@ -65,6 +70,18 @@ class LimitExceeded(ProtocolError):
     """A configured limit was exceeded (message size, push count)."""
 
     status = 413
+
+
+class BodyTimeout(ProtocolError):
+    """An HTTP batch's body did not arrive in time (``RpcLimits.max_batch_seconds``)."""
+
+    status = 408
+
+
+class UnsupportedEncoding(ProtocolError):
+    """A ``Content-Encoding`` on an HTTP batch: compressed bodies are never inflated."""
+
+    status = 415
 
 
 class RpcError(Exception):

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .codec import LimitExceeded, ProtocolError, RpcLimits, dumps
+from .codec import BodyTimeout, LimitExceeded, ProtocolError, RpcLimits, UnsupportedEncoding, dumps
 from .session import PeerAborted, RpcSession
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,20 @@ async def serve_rpc(request: web.Request, main_factory: MainFactory, limits: Rpc
 
 async def handle_batch(request: web.Request, main: Any, limits: RpcLimits) -> web.Response:
     try:
-        lines = await _read_batch(request, limits.max_batch_bytes)
+        lines = await _read_batch(request, limits)
+    except TimeoutError:
+        # A client this slow would hold the connection while aiohttp reads and discards the rest
+        # of its body after the answer: answer, then close at once.
+        response = _protocol_error_response(BodyTimeout("RPC batch body not received in time"), close=True)
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    except (web.RequestPayloadError, ConnectionError) as exc:
+        # The client went away in the middle of its batch: nobody is left to answer.
+        log.debug("RPC batch body aborted: %s", exc)
+        return _protocol_error_response(ProtocolError("RPC batch body incomplete"), close=True)
     except ProtocolError as error:
         return _protocol_error_response(error)
     sent: list[str] = []
@@ -68,15 +81,28 @@ async def handle_batch(request: web.Request, main: Any, limits: RpcLimits) -> we
     return web.Response(text="\n".join(sent), content_type="text/plain", headers=BATCH_HEADERS)
 
 
-async def _read_batch(request: web.Request, max_bytes: int) -> list[str]:
+async def _read_batch(request: web.Request, limits: RpcLimits) -> list[str]:
     """The body's messages. An empty body is no message; one trailing newline is tolerated."""
+    max_bytes = limits.max_batch_bytes
     too_large = LimitExceeded(f"RPC batch exceeds the maximum size of {max_bytes} bytes")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        # Never inflated: a small compressed body could expand to many times the limit's cost
+        # in work (docs/hardening.md). The web layer refuses these before the handler runs too.
+        raise UnsupportedEncoding("compressed RPC batches are not accepted; send the body without Content-Encoding")
     # Read the stream ourselves so this limit, not the app-wide client_max_size, applies.
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(_READ_CHUNK):
+    loop = asyncio.get_running_loop()
+    started, grace, rate = loop.time(), limits.max_batch_seconds, limits.min_batch_bytes_per_second
+    while True:
+        # The deadline moves with the bytes received (see RpcLimits.max_batch_seconds).
+        deadline = None if grace is None else started + grace + size / rate
+        async with asyncio.timeout_at(deadline):
+            chunk = await request.content.read(_READ_CHUNK)
+        if not chunk:
+            break
         size += len(chunk)
         if size > max_bytes:
             raise too_large
@@ -95,9 +121,13 @@ async def _read_batch(request: web.Request, max_bytes: int) -> list[str]:
     return lines
 
 
-def _protocol_error_response(error: ProtocolError) -> web.Response:
-    status = 413 if isinstance(error, LimitExceeded) else 400
-    return web.json_response({"error": error.message}, status=status)
+def _protocol_error_response(error: ProtocolError, *, close: bool = False) -> web.Response:
+    response = web.json_response({"error": error.message}, status=error.status)
+    if close or isinstance(error, (LimitExceeded, UnsupportedEncoding)):
+        # The rest of the body may still be on its way: close instead of reading it.
+        response.force_close()
+    return response
+
 
 
 # --- WebSocket ------------------------------------------------------------------------------------
@@ -105,7 +135,9 @@ def _protocol_error_response(error: ProtocolError) -> web.Response:
 
 async def handle_websocket(request: web.Request, main: Any, limits: RpcLimits) -> web.WebSocketResponse:
     # aiohttp closes with 1009 (message too big) by itself when a frame exceeds max_msg_size.
-    ws = web.WebSocketResponse(max_msg_size=limits.max_message_bytes, heartbeat=30.0)
+    # compress=False: permessage-deflate is not negotiated, so a small compressed frame can never
+    # inflate to max_msg_size (a frame with RSV1 set is a protocol error); see docs/hardening.md.
+    ws = web.WebSocketResponse(max_msg_size=limits.max_message_bytes, heartbeat=30.0, compress=False)
     await ws.prepare(request)
     outbox: asyncio.Queue[str | None] = asyncio.Queue()
     session = RpcSession(main, lambda message: outbox.put_nowait(dumps(message)), limits=limits, batch=False)

@@ -7,14 +7,23 @@ value counts (the proxy nearest the client).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import sys
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from cloudsession.errors import BodyAborted, BodyTooLarge, RequestTimeout
 from cloudsession.jsonio import json_bytes, parse_json
 from cloudsession.protocol import READ_TOKEN_HEADER
 from cloudsession.web.keys import SETTINGS
+
+log = logging.getLogger(__name__)
 
 # The reference parses a body as JSON only for these content types (hono's rule); anything else
 # is treated as an empty object, which then fails validation with a 400.
@@ -51,9 +60,55 @@ async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or ``{}`` when the content type is not JSON (reference rule)."""
     if not _JSON_TYPE_RE.match(request.headers.get("Content-Type", "")):
         return {}
-    # Beyond client_max_size aiohttp raises HTTPRequestEntityTooLarge; the error middleware
-    # answers it as our 413.
-    return parse_json(await request.read())
+    return parse_json(await read_body(request))
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, at most ``max_body_bytes`` (413 beyond), arriving in time.
+
+    The deadline moves with progress: the body may take ``body_timeout_seconds`` plus one
+    second for every ``body_min_bytes_per_second`` bytes received so far. A client that
+    trickles its body is answered 408 and disconnected after about ``body_timeout_seconds``;
+    one that uploads a large body at any sane speed is never cut off.
+    """
+    settings = request.app[SETTINGS]
+    limit = settings.limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"Request body exceeds {limit} bytes")
+    loop = asyncio.get_running_loop()
+    started, grace, rate = loop.time(), settings.body_timeout_seconds, settings.body_min_bytes_per_second
+    chunks: list[bytes] = []
+    size = 0
+    async with body_deadline(request, timeout=None):
+        while True:
+            async with asyncio.timeout_at(started + grace + size / rate):
+                chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"Request body exceeds {limit} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@asynccontextmanager
+async def body_deadline(request: web.Request, timeout: float | None = -1.0) -> AsyncIterator[None]:
+    """Around every read of a request body: a body that does not arrive within ``timeout``
+    (default ``body_timeout_seconds``; None: the caller keeps its own deadline) is a 408 and the
+    connection is closed, and a client that goes away in the middle of its body is one debug
+    line and a 400, not an unhandled error with a traceback."""
+    if timeout is not None and timeout < 0:
+        timeout = request.app[SETTINGS].body_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        log.info("%s %s: request body not received in time; closing", request.method, request.path)
+        raise RequestTimeout() from None
+    except (web.RequestPayloadError, ConnectionError) as exc:
+        log.debug("%s %s: request body aborted: %s", request.method, request.path, exc)
+        raise BodyAborted() from None
 
 
 def _first(request: web.Request, header: str) -> str:
@@ -86,7 +141,45 @@ def public_origin(request: web.Request) -> str:
     return f"{forwarded_proto(request)}://{host}"
 
 
+def client_address(request: web.Request) -> str:
+    """The address per-client limits count by (docs/hardening.md): the connection's peer, or,
+    with ``trusted_proxy_hops`` = N, the N-th ``X-Forwarded-For`` entry from the right, which
+    the nearest of N trusted proxies wrote (entries further left are the client's to invent)."""
+    peer = request.remote or ""
+    hops = request.app[SETTINGS].trusted_proxy_hops
+    if hops == 0:
+        return peer
+    entries = [e.strip() for line in request.headers.getall("X-Forwarded-For", []) for e in line.split(",")]
+    entries = [e for e in entries if e]
+    return entries[-hops] if len(entries) >= hops else peer
+
+
 def request_read_token(request: web.Request) -> str | None:
     """A private share's read token: the ``x-opencode-share-token`` header, or ``?token=`` (how a
     browser link carries it; the access log leaves query strings out). See docs/protocol.md."""
     return request.headers.get(READ_TOKEN_HEADER) or request.query.get("token")
+
+
+class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection-level logger (``aiohttp.server``), made quiet about the client's faults.
+
+    Requests that break HTTP (a malformed request line or header, a line too long, a bad chunk)
+    and connections dropped mid-request are the internet's background noise: one INFO line
+    each, without a traceback. Anything else keeps its traceback at ERROR.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(error, (HttpProcessingError, web.RequestPayloadError, ConnectionError)):
+            text = str(msg) % args if args else str(msg)
+            detail = getattr(error, "message", None) or str(error) or type(error).__name__
+            # One line: the detail may quote the client's bytes, newlines included.
+            self.info("%s: %s: %s", text, type(error).__name__, " ".join(str(detail).split())[:200])
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        return msg, kwargs

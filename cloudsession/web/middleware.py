@@ -1,4 +1,5 @@
-"""Middlewares: domain errors turned into responses at the boundary, and CORS on ``/api/``.
+"""Middlewares: domain errors turned into responses at the boundary, CORS on ``/api/``, and the
+cheap checks every request body passes before any of it is read (``body_guard_middleware``).
 
 Errors are JSON under ``/api/`` and ``/rpc/`` (with CORS, as the reference) and the HTML error
 page (``error.html``) elsewhere; anything unexpected is a bare 500 without a traceback (the
@@ -13,7 +14,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from cloudsession.errors import PayloadTooLarge, ShareError
+from cloudsession.errors import BodyTooLarge, PayloadTooLarge, RequestTimeout, ShareError, UnsupportedEncoding
 from cloudsession.jsonio import json_bytes
 from cloudsession.web.http import html_response
 from cloudsession.web.keys import RENDERER, SETTINGS
@@ -39,8 +40,21 @@ async def error_page(request: web.Request, status: int, message: str) -> web.Res
 
 async def _error_response(request: web.Request, error: ShareError) -> web.Response:
     if _wants_json(request):
-        return web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json")
-    return await error_page(request, error.status, error.message)
+        response = web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json")
+    else:
+        response = await error_page(request, error.status, error.message)
+    if error.close_connection:
+        # The body was not (all) read: no keep-alive; the rest is discarded (aiohttp lingers for
+        # at most 10 s so that a client still sending sees this answer), then the connection closes.
+        response.force_close()
+    if isinstance(error, RequestTimeout):
+        # A client this slow would hold the connection for aiohttp's lingering time while the
+        # rest of its body is read and discarded: answer, then close at once.
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()
+    return response
 
 
 @web.middleware
@@ -58,6 +72,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.Response(text="404 Not Found", status=404, content_type="text/plain", charset="UTF-8")
     except web.HTTPException:
         raise
+    except ConnectionError as exc:
+        # The client went away while we answered: nothing to answer, nothing to trace.
+        log.info("%s %s: client disconnected (%s)", request.method, request.path, type(exc).__name__)
+        response = web.Response(text="Client disconnected", status=400, content_type="text/plain", charset="UTF-8")
+        response.force_close()
+        return response
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.Response(text="Internal Server Error", status=500, content_type="text/plain", charset="UTF-8")
@@ -75,3 +95,29 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise
     response.headers["Access-Control-Allow-Origin"] = "*"
     return response
+
+
+@web.middleware
+async def body_guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Checks that cost nothing, before any handler reads a byte of the body.
+
+    - a body with a ``Content-Encoding`` is refused with 415: compressed bodies are never
+      inflated (the server runs with aiohttp's ``auto_decompress`` off, see ``app.py``), since
+      60 KB of gzip can stand for 60 MB of work and memory (docs/hardening.md);
+    - a ``Content-Length`` above ``max_body_bytes`` is refused with 413 before the body is read
+      (``/rpc/share`` does the same itself, after checking its key).
+
+    Both answers end the connection: what may still be on its way is read and discarded for at
+    most aiohttp's lingering time (10 s, so that a client still sending sees the answer rather
+    than a reset), never kept, never inflated.
+    """
+    if request.body_exists:
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise UnsupportedEncoding()
+        limit = request.app[SETTINGS].limits.max_body_bytes
+        # /rpc/ checks the length itself, after its auth, with its own wording (rpc/transport.py).
+        too_long = request.content_length is not None and request.content_length > limit
+        if too_long and not request.path.startswith("/rpc/"):
+            raise BodyTooLarge(f"Request body exceeds {limit} bytes")
+    return await handler(request)

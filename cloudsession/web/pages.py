@@ -24,7 +24,7 @@ from cloudsession.render.pages import Fragment, PageRenderer
 from cloudsession.shares.items import MAX_ID_LENGTH
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import ADMIN_COOKIE, SIGN_IN, admin_key, cookie_token, is_admin
-from cloudsession.web.http import SECURITY_HEADERS, html_response, is_https, request_read_token
+from cloudsession.web.http import SECURITY_HEADERS, body_deadline, html_response, is_https, request_read_token
 from cloudsession.web.keys import RENDERER, SERVICE, SETTINGS
 
 ADMIN_COOKIE_MAX_AGE = 30 * 24 * 3600
@@ -45,7 +45,8 @@ def _json_response(data: Any) -> web.Response:
 
 def _int_param(request: web.Request, name: str, default: int, maximum: int = MAX_PAGE) -> int:
     raw = request.query.get(name, "")
-    if not raw.isdigit() or len(raw) > 9:
+    # isascii: str.isdigit accepts digits int() refuses ("²"), and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         return default
     return min(max(int(raw), 1), maximum)
 
@@ -196,7 +197,8 @@ async def login(request: web.Request) -> web.Response:
         raise web.HTTPLengthRequired()
     if request.content_length > MAX_LOGIN_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_LOGIN_BYTES, actual_size=request.content_length)
-    form = await request.post()
+    async with body_deadline(request):
+        form = await request.post()
     given = form.get("key")
     if key is None or not isinstance(given, str) or not secrets_equal(given, key):
         await asyncio.sleep(LOGIN_FAILURE_DELAY)

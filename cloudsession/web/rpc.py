@@ -109,7 +109,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return json_response(Unauthorized().body(), status=401)
     # One sync may be as large over RPC as over REST; the other limits keep their defaults.
     size = settings.limits.max_body_bytes
-    limits = RpcLimits(max_message_bytes=size, max_batch_bytes=size)
+    limits = RpcLimits(
+        max_message_bytes=size,
+        max_batch_bytes=size,
+        max_batch_seconds=settings.body_timeout_seconds,
+        min_batch_bytes_per_second=settings.body_min_bytes_per_second,
+    )
     service = request.app[SERVICE]
     origin = public_origin(request)
     return await serve_rpc(
