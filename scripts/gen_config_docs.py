@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write docs/configuration.md from the settings model (cloudsession/cli/reference.py).
+"""Write docs/configuration.md from the settings model (cloudsession/cli/serve.py).
 
 Run after adding or changing a setting (a Field(description=...) in cloudsession/config.py, a
 [vars] key in VARS); tests/test_config_reference.py fails until the file is regenerated.
@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cloudsession.cli.reference import write_reference  # noqa: E402
+from cloudsession.cli.serve import write_reference  # noqa: E402
 
 if __name__ == "__main__":
     target = ROOT / "docs" / "configuration.md"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cloudsession.cli.reference import reference_markdown, settings_fields
+from cloudsession.cli.serve import reference_markdown, settings_fields
 from cloudsession.config import VARS, env_names
 
 ROOT = Path(__file__).resolve().parents[1]
