@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import secrets
 import sys
 import tomllib
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from cloudsession.credentials import parse_namespace
 
@@ -111,6 +112,257 @@ class Limits(BaseModel):
     viewer_buffer_bytes: int = Field(1 * MiB, ge=4096, description="Unsent bytes one live viewer may hold.")
 
 
+_DURATION_RE = re.compile(r"^(\d{1,9})([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | int) -> int:
+    """``"7d"``, ``"12h"``, ``"90m"``, ``"3600"`` or 3600 -> seconds; ValueError otherwise."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 1:
+            raise ValueError("a duration must be positive")
+        return text
+    match = _DURATION_RE.match(str(text).strip().lower())
+    if match is None or int(match[1]) < 1:
+        raise ValueError(f"{text!r} is not a duration (like 3600, 90m, 12h, 7d or 2w)")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+class RetentionRule(BaseModel):
+    """One ``[[retention.rules]]`` entry: shares whose User-Agent matches ``user_agent`` (a regular
+    expression, searched) and that carry ``label`` (``key=value``) live ``ttl``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_agent: str | None = None
+    label: str | None = None
+    ttl: str | int
+
+    @field_validator("user_agent")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        if value is not None and "=" not in value:
+            raise ValueError("a label rule is key=value")
+        return value
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: str | int) -> int:
+        return parse_duration(value)
+
+    @property
+    def ttl_seconds(self) -> int:
+        return int(self.ttl)
+
+    def matches(self, user_agent: str, labels: dict[str, str]) -> bool:
+        if self.user_agent is None and self.label is None:
+            return False  # a rule without a condition would be the default: say so instead
+        if self.user_agent is not None and not re.search(self.user_agent, user_agent):
+            return False
+        if self.label is not None:
+            key, _, value = self.label.partition("=")
+            if labels.get(key) != value:
+                return False
+        return True
+
+
+class RetentionSettings(BaseModel):
+    """Server-wide retention (docs/lifecycle.md): the TTL of new shares that did not ask for one,
+    and the longest any share may live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_ttl: str | int | None = Field(None, description="TTL of new shares that did not ask for one (a duration such as `30d`); unset: they never expire (docs/lifecycle.md).")
+    max_ttl: str | int | None = Field(None, description="The longest any share may live (a duration); unset: no bound (docs/lifecycle.md).")
+    rules: list[RetentionRule] = Field(default_factory=list, description="Retention rules, `[[retention.rules]]` (docs/lifecycle.md).")
+
+    @field_validator("default_ttl", "max_ttl")
+    @classmethod
+    def _duration(cls, value: str | int | None) -> int | None:
+        return None if value in (None, "", 0, "0") else parse_duration(value)
+
+    @property
+    def default_ttl_seconds(self) -> int | None:
+        return None if self.default_ttl is None else int(self.default_ttl)
+
+    @property
+    def max_ttl_seconds(self) -> int | None:
+        return None if self.max_ttl is None else int(self.max_ttl)
+
+
+HOOK_EVENTS = (
+    "share.created",
+    "share.synced",
+    "share.idle",
+    "share.finalized",
+    "share.rotated",
+    "share.privacy_changed",
+    "share.expired",
+    "share.deleted",
+)
+
+
+class _HookTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    # The events this target hears; all of them by default.
+    events: list[str] = Field(default_factory=lambda: list(HOOK_EVENTS))
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(HOOK_EVENTS))
+        if unknown:
+            raise ValueError(f"unknown event(s) {', '.join(unknown)} (known: {', '.join(HOOK_EVENTS)})")
+        return value
+
+
+class WebhookTarget(_HookTarget):
+    """``[[hooks.webhooks]]``: POST a signed JSON payload to ``url``. The signing key is read from
+    the environment variable named by ``secret_env`` (never from the file)."""
+
+    url: str
+    secret_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class CommandTarget(_HookTarget):
+    """``[[hooks.commands]]``: run ``command`` (a list: program and arguments; a string only with
+    ``shell = true``) with the share's context in its environment."""
+
+    command: list[str] | str
+    shell: bool = False
+    timeout: int = 30
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: str | int) -> int:
+        return parse_duration(value)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str] | str) -> list[str] | str:
+        if not value:
+            raise ValueError("must name a program")
+        return value
+
+
+class HookSettings(BaseModel):
+    """The ``[hooks]`` section (docs/hooks.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhooks: list[WebhookTarget] = Field(default_factory=list, description="Webhook targets, `[[hooks.webhooks]]` (docs/hooks.md).")
+    commands: list[CommandTarget] = Field(default_factory=list, description="Command targets, `[[hooks.commands]]` (docs/hooks.md).")
+    # share.synced fires at most once per share per this interval (at its end, with the count then).
+    synced_interval: int = Field(60, description="`share.synced` fires at most once per share per this interval (seconds or a duration).")
+    # share.idle fires once a share has had no sync for this long.
+    idle_after: int = Field(600, description="`share.idle` fires once a share has had no sync for this long.")
+    # Delivery: attempts per target before giving up, the first retry delay (doubling, capped at
+    # an hour), and the deadline of one webhook request.
+    max_attempts: int = Field(12, ge=1, le=100, description="Delivery attempts per target before giving up.")
+    retry_seconds: float = Field(2.0, gt=0, description="The first retry delay (doubling, capped at an hour).")
+    request_timeout: int = Field(10, description="The deadline of one webhook request.")
+    # How often a replica looks for events to deliver.
+    poll_seconds: float = Field(1.0, gt=0, description="How often a replica looks for events to deliver.")
+
+    @field_validator("synced_interval", "idle_after", "request_timeout", mode="before")
+    @classmethod
+    def _durations(cls, value: str | int) -> int:
+        return parse_duration(value)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhooks or self.commands)
+
+
+# -- operations: rate limits, metrics and logs (docs/operations.md) ------------------------------
+# Kept in one block: the rate limiter (web/ratelimit.py), /metrics (web/observability.py) and the
+# log format (logs.py) read these.
+
+
+def _limit_string(value: str) -> str:
+    """A rate limit in the ``limits`` notation ("60/minute", "10/second;600/minute") or "off"."""
+    text = value.strip()
+    if text.lower() in ("off", "none", "0", ""):
+        return "off"
+    from limits import parse_many
+
+    try:
+        parse_many(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a rate limit like '60/minute' or '10/second;600/minute' (or 'off')") from None
+    return text
+
+
+class RateLimitSettings(BaseModel):
+    """Per client address; the client address is the peer's, or the ``X-Forwarded-For`` hop
+    a trusted proxy reports (``trusted_proxies``). Counted in Redis when ``REDIS_URL`` is set
+    (shared by replicas), else in memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="false turns every rate limit off.")
+    create: str = Field("60/minute", description="Creates per address: POST /api/share and RPC createShare.")
+    sync: str = Field(
+        "600/minute",
+        description="Writes that carry a share secret per address (sync, ops, delete, redeem, rotate, privacy, expiry, read-token; "
+        "REST and RPC). A sync a second is 60 a minute; the rest is room for bursts.",
+    )
+    rpc: str = Field("600/minute", description="Requests to /rpc/share per address (an HTTP batch or a WebSocket session each).")
+    admin_failures: str = Field(
+        "10/minute",
+        description="Wrong admin keys per address (header, sign-in form, sign-in cookie, /metrics); beyond it every admin-key "
+        "check from that address answers 429, whatever the key.",
+    )
+    share_misses: str = Field("120/minute", description="404s per address on routes that name a share (id guessing); beyond it those routes answer 429.")
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list, description='Proxies whose X-Forwarded-For is believed, as CIDRs ("10.0.0.0/8,127.0.0.1").'
+    )
+
+    @field_validator("create", "sync", "rpc", "admin_failures", "share_misses")
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        return _limit_string(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _cidrs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _enabled(cls, value: Any) -> Any:
+        return _truthy(value) if isinstance(value, str) else value
+
+
+def _apply_operations_environment(values: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """The operations block's secret: ``METRICS_TOKEN`` (environment only)."""
+    token = environ.get("CLOUDSESSION_METRICS_TOKEN") or environ.get("METRICS_TOKEN")
+    if token:
+        values["metrics_token"] = token
+
+
 class Settings(BaseModel):
     """Everything the service needs, validated once at startup."""
 
@@ -149,17 +401,17 @@ class Settings(BaseModel):
     compact_min_bytes: int = Field(1 * MiB, ge=1, description="Fold the journal also once its bytes exceed the larger of this and the snapshot's size times `compact_ratio`.")
     compact_ratio: float = Field(0.5, gt=0, description="See `compact_min_bytes`.")
     # Folded journal entries are deleted only after this long, so that a writer which checked
-    # the share just before a compaction can never write into a freed slot (see journal.py).
+    # the share just before a compaction can never write into a freed slot (see shares/storage.py).
     journal_grace_seconds: float = Field(300.0, ge=1, description="Folded journal entries are deleted only after this long (a slow writer never writes into a freed slot).")
     # A writer re-checks the share when more than this passed since it last did.
     write_deadline_seconds: float = Field(30.0, ge=0.1, description="A writer re-checks the share when more than this passed since it last did.")
     # How often the server deletes expired shares and prunes folded journal entries
-    # (durable.py; `cloudsession gc` does the same once). 0 turns the periodic sweep off.
+    # (shares/sweep.py; `cloudsession gc` does the same once). 0 turns the periodic sweep off.
     sweep_interval_seconds: float = Field(
         300.0, ge=0, description="How often the server deletes expired shares and prunes folded journal entries (what `cloudsession gc` does once); 0: never."
     )
     # redis://[user:password@]host:port/db: live updates reach viewers on every replica
-    # (live.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
+    # (live/relay.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
     redis_url: SecretStr | None = Field(
         None,
         description="`redis://[:password@]host:port/db`: live updates reach viewers on every replica through Redis pub/sub. "
@@ -180,15 +432,15 @@ class Settings(BaseModel):
     body_min_bytes_per_second: int = Field(32 * 1024, ge=1, description="See `body_timeout_seconds`: the slowest upload rate that never times out.")
     # A live viewer's socket must accept each piece of a frame within this long, or it is closed.
     viewer_send_timeout_seconds: float = Field(30.0, gt=0, description="A live viewer's socket must accept each piece of a frame within this long, or it is closed.")
-    # Reverse proxies in front of the server that append the client's address to
-    # X-Forwarded-For (nginx's $proxy_add_x_forwarded_for, Caddy): per-address limits count the
-    # entry this many places from the right. 0: the connection's peer (no proxy; the header is
-    # then ignored, since any client can send it).
-    trusted_proxy_hops: int = Field(
-        0, ge=0, le=10,
-        description="Reverse proxies in front that append to `X-Forwarded-For`: per-address limits count the entry this many places "
-        "from the right. 0: the connection's peer (the header is ignored).",
-    )
+    # Retention policies: the [retention] section of the config file (docs/lifecycle.md).
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    # Event hooks: the [hooks] section of the config file (docs/hooks.md).
+    hooks: HookSettings = Field(default_factory=HookSettings)
+    # -- operations: rate limits, metrics, log format (docs/operations.md) --------------------
+    rate_limits: RateLimitSettings = Field(default_factory=lambda: RateLimitSettings(), description="Rate limits per client address (docs/operations.md).")
+    log_format: Literal["text", "json"] = Field("text", description="text (readable lines, for a terminal) or json (JSON lines, for a log collector).")
+    metrics_token: SecretStr | None = Field(None, description="/metrics also accepts Authorization: Bearer <token>. Secret: environment only.")
+    metrics_address: str | None = Field(None, description="host:port: serve /metrics only on this separate address (open unless METRICS_TOKEN is set).")
 
     # Where each value came from ("CLOUDSESSION_PORT", "--data-dir", "c.toml: vars.PORT"), for messages.
     _origins: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
@@ -199,6 +451,16 @@ class Settings(BaseModel):
         if value.strip().upper() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.strip().upper()
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9100")
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -254,7 +516,18 @@ class Settings(BaseModel):
         for key in ("shared_secret", "rpc_shared_key"):
             data[key] = "<set>" if getattr(self, key) is not None else None
         data["redis_url"] = redact_url(self.redis_url.get_secret_value()) if self.redis_url else None
+        for hook in data["hooks"]["webhooks"]:
+            hook["url"] = display_url(hook["url"])
+        data["metrics_token"] = "<set>" if self.metrics_token is not None else None
         return data
+
+
+def display_url(url: str) -> str:
+    """A webhook URL for logs and check-config: scheme and host only (Slack-style URLs carry their
+    secret in the path)."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}/…"
 
 
 def redact_url(url: str) -> str:
@@ -275,7 +548,7 @@ def default_data_dir() -> Path:
 
 # -- the wrangler-like file ---------------------------------------------------------------------
 
-SECRET_NAMES = ("SESSIONS_SHARED_SECRET", "SESSIONS_RPC_SHARED_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRET_NAMES: tuple[str, ...] = ("SESSIONS_SHARED_SECRET", "SESSIONS_RPC_SHARED_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 class BucketBinding(BaseModel):
@@ -300,6 +573,8 @@ class EnvSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vars: dict[str, Any] = Field(default_factory=dict)
+    retention: dict[str, Any] | None = None
+    hooks: dict[str, Any] | None = None
     r2_buckets: list[BucketBinding] | None = None
     secrets: SecretsSection | None = None
 
@@ -328,7 +603,6 @@ VARS: dict[str, tuple[str, ...]] = {
     "BODY_TIMEOUT_SECONDS": ("body_timeout_seconds",),
     "BODY_MIN_BYTES_PER_SECOND": ("body_min_bytes_per_second",),
     "VIEWER_SEND_TIMEOUT_SECONDS": ("viewer_send_timeout_seconds",),
-    "TRUSTED_PROXY_HOPS": ("trusted_proxy_hops",),
     "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
     "COMPACT_MIN_BYTES": ("compact_min_bytes",),
     "COMPACT_RATIO": ("compact_ratio",),
@@ -336,7 +610,25 @@ VARS: dict[str, tuple[str, ...]] = {
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
     "REDIS_URL": ("redis_url",),
+    "RETENTION_DEFAULT_TTL": ("retention", "default_ttl"),
+    "RETENTION_MAX_TTL": ("retention", "max_ttl"),
 }
+
+# The operations block (rate limits, metrics, log format): docs/operations.md.
+VARS.update(
+    {
+        "LOG_FORMAT": ("log_format",),
+        "METRICS_ADDRESS": ("metrics_address",),
+        "RATE_LIMITS": ("rate_limits", "enabled"),
+        "RATE_LIMIT_CREATE": ("rate_limits", "create"),
+        "RATE_LIMIT_SYNC": ("rate_limits", "sync"),
+        "RATE_LIMIT_RPC": ("rate_limits", "rpc"),
+        "RATE_LIMIT_ADMIN_FAILURES": ("rate_limits", "admin_failures"),
+        "RATE_LIMIT_SHARE_MISSES": ("rate_limits", "share_misses"),
+        "TRUSTED_PROXIES": ("rate_limits", "trusted_proxies"),
+    }
+)
+SECRET_NAMES = (*SECRET_NAMES, "METRICS_TOKEN")
 
 
 def _set(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -438,6 +730,10 @@ def _apply_section(
             origins[("store", key)] = f"{source}: r2_buckets.{file_key}"
     if section.secrets is not None:
         required.update(section.secrets.required)
+    if section.retention is not None:
+        values["retention"] = {**values.get("retention", {}), **section.retention}
+    if section.hooks is not None:
+        values["hooks"] = {**values.get("hooks", {}), **section.hooks}
 
 
 def load_file(
@@ -462,6 +758,10 @@ def load_file(
             known = ", ".join(sorted(parsed.env)) or "none"
             raise ConfigError(f"--env {env_name}: {path} has no [env.{env_name}] section (defined: {known})")
         _apply_section(values, parsed.env[env_name], f"{path} [env.{env_name}]", required, origins)
+
+
+def _truthy(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
 
 
 # Variables also read without the CLOUDSESSION_ prefix (the Worker's names).
@@ -500,6 +800,7 @@ def apply_environment(values: dict[str, Any], environ: Mapping[str, str], origin
             origins[("store", key)] = "CLOUDSESSION_STORE"
     if isinstance(values.get("store"), dict):
         _aws_defaults(values["store"], environ, origins)
+    _apply_operations_environment(values, environ)
 
 
 def _aws_defaults(spec: dict[str, Any], environ: Mapping[str, str], origins: dict[tuple[str, ...], str] | None = None) -> None:

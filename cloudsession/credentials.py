@@ -8,6 +8,9 @@ therefore shows a *public ID* derived from the session ID with a keyed hash inst
   and clients work). When those characters are not URL-safe, or another session already owns the
   id, a stable alternative is used: ``<last 8>-<6 chars of HMAC>`` (or ``h<12 chars of HMAC>`` when
   the tail is unusable). Both are deterministic, so a repeated create finds the same share.
+  A session ID shorter than ``MIN_TAIL_SESSION_ID_LENGTH`` always gets ``h<12 chars of HMAC>``:
+  its last 8 characters are all or nearly all of it, and the link must never be the owner key.
+  (opencode's ids are 30 characters; shares made before this rule keep their ids.)
 - secret: ``uuid5(namespace, sessionID)`` at capability epoch 0, byte-identical to the reference;
   later epochs (after a rotation) derive from the session ID and the epoch number.
 - public id: ``ses_`` + 26 base62 characters of HMAC-SHA256(namespace, sessionID).
@@ -25,6 +28,8 @@ import uuid
 
 SHARE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 _SAFE_TAIL_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
+# Session IDs shorter than this never lend their tail to the share id (see the module docstring).
+MIN_TAIL_SESSION_ID_LENGTH = 12
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # The uuid npm library (v13) that the reference uses accepts exactly these namespaces.
 _NAMESPACE_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z", re.I)
@@ -63,7 +68,7 @@ def share_id_candidates(namespace: uuid.UUID, session_id: str) -> list[str]:
     """The ids a session's share may have, in order of preference (see module docstring)."""
     tail = session_id[-8:]
     digest = _hmac(namespace, "share-id", session_id)
-    if tail and _SAFE_TAIL_RE.match(tail):
+    if len(session_id) >= MIN_TAIL_SESSION_ID_LENGTH and _SAFE_TAIL_RE.match(tail):
         return [tail, f"{tail}-{_base32(digest, 6)}"]
     return [f"h{_base32(digest, 12)}"]
 

@@ -36,6 +36,15 @@ class ShareError(Exception):
         """The JSON body for this error (the reference's ``{"error": ...}`` shape)."""
         return {"error": self.message}
 
+    def headers(self) -> dict[str, str]:
+        """Response headers this error adds (``Retry-After`` on 429)."""
+        return {}
+
+    @property
+    def rpc_message(self) -> str:
+        """The message of the Cap'n Web rejection (no headers there: what they say goes in it)."""
+        return self.message
+
 
 class ValidationFailed(ShareError):
     """Bad input: the request is rejected before anything is read or written."""
@@ -129,6 +138,32 @@ class UnsupportedEncoding(ShareError):
     close_connection = True
 
 
+class ShareFinal(ShareError):
+    status = 409
+    message = "This share is final: it can no longer be changed (its owner or the admin can unfreeze it)"
+
+
 class StoreUnavailable(ShareError):
     status = 503
     message = "Storage unavailable"
+
+
+class RateLimited(ShareError):
+    """Too many requests of one kind from one client address (web/ratelimit.py)."""
+
+    status = 429
+    message = "Too many requests"
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def rpc_message(self) -> str:
+        return f"{self.message}; retry in {self.retry_after} s"
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "retryAfter": self.retry_after}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -12,3 +12,7 @@ ADMIN_HEADER = "x-opencode-share-key"
 READ_TOKEN_HEADER = "x-opencode-share-token"
 # Makes a retried create, sync or delete return the first answer without applying it twice.
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Labels for a new share, ``key=value,key2=value2`` (docs/lifecycle.md).
+LABELS_HEADER = "X-Cloudsession-Labels"
+# How long a new share lives when its body names no expiry: ``7d``, ``12h``, ``3600``.
+TTL_HEADER = "X-Cloudsession-TTL"

@@ -15,6 +15,7 @@ import pytest
 from moto.s3.responses import S3Response
 from moto.server import ThreadedMotoServer
 
+import cloudsession
 from cloudsession.store.base import ObjectStore
 from cloudsession.store.fs import FilesystemStore
 from cloudsession.store.s3 import S3Store
@@ -155,3 +156,28 @@ def replica_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[lis
         env = {"CLOUDSESSION_STORE": f"s3://{bucket}/shares", "AWS_ENDPOINT_URL": endpoint}
     with running_servers(3, tmp_path / "data", env) as servers:
         yield [s.url for s in servers]
+
+
+# --- The package under test must be this checkout's code: scripts/test installs it as a wheel
+# (what users get), so an edit made since would otherwise be tested stale, silently.
+
+
+def _stale_modules() -> list[str]:
+    installed = Path(cloudsession.__file__).resolve().parent
+    checkout = Path(__file__).resolve().parents[1] / "cloudsession"
+    if installed == checkout:
+        return []  # an editable install or the source tree itself
+    return [
+        str(path.relative_to(checkout))
+        for path in checkout.rglob("*.py")
+        if not (installed / path.relative_to(checkout)).is_file() or (installed / path.relative_to(checkout)).read_bytes() != path.read_bytes()
+    ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    stale = _stale_modules()
+    if stale:
+        raise pytest.UsageError(
+            f"the installed cloudsession differs from this checkout ({', '.join(stale[:5])}...): "
+            "run ./scripts/test (it reinstalls), or `.venv/bin/pip install -e .` while developing"
+        )

@@ -23,7 +23,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None, *, pass_data_dir: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None, *, pass_data_dir: bool = True, args: list[str] | None = None
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -36,6 +38,7 @@ class ServerProcess:
             **(env or {}),
         }
         self.pass_data_dir = pass_data_dir
+        self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
@@ -43,6 +46,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "cloudsession", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if self.pass_data_dir:
             cmd += ["--data-dir", str(self.data_dir)]
+        cmd += self.args
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -75,9 +79,9 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_servers(count: int, data_dir: Path, env: dict[str, str] | None = None) -> Iterator[list[ServerProcess]]:
+def running_servers(count: int, data_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> Iterator[list[ServerProcess]]:
     """``count`` server processes sharing one data dir / store."""
-    servers = [ServerProcess(data_dir, env) for _ in range(count)]
+    servers = [ServerProcess(data_dir, env, args=args) for _ in range(count)]
     try:
         for server in servers:
             server.start()

@@ -250,7 +250,9 @@ def test_a_hub_counts_viewers_per_address() -> None:
 
 @pytest.mark.parametrize("hops", [0, 1])
 async def test_the_viewer_cap_counts_the_address_a_trusted_proxy_saw(aiohttp_client, tmp_path: Path, hops: int) -> None:  # type: ignore[no-untyped-def]
-    settings = settings_for_tests(tmp_path / "d", trusted_proxy_hops=hops, limits={"max_viewers_per_address": 1})
+    # hops 1: the test client's own address (the peer) is a trusted proxy.
+    proxies = ["127.0.0.1/32"] if hops else []
+    settings = settings_for_tests(tmp_path / "d", rate_limits={"trusted_proxies": proxies}, limits={"max_viewers_per_address": 1})
     web = await aiohttp_client(create_app(settings))
     creds = await create(web)
 

@@ -23,14 +23,16 @@ RANKS = {
     "web": 5,
     "client": 4,
     "live": 3,
+    "hooks": 3,
     "render": 3,
     "rpc": 3,
     "shares": 2,
     "store": 1,
-    # The base: settings, errors, credentials, wire constants and JSON, used by every layer.
+    # The base: settings, errors, credentials, wire constants and JSON, the metrics registry and
+    # the log setup, used by every layer.
     "base": 0,
 }
-BASE_MODULES = {"config", "errors", "credentials", "protocol", "jsonio", "__init__"}
+BASE_MODULES = {"config", "errors", "credentials", "protocol", "jsonio", "metrics", "logs", "__init__"}
 # Importing these makes a module a web door or a command; only their rooms may.
 FRAMEWORK_ROOMS = {"aiohttp.web": {"web", "rpc", "cli"}, "argparse": {"cli"}}
 
@@ -73,9 +75,10 @@ def _imports(module: str, path: Path) -> list[tuple[str, bool]]:
                     anchor = package.split(".")[: len(package.split(".")) - child.level + 1]
                     base = ".".join([*anchor, *([base] if base else [])])
                 for alias in child.names:
-                    # ``from cloudsession.shares import ops`` imports the submodule.
+                    # ``from cloudsession.shares import ops`` imports the submodule; ``from aiohttp
+                    # import web`` is aiohttp.web for the framework rule.
                     candidate = f"{base}.{alias.name}"
-                    found.append((candidate if candidate in MODULES else base, top))
+                    found.append((candidate if candidate in MODULES or not base.startswith("cloudsession") else base, top))
             visit(child, inner)
 
     visit(tree, True)

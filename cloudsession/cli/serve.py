@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -41,10 +40,15 @@ from cloudsession.config import (
     load_settings,
     prepare_data_dir,
 )
+from cloudsession.logs import configure as configure_logging
 from cloudsession.web.app import create_app
 from cloudsession.web.auth import enable_local_admin
 from cloudsession.web.keys import IN_FLIGHT
 from cloudsession.web.lifecycle import close_viewers
+
+# One line per request without the query string (read tokens travel in ``?token=``), with the
+# request id, route, share id and public session id: web/observability.py.
+from cloudsession.web.observability import AccessLogger
 
 # How long `serve` and `check-config --check-store` wait for the store's first answer.
 STORE_CHECK_SECONDS = 10.0
@@ -53,17 +57,6 @@ STORE_CHECK_SECONDS = 10.0
 DRAIN_SECONDS = 20.0
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
 log = logging.getLogger("cloudsession.serve")
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request without the query string: read tokens of private shares may travel
-    in ``?token=`` and must never reach a log."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            '%s "%s %s" %s %s %.4fs',
-            request.remote, request.method, request.path, response.status, response.body_length, time,
-        )
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -91,7 +84,7 @@ def bind(settings: Settings) -> socket.socket:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(config_file=args.config, env_name=args.env_name, overrides={"data_dir": args.data_dir, "host": args.host, "port": args.port})
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)  # text or JSON lines (LOG_FORMAT)
     # "Found credentials in environment variables" on every start says nothing an operator needs.
     for name in ("aiobotocore.credentials", "botocore.credentials"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -193,6 +186,7 @@ def add_subcommands(sub: Any) -> None:
 ENVIRONMENT_ONLY: dict[tuple[str, ...], list[str]] = {
     ("shared_secret",): ["SESSIONS_SHARED_SECRET"],
     ("rpc_shared_key",): ["SESSIONS_RPC_SHARED_KEY"],
+    ("metrics_token",): ["CLOUDSESSION_METRICS_TOKEN", "METRICS_TOKEN"],
     ("store", "backend"): ["CLOUDSESSION_STORE"],
     ("store", "bucket"): ["CLOUDSESSION_STORE"],
     ("store", "prefix"): ["CLOUDSESSION_STORE"],
@@ -209,6 +203,8 @@ FILE_KEYS: dict[tuple[str, ...], str] = {
     ("store", "prefix"): "`r2_buckets.prefix`",
     ("store", "path"): "`r2_buckets.path`",
 }
+# Config file sections of their own (``[retention]``, ``[hooks]``), not [vars] keys.
+FILE_SECTIONS = ("retention", "hooks")
 # Other variables the commands read, listed for completeness.
 OTHER_ENVIRONMENT = [
     ("API_DOMAIN", "`PUBLIC_URL` as `https://<API_DOMAIN>` when `PUBLIC_URL` is not set (the Worker's name); also a `[vars]` key."),
@@ -269,7 +265,8 @@ def rows() -> list[list[str]]:
         var = var_of.get(path)
         env = env_names(var) if var else ENVIRONMENT_ONLY.get(path, [])
         flag = FLAGS.get(path[-1]) if len(path) == 1 else None
-        where = [f"`{var}`" if var else FILE_KEYS.get(path, "—")]
+        section = f"`[{path[0]}] {'.'.join(path[1:])}`" if path[0] in FILE_SECTIONS else "—"
+        where = [f"`{var}`" if var else FILE_KEYS.get(path, section)]
         table.append([
             f"`{'.'.join(path)}`",
             where[0],

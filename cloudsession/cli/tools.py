@@ -23,7 +23,7 @@ from typing import Any
 from cloudsession.cli.common import Progress, add_store_flags, open_service, print_report, progress_for, run, settings_from_args
 from cloudsession.client import importer
 from cloudsession.errors import SessionNotFound
-from cloudsession.shares import maintenance
+from cloudsession.shares import maintenance, owner
 from cloudsession.shares.sweep import SweepReport, sweep
 
 TOKEN_ENV = "CLOUDSESSION_SHARE_TOKEN"
@@ -117,6 +117,14 @@ async def _migrate(args: argparse.Namespace) -> int:
     return 1 if report.counts["failed"] else 0
 
 
+async def _audit(args: argparse.Namespace) -> int:
+    async with open_service(settings_from_args(args), args.store) as service:
+        trail = await owner.audit_trail(service, args.share_id, None, admin=True)
+    for event in trail["events"]:
+        print(json.dumps(event, sort_keys=True))
+    return 0
+
+
 async def _delete(args: argparse.Namespace) -> int:
     missing = 0
     async with open_service(settings_from_args(args), args.store) as service:
@@ -154,7 +162,7 @@ def add_subcommands(sub: Any) -> None:
     exp.add_argument("--original-ids", action="store_true", help="keep the owner's real session ID instead of the public one")
     exp.set_defaults(func=cmd_export)
 
-    admin = sub.add_parser("admin", help="store maintenance: backfill-index, fsck, migrate, delete")
+    admin = sub.add_parser("admin", help="store maintenance: backfill-index, fsck, migrate, audit, delete")
     tools = admin.add_subparsers(dest="admin_command", required=True, metavar="TOOL")
 
     backfill = tools.add_parser("backfill-index", help="rebuild missing or stale index entries")
@@ -172,6 +180,11 @@ def add_subcommands(sub: Any) -> None:
     move.add_argument("--from", dest="source", required=True, metavar="STORE", help="source store URL (s3://bucket[/prefix][?endpoint=URL], file:///path)")
     move.add_argument("--to", dest="target", metavar="STORE", help="target store URL (default: the configured store)")
     move.set_defaults(func=lambda args: run(_migrate(args)))
+
+    trail = tools.add_parser("audit", help="print a share's audit trail (creates, rotations, privacy and expiry changes, finalising)")
+    add_store_flags(trail, changes=False)
+    trail.add_argument("share_id")
+    trail.set_defaults(func=lambda args: run(_audit(args)))
 
     kill = tools.add_parser("delete", help="delete shares without their secret (the operator's kill switch)")
     add_store_flags(kill)

@@ -41,6 +41,7 @@ _ANSWER_KEYS = {
     "create": ("id", "secret", "url"),
     "redeem": ("cursor", "capabilityEpoch"),
     "append_ops": ("cursor", "applied", "duplicates", "rejected"),
+    "finalize": ("id", "final"),
 }
 
 
@@ -56,6 +57,8 @@ class Transport(Protocol):
     async def redeem(self, share_id: str, secret: str) -> dict[str, Any]: ...
 
     async def append_ops(self, share_id: str, secret: str, epoch: int, ops: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+    async def finalize(self, share_id: str, secret: str) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
 
@@ -102,6 +105,9 @@ class RestTransport(_Http):
     async def append_ops(self, share_id: str, secret: str, epoch: int, ops: list[dict[str, Any]]) -> dict[str, Any]:
         return _checked("append_ops", await self._call(f"/api/share/{share_id}/ops", {"secret": secret, "epoch": epoch, "ops": ops}))
 
+    async def finalize(self, share_id: str, secret: str) -> dict[str, Any]:
+        return _checked("finalize", await self._call(f"/api/share/{share_id}/finalize", {"secret": secret}))
+
 
 class RpcBatchTransport(_Http):
     """One Cap'n Web HTTP batch per call: ``push`` of the method call on the main object, then
@@ -147,6 +153,9 @@ class RpcBatchTransport(_Http):
 
     async def append_ops(self, share_id: str, secret: str, epoch: int, ops: list[dict[str, Any]]) -> dict[str, Any]:
         return _checked("append_ops", await self.call("appendOps", share_id, secret, epoch, ops))
+
+    async def finalize(self, share_id: str, secret: str) -> dict[str, Any]:
+        return _checked("finalize", await self.call("finalizeShare", share_id, secret))
 
 
 def open_transport(kind: str, base_url: str, *, headers: dict[str, str] | None = None) -> RestTransport | RpcBatchTransport:

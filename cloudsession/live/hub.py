@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -175,6 +176,9 @@ class LiveHub:
         # The latest sync count told to each watched share's viewers: with several replicas,
         # syncs accepted by different ones can arrive out of order (see deliver_synced).
         self._sync_counts: dict[str, int] = {}
+        # share id -> the redaction every frame to its viewers passes through (the owner's real
+        # session ID replaced; given by the door that admitted the viewer, shares/public.py).
+        self._redact: dict[str, Callable[[str], str]] = {}
 
     @property
     def viewer_count(self) -> int:
@@ -193,11 +197,19 @@ class LiveHub:
             and self.viewers_from(address) < self.max_viewers_per_address
         )
 
-    def add(self, share_id: str, viewer: Viewer) -> None:
+    def add(self, share_id: str, viewer: Viewer, redact: Callable[[str], str] | None = None) -> None:
         viewers = self._viewers.setdefault(share_id, set())
         if viewer not in viewers:
             viewers.add(viewer)
             self._per_address[viewer.address] = self._per_address.get(viewer.address, 0) + 1
+        if redact is not None:
+            self._redact[share_id] = redact
+
+    def frame(self, share_id: str, data: Any) -> bytes:
+        """``data`` serialised for the viewers of ``share_id``: every frame is made here."""
+        text = json_bytes(data).decode()
+        redact = self._redact.get(share_id)
+        return (redact(text) if redact is not None else text).encode()
 
     def remove(self, share_id: str, viewer: Viewer) -> None:
         viewers = self._viewers.get(share_id)
@@ -211,6 +223,7 @@ class LiveHub:
             if not viewers:
                 del self._viewers[share_id]
                 self._sync_counts.pop(share_id, None)
+                self._redact.pop(share_id, None)
 
     def watched_shares(self) -> list[str]:
         return list(self._viewers)
@@ -249,17 +262,17 @@ class LiveHub:
         for viewer in list(viewers):
             if viewer.format == FORMAT_EVENTS:
                 unknown = {"type": "resync", "syncCount": sync_count}  # re-read the page
-                event = event or json_bytes(unknown if items is None else sync_event(items, sync_count))
+                event = event or self.frame(share_id, unknown if items is None else sync_event(items, sync_count))
                 viewer.offer(event, sync_count)
             elif items is None or late:
                 # A reference viewer cannot be told to resync: closed, as when it falls behind.
                 viewer.finish(CLOSE_TOO_SLOW, "Missed updates")
             else:
-                reference = reference or json_bytes(items)
+                reference = reference or self.frame(share_id, items)
                 viewer.offer(reference, sync_count)
 
     async def deliver_deleted(self, share_id: str) -> None:
-        deleted = json_bytes({"type": "deleted"})
+        deleted = self.frame(share_id, {"type": "deleted"})
         for viewer in list(self._viewers.get(share_id, ())):
             viewer.finish(CLOSE_DELETED, "Share deleted", deleted if viewer.format == FORMAT_EVENTS else None)
 

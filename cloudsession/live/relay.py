@@ -105,6 +105,21 @@ class RedisRelay:
         self._missed_access: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned_invalid = False
+        # Counters for /metrics (state()).
+        self.published = 0
+        self.publish_failures = 0
+        self.received = 0
+
+    def state(self) -> dict[str, Any]:
+        """What /metrics shows of the relay: subscription up, queued bytes, counters."""
+        return {
+            "subscribed": self.subscribed.is_set(),
+            "outbox_bytes": self._outbox_bytes,
+            "missed_shares": len(self._missed) + len(self._missed_access),
+            "published": self.published,
+            "publish_failures": self.publish_failures,
+            "received": self.received,
+        }
 
     # -- lifecycle
 
@@ -177,7 +192,9 @@ class RedisRelay:
                 outgoing = await self._outbox.get()
                 self._outbox_bytes -= len(outgoing.data)
                 await self.client.publish(f"{self.channel}:{outgoing.share_id}", outgoing.data)
+                self.published += 1
             except Exception as exc:
+                self.publish_failures += 1
                 if outgoing is not None:
                     self._miss(outgoing)
                 while not self._outbox.empty():
@@ -230,6 +247,7 @@ class RedisRelay:
         message = self._parse(data)
         if message is None or message["from"] == self.replica:
             return  # invalid, or already delivered here when it happened
+        self.received += 1
         if message["kind"] == "deleted":
             await self.hub.deliver_deleted(share_id)
         elif message["kind"] == "access":

@@ -361,20 +361,28 @@ class FileDiff:
     truncated: bool = False
 
 
-_HUNK = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@")
+# ASCII digits only, and few enough for int() (it refuses more than 4,300): a header with line
+# numbers no real file has is shown as a row of text, its lines without numbers.
+_HUNK = re.compile(r"^@@ -([0-9]{1,15})(?:,[0-9]{1,15})? \+([0-9]{1,15})(?:,[0-9]{1,15})? @@")
+_HUNK_LIKE = re.compile(r"^@@ .*@@")
 
 
 def parse_unified_diff(patch: str, max_lines: int = MAX_DIFF_LINES) -> tuple[list[DiffLine], bool]:
     """Rows of a unified diff with old/new line numbers; the file headers are dropped."""
     rows: list[DiffLine] = []
-    old = new = 0
+    old: int | None = 0
+    new: int | None = 0
     in_hunk = False
+
+    def step(n: int | None) -> int | None:
+        return None if n is None else n + 1
+
     for raw in patch.split("\n"):
         if len(rows) >= max_lines:
             return rows, True
         match = _HUNK.match(raw)
-        if match:
-            old, new = int(match.group(1)), int(match.group(2))
+        if match or _HUNK_LIKE.match(raw):
+            old, new = (int(match.group(1)), int(match.group(2))) if match else (None, None)
             in_hunk = True
             rows.append(DiffLine("hunk", raw))
         elif not in_hunk:
@@ -382,22 +390,20 @@ def parse_unified_diff(patch: str, max_lines: int = MAX_DIFF_LINES) -> tuple[lis
             continue
         elif raw.startswith("+"):
             rows.append(DiffLine("add", raw[1:], None, new))
-            new += 1
+            new = step(new)
         elif raw.startswith("-"):
             rows.append(DiffLine("del", raw[1:], old, None))
-            old += 1
+            old = step(old)
         elif raw.startswith("\\"):
             rows.append(DiffLine("note", raw))
         elif raw.startswith(" "):
             rows.append(DiffLine("ctx", raw[1:], old, new))
-            old += 1
-            new += 1
+            old, new = step(old), step(new)
         elif raw.startswith("diff ") or raw.startswith("Index:"):
             in_hunk = False
         elif raw:
             rows.append(DiffLine("ctx", raw, old, new))
-            old += 1
-            new += 1
+            old, new = step(old), step(new)
     return rows, False
 
 

@@ -87,7 +87,7 @@ async def create_once(service: ShareService, session_id: Any, key: str, *, origi
     answer = await create(service, session_id, origin=origin, options=options)
     share_id = answer["id"]
     digest = _digest(service, "key", share_id, key)
-    fingerprint = _digest(service, "create", session_id, options.private, options.ttl, options.expires_at)
+    fingerprint = _digest(service, "create", session_id, options.private, options.ttl, options.expires_at, options.labels)
     first: list[dict[str, Any]] = []
 
     def build(state: ShareState) -> dict[str, Any] | None:
@@ -100,7 +100,8 @@ async def create_once(service: ShareService, session_id: Any, key: str, *, origi
         first[:] = [{**public, "epoch": state.meta.epoch}]
         return {"idem": {digest: {"fp": fingerprint, "body": public, "epoch": state.meta.epoch}}}
 
-    result = await service.commit(share_id, build)
+    # Recording a create's key is no change to the share: allowed on a final one too.
+    result = await service.commit(share_id, build, allow_final=True)
     body = first[0]
     epoch = body.pop("epoch")
     session = result.state.meta.session_id

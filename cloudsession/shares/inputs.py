@@ -20,12 +20,14 @@ class _Body(BaseModel):
 
 
 class ShareOptionsBody(_Body):
-    """Options of the durable protocol (durable.py), applied only when the share is new: a
+    """Options of the durable protocol (shares/owner.py), applied only when the share is new: a
     private share, and an expiry as ``ttl`` seconds or ``expiresAt`` epoch milliseconds."""
 
     private: StrictBool = False
     ttl: StrictInt | None = None
     expiresAt: StrictInt | None = None
+    # Validated by shares/lifecycle.parse_labels (bounded object of strings).
+    labels: Any = None
 
 
 class CreateShareBody(ShareOptionsBody):

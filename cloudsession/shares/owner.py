@@ -9,23 +9,26 @@ share's current capability, 404 for an unknown share, 410 for an expired one. Wi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cloudsession import credentials
+from cloudsession.config import RetentionSettings
 from cloudsession.errors import (
+    InvalidSecret,
     SessionNotFound,
     ShareGone,
     ShareNotFound,
     ValidationFailed,
 )
+from cloudsession.shares import audit
 from cloudsession.shares.inputs import ShareOptionsBody, parse_body
+from cloudsession.shares.lifecycle import MAX_TTL_SECONDS, CreateContext, cap_expiry, parse_labels, retention_ttl
 from cloudsession.shares.service import ShareCredentials, ShareService, is_expired, now_ms
 from cloudsession.shares.state import ShareMeta, ShareState
 
 log = logging.getLogger(__name__)
 
-MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 
 # -- redeem, rotation, read tokens, privacy, expiry ------------------------------------------------
 
@@ -51,26 +54,35 @@ async def redeem(service: ShareService, share_id: str, secret: str, origin: str)
     }
 
 
-async def _change(service: ShareService, share_id: str, secret: str, content: Any) -> ShareMeta:
-    """Commit a metadata change by the share's owner; returns the metadata it was built on (a
-    copy: the cached state itself moves on with the commit)."""
+async def _change(
+    service: ShareService, share_id: str, secret: str, action: str, content: Any, *, allow_final: bool = False, **detail: Any
+) -> ShareMeta:
+    """Commit a metadata change by the share's owner, with its audit record in the same entry;
+    returns the metadata it was built on (a copy: the cached state moves on with the commit)."""
     seen: list[ShareMeta] = []
+    note = audit.record(action, **detail)
 
     def build(state: ShareState) -> dict[str, Any]:
         service.check_secret(state, secret)
-        seen[:] = [replace(state.meta)]
+        seen[:] = [replace(state.meta, extra=dict(state.meta.extra))]  # extra is mutated in place by the fold
         entry: dict[str, Any] = content(state)
-        return entry
+        return {**entry, "audit": [note]}
 
-    await service.commit(share_id, build)
+    try:
+        await service.commit(share_id, build, allow_final=allow_final)
+    except InvalidSecret:
+        audit.log_event(share_id, action, "denied")
+        raise
     return seen[0]
 
 
 async def rotate_secret(service: ShareService, share_id: str, secret: str, origin: str) -> dict[str, Any]:
     """Bump the capability epoch: the old secret and read token stop working everywhere."""
-    before = await _change(service, share_id, secret, lambda s: {"meta": {"epoch": s.meta.epoch + 1}})
+    # Rotating is no change to a share's content: a final share's owner may still revoke a leak.
+    before = await _change(service, share_id, secret, "rotate", lambda s: {"meta": {"epoch": s.meta.epoch + 1}}, allow_final=True)
     epoch = before.epoch + 1
     await service.notify_access_changed(share_id)  # viewers holding the old read token
+    service.emit("share.rotated", share_id)
     return {
         "id": share_id,
         "secret": service.secret_for(before.session_id, epoch),
@@ -86,9 +98,11 @@ async def read_token(service: ShareService, share_id: str, secret: str) -> dict[
 
 
 async def set_private(service: ShareService, share_id: str, secret: str, private: bool) -> dict[str, Any]:
-    meta = await _change(service, share_id, secret, lambda s: {"meta": {"extra": {"private": True if private else None}}})
+    meta = await _change(service, share_id, secret, "privacy", lambda s: {"meta": {"extra": {"private": True if private else None}}}, private=private)
     if private:
         await service.notify_access_changed(share_id)  # viewers without a read token
+    if bool(meta.extra.get("private")) != private:
+        service.emit("share.privacy_changed", share_id)
     token = credentials.derive_read_token(service.namespace, meta.session_id, meta.epoch)
     return {"private": private, "readToken": token, "capabilityEpoch": meta.epoch}
 
@@ -107,8 +121,9 @@ def resolve_expiry(ttl: int | None, expires_at: int | None, now: int) -> int | N
 
 
 async def set_expiry(service: ShareService, share_id: str, secret: str, ttl: int | None, expires_at: int | None) -> dict[str, Any]:
-    when = resolve_expiry(ttl, expires_at, now_ms())
-    await _change(service, share_id, secret, lambda s: {"meta": {"extra": {"expiresAt": when}}})
+    now = now_ms()
+    when = cap_expiry(service.settings.retention, resolve_expiry(ttl, expires_at, now), now)
+    await _change(service, share_id, secret, "expiry", lambda s: {"meta": {"extra": {"expiresAt": when}}}, expiresAt=when)
     return {"expiresAt": when}
 
 
@@ -120,12 +135,24 @@ class CreateOptions:
     private: bool = False
     ttl: int | None = None
     expires_at: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    context: CreateContext = CreateContext()
 
     @classmethod
-    def parse(cls, raw: Any) -> CreateOptions:
-        """From ``{private?, ttl?, expiresAt?}`` (a create body or the RPC options argument)."""
+    def parse(cls, raw: Any, *, extra_labels: dict[str, str] | None = None, context: CreateContext = CreateContext()) -> CreateOptions:
+        """From ``{private?, ttl?, expiresAt?, labels?}`` (a create body or the RPC options
+        argument), plus labels and context the request carried in its headers."""
         body: ShareOptionsBody = parse_body(ShareOptionsBody, raw)
-        return cls(body.private, body.ttl, body.expiresAt)
+        labels = parse_labels({**(extra_labels or {}), **parse_labels(body.labels)})
+        return cls(body.private, body.ttl, body.expiresAt, labels, context)
+
+    def expiry(self, policy: RetentionSettings, now: int) -> int | None:
+        """Epoch ms: the share's own ttl/expiresAt, else what retention chooses; capped."""
+        explicit = resolve_expiry(self.ttl, self.expires_at, now)
+        if explicit is None and self.ttl is None and self.expires_at is None:
+            chosen = retention_ttl(policy, self.labels, self.context)
+            explicit = None if chosen is None else now + chosen * 1000
+        return cap_expiry(policy, explicit, now)
 
 
 async def create(
@@ -141,13 +168,16 @@ async def create(
 
     A share whose expiry has passed is deleted here rather than answering 410, so that a
     script re-creating its share starts afresh without waiting for the sweep."""
-    expires_at = resolve_expiry(options.ttl, options.expires_at, now_ms())
+    expires_at = options.expiry(service.settings.retention, now_ms())
 
     def on_create(state: ShareState) -> None:
         if options.private:
             state.meta.extra["private"] = True
         if expires_at is not None:
             state.meta.extra["expiresAt"] = expires_at
+        if options.labels:
+            state.meta.extra["labels"] = dict(options.labels)
+        state.meta.record_audit([audit.record("create", private=options.private, expiresAt=expires_at)])
 
     try:
         creds = await service.create(session_id, origin=origin, initial_items=initial_items, on_create=on_create)
@@ -164,6 +194,8 @@ async def _create_answer(service: ShareService, creds: ShareCredentials) -> dict
         answer["readToken"] = service.read_token_for(state)
     if state.meta.extra.get("expiresAt") is not None:
         answer["expiresAt"] = state.meta.extra["expiresAt"]
+    if state.meta.extra.get("labels"):
+        answer["labels"] = state.meta.extra["labels"]
     return answer
 
 
@@ -174,4 +206,12 @@ async def _delete_expired_share_of(service: ShareService, session_id: str) -> No
         except SessionNotFound:
             continue
         if credentials.secrets_equal(state.meta.session_id, session_id) and is_expired(state, now_ms()):
-            await service.delete(share_id, None, admin=True)
+            await service.delete(share_id, None, admin=True, reason="share.expired")
+
+
+async def audit_trail(service: ShareService, share_id: str, secret: str | None, *, admin: bool = False) -> dict[str, Any]:
+    """The share's audit records, oldest first: for its owner (the secret) or the admin."""
+    state = await service.load(share_id, missing=ShareNotFound)
+    if not admin:
+        service.check_secret(state, secret)
+    return {"id": share_id, "events": list(state.meta.audit)}

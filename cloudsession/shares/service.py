@@ -25,11 +25,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cloudsession import credentials
+from cloudsession import credentials, logs
 from cloudsession.config import Settings
 from cloudsession.errors import (
     InvalidSecret,
@@ -37,18 +37,25 @@ from cloudsession.errors import (
     SessionNotFound,
     ShareConflict,
     ShareError,
+    ShareFinal,
     ShareGone,
     ShareNotFound,
     StoreUnavailable,
     ValidationFailed,
 )
 from cloudsession.jsonio import json_bytes
+from cloudsession.metrics import Metrics
+from cloudsession.shares import audit
 from cloudsession.shares.events import EventSink, NullSink
-from cloudsession.shares.public import PublicShare
-from cloudsession.shares.state import ShareState, sha256_hex
+from cloudsession.shares.public import PublicShare, Redactor, current_redactor, note_owner
+from cloudsession.shares.state import ShareState, regression, sha256_hex
 from cloudsession.shares.storage import INDEX_PREFIX, index_key, journal_key, journal_prefix, snapshot_key
 from cloudsession.store import open_store
 from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys, read_json_object
+from cloudsession.store.instrumented import InstrumentedStore
+
+if TYPE_CHECKING:
+    from cloudsession.shares.hookbox import HookBox
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +63,6 @@ MAX_WRITE_ATTEMPTS = 64
 # The share list is read from every index entry; kept this long, and updated in place by this
 # process's own writes, so a busy /sessions page does not cost one GET per share per view.
 LISTING_TTL_SECONDS = 10.0
-# Replace the real session ID in serialised public output only when it is long enough that a
-# plain substring replacement cannot hit unrelated text.
-MIN_REDACT_LENGTH = 12
 
 EntryBuilder = Callable[[ShareState], "dict[str, Any] | None"]
 
@@ -92,11 +96,17 @@ class CommitResult:
 
 
 class ShareService:
-    def __init__(self, store: ObjectStore, settings: Settings, events: EventSink | None = None) -> None:
+    def __init__(self, store: ObjectStore, settings: Settings, events: EventSink | None = None, metrics: Metrics | None = None) -> None:
         self.store = store
+        # Syncs, items, bytes, compactions and journal lengths go here when the server measures.
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.watch_journal(self.journal_tails)
         self.settings = settings
         self.namespace = settings.namespace
         self.events: EventSink = events or NullSink()
+        # Set when event hooks are configured (web/lifecycle.py): shares/hookbox.HookBox.
+        self.hooks: HookBox | None = None
         self._cache: OrderedDict[str, ShareState] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit_bytes = 512 * 1024 * 1024
@@ -110,6 +120,12 @@ class ShareService:
         # share id -> stored index entry (real ids; made public on the way out), and when read.
         self._listing: dict[str, dict[str, Any]] | None = None
         self._listing_read_at = 0.0
+        # share id -> (stored index entry, its public form); and every listed owner's id.
+        self._public_entries: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._listing_redactor = Redactor()
+        # share id -> {id(stored entity): (stored entity, redacted entity)}: a new version of a
+        # share redacts only the entities that changed.
+        self._redacted: dict[str, tuple[list[tuple[str, str]], dict[int, tuple[Any, Any]]]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -130,6 +146,11 @@ class ShareService:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def journal_tails(self) -> tuple[int, int]:
+        """(longest, total) unfolded journal entries over the cached shares (for /metrics)."""
+        tails = [state.tail_entries for state in self._cache.values()]
+        return (max(tails, default=0), sum(tails))
 
     # -- credentials --------------------------------------------------------------------------
 
@@ -170,12 +191,14 @@ class ShareService:
             _, evicted = self._cache.popitem(last=False)
             self._cache_bytes -= evicted.approx_bytes
             self._public_cache.pop(evicted.share_id, None)
+            self._redacted.pop(evicted.share_id, None)
 
     def _cache_drop(self, share_id: str) -> None:
         old = self._cache.pop(share_id, None)
         if old is not None:
             self._cache_bytes -= old.approx_bytes
         self._public_cache.pop(share_id, None)
+        self._redacted.pop(share_id, None)
 
     async def store_call(self, coro: Awaitable[Any]) -> Any:
         """Await a store call, turning store failures into StoreUnavailable (503)."""
@@ -211,6 +234,11 @@ class ShareService:
                     raise missing() from None
             if await self._catch_up(state):
                 self._cache_put(state)
+                # Whatever this request outputs from here on is redacted of this owner's ids.
+                for real, public in self._owner_pairs(state):
+                    note_owner(real, public)
+                # Log lines about this request name the share and its public session id.
+                logs.annotate(share_id=share_id, session=self.public_id(state.meta.session_id))
                 return state
             self._cache_drop(share_id)
         raise StoreUnavailable("the share kept changing while it was being read; retry")
@@ -245,12 +273,16 @@ class ShareService:
 
     # -- writing ------------------------------------------------------------------------------
 
-    async def commit(self, share_id: str, build: EntryBuilder, *, missing: type[ShareError] = ShareNotFound) -> CommitResult:
+    async def commit(
+        self, share_id: str, build: EntryBuilder, *, missing: type[ShareError] = ShareNotFound, allow_final: bool = False
+    ) -> CommitResult:
         """Append one journal entry built from the current state.
 
         ``build(state)`` validates against the state (raising ShareError to refuse) and returns
         the entry's content (``items``, ``syncs``, ``meta``...), or None to write nothing. It may
         run several times when other writers get in first, so it must not have side effects.
+        A finalised share refuses every write with ShareFinal (409) unless ``allow_final``
+        (finalising itself, rotation, idempotency records of creates).
         """
         limits = self.settings.limits
         async with self._lock(share_id):
@@ -258,9 +290,11 @@ class ShareService:
                 state = await self.load(share_id, missing=missing)
                 checked = time.monotonic()
                 self.ensure_live(state)
-                content = build(state)
+                content = build(state)  # checks the caller's secret first: 403 before 409
                 if content is None:
                     return CommitResult(state, state.meta.sync_count)
+                if state.meta.extra.get("final") and not allow_final:
+                    raise ShareFinal()
                 seq = state.meta.seq + 1
                 # "w" makes every entry's bytes unique, so the S3 store's lost-response check
                 # (compare what is stored with what was sent) can never mistake a rival's write
@@ -279,6 +313,8 @@ class ShareService:
                     continue
                 state.apply_entry(entry, len(body))
                 self._cache_put(state)
+                if self.metrics is not None:
+                    self.metrics.journal_appended(content, len(body))
                 result = CommitResult(state, state.meta.sync_count)
                 # Under the lock, so this process's index writes land in commit order and the
                 # list never keeps an older entry behind a newer one (other replicas may still
@@ -347,6 +383,8 @@ class ShareService:
                 state.snapshot_etag, state.snapshot_bytes, state.approx_bytes, state.compacted_at = etag, len(body), len(body), now
                 self._cache_put(state)
                 await self._write_index(share_id, state.index_doc())
+                # Here, after the create-if-absent won: concurrent creates fire one event.
+                self.emit("share.created", share_id)
                 return state
         raise ShareConflict("Share id collision: another session already owns this share id")
 
@@ -368,19 +406,45 @@ class ShareService:
         except Exception:  # a viewer problem must never fail a durable write
             log.exception("share %s: access-change notification failed", share_id)
 
+    def emit(self, kind: str, share_id: str, state: ShareState | None = None) -> None:
+        """Tell the event hooks (when configured); never fails or delays the caller."""
+        if self.hooks is not None:
+            try:
+                self.hooks.emit(kind, share_id, state)
+            except Exception:
+                log.exception("share %s: recording %s for the hooks failed", share_id, kind)
+
     async def notify_sync(self, state: ShareState, items: list[dict[str, Any]], sync_count: int) -> None:
+        self.emit("share.synced", state.share_id)
+        # Viewers are told what the fold kept: an update it ignored as a regression is left out.
+        applied = [item for item in items if not self._regressed(state, item)]
         try:
-            await self.events.share_synced(state.share_id, self.public_items(state, items), sync_count)
+            await self.events.share_synced(state.share_id, self.public_items(state, applied), sync_count)
         except Exception:  # a viewer problem must never fail a durable write
             log.exception("share %s: live notification failed", state.share_id)
 
-    async def delete(self, share_id: str, secret: str | None, *, admin: bool = False) -> None:
-        """Delete a share (``admin`` skips the secret check: the operator's kill switch)."""
+    @staticmethod
+    def _regressed(state: ShareState, item: dict[str, Any]) -> bool:
+        kind, data = item["type"], item["data"]
+        if kind == "session":
+            return regression(kind, state.synced_session, data) is not None
+        if kind in ("message", "part"):
+            stored = (state.messages if kind == "message" else state.parts).get(data["id"])
+            return regression(kind, stored, data) is not None
+        return False
+
+    async def delete(self, share_id: str, secret: str | None, *, admin: bool = False, reason: str = "share.deleted") -> None:
+        """Delete a share (``admin`` skips the secret check: the operator's kill switch).
+        ``reason`` is the hook event it fires (``share.expired`` from the sweep)."""
         async with self._lock(share_id):
             for _ in range(8):
                 state = await self.load(share_id, missing=ShareNotFound)
                 if not admin:
-                    self.check_secret(state, secret)
+                    try:
+                        self.check_secret(state, secret)
+                    except InvalidSecret:
+                        audit.log_event(share_id, "delete", "denied")
+                        raise
                 try:
                     await self.store_call(self.store.delete_if_match(snapshot_key(share_id), state.snapshot_etag or ""))
                     break
@@ -389,6 +453,9 @@ class ShareService:
             else:
                 raise StoreUnavailable("the share kept changing while it was being deleted; retry")
             self._cache_drop(share_id)
+        # The share's own audit trail goes with it: the delete is recorded in the log.
+        audit.log_event(share_id, "admin-delete" if admin else "delete")
+        self.emit(reason, share_id, state)
         await self.purge(share_id)
         try:
             await self.events.share_deleted(share_id)
@@ -438,6 +505,8 @@ class ShareService:
         except ShareError:
             pass  # deleted or expired meanwhile: nothing to compact
         except Exception:
+            if self.metrics is not None:
+                self.metrics.compactions.labels("failed").inc()
             log.exception("share %s: compaction failed", share_id)
         finally:
             self._compacting.discard(share_id)
@@ -457,7 +526,12 @@ class ShareService:
         try:
             etag = await self.store_call(self.store.put_if_match(snapshot_key(share_id), body, old_etag or ""))
         except PreconditionFailed:
+            if self.metrics is not None:
+                self.metrics.compactions.labels("skipped").inc()
             return False  # another replica compacted, or the share was deleted
+        if self.metrics is not None:
+            self.metrics.compactions.labels("written").inc()
+            self.metrics.compacted_entries.observe(folded_seq - previous_seq)
         async with self._lock(share_id):
             cached = self._cache.get(share_id)
             if cached is not None and cached.snapshot_etag == old_etag:
@@ -484,10 +558,18 @@ class ShareService:
 
     # -- public reads -------------------------------------------------------------------------
 
-    def _rewrite_owner(self, entity: dict[str, Any], real: str, public: str) -> dict[str, Any]:
-        if entity.get("sessionID") == real:
-            return {**entity, "sessionID": public}
-        return entity
+    def _owner_pairs(self, state: ShareState) -> list[tuple[str, str]]:
+        """The owner keys a share's public output must not contain: its real session ID and
+        its parent session's (both keys to a share), each with its public id."""
+        real = state.meta.session_id
+        pairs = [(real, self.public_id(real))]
+        parent = state.session.get("parentID") if isinstance(state.session, dict) else None
+        if isinstance(parent, str) and parent:
+            pairs.append((parent, self.public_id(parent)))
+        return pairs
+
+    def redactor_for(self, state: ShareState) -> Redactor:
+        return Redactor(self._owner_pairs(state))
 
     def public_session(self, session: dict[str, Any], real: str, public: str) -> dict[str, Any]:
         out = dict(session)
@@ -500,9 +582,11 @@ class ShareService:
         return out
 
     def public_items(self, state: ShareState, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Sync items as a viewer may see them (for live frames)."""
+        """Sync items as a viewer may see them (live frames, relay messages): the owner's ids
+        replaced everywhere (``shares/public.py``)."""
         real = state.meta.session_id
         public = self.public_id(real)
+        redactor = self.redactor_for(state)
         out = []
         for item in items:
             kind, data = item["type"], item["data"]
@@ -510,11 +594,34 @@ class ShareService:
                 data = self.public_session(data, real, public)
             elif kind in ("message", "part"):
                 data = self._rewrite_owner(data, real, public)
-            out.append({"type": kind, "data": data})
-        if len(real) >= MIN_REDACT_LENGTH and real in orjson.dumps(out).decode():
-            # The last line of defence the REST reads have (PublicShare.redact): the real id
-            # pasted into a text or tool output must not reach a viewer either.
-            out = orjson.loads(orjson.dumps(out).decode().replace(real, public))
+            out.append({"type": kind, "data": redactor.value(data)})
+        return out
+
+    @staticmethod
+    def _rewrite_owner(entity: Any, real: str, public: str) -> Any:
+        # Every message and part names its session: replaced up front, so that the redactor's
+        # quick test finds nothing in the usual entity and does not walk it.
+        if isinstance(entity, dict) and entity.get("sessionID") == real:
+            return {**entity, "sessionID": public}
+        return entity
+
+    def _redact_entities(self, state: ShareState, redactor: Redactor, entities: list[Any]) -> list[Any]:
+        real = state.meta.session_id
+        public = self.public_id(real)
+        pairs = self._owner_pairs(state)
+        cached = self._redacted.get(state.share_id)
+        previous = cached[1] if cached is not None and cached[0] == pairs else {}
+        current: dict[int, tuple[Any, Any]] = {}
+        out = []
+        for entity in entities:
+            known = previous.get(id(entity))
+            if known is not None and known[0] is entity:
+                redacted = known[1]
+            else:
+                redacted = redactor.value(self._rewrite_owner(entity, real, public))
+            current[id(entity)] = (entity, redacted)
+            out.append(redacted)
+        self._redacted[state.share_id] = (pairs, current)
         return out
 
     def public_view(self, state: ShareState) -> PublicShare:
@@ -524,19 +631,25 @@ class ShareService:
             return cached[1]
         real = state.meta.session_id
         public = self.public_id(real)
+        redactor = self.redactor_for(state)
+        entities = [*state.messages.values(), *state.parts.values(), *state.models.values()]
+        redacted = self._redact_entities(state, redactor, entities)
+        messages, rest = redacted[: len(state.messages)], redacted[len(state.messages) :]
         view = PublicShare(
             id=state.share_id,
-            session=self.public_session(state.session, real, public),
-            messages=[self._rewrite_owner(m, real, public) for m in state.messages.values()],
-            parts=[self._rewrite_owner(p, real, public) for p in state.parts.values()],
-            diffs=list(state.diffs),
-            models=list(state.models.values()),
+            session=redactor.value(self.public_session(state.session, real, public)),
+            messages=messages,
+            parts=rest[: len(state.parts)],
+            diffs=redactor.value(list(state.diffs)),
+            models=rest[len(state.parts) :],
             created_at=state.meta.created_at,
             last_updated=state.meta.last_updated,
             sync_count=state.meta.sync_count,
             private=bool(state.meta.extra.get("private")),
             expires_at=state.meta.extra.get("expiresAt"),
-            _redactions=((real, public),) if len(real) >= MIN_REDACT_LENGTH else (),
+            redactor=redactor,
+            labels=dict(state.meta.extra.get("labels") or {}),
+            final=bool(state.meta.extra.get("final")),
         )
         self._public_cache[state.share_id] = (version, view)
         return view
@@ -558,9 +671,13 @@ class ShareService:
         return self.public_view(state)
 
     def public_index(self, index: Mapping[str, Any]) -> dict[str, Any]:
+        """An index entry as the public may see it: the owner's id replaced everywhere."""
         out = dict(index)
-        if isinstance(out.get("sessionID"), str):
-            out["sessionID"] = self.public_id(out["sessionID"])
+        real = out.get("sessionID")
+        if isinstance(real, str):
+            public = self.public_id(real)
+            out["sessionID"] = public
+            out = Redactor([(real, public)]).value(out)
         return out
 
     async def metadata(self, share_id: str, read_token: str | None = None) -> dict[str, Any]:
@@ -586,7 +703,20 @@ class ShareService:
         be up to LISTING_TTL_SECONDS behind other replicas' writes unless ``fresh``."""
         if fresh or self._listing is None or time.monotonic() - self._listing_read_at > LISTING_TTL_SECONDS:
             self._listing, self._listing_read_at = await self._read_listing(), time.monotonic()
-        entries = [self.public_index(doc) for doc in self._listing.values()]
+        entries = []
+        for share_id, doc in self._listing.items():
+            known = self._public_entries.get(share_id)
+            if known is None or known[0] is not doc:
+                known = (doc, self.public_index(doc))
+                self._public_entries[share_id] = known
+                if isinstance(doc.get("sessionID"), str):
+                    self._listing_redactor.add(doc["sessionID"], self.public_id(doc["sessionID"]))
+            entries.append(known[1])
+        for gone in self._public_entries.keys() - self._listing.keys():
+            del self._public_entries[gone]
+        scope = current_redactor()
+        if scope is not None:  # this request's output is redacted of every listed owner
+            scope.include(self._listing_redactor)
         now = now_ms()
         if not include_expired:
             entries = [e for e in entries if not (isinstance(e.get("expiresAt"), int) and e["expiresAt"] <= now)]
@@ -595,11 +725,14 @@ class ShareService:
 
 
 @asynccontextmanager
-async def open_service(settings: Settings, *, events: EventSink | None = None) -> AsyncIterator[ShareService]:
+async def open_service(settings: Settings, *, events: EventSink | None = None, metrics: Metrics | None = None) -> AsyncIterator[ShareService]:
     """The configured store and a share service on it, for the lifetime of the context: what the
-    server runs on, and what every offline store tool uses."""
+    server runs on, and what every offline store tool uses. With ``metrics`` every store call
+    is measured (``store/instrumented.py``)."""
     async with open_store(settings) as store:
-        service = ShareService(store, settings, events)
+        if metrics is not None:
+            store = InstrumentedStore(store, metrics)
+        service = ShareService(store, settings, events, metrics)
         try:
             yield service
         finally:

@@ -13,6 +13,20 @@ upserted by id, keeping their first position; ``session_diff`` replaces the list
 client always sends the whole list); models accumulate per (providerID, id), upserted in place.
 ``syncCount`` counts accepted syncs, so it is part of the folded state too.
 
+Merges never move backwards (``regression``): an upsert of a session, message or part that would
+roll the stored one back is ignored for that item (the rest of the sync applies, and the sync still
+counts), counted in ``ShareState.regressions_ignored`` and logged at debug. An update regresses when
+
+- a tool part's ``state.status`` ranks lower than the stored one (pending < running < completed =
+  error): terminal states stick, and running never returns to pending;
+- a message loses its ``time.completed``, or a part its ``time.end``, that the stored one has;
+- its ``time.updated`` is older than the stored one's (equal is not older). The placeholder
+  session a create writes is not a stored version: the first synced session always applies.
+
+Out-of-order legacy syncs (two requests racing on the network) are what this prevents. The rule
+is part of the fold, so every path (REST sync, ops, RPC, replays of the journal, compaction, a
+fresh process) applies it, and every replica folds the same journal to the same state.
+
 The durable sync protocol (``ops.py``, ``docs/protocol.md``) keeps its bookkeeping here too,
 folded from the same entries so that every replica reaches the same answer: the ack ``cursor``
 (applied operations; a legacy sync is one operation), the bounded op ledger (recent op ids ->
@@ -23,12 +37,19 @@ the cursor they were applied at, or why they were rejected) and the Idempotency-
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from cloudsession.jsonio import json_bytes
+from cloudsession.shares.audit import AUDIT_WINDOW
 from cloudsession.shares.items import model_key
 from cloudsession.shares.storage import new_incarnation
+
+log = logging.getLogger(__name__)
+
+# How far a tool part has got; an update to a lower rank is a regression (module docstring).
+STATUS_RANK = {"pending": 0, "running": 1, "completed": 2, "error": 2}
 
 # The ledgers are bounded so that a share's metadata stays small however long it lives; the
 # oldest records are forgotten first. Documented in docs/protocol.md ("ledger window").
@@ -61,6 +82,15 @@ class ShareMeta:
     op_ledger: dict[str, int | str] = field(default_factory=dict)
     op_floor_ms: int = 0
     idempotency: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Whether ``session`` came from a sync: the placeholder a create writes (stamped "now") must
+    # not make the client's real session, with older times, look like a regression.
+    session_synced: bool = False
+    # The audit trail (shares/audit.py), oldest first, bounded.
+    audit: list[dict[str, Any]] = field(default_factory=list)
+
+    def record_audit(self, records: list[Any]) -> None:
+        self.audit.extend(r for r in records if isinstance(r, dict))
+        del self.audit[: max(0, len(self.audit) - AUDIT_WINDOW)]
 
     def record_ops(self, outcomes: list[Any]) -> None:
         """Fold ``[[op_id, cursor | reason], ...]`` into the op ledger, evicting the oldest."""
@@ -97,6 +127,8 @@ class ShareState:
     tail_entries: int = 0
     tail_bytes: int = 0
     approx_bytes: int = 0
+    # Updates the fold ignored because they would have moved an item backwards (in this process).
+    regressions_ignored: int = 0
 
     # -- construction -----------------------------------------------------------------------
 
@@ -134,10 +166,13 @@ class ShareState:
             legacy_secret_sha256=_legacy_secret_hash(metadata, ours),
             extra=dict(ours["extra"]) if isinstance(ours.get("extra"), dict) else {},
             cursor=_int(ours.get("cursor"), 0),
+            session_synced=ours.get("sessionSynced") is True,
         )
         ledger = _dict(ours.get("ledger"))
         meta.record_ops([pair for pair in ledger.get("ops") or [] if _is_ledger_pair(pair)])
         meta.op_floor_ms = max(meta.op_floor_ms, _int(ledger.get("floorMs"), 0))
+        if isinstance(ours.get("audit"), list):
+            meta.record_audit(ours["audit"])
         keys = ledger.get("keys")
         meta.record_idempotency({k: v for k, v in keys.items() if isinstance(v, dict)} if isinstance(keys, dict) else {})
         state = cls(share_id, meta, session, {}, {}, [], {})
@@ -158,20 +193,41 @@ class ShareState:
     # -- folding ----------------------------------------------------------------------------
 
     def apply_items(self, items: list[dict[str, Any]]) -> None:
-        """Merge validated sync items, in order (later items see earlier ones)."""
+        """Merge validated sync items, in order (later items see earlier ones); an update that
+        would move an item backwards is ignored (module docstring)."""
         for item in items:
             kind, data = item["type"], item["data"]
             if kind == "session":
+                if self._ignored(kind, self.synced_session, data):
+                    continue
                 self.session = data
+                self.meta.session_synced = True
             elif kind == "message":
+                if self._ignored(kind, self.messages.get(data["id"]), data):
+                    continue
                 self.messages[data["id"]] = data
             elif kind == "part":
+                if self._ignored(kind, self.parts.get(data["id"]), data):
+                    continue
                 self.parts[data["id"]] = data
             elif kind == "session_diff":
                 self.diffs = data
             elif kind == "model":
                 for model in data:
                     self.models[model_key(model)] = model
+
+    @property
+    def synced_session(self) -> dict[str, Any] | None:
+        """The session a sync stored, None while it is still the create's placeholder."""
+        return self.session if self.meta.session_synced else None
+
+    def _ignored(self, kind: str, stored: dict[str, Any] | None, update: dict[str, Any]) -> bool:
+        reason = regression(kind, stored, update)
+        if reason is None:
+            return False
+        self.regressions_ignored += 1
+        log.debug("share %s: ignored an update of %s %r that would regress it (%s)", self.share_id, kind, update.get("id"), reason)
+        return True
 
     def apply_entry(self, entry: dict[str, Any], size: int) -> None:
         """Fold one journal entry (its ``seq`` must be the next one)."""
@@ -183,6 +239,8 @@ class ShareState:
             self.meta.record_ops(entry["ops"])
         if entry.get("idem"):
             self.meta.record_idempotency(entry["idem"])
+        if isinstance(entry.get("audit"), list):
+            self.meta.record_audit(entry["audit"])
         self.meta.last_updated = max(self.meta.last_updated, int(entry.get("at", 0)))
         meta_update = entry.get("meta") or {}
         if "epoch" in meta_update:
@@ -220,9 +278,11 @@ class ShareState:
                     "compactedAt": compacted_at,
                     "extra": meta.extra,
                     "cursor": meta.cursor,
+                    **({"sessionSynced": True} if meta.session_synced else {}),
                     **({"ledger": _ledger_doc(meta)} if meta.op_ledger or meta.idempotency or meta.op_floor_ms else {}),
                     # So a reference-written share keeps its original secret after compaction.
                     **({"legacySecretSha256": meta.legacy_secret_sha256} if meta.legacy_secret_sha256 else {}),
+                    **({"audit": meta.audit} if meta.audit else {}),
                 },
             },
         }
@@ -247,10 +307,47 @@ class ShareState:
             doc["private"] = True
         if self.meta.extra.get("expiresAt"):
             doc["expiresAt"] = self.meta.extra["expiresAt"]
+        if self.meta.extra.get("labels"):
+            doc["labels"] = self.meta.extra["labels"]
+        if self.meta.extra.get("final"):
+            doc["final"] = True
         return doc
 
     def snapshot_bytes_now(self, compacted_at: int) -> bytes:
         return json_bytes(self.snapshot_doc(compacted_at))
+
+
+def regression(kind: str, stored: dict[str, Any] | None, update: dict[str, Any]) -> str | None:
+    """Why ``update`` would move ``stored`` backwards, or None when it may be applied. Values of
+    unexpected types never count as a regression (the reference stores anything)."""
+    if stored is None or stored is update:
+        return None
+    old_time, new_time = _dict(stored.get("time")), _dict(update.get("time"))
+    old_updated, new_updated = _number(old_time.get("updated")), _number(new_time.get("updated"))
+    if old_updated is not None and new_updated is not None and new_updated < old_updated:
+        return f"time.updated {new_updated} is older than {old_updated}"
+    if kind == "message" and _is_number(old_time.get("completed")) and not _is_number(new_time.get("completed")):
+        return "it loses time.completed"
+    if kind == "part":
+        if _is_number(old_time.get("end")) and not _is_number(new_time.get("end")):
+            return "it loses time.end"
+        old_status, new_status = _status(stored), _status(update)
+        if old_status is not None and new_status is not None and STATUS_RANK[new_status] < STATUS_RANK[old_status]:
+            return f"tool status {old_status} -> {new_status}"
+    return None
+
+
+def _status(part: dict[str, Any]) -> str | None:
+    status = _dict(part.get("state")).get("status")
+    return status if isinstance(status, str) and status in STATUS_RANK else None
+
+
+def _number(value: Any) -> int | float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _is_number(value: Any) -> bool:
+    return _number(value) is not None
 
 
 def sha256_hex(text: str) -> str:

@@ -21,6 +21,12 @@ Storage keys (all JSON, under the store's optional prefix):
     The Idempotency-Key record of a DELETE (a share's own ledger goes with the share), kept for
     a day beside the deleted share so that a retried delete answers as the first one did.
 
+``hooks/<event id>``
+    One share event waiting for (or recently done with) delivery to the configured webhooks and
+    commands (``shares/hookbox.py``): written once (If-None-Match ``*``, so replicas that notice
+    the same event record it once), claimed with a lease, kept for a while after delivery so the
+    same event is not recorded again.
+
 ``docs/storage-layout.md`` documents the same families; a test keeps the two in step.
 """
 
@@ -32,8 +38,9 @@ SNAPSHOT_PREFIX = "share/"
 INDEX_PREFIX = "index/"
 JOURNAL_PREFIX = "journal/"
 DELETE_RECORD_PREFIX = "idem/"
+HOOK_PREFIX = "hooks/"
 # Every key family, for the docs test and the store tools.
-KEY_FAMILIES = (SNAPSHOT_PREFIX, INDEX_PREFIX, JOURNAL_PREFIX, DELETE_RECORD_PREFIX)
+KEY_FAMILIES = (SNAPSHOT_PREFIX, INDEX_PREFIX, JOURNAL_PREFIX, DELETE_RECORD_PREFIX, HOOK_PREFIX)
 
 SEQ_WIDTH = 12
 
@@ -58,6 +65,10 @@ def journal_key(share_id: str, incarnation: str, seq: int) -> str:
 
 def delete_record_key(share_id: str, digest: str) -> str:
     return f"{DELETE_RECORD_PREFIX}{share_id}/{digest}"
+
+
+def hook_key(event_id: str) -> str:
+    return HOOK_PREFIX + event_id
 
 
 def new_incarnation() -> str:

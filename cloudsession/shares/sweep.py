@@ -96,7 +96,7 @@ async def _delete_if_expired(service: ShareService, share_id: str, now: int, rep
         report.expired.append(share_id)
         return
     try:
-        await service.delete(share_id, None, admin=True)
+        await service.delete(share_id, None, admin=True, reason="share.expired")
     except ShareNotFound:
         return  # another replica's sweep got there first
     report.expired.append(share_id)

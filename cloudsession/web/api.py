@@ -23,7 +23,7 @@ from aiohttp import web
 
 from cloudsession.jsonio import json_bytes
 from cloudsession.protocol import IDEMPOTENCY_HEADER
-from cloudsession.shares import idempotency, ops, owner
+from cloudsession.shares import idempotency, lifecycle, ops, owner
 from cloudsession.shares.inputs import (
     MAX_OPS_PER_REQUEST,
     CreateShareBody,
@@ -34,8 +34,8 @@ from cloudsession.shares.inputs import (
     parse_body,
 )
 from cloudsession.shares.items import parse_sync_items
-from cloudsession.web.auth import require_admin
-from cloudsession.web.http import json_response, public_origin, read_json, request_read_token
+from cloudsession.web.auth import checked_admin_header, require_admin
+from cloudsession.web.http import create_context, json_response, public_origin, read_json, request_read_token
 from cloudsession.web.keys import SERVICE, SETTINGS
 
 # -- reference routes ---------------------------------------------------------------------------
@@ -45,9 +45,17 @@ def _idempotency_key(request: web.Request) -> str | None:
     return idempotency.idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
 
 
+def create_options(request: web.Request, raw: Any) -> owner.CreateOptions:
+    """The create options of a body plus what the request's headers add: labels
+    (``X-Cloudsession-Labels``), a TTL (``X-Cloudsession-TTL``) and the User-Agent for retention."""
+    labels, context = create_context(request)
+    return owner.CreateOptions.parse(raw, extra_labels=labels, context=context)
+
+
 async def create_share(request: web.Request) -> web.Response:
-    body = parse_body(CreateShareBody, await read_json(request))
-    options = owner.CreateOptions(body.private, body.ttl, body.expiresAt)
+    raw = await read_json(request)
+    body = parse_body(CreateShareBody, raw)
+    options = create_options(request, raw)
     service, origin, key = request.app[SERVICE], public_origin(request), _idempotency_key(request)
     if key is None:
         answer = await owner.create(service, body.sessionID, origin=origin, options=options)
@@ -99,8 +107,10 @@ async def get_share_metadata(request: web.Request) -> web.Response:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    require_admin(request)
-    sessions = await request.app[SERVICE].list_index()
+    """The admin list; ``?label=k=v`` (repeatable) keeps the shares carrying every such label."""
+    await require_admin(request)
+    wanted = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
+    sessions = [s for s in await request.app[SERVICE].list_index() if lifecycle.matches_labels(s, wanted)]
     return json_response({"sessions": sessions, "count": len(sessions)})
 
 
@@ -151,6 +161,29 @@ async def read_token(request: web.Request) -> web.Response:
 async def privacy(request: web.Request) -> web.Response:
     body = parse_body(PrivacyBody, await read_json(request))
     return json_response(await owner.set_private(request.app[SERVICE], request.match_info["id"], body.secret, body.private))
+
+
+async def finalize(request: web.Request) -> web.Response:
+    """Freeze the share (its owner's secret); later writes answer 409."""
+    secret = await _secret(request)
+    return json_response(await lifecycle.set_final(request.app[SERVICE], request.match_info["id"], secret, True))
+
+
+async def unfinalize(request: web.Request) -> web.Response:
+    """Unfreeze the share: its owner's secret in the body, or the admin key in the header."""
+    admin = await checked_admin_header(request)  # throttled like every admin-key check
+    secret = None if admin else await _secret(request)
+    return json_response(await lifecycle.set_final(request.app[SERVICE], request.match_info["id"], secret, False, admin=admin))
+
+
+async def audit_trail(request: web.Request) -> web.Response:
+    """The share's audit trail: ``POST`` with its owner's secret, or ``GET`` with the admin key."""
+    if request.method == "GET":
+        await require_admin(request)
+        answer = await owner.audit_trail(request.app[SERVICE], request.match_info["id"], None, admin=True)
+    else:
+        answer = await owner.audit_trail(request.app[SERVICE], request.match_info["id"], await _secret(request))
+    return json_response(answer, headers={"Cache-Control": "no-store"})
 
 
 async def expiry(request: web.Request) -> web.Response:

@@ -4,15 +4,19 @@ error handling in ``middleware.py``."""
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
-from cloudsession.config import Settings
+from cloudsession.config import ConfigError, Settings
+from cloudsession.hooks.dispatch import resolve_secrets, target_names
 from cloudsession.live.hub import LiveHub
+from cloudsession.metrics import Metrics
 from cloudsession.render.pages import ViewRenderer
-from cloudsession.web import lifecycle
+from cloudsession.web import lifecycle, observability, ratelimit
 from cloudsession.web.http import ServerLog
-from cloudsession.web.keys import IN_FLIGHT, LIVE, RENDERER, SERVICE, SETTINGS
-from cloudsession.web.middleware import body_guard_middleware, cors_middleware, error_middleware
+from cloudsession.web.keys import HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, RENDERER, SERVICE, SETTINGS
+from cloudsession.web.middleware import body_guard_middleware, cors_middleware, error_middleware, redaction_middleware
 from cloudsession.web.routes import setup_routes
 
 __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
@@ -20,7 +24,19 @@ __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[lifecycle.in_flight_middleware, cors_middleware, error_middleware, body_guard_middleware],
+        # observe (request id, log context, the audit's actor, request metrics) outermost so it
+        # sees every final status; then the redaction, which covers every answer, error pages
+        # included; the rate limiter and the body guard innermost, so their answers are rendered
+        # by the error middleware.
+        middlewares=[
+            lifecycle.in_flight_middleware,  # what a shutdown waits for (cli/serve.py)
+            observability.observe_middleware,
+            redaction_middleware,
+            cors_middleware,
+            error_middleware,
+            body_guard_middleware,
+            ratelimit.ratelimit_middleware,
+        ],
         client_max_size=settings.limits.max_body_bytes,
         # Passed to every connection's handler, whoever runs the app (``serve``, the tests), and
         # winning over run_app's own defaults; see docs/hardening.md.
@@ -35,6 +51,17 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[IN_FLIGHT] = lifecycle.InFlight()  # what a shutdown waits for (cli/serve.py)
+    # Read now: a webhook whose signing key is missing stops startup with one clear line.
+    app[HOOK_KEYS] = resolve_secrets(settings.hooks, os.environ)
+    if settings.hooks.enabled:
+        target_names(settings.hooks)  # unique, or one line at startup
+        if settings.public_url is None:
+            raise ConfigError("PUBLIC_URL must be set when hooks are configured: payloads carry share URLs, and no request says the origin")
+    app[METRICS] = Metrics()  # a registry per app: /metrics (docs/operations.md)
+    observability.watch(app, app[METRICS])
+    app.on_response_prepare.append(observability.add_request_id)
+    app.cleanup_ctx.append(observability.lifecycle_log)  # first: its "stopped" line comes last
+    app.cleanup_ctx.append(ratelimit.rate_limiter)
     # Viewers of /ws/<id> hear about every sync.
     app[LIVE] = LiveHub(
         max_viewers_per_share=settings.limits.max_viewers_per_share,
@@ -45,5 +72,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle.share_service)
     app.cleanup_ctx.append(lifecycle.periodic_sweep)  # expired shares and folded journal entries
     app.cleanup_ctx.append(lifecycle.redis_fanout)  # live updates across replicas when REDIS_URL is set
+    app.cleanup_ctx.append(observability.metrics_site)  # /metrics on METRICS_ADDRESS, when set
     setup_routes(app)
     return app

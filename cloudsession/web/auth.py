@@ -4,12 +4,14 @@
 - the sign-in cookie of ``/sessions``, which holds an HMAC of the key, never the key;
 - for ``/rpc/share`` only, no key at all when none is configured (open, as in the reference).
 
+Every comparison is constant-time, and every wrong key or cookie counts against the client
+address's ``admin_failures`` limit (``web/ratelimit.py``): guessing is throttled per address,
+across parallel requests and, with Redis, across replicas.
+
 On the embedded default (filesystem store, no ``SESSIONS_RPC_SHARED_KEY``) ``serve`` generates a
 local admin key for ``/sessions`` and ``/api/sessions`` (``enable_local_admin``) and prints a
 one-time sign-in link: ``GET /sessions/login?token=`` sets the cookie once and redirects, so the
 key itself never travels in a URL. ``/rpc/share`` stays open then, as without a key.
-
-Every comparison is constant-time.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from cloudsession.credentials import secrets_equal
 from cloudsession.errors import Unauthorized
 from cloudsession.protocol import ADMIN_HEADER
 from cloudsession.web.keys import SETTINGS
+from cloudsession.web.ratelimit import admin_attempt
 
 ADMIN_COOKIE = "cloudsession_admin"
 SIGN_IN_LINK_SECONDS = 3600
@@ -82,22 +85,34 @@ def has_admin_header(request: web.Request) -> bool:
     return key is not None and given is not None and secrets_equal(given, key)
 
 
-def is_admin(request: web.Request) -> bool:
-    """The admin key in the header, or the sign-in cookie."""
-    if has_admin_header(request):
+async def checked_admin_header(request: web.Request) -> bool:
+    """``has_admin_header``, throttled: a key that was sent and is wrong counts as a failure
+    (RateLimited once the address is over its limit, whatever the key)."""
+    if request.headers.get(ADMIN_HEADER) is None:
+        return False
+    ok = has_admin_header(request)
+    await admin_attempt(request, ok)
+    return ok
+
+
+async def is_admin(request: web.Request) -> bool:
+    """The admin key in the header, or the sign-in cookie (both throttled)."""
+    if await checked_admin_header(request):
         return True
     key, cookie = admin_key(request), request.cookies.get(ADMIN_COOKIE)
-    return key is not None and cookie is not None and secrets_equal(cookie, cookie_token(key))
+    if cookie is None:
+        return False
+    ok = key is not None and secrets_equal(cookie, cookie_token(key))
+    await admin_attempt(request, ok)
+    return ok
 
 
-def require_admin(request: web.Request) -> None:
+async def require_admin(request: web.Request) -> None:
     """``x-opencode-share-key`` must equal the admin key; 401 otherwise (and when none is set)."""
-    if not has_admin_header(request):
+    if not await checked_admin_header(request):
         raise Unauthorized()
 
 
-def rpc_allowed(request: web.Request) -> bool:
+async def rpc_allowed(request: web.Request) -> bool:
     """``/rpc/share``: open without a configured key, else the header must hold it."""
-    key = configured_key(request)
-    given = request.headers.get(ADMIN_HEADER)
-    return key is None or (given is not None and secrets_equal(given, key))
+    return configured_key(request) is None or await checked_admin_header(request)

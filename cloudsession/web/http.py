@@ -8,10 +8,11 @@ value counts (the proxy nearest the client).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import sys
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,7 +21,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from cloudsession.errors import BodyAborted, BodyTooLarge, RequestTimeout
 from cloudsession.jsonio import json_bytes, parse_json
-from cloudsession.protocol import READ_TOKEN_HEADER
+from cloudsession.protocol import LABELS_HEADER, READ_TOKEN_HEADER, TTL_HEADER
+from cloudsession.shares.lifecycle import CreateContext, labels_from_header
 from cloudsession.web.keys import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -141,17 +143,51 @@ def public_origin(request: web.Request) -> str:
     return f"{forwarded_proto(request)}://{host}"
 
 
-def client_address(request: web.Request) -> str:
-    """The address per-client limits count by (docs/hardening.md): the connection's peer, or,
-    with ``trusted_proxy_hops`` = N, the N-th ``X-Forwarded-For`` entry from the right, which
-    the nearest of N trusted proxies wrote (entries further left are the client's to invent)."""
-    peer = request.remote or ""
-    hops = request.app[SETTINGS].trusted_proxy_hops
-    if hops == 0:
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address(text: str) -> Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_ip(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> Address | None:
+    """The peer, or the client a chain of trusted proxies reports in ``X-Forwarded-For``: read
+    from the right, believed only as far as the hops are trusted proxies (entries further left
+    are the client's to invent)."""
+    peer = parse_address(request.remote or "")
+    if peer is None or not _trusted(peer, trusted):
         return peer
-    entries = [e.strip() for line in request.headers.getall("X-Forwarded-For", []) for e in line.split(",")]
-    entries = [e for e in entries if e]
-    return entries[-hops] if len(entries) >= hops else peer
+    hops = [hop for header in request.headers.getall("X-Forwarded-For", []) for hop in header.split(",")]
+    address: Address = peer
+    for hop in reversed(hops):
+        parsed = parse_address(hop)
+        if parsed is None:
+            break  # a malformed hop: believe no further than the last trusted proxy
+        address = parsed
+        if not _trusted(parsed, trusted):
+            break
+    return address
+
+
+def _trusted(address: Address, trusted: Sequence[IPNetwork]) -> bool:
+    return any(address.version == net.version and address in net for net in trusted)
+
+
+def client_address(request: web.BaseRequest) -> str:
+    """The client's address as every per-client feature counts it (rate limits, viewer caps, the
+    audit trail, the access log): ``TRUSTED_PROXIES`` decide how far ``X-Forwarded-For`` is
+    believed (docs/operations.md)."""
+    app = request.app if isinstance(request, web.Request) else None
+    trusted = app[SETTINGS].rate_limits.trusted_proxies if app is not None and SETTINGS in app else ()
+    address = client_ip(request, trusted)
+    return str(address) if address is not None else (request.remote or "")
 
 
 def request_read_token(request: web.Request) -> str | None:
@@ -183,3 +219,10 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         return msg, kwargs
+
+
+def create_context(request: web.Request) -> tuple[dict[str, str], CreateContext]:
+    """What a create request's headers add to its body: labels (``X-Cloudsession-Labels``), and
+    the TTL header and User-Agent that retention reads (docs/lifecycle.md)."""
+    labels = labels_from_header(request.headers.get(LABELS_HEADER))
+    return labels, CreateContext(header_ttl=request.headers.get(TTL_HEADER), user_agent=request.headers.get("User-Agent", ""))

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from cloudsession.errors import ShareError
+from cloudsession.hooks.dispatch import Dispatcher
 from cloudsession.live.hub import LiveHub
 from cloudsession.live.relay import RedisRelay, redis_client, relay_channel
+from cloudsession.shares.hookbox import HookBox
 from cloudsession.shares.service import open_service
 from cloudsession.shares.sweep import sweep
-from cloudsession.web.keys import IN_FLIGHT, LIVE, SERVICE, SETTINGS
+from cloudsession.web.keys import HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, SERVICE, SETTINGS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,10 +68,22 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
 
 
 async def share_service(app: web.Application) -> AsyncIterator[None]:
-    """The store and the share service on it, telling the live hub about every change."""
-    async with open_service(app[SETTINGS], events=app[LIVE]) as service:
+    """The store and the share service on it, telling the live hub about every change, and the
+    event hooks' dispatcher when hooks are configured (docs/hooks.md)."""
+    settings = app[SETTINGS]
+    async with open_service(settings, events=app[LIVE], metrics=app.get(METRICS)) as service:
         app[SERVICE] = service
-        yield
+        if not settings.hooks.enabled:
+            yield
+            return
+        service.hooks = HookBox(service, settings.hooks, settings.public_url or "")
+        dispatcher = asyncio.get_running_loop().create_task(Dispatcher(service.hooks, settings.hooks, app[HOOK_KEYS]).run())
+        try:
+            yield
+        finally:
+            dispatcher.cancel()
+            await asyncio.gather(dispatcher, return_exceptions=True)
+            await service.hooks.flush()
 
 
 async def close_viewers(app: web.Application) -> None:

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from cloudsession.errors import SessionNotFound
-from cloudsession.jsonio import json_bytes
 from cloudsession.live.hub import FORMAT_EVENTS, FORMAT_REFERENCE, LiveHub, Viewer
+from cloudsession.shares.public import current_redactor
 from cloudsession.web.http import client_address, forwarded_host, request_read_token
 from cloudsession.web.keys import LIVE, SERVICE, SETTINGS
 
@@ -145,15 +145,18 @@ async def share_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=4096, autoping=True, compress=False)
     frames = FrameSocket(request, ws, settings.viewer_send_timeout_seconds)
     viewer = Viewer(frames, fmt, address=address, max_queued_bytes=settings.limits.viewer_buffer_bytes)
-    # Counted before the handshake's first await, so parallel handshakes cannot all pass the caps.
-    hub.add(share_id, viewer)
+    # Reading the share registered its owner in this request's redaction scope: every frame the
+    # hub makes for this share's viewers passes through it. Counted before the handshake's first
+    # await, so parallel handshakes cannot all pass the caps.
+    redactor = current_redactor()
+    hub.add(share_id, viewer, redactor.serialised if redactor else None)
     try:
         await ws.prepare(request)
     except BaseException:
         hub.remove(share_id, viewer)
         raise
     if fmt == FORMAT_EVENTS:
-        viewer.offer(json_bytes({"type": "hello", "syncCount": metadata.get("syncCount", 0)}), 0)
+        viewer.offer(hub.frame(share_id, {"type": "hello", "syncCount": metadata.get("syncCount", 0)}), 0)
     pump = asyncio.create_task(viewer.pump())
     # A pump that ends by itself (close sent, or the client dropped for not reading) ends the
     # handler too, whatever the client is (not) sending.

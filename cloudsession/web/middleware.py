@@ -1,5 +1,6 @@
-"""Middlewares: domain errors turned into responses at the boundary, CORS on ``/api/``, and the
-cheap checks every request body passes before any of it is read (``body_guard_middleware``).
+"""Middlewares: owner keys redacted from every response, domain errors turned into responses at
+the boundary, CORS on ``/api/``, and the cheap checks every request body passes before any of it
+is read (``body_guard_middleware``).
 
 Errors are JSON under ``/api/`` and ``/rpc/`` (with CORS, as the reference) and the HTML error
 page (``error.html``) elsewhere; anything unexpected is a bare 500 without a traceback (the
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from cloudsession.errors import BodyTooLarge, PayloadTooLarge, RequestTimeout, ShareError, UnsupportedEncoding
 from cloudsession.jsonio import json_bytes
+from cloudsession.shares.public import redaction_scope
 from cloudsession.web.http import html_response
 from cloudsession.web.keys import RENDERER, SETTINGS
 
@@ -40,9 +42,10 @@ async def error_page(request: web.Request, status: int, message: str) -> web.Res
 
 async def _error_response(request: web.Request, error: ShareError) -> web.Response:
     if _wants_json(request):
-        response = web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json")
+        response = web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json", headers=error.headers())
     else:
         response = await error_page(request, error.status, error.message)
+        response.headers.update(error.headers())
     if error.close_connection:
         # The body was not (all) read: no keep-alive; the rest is discarded (aiohttp lingers for
         # at most 10 s so that a client still sending sees this answer), then the connection closes.
@@ -55,6 +58,22 @@ async def _error_response(request: web.Request, error: ShareError) -> web.Respon
         if request.transport is not None:
             request.transport.close()
     return response
+
+
+@web.middleware
+async def redaction_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request runs in a redaction scope: each share it reads registers its owner's real
+    session ID there, and the response body leaves with those IDs replaced by the public ones
+    (``shares/public.py``). Live frames are redacted by the hub with the same scope's redactor
+    (``web/live.py``); streamed files (static assets) hold no share data."""
+    with redaction_scope() as redactor:
+        response = await handler(request)
+        if redactor and isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
+            body = bytes(response.body)
+            redacted = redactor.serialised_bytes(body)
+            if redacted is not body:
+                response.body = redacted
+        return response
 
 
 @web.middleware

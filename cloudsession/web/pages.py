@@ -21,19 +21,22 @@ from cloudsession.credentials import secrets_equal
 from cloudsession.errors import SessionNotFound
 from cloudsession.jsonio import json_bytes
 from cloudsession.render.pages import Fragment, PageRenderer
+from cloudsession.shares import lifecycle
 from cloudsession.shares.items import MAX_ID_LENGTH
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import ADMIN_COOKIE, SIGN_IN, admin_key, cookie_token, is_admin
 from cloudsession.web.http import SECURITY_HEADERS, body_deadline, html_response, is_https, request_read_token
 from cloudsession.web.keys import RENDERER, SERVICE, SETTINGS
+from cloudsession.web.ratelimit import admin_attempt
 
 ADMIN_COOKIE_MAX_AGE = 30 * 24 * 3600
 SESSIONS_PER_PAGE = 50
 MAX_QUERY_CHARS = 200
+FINAL_CACHE_CONTROL = "public, max-age=86400, stale-while-revalidate=604800"
 MAX_FRAGMENT_IDS = 200
 MAX_PAGE = 1_000_000
 MAX_LOGIN_BYTES = 4096
-# A wrong admin key costs this long: slows guessing without any shared state.
+# A wrong admin key costs this long (on top of the per-address limit on failures).
 LOGIN_FAILURE_DELAY = 0.5
 
 
@@ -78,7 +81,9 @@ async def share_page(request: web.Request) -> web.Response:
         page = _int_param(request, "page", 1)
     suffix = _link_suffix(request, share)
     text = await renderer.run(lambda pages: pages.share_page(share, page, link_suffix=suffix))
-    return html_response(text)
+    # A final public share no longer changes: caches may keep it (a private one never).
+    cache = {"Cache-Control": FINAL_CACHE_CONTROL} if share.final and not share.private else None
+    return html_response(text, headers=cache)
 
 
 def _link_suffix(request: web.Request, share: PublicShare) -> str:
@@ -141,21 +146,31 @@ async def share_fragments(request: web.Request) -> web.Response:
 
 
 def _matches(entry: dict[str, Any], needle: str) -> bool:
-    return any(isinstance(entry.get(k), str) and needle in entry[k].lower() for k in ("title", "directory", "id"))
+    labels = entry.get("labels")
+    texts = [entry.get(k) for k in ("title", "directory", "id")]
+    if isinstance(labels, dict):
+        texts += [f"{k}={v}" for k, v in labels.items()]
+    return any(isinstance(text, str) and needle in text.lower() for text in texts)
 
 
 async def sessions_page(request: web.Request) -> web.Response:
     """``GET /sessions``: shares newest first, searchable, paginated; admin only unless
     ``public_listing`` is on (then private shares stay hidden)."""
-    admin = is_admin(request)
+    admin = await is_admin(request)
     public = request.app[SETTINGS].public_listing
     renderer = request.app[RENDERER]
     if not (admin or public):
-        return await _login_page(request, failed=False)
+        login_page = await _login_page(request, failed=False)
+        if ADMIN_COOKIE in request.cookies:
+            # A stale cookie (the key changed) counts as one failed sign-in, not one per view.
+            login_page.del_cookie(ADMIN_COOKIE, path="/sessions")
+        return login_page
     query = request.query.get("q", "").strip()[:MAX_QUERY_CHARS]
+    label_filters = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
     entries = await request.app[SERVICE].list_index()
     if not admin:
         entries = [e for e in entries if not e.get("private")]
+    entries = [e for e in entries if lifecycle.matches_labels(e, label_filters)]
     if query:
         needle = query.lower()
         entries = [e for e in entries if _matches(e, needle)]
@@ -164,7 +179,8 @@ async def sessions_page(request: web.Request) -> web.Response:
     shown = entries[(page - 1) * SESSIONS_PER_PAGE : page * SESSIONS_PER_PAGE]
 
     def page_query(n: int) -> str:
-        return urlencode({"q": query, "page": n} if query else {"page": n})
+        params = ([("q", query)] if query else []) + [("label", f"{k}={v}") for k, v in label_filters] + [("page", str(n))]
+        return urlencode(params)
 
     text = await renderer.run(
         lambda p: p.template("sessions.html").render(
@@ -175,6 +191,7 @@ async def sessions_page(request: web.Request) -> web.Response:
             pages=pages,
             page_query=page_query,
             can_logout=ADMIN_COOKIE in request.cookies,
+            label_filters=label_filters,
         )
     )
     return html_response(text)
@@ -200,7 +217,11 @@ async def login(request: web.Request) -> web.Response:
     async with body_deadline(request):
         form = await request.post()
     given = form.get("key")
-    if key is None or not isinstance(given, str) or not secrets_equal(given, key):
+    ok = key is not None and isinstance(given, str) and secrets_equal(given, key)
+    # Counted before the delay, so parallel guesses from one address are throttled as they are
+    # made (web/ratelimit.py): over the limit, a 429 whatever the key.
+    await admin_attempt(request, ok)
+    if key is None or not ok:
         await asyncio.sleep(LOGIN_FAILURE_DELAY)
         return await _login_page(request, failed=True)
     _signed_in(request, key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cloudsession.render.pages import STATIC_DIR
-from cloudsession.web import api, live, pages, probes, rpc
+from cloudsession.web import api, live, observability, pages, probes, rpc
 
 SHARE = r"/api/{family:shares?}/{id}"
 
@@ -25,6 +25,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/", root, name="root")
     r.add_get("/healthz", probes.healthz, name="healthz")
     r.add_get("/readyz", probes.readyz, name="readyz")
+    r.add_get("/metrics", observability.metrics_endpoint, name="metrics")  # docs/operations.md
 
     # REST share API (web/api.py); /api/shares/... are exact aliases (the client's console-mode
     # paths). The reference's routes first, then the durable protocol's (docs/protocol.md).
@@ -40,6 +41,10 @@ def setup_routes(app: web.Application) -> None:
     r.add_post(SHARE + "/read-token", api.read_token, name="durable.read_token")
     r.add_post(SHARE + "/privacy", api.privacy, name="durable.privacy")
     r.add_post(SHARE + "/expiry", api.expiry, name="durable.expiry")
+    r.add_post(SHARE + "/finalize", api.finalize, name="lifecycle.finalize")
+    r.add_post(SHARE + "/unfinalize", api.unfinalize, name="lifecycle.unfinalize")
+    r.add_post(SHARE + "/audit", api.audit_trail, name="lifecycle.audit")
+    r.add_get(SHARE + "/audit", api.audit_trail, name="lifecycle.audit_admin")
     r.add_get("/api/sessions", api.list_sessions, name="api.sessions")
     r.add_route("OPTIONS", "/api/{tail:.*}", api.api_options, name="api.options")
     r.add_route("*", "/api/{tail:.*}", api.api_not_found, name="api.not_found")

@@ -15,7 +15,7 @@ message is read. Without a key the endpoint is open, as in the reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -25,36 +25,58 @@ from aiohttp import web
 from cloudsession.errors import ShareError, Unauthorized, ValidationFailed
 from cloudsession.rpc.codec import INVALID_DATE, UNDEFINED, BigInt, RpcError, RpcLimits, RpcTarget
 from cloudsession.rpc.transport import serve_rpc
+from cloudsession.shares import lifecycle, owner
 from cloudsession.shares import ops as share_ops
-from cloudsession.shares import owner
 from cloudsession.shares.inputs import MAX_OPS_PER_REQUEST, ExpiryBody, parse_body
 from cloudsession.shares.items import parse_sync_items
+from cloudsession.shares.lifecycle import CreateContext
 from cloudsession.shares.service import ShareService
 from cloudsession.web.auth import rpc_allowed
-from cloudsession.web.http import json_response, public_origin
+from cloudsession.web.http import create_context, json_response, public_origin
 from cloudsession.web.keys import SERVICE, SETTINGS
+from cloudsession.web.ratelimit import rpc_limiter
 
 
 class ShareRpc(RpcTarget):
     """The main object of one RPC session. Method names are the wire contract (camelCase)."""
 
-    def __init__(self, service: ShareService, *, origin: str, max_items: int) -> None:
+    def __init__(
+        self,
+        service: ShareService,
+        *,
+        origin: str,
+        max_items: int,
+        labels: dict[str, str] | None = None,
+        context: CreateContext = CreateContext(),
+        limit: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._service = service
         self._origin = origin
         self._max_items = max_items
+        # What the HTTP request's headers add to a create (labels, TTL, User-Agent).
+        self._labels = labels or {}
+        self._context = context
+        # Counts a call against the caller's rate limit ("create", "sync"); see web/ratelimit.py.
+        self._limit = limit
+
+    async def _count(self, name: str) -> None:
+        if self._limit is not None:
+            await self._limit(name)
 
     async def createShare(self, sessionID: Any, initialData: Any = UNDEFINED, options: Any = UNDEFINED) -> dict[str, Any]:
         """Create (or return, idempotently) the share of ``sessionID``; ``initialData`` is one sync;
-        ``options`` ``{private?, ttl?, expiresAt?}`` apply to a new share (shares/owner.py)."""
+        ``options`` ``{private?, ttl?, expiresAt?, labels?}`` apply to a new share (shares/owner.py)."""
         with _rejections():
+            await self._count("create")
             items = None
             if initialData is not UNDEFINED and initialData is not None:
                 items = self._items(initialData, "initialData")
-            chosen = owner.CreateOptions.parse(_options(options, "options"))
+            chosen = owner.CreateOptions.parse(_options(options, "options"), extra_labels=self._labels, context=self._context)
             return await owner.create(self._service, sessionID, origin=self._origin, options=chosen, initial_items=items)
 
     async def syncShare(self, id: Any, secret: Any, data: Any) -> dict[str, Any]:
         with _rejections():
+            await self._count("sync")
             share_id, secret = _text(id, "id"), _text(secret, "secret")
             items = self._items(data, "data")
             sync_count = await self._service.sync(share_id, secret, items)
@@ -69,6 +91,7 @@ class ShareRpc(RpcTarget):
 
     async def appendOps(self, shareID: Any, secret: Any, epoch: Any, ops: Any) -> dict[str, Any]:
         with _rejections():
+            await self._count("sync")
             raw = {"secret": secret, "epoch": None if epoch is UNDEFINED else epoch, "ops": json_data(ops, "ops")}
             limit = min(MAX_OPS_PER_REQUEST, self._max_items)
             secret, epoch, parsed = share_ops.parse_ops_request(raw, max_items=limit)
@@ -98,6 +121,14 @@ class ShareRpc(RpcTarget):
             body = parse_body(ExpiryBody, {**_options(expiry, "expiry"), "secret": _text(secret, "secret")})
             return await owner.set_expiry(self._service, _text(shareID, "shareID"), body.secret, body.ttl, body.expiresAt)
 
+    async def finalizeShare(self, shareID: Any, secret: Any) -> dict[str, Any]:
+        with _rejections():
+            return await lifecycle.set_final(self._service, _text(shareID, "shareID"), _text(secret, "secret"), True)
+
+    async def unfinalizeShare(self, shareID: Any, secret: Any) -> dict[str, Any]:
+        with _rejections():
+            return await lifecycle.set_final(self._service, _text(shareID, "shareID"), _text(secret, "secret"), False)
+
     def _items(self, raw: Any, name: str) -> list[dict[str, Any]]:
         return parse_sync_items(json_data(raw, name), max_items=self._max_items, path=(name,))
 
@@ -105,7 +136,7 @@ class ShareRpc(RpcTarget):
 async def handle(request: web.Request) -> web.StreamResponse:
     """``/rpc/share``, every method: auth, then batch (POST), WebSocket (GET upgrade) or 400."""
     settings = request.app[SETTINGS]
-    if not rpc_allowed(request):
+    if not await rpc_allowed(request):
         return json_response(Unauthorized().body(), status=401)
     # One sync may be as large over RPC as over REST; the other limits keep their defaults.
     size = settings.limits.max_body_bytes
@@ -117,9 +148,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     )
     service = request.app[SERVICE]
     origin = public_origin(request)
+    labels, context = create_context(request)
     return await serve_rpc(
         request,
-        lambda: ShareRpc(service, origin=origin, max_items=settings.limits.max_items_per_sync),
+        lambda: ShareRpc(
+            service, origin=origin, max_items=settings.limits.max_items_per_sync, labels=labels, context=context, limit=rpc_limiter(request)
+        ),
         limits,
     )
 
@@ -130,7 +164,7 @@ def _rejections() -> Iterator[None]:
     try:
         yield
     except ShareError as error:
-        raise RpcError(error.rpc_name, error.message) from None
+        raise RpcError(error.rpc_name, error.rpc_message) from None
 
 
 def _options(value: Any, name: str) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Event hooks: delivering recorded share events to webhooks and commands (docs/hooks.md)."""
