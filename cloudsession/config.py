@@ -668,7 +668,8 @@ def _pydantic_problem(exc: ValidationError, source: str, origins: Mapping[tuple[
             continue
         text = f"{name}: {_message(err)}"
         value = err.get("input")
-        if not any(part in SECRET_FIELDS for part in loc) and isinstance(value, str | int | float) and not isinstance(value, bool) and len(str(value)) <= 80:
+        shown = isinstance(value, str | int | float) and not isinstance(value, bool) and len(str(value)) <= 80 and repr(value) not in text
+        if shown and not any(part in SECRET_FIELDS for part in loc):
             text += f" (got {value!r})"
         problems.append(text)
     return ConfigError("; ".join(problems))
