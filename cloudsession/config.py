@@ -405,6 +405,13 @@ class Settings(BaseModel):
     journal_grace_seconds: float = Field(300.0, ge=1, description="Folded journal entries are deleted only after this long (a slow writer never writes into a freed slot).")
     # A writer re-checks the share when more than this passed since it last did.
     write_deadline_seconds: float = Field(30.0, ge=0.1, description="A writer re-checks the share when more than this passed since it last did.")
+    # Deadline of one store call (a GET, PUT, LIST page...): past it the request answers 503
+    # with Retry-After instead of waiting on a store that does not answer (docs/reliability.md).
+    store_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Deadline of one store call: past it the request answers 503 with Retry-After (docs/reliability.md)."
+    )
+    # /readyz answers 503 when the store has not answered its one-key listing within this.
+    ready_timeout_seconds: float = Field(2.0, gt=0, le=60, description="`/readyz` answers 503 when the store has not answered its one-key listing within this.")
     # How often the server deletes expired shares and prunes folded journal entries
     # (shares/sweep.py; `cloudsession gc` does the same once). 0 turns the periodic sweep off.
     sweep_interval_seconds: float = Field(
@@ -609,6 +616,8 @@ VARS: dict[str, tuple[str, ...]] = {
     "WRITE_DEADLINE_SECONDS": ("write_deadline_seconds",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
+    "STORE_TIMEOUT_SECONDS": ("store_timeout_seconds",),
+    "READY_TIMEOUT_SECONDS": ("ready_timeout_seconds",),
     "REDIS_URL": ("redis_url",),
     "RETENTION_DEFAULT_TTL": ("retention", "default_ttl"),
     "RETENTION_MAX_TTL": ("retention", "max_ttl"),

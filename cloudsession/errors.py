@@ -37,7 +37,7 @@ class ShareError(Exception):
         return {"error": self.message}
 
     def headers(self) -> dict[str, str]:
-        """Response headers this error adds (``Retry-After`` on 429)."""
+        """Response headers this error adds (``Retry-After`` on a 429 or a 503), JSON or HTML alike."""
         return {}
 
     @property
@@ -144,8 +144,16 @@ class ShareFinal(ShareError):
 
 
 class StoreUnavailable(ShareError):
+    """The store failed, did not answer within its deadline, or the share kept changing. The
+    client retries after ``Retry-After`` seconds (a write whose answer was lost may have landed:
+    op ids and ``Idempotency-Key`` make the retry safe). Never a 500: a store fault is not a bug."""
+
     status = 503
     message = "Storage unavailable"
+    retry_after_seconds: int = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class RateLimited(ShareError):
@@ -167,3 +175,4 @@ class RateLimited(ShareError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+

@@ -210,7 +210,8 @@ def test_xss_payloads_do_not_run(page: Page, server: ServerProcess) -> None:
     assert page.evaluate("window.__xss") is None
     assert dialogs == []
     assert page.title().startswith("<script>")  # rendered as text
-    assert page.locator("script").count() == 1
+    sources = page.locator("script").evaluate_all("els => els.map(e => e.getAttribute('src') || '')")
+    assert len(sources) == 2 and all(s.startswith(("/static/theme.js", "/static/share.js")) for s in sources)
 
 
 def test_anchor_to_a_message_on_another_page_follows_the_navigator(page: Page, server: ServerProcess) -> None:
@@ -247,3 +248,184 @@ def test_screenshots_of_the_session_list_and_a_rich_share(page: Page, server: Se
     for name in ("sessions-list.png", "share-rich.png", "share-rich-narrow.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_a_revert_hides_messages_live_and_undoing_it_brings_them_back(page: Page, server: ServerProcess) -> None:
+    items = conversation(6, words=4)
+    creds = new_share(server, items)
+    open_live(page, server, creds["id"])
+    messages = [i["data"] for i in items if i["type"] == "message"]
+    base = next(i["data"] for i in items if i["type"] == "session")
+    assert page.locator("#messages article").count() == 6
+    sync(server, creds, [item("session", {**base, "revert": {"messageID": messages[4]["id"]}})])
+    page.wait_for_selector("#reverted-note", timeout=5_000)
+    page.wait_for_function("() => document.querySelectorAll('#messages article').length === 4", timeout=5_000)
+    assert "2 messages after a revert are hidden" in page.locator("#reverted-note").inner_text()
+    assert page.locator("#nav-list li").count() == 4 and page.locator("#nav-count").inner_text() == "4"
+    sync(server, creds, [item("session", base)])
+    page.wait_for_function("() => document.querySelectorAll('#messages article').length === 6", timeout=5_000)
+    assert page.locator("#reverted-note").count() == 0
+    assert page.locator("#nav-list li").count() == 6
+    ids = page.locator("#messages article").evaluate_all("els => els.map(e => e.id)")
+    assert ids == [f"msg-{m['id']}" for m in messages]
+    assert page.evaluate("window.__sameDocument") is True
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_the_navigator_follows_scrolling(page: Page, server: ServerProcess) -> None:
+    items = conversation(40)
+    creds = new_share(server, items)
+    open_live(page, server, creds["id"])
+    ids = [i["data"]["id"] for i in items if i["type"] == "message"]
+    assert page.locator("#nav-list li.current").get_attribute("data-id") == ids[0]
+    page.evaluate("id => document.getElementById('msg-' + id).scrollIntoView()", ids[30])
+    page.wait_for_function("id => document.querySelector('#nav-list li.current').getAttribute('data-id') === id", arg=ids[30], timeout=5_000)
+    assert page.locator("#nav-list li.current").count() == 1
+    current = page.locator("#nav-list li.current").bounding_box()
+    assert current is not None and 0 <= current["y"] <= 900  # kept in view inside the navigator
+    # Prompts are plain text: no markdown syntax in the navigator.
+    label = page.locator("#nav-list li.current").inner_text()
+    assert label.startswith("Message 31. word0 word1") and "*" not in label
+
+
+def test_search_counts_matches_and_opens_collapsed_sections(page: Page, server: ServerProcess) -> None:
+    creds = new_share(server, rich_items())
+    open_live(page, server, creds["id"])
+    page.fill("#find-input", "collected test_")
+    page.wait_for_function("() => document.getElementById('find-count').textContent === '60 matches'", timeout=5_000)
+    assert page.evaluate("CSS.highlights.get('find').size") == 60
+    # The 13th match is in the collapsed rest of the bash output: showing it opens that section.
+    for _ in range(13):
+        page.click("#find-next")
+    assert page.locator("#find-count").inner_text() == "13 of 60 matches"
+    assert page.locator("section.tool-bash details.more").first.evaluate("d => d.open") is True
+    page.fill("#find-input", "no such text anywhere")
+    page.wait_for_function("() => document.getElementById('find-count').textContent === 'no matches'", timeout=5_000)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_copy_buttons_copy_code_and_deep_links(browser: Browser, server: ServerProcess) -> None:
+    creds = new_share(server, rich_items())
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    tab = context.new_page()
+    try:
+        open_live(tab, server, creds["id"])
+        command = tab.locator("section.tool-bash.status-completed pre.command").first
+        command.hover()
+        tab.click("#copy-button")
+        assert tab.evaluate("navigator.clipboard.readText()") == "pytest -q test_greet.py"
+        output = tab.locator("section.tool-bash.status-completed pre.output").first
+        output.hover()
+        tab.click("#copy-button")
+        copied = tab.evaluate("navigator.clipboard.readText()")
+        assert copied.startswith("line 1:") and copied.rstrip().endswith("line 60: collected test_060 PASSED")  # head and rest
+        todo = tab.locator("section.tool-todowrite").first
+        todo.hover()
+        assert tab.locator("#copy-button").inner_text() == "Copy link"
+        tab.click("#copy-button")
+        link = tab.evaluate("navigator.clipboard.readText()")
+        part_id = todo.get_attribute("id")
+        assert link == f"{server.url}/share/{creds['id']}?page=1#{part_id}"
+        tab.goto(link)
+        assert tab.locator(f"#{part_id}").bounding_box()["y"] < 200
+    finally:
+        context.close()
+
+
+def test_jump_to_latest_while_live(page: Page, server: ServerProcess) -> None:
+    creds = new_share(server, conversation(40))
+    open_live(page, server, creds["id"])
+    jump = page.locator("#jump-latest")
+    assert jump.is_visible()
+    jump.click()
+    page.wait_for_function("() => window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 400", timeout=5_000)
+    last = page.locator("#messages article").last.bounding_box()
+    assert last is not None and last["y"] + last["height"] <= 900 + 20
+
+
+def test_download_menu_offers_the_export_and_the_single_file(page: Page, server: ServerProcess) -> None:
+    creds = new_share(server, rich_items())
+    open_live(page, server, creds["id"])
+    page.click("#download-menu summary")
+    links = page.locator("#download-menu a")
+    assert links.count() == 2
+    with page.expect_download() as info:
+        links.nth(1).click()
+    download = info.value
+    assert download.suggested_filename == f"opencode-session-{creds['id']}.html"
+    html = Path(download.path()).read_text()
+    assert "<script" not in html and "Add a greeting module" in html
+
+
+def test_split_diff_view_is_remembered_and_marks_changes_within_lines(page: Page, server: ServerProcess) -> None:
+    from view_data import ROOT, assistant, tool
+
+    u = user(1000)
+    a = assistant(u, 2000)
+    patch = "@@ -1,3 +1,3 @@\n def total(price):\n-    return price * 2\n+    return price * 3\n # end\n"
+    edit = tool(a, "edit", "completed", {"filePath": f"{ROOT}/calc.py", "oldString": "2", "newString": "3"}, title="calc.py",
+                output="Edit applied successfully.", metadata={"diff": patch})
+    creds = new_share(server, [item("session", session()), item("message", u), item("message", a), item("part", edit)])
+    open_live(page, server, creds["id"])
+    # Within-line marks: just the changed character on each side.
+    marks = page.evaluate("['diff-del', 'diff-add'].map(n => [...CSS.highlights.get(n)].map(r => r.toString()))")
+    assert marks == [["2"], ["3"]]
+    button = page.locator("section.tool-edit .diff-mode")
+    assert button.inner_text() == "Split view"
+    button.click()
+    split = page.locator("section.tool-edit table.diff.split")
+    assert split.is_visible() and not page.locator("section.tool-edit table.diff.unified-source").is_visible()
+    row = split.locator("tr").nth(2)  # the changed line, old on the left and new on the right
+    assert [c.inner_text().strip() for c in row.locator("td").all()] == ["2", "return price * 2", "2", "return price * 3"]
+    page.reload()
+    page.wait_for_selector("#live-status.ok")
+    assert page.locator("section.tool-edit table.diff.split").is_visible()  # the choice persists
+    page.locator("section.tool-edit .diff-mode").click()
+    assert not page.locator("section.tool-edit table.diff.split").is_visible()
+    assert page.locator("section.tool-edit table.diff.unified-source").is_visible()
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_long_output_collapses_from_its_end(page: Page, server: ServerProcess) -> None:
+    creds = new_share(server, rich_items())
+    open_live(page, server, creds["id"])
+    more = page.locator("section.tool-bash details.more").first
+    more.locator("summary").click()
+    less = more.locator(".collapse-end")
+    less.wait_for(state="visible", timeout=5_000)  # added when the section opens (a toggle event)
+    height = more.locator("pre").bounding_box()
+    assert height is not None and height["height"] <= 900 * 0.7 + 2  # capped, scrolls inside
+    less.click()
+    page.wait_for_function("() => !document.querySelector('section.tool-bash details.more').open", timeout=5_000)
+
+
+def test_search_finds_text_on_another_page(page: Page, server: ServerProcess) -> None:
+    items = conversation(130, words=3)
+    messages = [i["data"] for i in items if i["type"] == "message"]
+    target = messages[117]
+    items.append(item("part", part(target, "text", text="the zebra crossing is here")))
+    creds = new_share(server, items)
+    open_live(page, server, creds["id"])
+    page.fill("#find-input", "zebra")
+    page.wait_for_selector("#find-elsewhere a.find-page", timeout=5_000)
+    assert page.locator("#find-count").inner_text() == "no matches"  # not on this page...
+    link = page.locator("#find-elsewhere a.find-page")
+    assert link.inner_text() == "2 (1)"  # ...but on page 2
+    link.click()
+    page.wait_for_url(f"**/share/{creds['id']}?page=2&find=zebra#msg-{target['id']}", timeout=5_000)
+    page.wait_for_function("() => document.getElementById('find-count').textContent === '1 match'", timeout=5_000)
+    assert page.locator("#find-input").input_value() == "zebra"
+
+
+def test_downloads_of_a_private_share_carry_its_token(page: Page, server: ServerProcess) -> None:
+    creds = call(server, "POST", "/api/share", {"sessionID": f"ses_browser{next(_sessions):05d}zzzzzzzzzzzzzzz", "private": True})
+    sync(server, creds, rich_items())
+    token = creds["readToken"]
+    page.goto(f"{server.url}/share/{creds['id']}?token={token}")
+    page.wait_for_selector("#live-status.ok")
+    page.click("#download-menu summary")
+    with page.expect_download() as info:
+        page.locator("#download-menu a").first.click()
+    exported = json.loads(Path(info.value.path()).read_text())
+    assert exported["info"]["title"] == "Add a greeting module" and len(exported["messages"]) == 6

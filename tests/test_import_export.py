@@ -334,3 +334,46 @@ async def test_export_reads_the_store_like_import_reads_the_server(live, env: Se
 async def test_export_of_an_unknown_share(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert await run_cli("export", "nosuchid", "--data-dir", str(env.data_dir)) == 1
     assert "no readable share 'nosuchid'" in capsys.readouterr().err
+
+
+async def test_the_pages_downloads_match_the_cli_export(live, env: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from bs4 import BeautifulSoup
+
+    share = await make_share(live, private=True)
+    token = share["readToken"]
+    exported, standalone = tmp_path / "exported.json", tmp_path / "share.html"
+    data_dir = str(env.data_dir)
+    assert await run_cli("export", share["id"], "--data-dir", data_dir, "-o", str(exported)) == 0
+    assert await run_cli("export", share["id"], "--data-dir", data_dir, "--html", "-o", str(standalone)) == 0
+    async with live_client(live) as client:
+        async with client.get(f"/share/{share['id']}/export.json", params={"token": token}) as resp:
+            assert resp.status == 200 and resp.headers["Content-Disposition"] == f'attachment; filename="opencode-session-{share["id"]}.json"'
+            assert resp.headers["Cache-Control"] == "private, no-store"
+            assert json.loads(await resp.read()) == json.loads(exported.read_text())
+        async with client.get(f"/share/{share['id']}/export.html", params={"token": token}) as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            page = await resp.text()
+        async with client.get(f"/share/{share['id']}/export.json") as resp:
+            assert resp.status == 404  # a private share needs its token here too
+    for html in (page, standalone.read_text()):
+        soup = BeautifulSoup(html, "html.parser")
+        # Self-contained: styles inlined, no script, nothing loaded from anywhere.
+        assert soup.select("script") == [] and soup.select("link[rel=stylesheet]") == [] and soup.select("[src^='/']") == []
+        assert "--bg:" in soup.select_one("style").get_text()
+        assert [a["id"] for a in soup.select("#messages > article")] == ["msg-msg_0001", "msg-msg_0002"]
+        assert "answer one" in soup.get_text() and SES not in html
+
+
+async def test_the_html_export_holds_every_page(live, env: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from bs4 import BeautifulSoup
+
+    items = [f.item("session", f.session(SES))]
+    for n in range(230):
+        items.append(f.item("message", f.user_message(SES, id=f"msg_{n:04d}", time={"created": 1_700_000_000_000 + n})))
+        items.append(f.item("part", f.text_part(SES, f"msg_{n:04d}", f"prompt number {n}", id=f"prt_{n:04d}")))
+    share = await make_share(live, items)
+    out = tmp_path / "all.html"
+    assert await run_cli("export", share["id"], "--data-dir", str(env.data_dir), "--html", "-o", str(out)) == 0
+    soup = BeautifulSoup(out.read_text(), "html.parser")
+    assert len(soup.select("#messages > article")) == 230 and soup.select("nav.pager") == []
+    assert all(a["href"].startswith("#msg-") for a in soup.select("#nav-list a"))

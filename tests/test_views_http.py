@@ -68,7 +68,7 @@ async def test_static_assets_are_served_by_the_app(web) -> None:  # type: ignore
     creds = await create(web)
     page = soup_of(await (await web.get(f"/share/{creds['id']}")).text())
     urls = [link["href"] for link in page.select("link[href]")] + [s["src"] for s in page.select("script[src]")]
-    assert len(urls) == 4
+    assert len(urls) == 5  # app.css, highlight.css, the icon, theme.js and share.js
     for url in urls:
         assert url.startswith("/static/")
         response = await web.get(url)
@@ -90,7 +90,8 @@ async def test_unknown_share_gets_the_404_page(web, share_id: str) -> None:  # t
     page = soup_of(await response.text())
     assert page.select_one("title").get_text() == "Not Found"
     assert page.select_one("h1").get_text() == "404 - Not Found"
-    assert page.select_one("main a[href=\"/sessions\"]").get_text() == "Back to sessions"
+    # A public page never links to the admin pages.
+    assert page.select('a[href^="/sessions"]') == [] and page.select("form") == []
     assert "<script>" not in await response.text()
 
 
@@ -194,7 +195,7 @@ async def test_hostile_content_is_inert_in_page_and_fragments(web) -> None:  # t
     for document in documents:
         soup = soup_of(document)
         scripts = soup.select("script")
-        assert all(s.get("src", "").startswith("/static/share.js") for s in scripts), scripts
+        assert all(s.get("src", "").startswith(("/static/share.js", "/static/theme.js")) for s in scripts), scripts
         for element in soup.find_all(True):
             handlers = [a for a in element.attrs if a.lower().startswith("on")]
             assert handlers == [], (element.name, handlers)
@@ -331,3 +332,128 @@ async def test_private_share_links_keep_the_read_token(web) -> None:  # type: ig
     assert (await web.get(f"/share/{creds['id']}{pager_links[-1]}")).status == 200
     fragments = await (await web.get(f"/share/{creds['id']}/fragments", params={"token": token, "nav_from": "130"})).json()
     assert f"token={token}" in fragments["nav"]
+
+
+async def test_browser_error_page_is_html_and_passes_the_errors_headers_on(aiohttp_client, view_settings) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp import web as aioweb
+
+    from cloudsession.errors import StoreUnavailable
+
+    class Outage(StoreUnavailable):
+        def headers(self) -> dict[str, str]:
+            return {"Retry-After": "7"}
+
+    async def outage(request: aioweb.Request) -> aioweb.Response:
+        raise Outage()
+
+    app = create_app(view_settings)
+    app.router.add_get("/share/outage/test", outage)
+    app.router.add_get("/api/outage/test", outage)
+    web = await aiohttp_client(app)
+    response = await web.get("/share/outage/test")
+    assert response.status == 503 and response.content_type == "text/html"
+    assert response.headers["Retry-After"] == "7"
+    assert response.headers["Cache-Control"] == "no-store"
+    page = soup_of(await response.text())
+    assert page.select_one("h1").get_text() == "503 - Service Unavailable"
+    assert "try again in 7 seconds" in page.get_text()
+    assert page.select('a[href^="/sessions"]') == []
+    api = await web.get("/api/outage/test")
+    assert api.status == 503 and api.headers["Retry-After"] == "7" and (await api.json()) == {"error": "Storage unavailable"}
+
+
+# --------------------------------------------------------------------------- compression and caching
+
+
+async def test_html_and_json_are_gzipped_when_the_client_accepts_it(web) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+
+    creds = await create(web)
+    await sync(web, creds, rich_items())
+    for path in (f"/share/{creds['id']}", f"/api/share/{creds['id']}/data"):
+        plain = await web.get(path, headers={"Accept-Encoding": "identity"}, auto_decompress=False)
+        raw = await plain.read()
+        assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
+        packed = await web.get(path, headers={"Accept-Encoding": "br;q=1.0, gzip;q=0.8"}, auto_decompress=False)
+        assert packed.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in packed.headers["Vary"]
+        body = await packed.read()
+        assert gzip.decompress(body) == raw and len(body) < len(raw) / 3
+        # Refused by q-value: sent as it is.
+        refused = await web.get(path, headers={"Accept-Encoding": "gzip;q=0, deflate"}, auto_decompress=False)
+        assert "Content-Encoding" not in refused.headers and await refused.read() == raw
+        starred = await web.get(path, headers={"Accept-Encoding": "*"}, auto_decompress=False)
+        assert starred.headers["Content-Encoding"] == "gzip"
+    # A tiny body is not worth it.
+    tiny = await web.get(f"/api/share/{creds['id']}/metadata", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert tiny.status == 200 and len(await tiny.read()) < 1024 and "Content-Encoding" not in tiny.headers
+
+
+async def test_hashed_static_urls_are_immutable_and_others_revalidate(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    page = soup_of(await (await web.get(f"/share/{creds['id']}")).text())
+    css = page.select_one('link[rel="stylesheet"]')["href"]
+    assert re.fullmatch(r"/static/app\.css\?v=[0-9a-f]{12}", css)
+    hashed = await web.get(css, headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert hashed.status == 200 and hashed.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert hashed.headers["Content-Encoding"] == "gzip" and hashed.content_type == "text/css"
+    assert hashed.headers["X-Content-Type-Options"] == "nosniff"
+    etag = hashed.headers["ETag"]
+    stale = await web.get("/static/app.css?v=000000000000")
+    assert stale.headers["Cache-Control"] == "no-cache" and stale.headers["ETag"] == etag
+    again = await web.get("/static/app.css", headers={"If-None-Match": etag})
+    assert again.status == 304 and await again.read() == b""
+    script = await web.get(page.select("script[src]")[-1]["src"])
+    assert script.content_type == "text/javascript"
+    for bad in ("/static/nope.css", "/static/..%2Fpages.py", "/static/%2e%2e%2fapp.py", "/static/"):
+        assert (await web.get(bad)).status == 404, bad
+
+
+async def test_public_share_pages_are_briefly_cacheable_with_an_etag(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    await sync(web, creds, rich_items())
+    first = await web.get(f"/share/{creds['id']}")
+    assert first.headers["Cache-Control"] == "public, max-age=30, stale-while-revalidate=300"
+    etag = first.headers["ETag"]
+    assert etag.startswith('W/"')
+    same = await web.get(f"/share/{creds['id']}", headers={"If-None-Match": etag})
+    assert same.status == 304 and same.headers["ETag"] == etag and await same.read() == b""
+    assert "Content-Security-Policy" in same.headers
+    assert (await web.get(f"/share/{creds['id']}", headers={"If-None-Match": '"other", ' + etag})).status == 304
+    assert (await web.get(f"/share/{creds['id']}?page=2", headers={"If-None-Match": etag})).status in (200, 304)
+    message = user(99_000)
+    await sync(web, creds, [item("message", message), item("part", part(message, "text", text="a new one"))])
+    changed = await web.get(f"/share/{creds['id']}", headers={"If-None-Match": etag})
+    assert changed.status == 200 and changed.headers["ETag"] != etag
+    # The live fragments are never cached.
+    fragments = await web.get(f"/share/{creds['id']}/fragments", params={"header": "1"})
+    assert fragments.headers["Cache-Control"] == "no-store"
+
+
+async def test_private_share_pages_are_never_stored(web) -> None:  # type: ignore[no-untyped-def]
+    response = await web.post("/api/share", json={"sessionID": SES, "private": True})
+    creds = await response.json()
+    await sync(web, creds, rich_items())
+    token = creds["readToken"]
+    page = await web.get(f"/share/{creds['id']}", params={"token": token})
+    assert page.status == 200
+    assert page.headers["Cache-Control"] == "private, no-store" and "ETag" not in page.headers
+
+
+async def test_search_counts_matches_on_every_page(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    items = [item("session", session())]
+    for n in range(130):
+        message = user(n * 1000)
+        word = "needle" if n in (3, 120, 125) else "hay"
+        items += [item("message", message), item("part", part(message, "text", text=f"number {n + 1}: {word} and NEEDLE" if word == "needle" else f"number {n + 1}"))]
+    await sync(web, creds, items)
+    response = await web.get(f"/share/{creds['id']}/search", params={"q": "Needle"})
+    assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+    found = await response.json()
+    assert found["total"] == 6 and found["pages"] == [{"page": 1, "count": 2}, {"page": 2, "count": 4}]
+    assert [h["number"] for h in found["hits"]] == [4, 121, 126]
+    assert found["hits"][1]["href"] == f"?page=2#msg-{found['hits'][1]['id']}"
+    assert found["hits"][0]["snippet"] == "number 4: needle and NEEDLE"
+    for bad in ({"q": "x"}, {"q": "x" * 201}, {}):
+        assert (await web.get(f"/share/{creds['id']}/search", params=bad)).status == 400
+    assert (await web.get("/share/Nope1234/search", params={"q": "abc"})).status == 404

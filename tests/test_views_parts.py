@@ -8,9 +8,11 @@ import re
 
 import pytest
 from bs4 import BeautifulSoup, Tag
-from view_data import ROOT, assistant, fold, item, part, real_share, rich_items, session, user
+from view_data import ROOT, assistant, fold, item, part, real_share, rich_items, session, tool, user
 
 from cloudsession.render.pages import PageRenderer
+
+QUIET = {"step-start", "step-finish", "snapshot", "patch"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,9 @@ def test_real_share_renders_every_message_and_part(renderer: PageRenderer) -> No
     assert [a["id"] for a in articles] == [
         "msg-" + m["id"] for m in sorted(share.messages, key=lambda m: m["time"]["created"])
     ]
-    assert len(soup.select("section.part")) == len(share.parts)
+    # Every part opencode shows gets a section; step and patch bookkeeping does not.
+    shown = [p for p in share.parts if p["type"] not in QUIET and not (p["type"] == "text" and (p.get("synthetic") or not p["text"].strip()))]
+    assert len(soup.select("section.part")) == len(shown) == 5
     assert text(soup.select_one("h1")) == "Hello from the stub model. (title)"
     header = text(soup.select_one("#share-header"))
     assert "/home/devel/sandbox-serve/proj" in header and "5 messages" in header and "12 parts" in header
@@ -57,8 +61,8 @@ def test_real_share_renders_every_message_and_part(renderer: PageRenderer) -> No
     write = tool_section(soup, "write")
     assert text(write.select_one(".tool-title")) == "hello.txt"
     assert "hello from stub" in text(write.select_one("pre.file-content"))
-    assert [text(s) for s in soup.select(".step-finish .tokens")] == ["11in / 7out"] * 3
-    assert text(soup.select_one(".part-patch li")) == "hello.txt"
+    assert [text(s) for s in soup.select(".turn-footer .tokens")] == ["11 in · 7 out"] * 3
+    assert soup.select(".part-patch, .part-step-start, .part-step-finish, .part-snapshot") == []
     assert soup.select_one('meta[name="robots"]')["content"].startswith("noindex")
 
 
@@ -70,10 +74,14 @@ def test_header_sums_cost_tokens_and_lists_models(rich: BeautifulSoup) -> None:
     assert "Add a greeting module" in header
     assert ROOT in header
     assert "6 messages" in header
-    assert "$0.1263" in header  # three assistant messages at $0.0421
+    assert "$0.13" in header  # three assistant messages at $0.0421, in dollars and cents
     assert "4,620 tokens" in header  # (1,200 in + 340 out) x 3
     assert "Claude Sonnet 4 (anthropic/claude-sonnet-4)" in header
-    assert re.search(r"Created \w{3} \d+, \d\d:\d\d:\d\d [AP]M · Updated .* · 1 syncs", header)
+    # Times in UTC with the year until the page script localises them; "1 sync", not "1 syncs".
+    assert re.search(r"Created \w{3} \d+, \d{4}, \d\d:\d\d:\d\d UTC · Updated .* UTC · 1 sync Changes", header)
+    # The Changes panel is reachable from the header.
+    link = rich.select_one("#share-header a.changes-link")
+    assert link["href"] == "#diffs" and text(link) == "Changes: 2 files"
 
 
 def test_messages_have_role_time_model_and_anchor(rich: BeautifulSoup) -> None:
@@ -106,11 +114,12 @@ def test_numbers_follow_a_message_inserted_before_others(renderer: PageRenderer)
     ]
 
 
-def test_every_part_gets_a_section(rich: BeautifulSoup, rich_data: list[dict]) -> None:
+def test_every_shown_part_gets_a_section(rich: BeautifulSoup, rich_data: list[dict]) -> None:
     parts = [i["data"] for i in rich_data if i["type"] == "part"]
+    shown = [p for p in parts if p["type"] not in QUIET and not p.get("synthetic")]
     sections = rich.select("section.part")
-    assert len(sections) == len(parts)
-    assert {s["id"] for s in sections} == {"part-" + p["id"] for p in parts}
+    assert len(sections) == len(shown) == len(parts) - 5  # four bookkeeping parts, one synthetic text
+    assert {s["id"] for s in sections} == {"part-" + p["id"] for p in shown}
 
 
 # --------------------------------------------------------------------------- part types
@@ -127,16 +136,25 @@ def test_text_part_is_rendered_markdown(rich: BeautifulSoup) -> None:
     assert text(content.select_one("s")) == "maybe"
 
 
-def test_synthetic_text_is_marked(rich: BeautifulSoup) -> None:
-    synthetic = rich.select_one("section.part-text.synthetic")
-    assert "synthetic" in text(synthetic.select_one(".badge"))
+def test_synthetic_and_empty_text_is_hidden(renderer: PageRenderer, rich: BeautifulSoup) -> None:
+    assert rich.select("section.part-text.synthetic") == []
+    assert "Summarise and stop." not in rich.get_text()  # the synthetic text of the third prompt
+    u = user(1000)
+    a = assistant(u, 2000)
+    share = fold([
+        item("session", session()), item("message", u), item("message", a),
+        item("part", part(u, "text", text="shown")), item("part", part(a, "text", text="  \n ")),
+        item("part", part(a, "reasoning", text="")), item("part", part(a, "text", text="also shown")),
+    ])
+    soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    assert [text(s) for s in soup.select("section.part")] == ["shown", "also shown"]
 
 
 def test_reasoning_is_collapsed(rich: BeautifulSoup) -> None:
     details = rich.select_one("section.part-reasoning details.reasoning")
     assert not details.has_attr("open")
-    assert text(details.select_one("summary")).startswith("Thinking")
-    assert "800ms" in text(details.select_one("summary"))
+    # 800 ms of thinking: opencode shows durations over 2 s only.
+    assert text(details.select_one("summary")) == "Thinking"
     assert text(details.select_one("strong")) == "greet"
 
 
@@ -149,19 +167,33 @@ def test_file_parts_show_images_inline_and_text_content(rich: BeautifulSoup) -> 
     assert "from notes.txt" in text(files[1])
 
 
-def test_step_parts_show_snapshot_tokens_and_cost(rich: BeautifulSoup) -> None:
-    assert "@4b825dc6" in text(rich.select_one("section.part-step-start"))
-    finish = rich.select_one("section.part-step-finish")
-    assert text(finish.select_one(".tokens")) == "1,200in / 340out / 80reasoning / cache 4,000r 0w"
-    assert text(finish.select_one(".cost")) == "$0.0421"
-    assert "stop" in text(finish)
+def test_step_parts_fold_into_a_quiet_turn_footer(rich: BeautifulSoup) -> None:
+    # opencode hides step-start, step-finish, snapshot and patch parts; their figures go into
+    # one footer per assistant message: tokens, cost, and the duration when over 2 s.
+    assert rich.select(".part-step-start, .part-step-finish, .part-snapshot, .part-patch") == []
+    page = text(rich.select_one("#messages"))
+    assert "@4b825dc6" not in page and "@5c36d82d" not in page and "Files changed (2)" not in page
+    footers = rich.select("article.assistant > footer.turn-footer")
+    assert len(footers) == 3 and rich.select("article.user footer") == []
+    first = footers[0]
+    assert text(first.select_one(".tokens")) == "1,200 in · 340 out · 80 reasoning · 4,000 cached"
+    assert "cache write 0" in first.select_one(".tokens")["title"]
+    assert text(first.select_one(".cost")) == "$0.04"
+    assert text(first.select_one(".duration")) == "4.2s"
+    header = rich.select_one("article.assistant .message-header")
+    assert header.select(".cost, .duration") == []  # the header stays quiet
 
 
-def test_patch_snapshot_agent_parts(rich: BeautifulSoup) -> None:
-    patch = rich.select_one("section.part-patch")
-    assert [text(li) for li in patch.select("li")] == ["greet.py", "test_greet.py"]
-    assert "Files changed (2)" in text(patch)
-    assert "@5c36d82d" in text(rich.select_one("section.part-snapshot"))
+def test_short_durations_are_hidden(renderer: PageRenderer) -> None:
+    u = user(1000)
+    quick = assistant(u, 2000, time={"created": 1_795_236_002_000, "completed": 1_795_236_003_500})
+    slow = assistant(u, 9000, time={"created": 1_795_236_009_000, "completed": 1_795_236_011_500})
+    share = fold([item("session", session()), item("message", u), item("message", quick), item("message", slow)])
+    soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    assert [text(f.select_one(".duration")) if f.select_one(".duration") else "" for f in soup.select("footer.turn-footer")] == ["", "2.5s"]
+
+
+def test_agent_parts(rich: BeautifulSoup) -> None:
     assert "@build" in text(rich.select_one("section.part-agent"))
 
 
@@ -184,22 +216,23 @@ def test_subtask_retry_compaction_and_unknown_parts(rich: BeautifulSoup) -> None
 def test_bash_shows_command_and_collapsed_long_output(rich: BeautifulSoup) -> None:
     bash = tool_section(rich, "bash")
     assert text(bash.select_one(".tool-title")) == "Run the tests"
-    assert text(bash.select_one("pre.command")) == "$ pytest -q test_greet.py"
+    assert text(bash.select_one("pre.command")) == "pytest -q test_greet.py"  # the "$ " is drawn by CSS
     head = text(bash.select_one("pre.output"))
     assert "line 1:" in head and "line 60:" not in head
     more = bash.select_one("details.more")
     assert text(more.select_one("summary")) == "show more (48 more lines)"
     assert "line 60:" in text(more)
-    assert "850ms" in text(bash.select_one(".duration"))
+    assert bash.select_one(".duration") is None  # 850 ms: shown only over 2 s
 
 
 def test_edit_shows_a_diff(rich: BeautifulSoup) -> None:
     edit = tool_section(rich, "edit")
     assert text(edit.select_one(".tool-title")) == "greet.py"
-    added = [text(r.select_one(".dc")) for r in edit.select("tr.d-add")]
-    removed = [text(r.select_one(".dc")) for r in edit.select("tr.d-del")]
-    assert added == ['+ """Greet someone politely."""', '+ return f"Hello, {name}!"']
-    assert removed == ["− return 'hi ' + name"]
+    # Cells hold highlighted tokens now: read their text as written, spaces collapsed.
+    added = [" ".join(r.select_one(".dc").get_text().split()) for r in edit.select("tr.d-add")]
+    removed = [" ".join(r.select_one(".dc").get_text().split()) for r in edit.select("tr.d-del")]
+    assert added == ['"""Greet someone politely."""', 'return f"Hello, {name}!"']  # the signs are drawn by CSS
+    assert removed == ["return 'hi ' + name"]
     assert [text(td) for td in edit.select("tr.d-add")[0].select("td.ln")] == ["", "2"]
     assert "Edit applied successfully." not in text(edit)
 
@@ -214,7 +247,7 @@ def test_write_shows_the_file_highlighted_by_extension(rich: BeautifulSoup) -> N
 @pytest.mark.parametrize(
     ("name", "summary", "inside"),
     [
-        ("read", "greet.py", "00001| def greet(name):"),
+        ("read", "greet.py", "def greet(name):"),
         ("grep", "def greet in . (*.py) 1 matches", "Line 1: def greet(name):"),
         ("glob", "**/*.py in . 2 files", "/home/dev/proj/test_greet.py"),
         ("list", ". 2 entries", "README.md"),
@@ -366,3 +399,136 @@ def test_fragment_cache_reuses_unchanged_messages_and_rerenders_changed_ones(ren
     changed = {e.id for e in second.entries if e.hash != first.by_id[e.id].hash}
     assert changed == {target["data"]["messageID"]}
     assert "edited text" in renderer.message_html(second.by_id[target["data"]["messageID"]])
+
+
+# --------------------------------------------------------------------------- what opencode hides
+
+
+def test_reverted_messages_are_hidden_with_a_note(renderer: PageRenderer) -> None:
+    items = [item("session", session())]
+    messages = []
+    for n in range(6):
+        message = user(n * 1000) if n % 2 == 0 else assistant(messages[-1], n * 1000)
+        messages.append(message)
+        items += [item("message", message), item("part", part(message, "text", text=f"message {n + 1}"))]
+    reverted = fold([*items, item("session", session(revert={"messageID": messages[3]["id"], "snapshot": "abc"}))])
+    soup = BeautifulSoup(renderer.share_page(reverted, 1), "html.parser")
+    assert [a["id"] for a in soup.select("#messages > article")] == [f"msg-{m['id']}" for m in messages[:3]]
+    assert [li["data-id"] for li in soup.select("#nav-list li")] == [m["id"] for m in messages[:3]]
+    assert text(soup.select_one("#reverted-note")) == "3 messages after a revert are hidden, as in opencode."
+    assert "3 messages" in text(soup.select_one(".count-messages"))
+    assert "message 4" not in soup.get_text()
+    # A revert that names no known message hides nothing; without a revert there is no note.
+    for session_data in (session(revert={"messageID": "msg_unknown"}), session()):
+        soup = BeautifulSoup(renderer.share_page(fold([*items, item("session", session_data)]), 1), "html.parser")
+        assert len(soup.select("#messages > article")) == 6 and soup.select_one("#reverted-note") is None
+
+
+def test_pending_tools_show_as_pending_without_noise(rich: BeautifulSoup) -> None:
+    pending = tool_section(rich, "bash", "pending")
+    assert text(pending.select_one(".tool-status")) == "pending"
+    assert pending.select("pre, details, .tool-error, .note") == []
+    assert text(pending) == "bash pending"
+
+
+def test_open_graph_and_twitter_card_tags(rich: BeautifulSoup) -> None:
+    def meta(key: str) -> str:
+        tag = rich.select_one(f'meta[property="{key}"]') or rich.select_one(f'meta[name="{key}"]')
+        assert tag is not None, key
+        return tag["content"]
+
+    assert meta("og:title") == meta("twitter:title") == "Add a greeting module"
+    assert meta("og:type") == "article" and meta("twitter:card") == "summary"
+    description = meta("og:description")
+    assert description == meta("twitter:description") == meta("description")
+    assert description.startswith("3 prompts · 6 messages · 2 files changed · Claude Sonnet 4 (anthropic/claude-sonnet-4) · $0.13. ")
+    assert description.endswith("Add a greeting module with tests, please. Here is a screenshot:")
+    assert meta("twitter:data1") == "Claude Sonnet 4 (anthropic/claude-sonnet-4)" and meta("twitter:data2") == "6"
+
+
+def test_navigator_lists_the_prompts_as_plain_text(renderer: PageRenderer) -> None:
+    u1 = user(1000)
+    a1 = assistant(u1, 2000)
+    u2 = user(3000)
+    share = fold([
+        item("session", session()), item("message", u1), item("message", a1), item("message", u2),
+        item("part", part(u1, "text", text="## Step 0: what I **changed**\n\n- `one` and [two](https://x.y)")),
+        item("part", part(a1, "text", text="the answer")),
+        item("part", part(u2, "text", text="injected by opencode", synthetic=True)),
+        item("part", part(u2, "text", text="> quoted *words*")),
+    ])
+    soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    items = soup.select("#nav-list li")
+    assert [li["data-id"] for li in items] == [u1["id"], a1["id"], u2["id"]]  # every message, for deep links
+    prompts = [li for li in items if "nav-user" in li["class"]]
+    assert [text(li) for li in prompts] == ["Step 0: what I changed one and two", "quoted words"]
+    assert [li.select_one("a")["data-n"] for li in prompts] == ["1", "3"]
+    assert items[1].select("a") == [] and items[1]["data-p"] == "1"
+
+
+# --------------------------------------------------------------------------- code review
+
+
+def test_read_output_is_highlighted_with_its_line_numbers(rich: BeautifulSoup, renderer: PageRenderer) -> None:
+    read = tool_section(rich, "read")
+    code = read.select_one("details.tool-output pre.numbered")
+    assert [ln["data-n"] for ln in code.select(".ln")] == ["1", "2"]
+    assert code.select_one("span.k") is not None  # python, from the file name
+    assert "00001|" not in code.get_text() and "<file>" not in code.get_text()
+    assert text(read.select_one("details.tool-output summary")) == "2 lines"
+    # Without a numbered output (compacted, say), metadata.preview is shown, numbered from the offset.
+    u = user(1000)
+    a = assistant(u, 2000)
+    preview = tool(a, "read", "completed", {"filePath": f"{ROOT}/app.py", "offset": 40}, title="app.py", output="",
+                   metadata={"preview": "import os\nprint(os.getcwd())"})
+    soup = BeautifulSoup(renderer.share_page(fold([item("session", session()), item("message", u), item("message", a), item("part", preview)]), 1), "html.parser")
+    lines = soup.select("section.tool-read pre.numbered .ln")
+    assert [ln["data-n"] for ln in lines] == ["41", "42"]
+    assert "print(os.getcwd())" in soup.select_one("section.tool-read pre.numbered").get_text()
+
+
+def test_diffs_are_highlighted_by_file_type_with_within_line_changes(rich: BeautifulSoup) -> None:
+    edit = tool_section(rich, "edit")
+    table = edit.select_one("table.diff")
+    assert table.select_one("tr.d-ctx span.k") is not None  # "def" in greet.py
+    removed = edit.select_one("tr.d-del td.dc")
+    added = edit.select("tr.d-add td.dc")
+    # "    return 'hi ' + name" became "    \"\"\"Greet someone politely.\"\"\"": too different to mark;
+    # the second added line is unpaired. The legacy panel diff of a new file has no pairs either.
+    assert not removed.has_attr("data-ch") and not any(a.has_attr("data-ch") for a in added)
+
+
+def test_within_line_changes_name_the_changed_characters() -> None:
+    from cloudsession.render import html as render
+
+    fd = render.file_diff({"file": "a.py", "patch": "@@ -1,2 +1,2 @@\n-total = price * 2\n+total = price * 3\n keep = 1\n"})
+    rows = render.diff_rows(fd)
+    assert [(r.kind, r.marks) for r in rows] == [("hunk", ""), ("del", "16-17"), ("add", "16-17"), ("ctx", "")]
+    assert 'total <span class="o">=</span>' in str(rows[1].html)
+    plain = render.diff_rows(render.file_diff({"file": "notes.unknownext", "patch": "@@ -1 +1 @@\n-<b>\n+<i>\n"}))
+    assert [str(r.html) for r in plain] == ["@@ -1 +1 @@", "&lt;b&gt;", "&lt;i&gt;"]
+
+
+def test_lsp_diagnostics_show_under_edit_and_write(renderer: PageRenderer) -> None:
+    u = user(1000)
+    a = assistant(u, 2000)
+    path = f"{ROOT}/app.py"
+    diags = {path: [
+        {"range": {"start": {"line": 9, "character": 4}, "end": {"line": 9, "character": 8}}, "message": "Unused variable", "severity": 2},
+        {"range": {"start": {"line": 2, "character": 0}, "end": {"line": 2, "character": 3}}, "message": "Name 'foo' is not defined", "severity": 1},
+    ], f"{ROOT}/other.py": [{"range": {"start": {"line": 0, "character": 0}}, "message": "elsewhere", "severity": 1}]}
+    edit = tool(a, "edit", "completed", {"filePath": path, "oldString": "a", "newString": "b"}, title="app.py",
+                output="Edit applied successfully.", metadata={"diagnostics": diags})
+    write = tool(a, "write", "completed", {"filePath": path, "content": "x = 1\n"}, title="app.py",
+                 output="Wrote file successfully.", metadata={"diagnostics": diags})
+    share = fold([item("session", session()), item("message", u), item("message", a), item("part", edit), item("part", write)])
+    soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
+    for name in ("edit", "write"):
+        found = [text(li) for li in tool_section(soup, name).select("ul.diagnostics li")]
+        assert found == ["error 3:1 Name 'foo' is not defined", "warning 10:5 Unused variable"]
+
+
+def test_completed_tools_carry_no_status_badge(rich: BeautifulSoup) -> None:
+    # The normal case says nothing; only pending, running, failed and aborted tools are marked.
+    assert tool_section(rich, "bash").select(".tool-status") == []
+    assert {text(s) for s in rich.select(".tool-header .tool-status")} == {"pending", "running", "error", "aborted"}

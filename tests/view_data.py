@@ -257,3 +257,44 @@ def hostile_items() -> list[dict[str, Any]]:
         item("session_diff", [{"file": HOSTILE, "patch": "@@ -1 +1 @@\n-" + HOSTILE + "\n+" + HOSTILE + "\n", "additions": 1, "deletions": 1, "status": HOSTILE}]),
         item("model", [{"id": HOSTILE, "providerID": HOSTILE, "name": HOSTILE}]),
     ]
+
+
+LONG_WORD = "Supercalifragilistic" * 20  # 400 characters, no break opportunity
+WIDE_LINE = "x = [" + ", ".join(f"value_{n:04d}" for n in range(150)) + "]"  # ~2,000 characters
+
+
+def wide_items() -> list[dict[str, Any]]:
+    """A share that tries to widen the page everywhere: very wide code in every place code is
+    shown, wide tables, long unbroken words in titles, paths, names, summaries and prose."""
+    u = user(1000, agent="agent-" + LONG_WORD[:60])
+    a = assistant(u, 2000, modelID="model-" + LONG_WORD[:80], providerID="provider-" + LONG_WORD[:40])
+    table = "| " + " | ".join(f"column {n}" for n in range(30)) + " |\n|" + "---|" * 30 + "\n| " + " | ".join(
+        f"cell_{n}_{LONG_WORD[:30]}" for n in range(30)
+    ) + " |\n"
+    wide_patch = f"@@ -1,2 +1,2 @@\n-{WIDE_LINE}\n+{WIDE_LINE}y\n {WIDE_LINE}\n"
+    long_path = f"{ROOT}/{LONG_WORD}/{LONG_WORD[:100]}.py"
+    parts = [
+        part(u, "text", text=f"A long word: {LONG_WORD}\n\nA long link: https://example.com/{LONG_WORD}\n\n`{LONG_WORD}`"),
+        part(a, "text", text=f"Here is a table:\n\n{table}\n```python\n{WIDE_LINE}\n```\n\n> {LONG_WORD}"),
+        tool(a, "bash", "completed", {"command": f"echo {WIDE_LINE}", "description": LONG_WORD}, title="echo",
+             output="\n".join([WIDE_LINE] * 20), metadata={"exit": 0}),
+        tool(a, "write", "completed", {"filePath": long_path, "content": WIDE_LINE + "\n"}, title=LONG_WORD, output="Wrote file successfully."),
+        tool(a, "edit", "completed", {"filePath": long_path, "oldString": WIDE_LINE, "newString": WIDE_LINE + "y"}, title=LONG_WORD,
+             output="Edit applied successfully.", metadata={"diff": wide_patch}),
+        tool(a, "grep", "completed", {"pattern": LONG_WORD, "path": ROOT}, title=LONG_WORD, output=WIDE_LINE, metadata={"matches": 1}),
+        tool(a, "webfetch", "completed", {"url": f"https://example.com/{LONG_WORD}", "format": "markdown"}, title="", output=WIDE_LINE),
+        tool(a, LONG_WORD[:120], "completed", {"key": WIDE_LINE}, title=LONG_WORD, output=WIDE_LINE),
+        tool(a, "bash", "error", {"command": WIDE_LINE}, error=LONG_WORD),
+        part(a, "file", mime="text/plain", filename=LONG_WORD + ".txt",
+             url="data:text/plain;base64," + base64.b64encode(WIDE_LINE.encode()).decode()),
+        part(a, "step-finish", reason="stop", cost=6.15, tokens={"input": 1200, "output": 340, "reasoning": 0, "cache": {"read": 0, "write": 0}}),
+    ]
+    diffs = [{"file": long_path, "patch": wide_patch, "additions": 1, "deletions": 1, "status": "modified"}]
+    return [
+        item("session", session(title="Title " + LONG_WORD, directory=f"{ROOT}/{LONG_WORD}")),
+        item("message", u),
+        item("message", a),
+        *[item("part", p) for p in parts],
+        item("session_diff", diffs),
+        item("model", [{"id": "model-" + LONG_WORD[:80], "providerID": "provider-" + LONG_WORD[:40], "name": LONG_WORD}]),
+    ]

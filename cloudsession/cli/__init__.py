@@ -2,7 +2,7 @@
 
 Thin by design: each command parses its flags, builds Settings through ``config.load_settings``
 and calls the library. One module per command group: ``serve`` (serve, check-config), ``tools``
-(import, export, admin, gc) and ``push``. Configuration problems are printed as one clear
+(import, export, admin, gc), ``push`` and ``opencode`` (the opencode plugin). Configuration problems are printed as one clear
 message with exit code 2.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from cloudsession import __version__
-from cloudsession.cli import push, serve, tools
+from cloudsession.cli import opencode, push, serve, tools
 from cloudsession.config import ConfigError
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_subcommands(sub)  # serve, check-config
     tools.add_subcommands(sub)  # import, export, admin ..., gc
     push.add_subcommands(sub)  # push
+    opencode.add_subcommands(sub)  # opencode install | uninstall | status
     return parser
 
 

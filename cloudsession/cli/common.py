@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from pydantic import SecretStr
 
 from cloudsession.config import Settings, ensure_namespace, load_settings, redact_url, store_settings_from_url
-from cloudsession.errors import ShareError, StoreError
+from cloudsession.errors import ShareError, StoreError, StoreUnavailable
 from cloudsession.shares import maintenance
 from cloudsession.shares.service import ShareService
 from cloudsession.shares.service import open_service as open_share_service
@@ -187,7 +187,13 @@ def run(coro: Any) -> int:
         status: int = asyncio.run(coro)
         return status
     except ShareError as exc:
-        print(f"cloudsession: {exc.message}", file=sys.stderr)
+        cause = exc.__cause__
+        if isinstance(exc, StoreUnavailable) and isinstance(cause, StoreError):
+            print(f"cloudsession: the store failed: {cause}", file=sys.stderr)
+        elif isinstance(exc, StoreUnavailable) and isinstance(cause, TimeoutError):
+            print("cloudsession: the store failed: no answer within its deadline (STORE_TIMEOUT_SECONDS)", file=sys.stderr)
+        else:
+            print(f"cloudsession: {exc.message}", file=sys.stderr)
         return 1
     except StoreError as exc:
         print(f"cloudsession: the store failed: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ from typing import Any
 from cloudsession.cli.common import Progress, add_store_flags, open_service, print_report, progress_for, run, settings_from_args
 from cloudsession.client import importer
 from cloudsession.errors import SessionNotFound
+from cloudsession.render.pages import PageRenderer
 from cloudsession.shares import maintenance, owner
 from cloudsession.shares.sweep import SweepReport, sweep
 
@@ -64,6 +65,10 @@ async def _export(args: argparse.Namespace) -> int:
         except SessionNotFound:
             print(f"cloudsession export: no readable share {args.share_id!r} in the store", file=sys.stderr)
             return 1
+        if args.html:
+            view = service.public_view(state)
+            html = PageRenderer().standalone_page(view)
+            return _write(view.redact(html).encode("utf-8"), args.output)
         if args.original_ids:
             items = [{"type": "session", "data": state.session}]
             items += [{"type": "message", "data": m} for m in state.messages.values()]
@@ -160,6 +165,7 @@ def add_subcommands(sub: Any) -> None:
     exp.add_argument("share_id")
     exp.add_argument("-o", "--output", type=Path, help="write here instead of to stdout")
     exp.add_argument("--original-ids", action="store_true", help="keep the owner's real session ID instead of the public one")
+    exp.add_argument("--html", action="store_true", help="write the whole share as one self-contained HTML page instead (public view)")
     exp.set_defaults(func=cmd_export)
 
     admin = sub.add_parser("admin", help="store maintenance: backfill-index, fsck, migrate, audit, delete")

@@ -49,6 +49,8 @@ MAX_INLINE_IMAGE_CHARS = 3_000_000
 INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 
 HIGHLIGHT_CSS_CLASS = "hl"
+# Pygments styles for the light and the dark theme (static/highlight.css carries both).
+HIGHLIGHT_STYLE_LIGHT = "default"
 HIGHLIGHT_STYLE = "monokai"
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -131,24 +133,51 @@ def iso_time(ms: Any) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
 
 
+def format_time_utc(ms: Any) -> str:
+    """The fallback text of a ``<time>`` on the share page, before the page script localises
+    it: unambiguous without JavaScript (``Jan 15, 2025, 10:30:05 UTC``)."""
+    moment = _utc(ms)
+    if moment is None:
+        return ""
+    return f"{_MONTHS[moment.month - 1]} {moment.day}, {moment.year}, {moment:%H:%M:%S} UTC"
+
+
 def format_number(value: Any) -> str:
     """en-US thousands separators: ``1,801``."""
     number = as_number(value)
     return f"{int(number):,}" if float(number).is_integer() else f"{number:,.2f}"
 
 
+def plural(count: Any, word: str, words: str | None = None) -> str:
+    """``1 sync``, ``2 syncs``, ``1,801 messages``: the count formatted, the noun agreeing."""
+    number = as_number(count)
+    return f"{format_number(number)} {word if number == 1 else (words or word + 's')}"
+
+
 def format_cost(value: Any) -> str:
-    """``$0.1234`` when positive, otherwise "" (the reference hides zero costs)."""
+    """Dollars and cents (``$6.15``), ``<$0.01`` for a positive cost below a cent, "" for zero
+    (the reference hides zero costs)."""
     number = as_number(value)
-    return f"${number:.4f}" if number > 0 else ""
+    if number <= 0:
+        return ""
+    if number < 0.005:
+        return "<$0.01"
+    return f"${number:,.2f}"
 
 
-def format_duration(start: Any, end: Any) -> str:
-    """A short human duration between two epoch-ms values, or "" when unknown."""
+# opencode shows a duration only when it is long enough to matter.
+MIN_SHOWN_DURATION_MS = 2000
+
+
+def format_duration(start: Any, end: Any, *, minimum: float = 0) -> str:
+    """A short human duration between two epoch-ms values, or "" when unknown or shorter than
+    ``minimum`` milliseconds."""
     begin, finish = as_number(start), as_number(end)
     if begin <= 0 or finish < begin:
         return ""
     ms = finish - begin
+    if ms < minimum:
+        return ""
     if ms < 1000:
         return f"{int(ms)}ms"
     if ms < 60_000:
@@ -191,6 +220,31 @@ def safe_http_url(value: Any) -> str:
 # --------------------------------------------------------------------------- highlighting
 
 _FORMATTER = HtmlFormatter(nowrap=True)
+
+
+def _plain_token_classes() -> frozenset[str]:
+    """Token classes neither theme colours (names, punctuation, whitespace...): their spans are
+    dropped from highlighted output, a quarter of a page's elements for no visible change."""
+    from pygments.styles import get_style_by_name
+    from pygments.token import STANDARD_TYPES, Text
+
+    def plain(style_name: str) -> set[str]:
+        style = get_style_by_name(style_name)
+        base = (style.style_for_token(Text)["color"] or "").lower()
+        found = {"w"}  # whitespace: a colour on spaces shows nothing
+        for token, cls in STANDARD_TYPES.items():
+            s = style.style_for_token(token)
+            decorated = s["bgcolor"] or s["bold"] or s["italic"] or s["underline"] or s["border"]
+            if cls and not decorated and (not s["color"] or s["color"].lower() == base):
+                found.add(cls)
+        return found
+
+    return frozenset(plain(HIGHLIGHT_STYLE_LIGHT) & plain(HIGHLIGHT_STYLE))
+
+
+_PLAIN_SPAN = re.compile(
+    '<span class="(?:' + "|".join(sorted(map(re.escape, _plain_token_classes()))) + ')">([^<]*)</span>'
+)
 _EXTRA_EXTENSIONS = {".tsx": "tsx", ".jsx": "jsx", ".mjs": "javascript", ".cjs": "javascript"}
 
 
@@ -240,18 +294,31 @@ def highlight(code: Any, *, filename: str | None = None, language: str | None = 
     lexer = lexer_for(filename, language) if len(text) <= MAX_HIGHLIGHT_CHARS else None
     if lexer is None or isinstance(lexer, TextLexer):
         return escape(text)
-    rendered = pygments_highlight(text, lexer, _FORMATTER)
+    rendered = _PLAIN_SPAN.sub(r"\1", pygments_highlight(text, lexer, _FORMATTER))
     # Pygments always appends a newline; keep the original ending so line counts stay true.
     if not text.endswith("\n") and rendered.endswith("\n"):
         rendered = rendered[:-1]
     return Markup(rendered)
 
 
+def _token_rules(style: str, prefixes: list[str]) -> str:
+    # Token colours only: the background and the line-number rules come from app.css, which
+    # follows the page's theme.
+    rules = HtmlFormatter(style=style).get_style_defs(prefixes).splitlines()
+    bare = ", ".join(prefixes) + " {"
+    return "\n".join(r for r in rules if r.startswith(prefixes[0]) and not r.startswith(bare))
+
+
 def highlight_css() -> str:
-    """The stylesheet for highlighted code (served as static/highlight.css)."""
-    formatter = HtmlFormatter(style=HIGHLIGHT_STYLE)
+    """The stylesheet for highlighted code (served as static/highlight.css): a light palette,
+    and a dark one when the reader chose dark or the system prefers it (theme.js sets
+    ``data-theme`` on the root element when the reader picks one)."""
+    cls = f".{HIGHLIGHT_CSS_CLASS}"
     header = "/* Generated by cloudsession.render.highlight_css(); do not edit by hand. */\n"
-    return header + str(formatter.get_style_defs(f".{HIGHLIGHT_CSS_CLASS}")) + "\n"
+    light = _token_rules(HIGHLIGHT_STYLE_LIGHT, [cls])
+    dark_chosen = _token_rules(HIGHLIGHT_STYLE, [f':root[data-theme="dark"] {cls}'])
+    dark_system = _token_rules(HIGHLIGHT_STYLE, [f':root:not([data-theme="light"]) {cls}'])
+    return f"{header}{light}\n{dark_chosen}\n@media (prefers-color-scheme: dark) {{\n{dark_system}\n}}\n"
 
 
 # --------------------------------------------------------------------------- markdown
@@ -293,6 +360,25 @@ def _make_markdown() -> MarkdownIt:
 
 
 _MARKDOWN = _make_markdown()
+
+
+def plain_text(text: Any, limit: int = 600) -> str:
+    """The words of a markdown text without its syntax (for one-line previews): ``## Step 0:
+    what I **changed**`` reads ``Step 0: what I changed``. Only the first ``limit`` characters
+    are parsed."""
+    source = as_text(text)[:limit]
+    words: list[str] = []
+    for token in _MARKDOWN.parse(source):
+        if token.type == "inline":
+            for child in token.children or []:
+                if child.type in ("text", "code_inline"):
+                    words.append(child.content)
+                elif child.type in ("softbreak", "hardbreak"):
+                    words.append(" ")
+            words.append(" ")
+        elif token.type in ("fence", "code_block"):
+            words.append(token.content + " ")
+    return " ".join("".join(words).split())
 
 
 def render_markdown(text: Any) -> Markup:
@@ -428,6 +514,156 @@ def file_diff(value: Any) -> FileDiff:
     return FileDiff(path or "(unnamed file)", status, int(additions), int(deletions), rows, truncated)
 
 
+# --------------------------------------------------------------------------- what opencode hides
+
+# Bookkeeping parts opencode does not show: their figures go into the turn's footer.
+QUIET_PART_TYPES = frozenset({"step-start", "step-finish", "snapshot", "patch"})
+
+
+def is_shown_part(part: Any) -> bool:
+    """False for the parts opencode hides: step and snapshot bookkeeping, synthetic text (what
+    opencode adds to a prompt on its own), and text or reasoning with nothing in it."""
+    data = as_dict(part)
+    kind = as_text(data.get("type"))
+    if kind in QUIET_PART_TYPES:
+        return False
+    if kind == "text":
+        return data.get("synthetic") is not True and bool(as_text(data.get("text")).strip())
+    if kind == "reasoning":
+        return bool(as_text(data.get("text")).strip())
+    return True
+
+
+@dataclass(frozen=True)
+class TurnFooter:
+    """The quiet line under an assistant message: what the turn cost."""
+
+    tokens: str  # "1,200 in · 340 out · 80 reasoning · 4,000 cached", or ""
+    tokens_detail: str  # the same, spelled out, for a tooltip
+    cost: str
+    duration: str  # only when over MIN_SHOWN_DURATION_MS
+    steps: int
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens or self.cost or self.duration)
+
+
+def turn_footer(message: dict[str, Any], parts: list[dict[str, Any]]) -> TurnFooter:
+    """Tokens and cost of an assistant message (its own totals, else the sum of its steps) and
+    how long it took."""
+    finishes = [p for p in parts if as_text(p.get("type")) == "step-finish"]
+    counts = as_dict(message.get("tokens"))
+    keys = ("input", "output", "reasoning")
+    totals = {k: as_number(counts.get(k)) for k in keys}
+    cache = as_dict(counts.get("cache"))
+    totals["read"], totals["write"] = as_number(cache.get("read")), as_number(cache.get("write"))
+    cost = as_number(message.get("cost"))
+    if not any(totals.values()) and finishes:
+        for step in finishes:
+            step_tokens = as_dict(step.get("tokens"))
+            step_cache = as_dict(step_tokens.get("cache"))
+            for k in keys:
+                totals[k] += as_number(step_tokens.get(k))
+            totals["read"] += as_number(step_cache.get("read"))
+            totals["write"] += as_number(step_cache.get("write"))
+    if not cost and finishes:
+        cost = sum(as_number(step.get("cost")) for step in finishes)
+    shown = [(totals["input"], "in"), (totals["output"], "out"), (totals["reasoning"], "reasoning"), (totals["read"], "cached")]
+    tokens = " · ".join(f"{format_number(n)} {label}" for n, label in shown if n) if any(totals.values()) else ""
+    detail = (
+        f"input {format_number(totals['input'])}, output {format_number(totals['output'])}, reasoning "
+        f"{format_number(totals['reasoning'])}, cache read {format_number(totals['read'])}, cache write {format_number(totals['write'])}"
+    )
+    time = as_dict(message.get("time"))
+    duration = format_duration(time.get("created"), time.get("completed"), minimum=MIN_SHOWN_DURATION_MS)
+    return TurnFooter(tokens, detail if tokens else "", format_cost(cost), duration, len(finishes))
+
+
+# --------------------------------------------------------------------------- diff review
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    """A diff line ready for the page: its code highlighted for the file's language, and the
+    character ranges that changed within the line (``"3-9 12-15"``, marked by the page script)."""
+
+    kind: str
+    old: int | None
+    new: int | None
+    html: Markup
+    marks: str = ""
+
+
+# Lines longer than this get no within-line comparison (SequenceMatcher is quadratic).
+MAX_INTRALINE_CHARS = 2_000
+
+
+def _highlight_side(lines: list[str], path: str) -> list[Markup] | None:
+    if not lines:
+        return []
+    rendered = highlight("\n".join(lines), filename=path)
+    split = rendered.split("\n")
+    return split if len(split) == len(lines) else None
+
+
+def _changed_ranges(before: str, after: str) -> tuple[str, str]:
+    if len(before) > MAX_INTRALINE_CHARS or len(after) > MAX_INTRALINE_CHARS:
+        return "", ""
+    matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+    if matcher.ratio() < 0.4:
+        return "", ""  # a different line, not an edited one: marking it all says nothing
+    old, new = [], []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        if i2 > i1:
+            old.append(f"{i1}-{i2}")
+        if j2 > j1:
+            new.append(f"{j1}-{j2}")
+    return " ".join(old), " ".join(new)
+
+
+def diff_rows(fd: FileDiff) -> list[DiffRow]:
+    """The rows of a diff with syntax highlighting by file type (each side highlighted as one
+    text, so multi-line constructs colour right) and within-line change ranges for each deleted
+    line paired with the added line that replaced it."""
+    lines = fd.lines
+    old_side = [line.text for line in lines if line.kind in ("ctx", "del")]
+    new_side = [line.text for line in lines if line.kind in ("ctx", "add")]
+    old_html = _highlight_side(old_side, fd.path)
+    new_html = _highlight_side(new_side, fd.path)
+    marks: dict[int, str] = {}
+    index = 0
+    while index < len(lines):
+        if lines[index].kind != "del":
+            index += 1
+            continue
+        dels = index
+        while index < len(lines) and lines[index].kind == "del":
+            index += 1
+        adds = index
+        while index < len(lines) and lines[index].kind == "add":
+            index += 1
+        for offset in range(min(adds - dels, index - adds)):
+            before, after = _changed_ranges(lines[dels + offset].text, lines[adds + offset].text)
+            if before or after:
+                marks[dels + offset], marks[adds + offset] = before, after
+    rows = []
+    o = n = 0
+    for position, line in enumerate(lines):
+        html: Markup = escape(line.text)
+        if line.kind in ("ctx", "del"):
+            if old_html is not None:
+                html = old_html[o]
+            o += 1
+        if line.kind in ("ctx", "add"):
+            if new_html is not None:
+                html = new_html[n]
+            n += 1
+        rows.append(DiffRow(line.kind, line.old, line.new, html, marks.get(position, "")))
+    return rows
+
+
 # --------------------------------------------------------------------------- tools
 
 
@@ -468,7 +704,7 @@ def tool_view(part: dict[str, Any]) -> ToolView:
         output=as_text(state.get("output")),
         error=error,
         metadata=as_dict(state.get("metadata")),
-        duration=format_duration(time.get("start"), time.get("end")),
+        duration=format_duration(time.get("start"), time.get("end"), minimum=MIN_SHOWN_DURATION_MS),
         compacted=bool(as_number(time.get("compacted"))),
         attachments=[a for a in as_list(state.get("attachments")) if isinstance(a, dict)],
     )
@@ -490,6 +726,76 @@ def edit_diff(view: ToolView) -> FileDiff:
             "deletions": filediff.get("deletions"),
         }
     )
+
+
+_READ_LINE = re.compile(r"^(\d{1,9})\| ?(.*)$")
+
+
+@dataclass(frozen=True)
+class NumberedCode:
+    """File content with its line numbers (the read tool's output, or its preview)."""
+
+    lines: list[tuple[int, Markup]]  # (line number, highlighted line)
+    rest: int  # lines not shown beyond the visible head
+    note: str  # opencode's trailing remark ("(File has more lines...)"), if any
+
+
+def read_view(view: ToolView, preview_lines: int = 400) -> NumberedCode | None:
+    """The read tool's ``<file>`` output as numbered, highlighted lines (its ``NNNNN| `` prefixes
+    parsed out), else ``metadata.preview`` numbered from the read offset; None when neither is
+    there."""
+    path = as_text(view.input.get("filePath"))
+    numbers: list[int] = []
+    code: list[str] = []
+    note = ""
+    for raw in view.output[:MAX_OUTPUT_CHARS].split("\n"):
+        match = _READ_LINE.match(raw)
+        if match:
+            numbers.append(int(match.group(1)))
+            code.append(match.group(2))
+        elif raw.strip() and raw.strip() not in ("<file>", "</file>"):
+            note = raw.strip() if numbers else note
+    if not numbers:
+        preview = as_text(view.metadata.get("preview"))
+        if not preview:
+            return None
+        code = preview.split("\n")
+        start = int(as_number(view.input.get("offset"))) + 1
+        numbers = list(range(start, start + len(code)))
+    shown = min(len(code), preview_lines)
+    rendered = highlight("\n".join(code[:shown]), filename=path).split("\n")
+    if len(rendered) != shown:
+        rendered = [escape(line) for line in code[:shown]]
+    return NumberedCode(list(zip(numbers[:shown], rendered, strict=True)), len(code) - shown, note)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    severity: str  # error | warning | info | hint
+    line: int
+    column: int
+    message: str
+
+
+_SEVERITIES = {1: "error", 2: "warning", 3: "info", 4: "hint"}
+MAX_DIAGNOSTICS = 20
+
+
+def diagnostics(view: ToolView) -> list[Diagnostic]:
+    """LSP diagnostics opencode attached to an edit or write (``metadata.diagnostics``, keyed by
+    file): those of the file the tool changed, errors first, at most MAX_DIAGNOSTICS."""
+    by_file = as_dict(view.metadata.get("diagnostics"))
+    path = as_text(view.input.get("filePath"))
+    found = []
+    for entry in as_list(by_file.get(path)):
+        data = as_dict(entry)
+        start = as_dict(dig(data, "range", "start"))
+        severity = _SEVERITIES.get(int(as_number(data.get("severity"))) or 1, "error")
+        message = as_text(data.get("message"))
+        if message:
+            found.append(Diagnostic(severity, int(as_number(start.get("line"))) + 1, int(as_number(start.get("character"))) + 1, message[:2000]))
+    order = list(_SEVERITIES.values())
+    return sorted(found, key=lambda d: order.index(d.severity))[:MAX_DIAGNOSTICS]
 
 
 @dataclass(frozen=True)

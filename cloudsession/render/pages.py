@@ -38,11 +38,13 @@ STATIC_DIR = PACKAGE_DIR / "static"
 # enough that a 2,000-message session renders in a fraction of a second.
 PAGE_SIZE = 100
 # Bump when templates change the markup of a message, so cached fragments are not reused.
-FRAGMENT_VERSION = "1"
+FRAGMENT_VERSION = "2"
 # Total characters of rendered fragments kept in memory (roughly bytes for ASCII-heavy HTML).
 FRAGMENT_CACHE_CHARS = 96 * 1024 * 1024
 SHARE_VIEW_CACHE_SIZE = 32
 PREVIEW_CHARS = 90
+SEARCH_HITS = 50
+SNIPPET_CHARS = 60
 
 T = TypeVar("T")
 
@@ -54,11 +56,32 @@ def _templates_dir() -> Path:
     return packaged if packaged.is_dir() else TEMPLATES_DIR
 
 
+_STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+
+
+@dataclass(frozen=True)
+class StaticAsset:
+    body: bytes
+    content_type: str
+    digest: str
+
+
 @lru_cache(maxsize=64)
+def static_asset(name: str) -> StaticAsset | None:
+    """A file of ``static/`` with its content hash, or None for anything that is not one
+    (the name is only looked up among the files actually there: no path ever reaches open())."""
+    if name not in {p.name for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in _STATIC_TYPES}:
+        return None
+    body = (STATIC_DIR / name).read_bytes()
+    return StaticAsset(body, _STATIC_TYPES[Path(name).suffix], hashlib.blake2b(body, digest_size=6).hexdigest())
+
+
 def static_url(name: str) -> str:
     """``/static/<name>?v=<content hash>``: browsers may cache static files forever."""
-    digest = hashlib.blake2b((STATIC_DIR / name).read_bytes(), digest_size=6).hexdigest()
-    return f"/static/{name}?v={digest}"
+    asset = static_asset(name)
+    if asset is None:
+        raise ValueError(f"no static file {name!r}")
+    return f"/static/{name}?v={asset.digest}"
 
 
 def css_token(value: Any, fallback: str = "other") -> str:
@@ -87,6 +110,8 @@ def make_environment() -> Environment:
         dig=render.dig,
         pretty_json=render.pretty_json,
         format_time=render.format_time,
+        format_time_utc=render.format_time_utc,
+        plural=render.plural,
         iso_time=render.iso_time,
         format_number=render.format_number,
         format_cost=render.format_cost,
@@ -99,9 +124,12 @@ def make_environment() -> Environment:
         render_markdown=render.render_markdown,
         split_output=render.split_output,
         file_diff=render.file_diff,
+        diff_rows=render.diff_rows,
         tool_view=render.tool_view,
         edit_diff=render.edit_diff,
         todos=render.todos,
+        read_view=render.read_view,
+        diagnostics=render.diagnostics,
         questions=render.questions,
         attachment=render.attachment,
     )
@@ -136,11 +164,38 @@ class MessageEntry:
         return hashlib.blake2b(payload, digest_size=8).hexdigest()
 
     @cached_property
+    def shown_parts(self) -> list[dict[str, Any]]:
+        """The parts displayed; step bookkeeping goes into ``footer`` instead."""
+        return [p for p in self.parts if render.is_shown_part(p)]
+
+    @cached_property
+    def footer(self) -> render.TurnFooter | None:
+        return render.turn_footer(self.message, self.parts) if self.role == "assistant" else None
+
+    @cached_property
+    def search_texts(self) -> list[str]:
+        """What the page shows of this message, as plain strings, for searching across pages."""
+        texts: list[str] = []
+        for part in self.shown_parts:
+            kind = part.get("type")
+            if kind in ("text", "reasoning"):
+                texts.append(render.as_text(part.get("text")))
+            elif kind == "tool":
+                view = render.tool_view(part)
+                texts += [view.tool, view.title, view.output[: render.MAX_OUTPUT_CHARS], view.error]
+                texts += [render.as_text(view.input.get(k)) for k in ("command", "description", "filePath", "pattern", "url", "prompt")]
+            elif kind == "file":
+                texts.append(render.as_text(part.get("filename")))
+            elif kind == "subtask":
+                texts += [render.as_text(part.get("description")), render.as_text(part.get("prompt"))]
+        return [t for t in texts if t]
+
+    @cached_property
     def preview(self) -> str:
         """A one-line summary for the navigator: the first text, else the first tool's title."""
         for part in self.parts:
             if part.get("type") == "text" and not part.get("synthetic"):
-                text = " ".join(render.as_text(part.get("text")).split())
+                text = render.plain_text(part.get("text"))
                 if text:
                     return text[:PREVIEW_CHARS] + ("…" if len(text) > PREVIEW_CHARS else "")
         for part in self.parts:
@@ -187,6 +242,13 @@ class ShareView:
                 by_message.setdefault(message_id, []).append(part)
         messages = [m for m in share.messages if isinstance(m, dict) and isinstance(m.get("id"), str)]
         ordered = sorted(messages, key=_created)  # stable: ties keep stored order, as the reference
+        # A reverted session (session.revert.messageID) hides that message and every later one,
+        # as opencode does; the page says how many.
+        revert = render.as_text(render.dig(share.session, "revert", "messageID"))
+        cut = next((i for i, m in enumerate(ordered) if m["id"] == revert), None) if revert else None
+        self.reverted_ids = [m["id"] for m in ordered[cut:]] if cut is not None else []
+        if cut is not None:
+            ordered = ordered[:cut]
         self.entries = [
             MessageEntry(m, by_message.get(m["id"], []), index + 1, index // page_size + 1)
             for index, m in enumerate(ordered)
@@ -238,7 +300,7 @@ class ShareView:
                 used[(provider, model_id)] = f"{provider}/{model_id}" if provider else model_id
         return ShareStats(
             message_count=len(self.entries),
-            part_count=len(self.share.parts),
+            part_count=sum(len(entry.parts) for entry in self.entries),
             total_cost=cost,
             input_tokens=tokens["input"],
             output_tokens=tokens["output"],
@@ -247,6 +309,21 @@ class ShareView:
             cache_write=tokens["write"],
             models=list(used.values()),
         )
+
+    @cached_property
+    def summary(self) -> str:
+        """One line for link previews (Open Graph, Twitter cards): counts, model, cost, and the
+        first prompt."""
+        stats = self.stats
+        bits = [render.plural(len([e for e in self.entries if e.role == "user"]), "prompt"), render.plural(stats.message_count, "message")]
+        if self.diffs:
+            bits.append(render.plural(len(self.diffs), "file") + " changed")
+        if stats.models:
+            bits.append(stats.models[0] + (f" and {len(stats.models) - 1} more" if len(stats.models) > 1 else ""))
+        if render.format_cost(stats.total_cost):
+            bits.append(render.format_cost(stats.total_cost))
+        first = next((e.preview for e in self.entries if e.role == "user" and e.preview), "")
+        return " · ".join(bits) + (f". {first}" if first else "")
 
     @cached_property
     def diffs(self) -> list[render.FileDiff]:
@@ -346,13 +423,14 @@ class PageRenderer:
         message of the share (2,000 entries for a long session), and a macro call per entry
         would cost more than rendering a whole page of messages. Every value is escaped."""
         here = entry.page == current_page
-        href = f"#msg-{entry.id}" if here else f"?page={entry.page}{link_suffix}#msg-{entry.id}"
         role = entry.role
-        return (
-            f'<li class="nav-{css_token(role)}{" here" if here else ""}" data-id="{escape(entry.id)}">'
-            f'<a href="{escape(href)}"><span class="n">{entry.number}</span> <span class="role">{escape(role)}</span> '
-            f'<span class="pv">{escape(entry.preview)}</span></a></li>'
-        )
+        head = f'<li class="nav-{css_token(role)}{" here" if here else ""}" data-id="{escape(entry.id)}" data-p="{entry.page}"'
+        if role != "user":
+            # Listed (share.js finds every message's page here) but not shown: the navigator
+            # is the list of the user's prompts, one per turn, as opencode shows it.
+            return head + "></li>"
+        href = f"#msg-{entry.id}" if here else f"?page={entry.page}{link_suffix}#msg-{entry.id}"
+        return f'{head}><a href="{escape(href)}" data-n="{entry.number}">{escape(entry.preview) or "(no text)"}</a></li>'
 
     def navigator_html(self, view: ShareView, current_page: int, link_suffix: str = "") -> str:
         return "\n".join(self.nav_html(entry, current_page, link_suffix) for entry in view.entries)
@@ -372,6 +450,50 @@ class PageRenderer:
             navigator_html=self.navigator_html(view, page, link_suffix),
             link_suffix=link_suffix,
             live_format="events",
+        )
+
+    def search(self, share: PublicShare, query: str, link_suffix: str = "", limit: int = SEARCH_HITS) -> dict[str, Any]:
+        """Case-insensitive matches of ``query`` in every message of the share (all pages): the
+        count per page and the first ``limit`` messages with a snippet and a link."""
+        view = self.view(share)
+        needle = query.lower()
+        pages: dict[int, int] = {}
+        hits: list[dict[str, Any]] = []
+        total = 0
+        for entry in view.entries:
+            count = 0
+            snippet = ""
+            for text in entry.search_texts:
+                lowered = text.lower()
+                found = lowered.count(needle)
+                if found and not snippet:
+                    at = lowered.index(needle)
+                    start = max(0, at - SNIPPET_CHARS)
+                    snippet = ("…" if start else "") + " ".join(text[start : at + len(needle) + SNIPPET_CHARS].split())
+                count += found
+            if count:
+                total += count
+                pages[entry.page] = pages.get(entry.page, 0) + count
+                if len(hits) < limit:
+                    hits.append({"id": entry.id, "page": entry.page, "number": entry.number, "count": count, "snippet": snippet,
+                                 "href": f"?page={entry.page}{link_suffix}#msg-{entry.id}"})
+        return {"query": query, "total": total, "pages": [{"page": p, "count": c} for p, c in sorted(pages.items())], "hits": hits}
+
+    def standalone_page(self, share: PublicShare) -> str:
+        """The whole share in one self-contained HTML file: every message (all pages), the
+        stylesheets inlined, no script; links between messages are in-page anchors."""
+        view = self.view(share)
+        stylesheet = (STATIC_DIR / "app.css").read_text() + "\n" + (STATIC_DIR / "highlight.css").read_text()
+        return self.template("standalone.html").render(
+            share=share,
+            # Safe: the server's own static files; "</" cannot end the <style> element early.
+            stylesheet=Markup(stylesheet.replace("</", "<\\/")),
+            exported=render.iso_time(share.last_updated),
+            header_html=Markup(self.header_html(view)),  # safe: rendered by parts.html (autoescape)
+            messages_html=self.messages_html(view.entries),
+            diffs_html=Markup(self.diffs_html(view)),  # safe: rendered by parts.html (autoescape)
+            # Every entry on "page 0" links as an in-page anchor.
+            navigator_html="\n".join(self.nav_html(entry, entry.page) for entry in view.entries),
         )
 
     def fragments(self, share: PublicShare, ids: Iterable[str], page: int, link_suffix: str = "") -> list[Fragment | str]:

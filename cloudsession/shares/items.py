@@ -12,9 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from cloudsession.errors import PayloadTooLarge, ValidationFailed
+from cloudsession.jsonio import json_bytes
 
 ITEM_TYPES = ("session", "message", "part", "session_diff", "model")
 MAX_ID_LENGTH = 256
+# How deep an item's data may nest. A request body may nest up to 1024 levels (the parser's
+# limit) but orjson writes at most 254, and the stored journal and snapshot documents and the
+# public answers put an entity a few levels down: an entity nested deeper than this would be a
+# 500 on the write, or an acknowledged write that every later read fails on.
+MAX_NESTING = 200
+_WRITER_LIMIT = 254  # orjson.dumps raises beyond this many levels
 
 
 def _fail(path: list[Any], message: str) -> ValidationFailed:
@@ -68,8 +75,23 @@ def parse_sync_items(raw: Any, *, max_items: int, path: tuple[Any, ...] = ("data
                     raise _fail(where + [n], "must be an object")
                 if kind == "model":
                     _require_id(element, where + [n])
+        _check_storable(data, where)
         items.append({"type": kind, "data": data})
     return items
+
+
+def _check_storable(data: Any, where: list[Any]) -> None:
+    """Refuse data nested deeper than MAX_NESTING (or otherwise unwritable) before anything is
+    written. Serialising it inside enough extra levels finds out at the writer's native speed,
+    where walking every node in Python would make a large first sync noticeably slower."""
+    padded = data
+    for _ in range(_WRITER_LIMIT - MAX_NESTING):
+        padded = [padded]
+    try:
+        json_bytes(padded)
+    except TypeError as exc:
+        reason = f"nested deeper than {MAX_NESTING} levels" if "ecursion" in str(exc) else "cannot be stored as JSON"
+        raise _fail(where, reason) from None
 
 
 def model_key(model: dict[str, Any]) -> tuple[str, str]:

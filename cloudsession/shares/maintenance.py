@@ -47,7 +47,7 @@ from cloudsession.shares.storage import (
     journal_prefix,
     snapshot_key,
 )
-from cloudsession.store.base import ObjectStore, PreconditionFailed, iter_keys, read_json_object
+from cloudsession.store.base import STALE_TEMP_SECONDS, ObjectStore, PreconditionFailed, iter_keys, read_json_object
 
 CONCURRENCY = 16
 # Keys are listed a page at a time and worked on in batches of this size, so memory stays flat
@@ -320,8 +320,19 @@ async def fsck(service: ShareService, options: FsckOptions, *, start: Callable[[
 
     await for_each(share_ids, check, tick)
     await for_each(orphans, orphan, tick)
+    await _check_temp(service, options, report)
     report.counts["shares"] = len(share_ids)
     return report
+
+
+async def _check_temp(service: ShareService, options: FsckOptions, report: Report) -> None:
+    """Temporary files of writes a crash interrupted (filesystem store): never read, never
+    removed by anything else once the store is open."""
+    remove = options.repair and not options.dry_run
+    count = await service.store.remove_stale_temp(older_than_seconds=STALE_TEMP_SECONDS, dry_run=not remove)
+    if count:
+        action = options.act("deleted", "would delete") if options.repair else ""
+        report.add(Finding("(store)", "stale-temp", f"{count} temporary files left by interrupted writes", action))
 
 
 async def _check_share(service: ShareService, share_id: str, options: FsckOptions, report: Report) -> None:

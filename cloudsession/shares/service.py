@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -51,7 +51,7 @@ from cloudsession.shares.public import PublicShare, Redactor, current_redactor, 
 from cloudsession.shares.state import ShareState, regression, sha256_hex
 from cloudsession.shares.storage import INDEX_PREFIX, index_key, journal_key, journal_prefix, snapshot_key
 from cloudsession.store import open_store
-from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys, read_json_object
+from cloudsession.store.base import STALE_TEMP_SECONDS, ListPage, ObjectStore, PreconditionFailed, StoredObject, StoreError, iter_keys, read_json_object
 from cloudsession.store.instrumented import InstrumentedStore
 
 if TYPE_CHECKING:
@@ -95,9 +95,130 @@ class CommitResult:
     sync_count: int
 
 
+# -- the one door to the store ------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class GuardedStore:
+    """``ObjectStore`` around another: each call under ``timeout`` seconds, every failure a 503.
+
+    :class:`ShareService` wraps the store it is given in one, so every store access of the share
+    domain (loads, commits, the index, listings through ``iter_keys``, the sweep, maintenance,
+    idempotency records, hooks) goes through here without having to remember to: no call waits
+    longer than ``store_timeout_seconds``, and a backend failure, a timeout or an OS error leaves
+    only as :class:`~cloudsession.errors.StoreUnavailable` (503 with ``Retry-After``).
+    ``PreconditionFailed`` passes through untouched: it is an answer, not a failure.
+
+    A timed-out write may still land (S3 may have applied it; the filesystem store's worker
+    thread cannot be interrupted). The journal makes that harmless: the entry is folded by the
+    next read like any other, and a client retrying with op ids or an ``Idempotency-Key`` is
+    answered from the ledger instead of being applied twice."""
+
+    def __init__(self, inner: ObjectStore, timeout: float) -> None:
+        self.inner = inner
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"GuardedStore({self.inner!r}, timeout={self.timeout})"
+
+    async def _call(self, action: str, key: str, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await call
+        except PreconditionFailed:
+            raise
+        except TimeoutError as exc:
+            log.error("store %s of %r: no answer within %gs", action, key, self.timeout)
+            raise StoreUnavailable() from exc
+        except (StoreError, OSError) as exc:
+            # StoreError messages name the operation and key, never credentials (store/s3.py).
+            log.error("store %s of %r failed: %s", action, key, exc)
+            raise StoreUnavailable() from exc
+
+    async def get(self, key: str) -> StoredObject | None:
+        return await self._call("get", key, self.inner.get(key))
+
+    async def head(self, key: str) -> str | None:
+        return await self._call("head", key, self.inner.head(key))
+
+    async def put(self, key: str, body: bytes) -> str:
+        return await self._call("put", key, self.inner.put(key, body))
+
+    async def put_if_absent(self, key: str, body: bytes) -> str:
+        return await self._call("put_if_absent", key, self.inner.put_if_absent(key, body))
+
+    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
+        return await self._call("put_if_match", key, self.inner.put_if_match(key, body, etag))
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", key, self.inner.delete(key))
+
+    async def delete_if_match(self, key: str, etag: str) -> None:
+        await self._call("delete_if_match", key, self.inner.delete_if_match(key, etag))
+
+    async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
+        return await self._call("list", prefix, self.inner.list_page(prefix, start_after=start_after, limit=limit))
+
+    async def remove_stale_temp(self, *, older_than_seconds: float, dry_run: bool = False) -> int:
+        return await self._call("temp cleanup", "", self.inner.remove_stale_temp(older_than_seconds=older_than_seconds, dry_run=dry_run))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class _ShareLock(asyncio.Lock):
+    """A share's write lock, whose wait has a deadline measured in progress.
+
+    Writers queue for it while the ones ahead get answers from the store, however long the
+    queue (a burst of syncs to one share). Once no holder has finished for a whole store
+    deadline, they are stuck on a store that does not answer: a waiter gives up with a 503
+    rather than wait out every stuck holder's deadline in turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Holders that released the lock without a store failure.
+        self.progress = 0
+
+    @asynccontextmanager
+    async def hold(self, deadline: float) -> AsyncIterator[None]:
+        await self._acquire_while_progressing(deadline)
+        answered = True
+        try:
+            yield
+        except StoreUnavailable:
+            answered = False
+            raise
+        finally:
+            if answered:
+                self.progress += 1
+            self.release()
+
+    async def _acquire_while_progressing(self, deadline: float) -> None:
+        acquiring = asyncio.ensure_future(self.acquire())
+        try:
+            while True:
+                seen = self.progress
+                done, _ = await asyncio.wait({acquiring}, timeout=deadline)
+                if done:
+                    acquiring.result()
+                    return
+                if self.progress == seen:
+                    raise StoreUnavailable("The share is busy; retry")
+        except BaseException:
+            # Given up or cancelled: never leave the lock taken by an orphaned acquire.
+            if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+                self.release()
+            else:
+                acquiring.cancel()
+            raise
+
+
 class ShareService:
     def __init__(self, store: ObjectStore, settings: Settings, events: EventSink | None = None, metrics: Metrics | None = None) -> None:
-        self.store = store
+        # Every store access of the domain goes through the guard: a deadline on each call, and
+        # every failure a StoreUnavailable (503), iterators and helpers included.
+        self.store = store if isinstance(store, GuardedStore) else GuardedStore(store, settings.store_timeout_seconds)
         # Syncs, items, bytes, compactions and journal lengths go here when the server measures.
         self.metrics = metrics
         if metrics is not None:
@@ -111,7 +232,7 @@ class ShareService:
         self._cache_bytes = 0
         self._cache_limit_bytes = 512 * 1024 * 1024
         self._cache_limit_entries = 2048
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks: weakref.WeakValueDictionary[str, _ShareLock] = weakref.WeakValueDictionary()
         # share id -> ((snapshot ETag, seq), view). seq alone repeats when another process
         # deletes and re-creates the share; the snapshot and its journal entries up to seq do not.
         self._public_cache: dict[str, tuple[tuple[str | None, int], PublicShare]] = {}
@@ -130,9 +251,21 @@ class ShareService:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def ready(self) -> None:
-        """Raise StoreUnavailable unless the store answers: a one-key listing (a HEAD cannot tell
-        a missing bucket from a missing key)."""
-        await self.store_call(self.store.list_page(INDEX_PREFIX, limit=1))
+        """Raise StoreUnavailable unless the store answers within ``ready_timeout_seconds``: a
+        one-key listing (a HEAD cannot tell a missing bucket from a missing key)."""
+        try:
+            async with asyncio.timeout(self.settings.ready_timeout_seconds):
+                await self.store.list_page(INDEX_PREFIX, limit=1)
+        except TimeoutError:
+            raise StoreUnavailable() from None
+
+    async def remove_crash_leftovers(self) -> int:
+        """At startup: remove temporary files that writes interrupted by a crash left in the
+        store (old enough that no live process can still be writing them)."""
+        removed: int = await self.store.remove_stale_temp(older_than_seconds=STALE_TEMP_SECONDS)
+        if removed:
+            log.warning("removed %d temporary files left in the store by interrupted writes", removed)
+        return removed
 
     async def check_store(self) -> None:
         """``ready()`` for an operator at startup: the same one-key listing, but the store's own
@@ -174,12 +307,18 @@ class ShareService:
 
     # -- loading ------------------------------------------------------------------------------
 
-    def _lock(self, share_id: str) -> asyncio.Lock:
+    def _lock(self, share_id: str) -> _ShareLock:
         lock = self._locks.get(share_id)
         if lock is None:
-            lock = asyncio.Lock()
+            lock = _ShareLock()
             self._locks[share_id] = lock
         return lock
+
+    @asynccontextmanager
+    async def _exclusive(self, share_id: str) -> AsyncIterator[None]:
+        """Hold the share's write lock (``_ShareLock.hold``)."""
+        async with self._lock(share_id).hold(self.settings.store_timeout_seconds):
+            yield
 
     def _cache_put(self, state: ShareState) -> None:
         old = self._cache.pop(state.share_id, None)
@@ -201,7 +340,9 @@ class ShareService:
         self._redacted.pop(share_id, None)
 
     async def store_call(self, coro: Awaitable[Any]) -> Any:
-        """Await a store call, turning store failures into StoreUnavailable (503)."""
+        """Await a store call. ``self.store`` already puts each call under its deadline and maps
+        failures to StoreUnavailable (``GuardedStore``); this also covers a coroutine made on an
+        unguarded store."""
         try:
             return await coro
         except PreconditionFailed:
@@ -245,7 +386,12 @@ class ShareService:
 
     async def _catch_up(self, state: ShareState) -> bool:
         """Fold journal entries newer than ``state``. False when the snapshot must be re-read
-        (an entry vanished under a concurrent compaction)."""
+        (an entry vanished under a concurrent compaction).
+
+        ``state`` is usually the cached object, shared by every request on the share: another
+        read, or the write that made an entry, may fold it while this one waits on the store.
+        Entries are folded by ``seq`` (each check-and-fold runs without an await in between), so
+        whoever gets there first folds an entry and everyone else skips it: never twice."""
         prefix = journal_prefix(state.share_id, state.meta.incarnation)
         after = journal_key(state.share_id, state.meta.incarnation, state.meta.seq)
         async for key in iter_keys(self.store, prefix, start_after=after):
@@ -260,6 +406,8 @@ class ShareService:
                 # Only a damaged store gets here: serve what is readable rather than a 500.
                 log.error("share %s: unreadable journal entry %s; folding stops before it", state.share_id, key)
                 return True
+            if isinstance(entry.get("seq"), int) and entry["seq"] <= state.meta.seq:
+                continue  # folded meanwhile by a concurrent read or by its own writer
             if entry.get("seq") != state.meta.seq + 1:
                 log.error("share %s: journal gap at %s (expected seq %d)", state.share_id, key, state.meta.seq + 1)
                 return True
@@ -285,7 +433,7 @@ class ShareService:
         (finalising itself, rotation, idempotency records of creates).
         """
         limits = self.settings.limits
-        async with self._lock(share_id):
+        async with self._exclusive(share_id):
             for attempt in range(MAX_WRITE_ATTEMPTS):
                 state = await self.load(share_id, missing=missing)
                 checked = time.monotonic()
@@ -296,6 +444,8 @@ class ShareService:
                 if state.meta.extra.get("final") and not allow_final:
                     raise ShareFinal()
                 seq = state.meta.seq + 1
+                # What this commit makes of the count, whatever reads fold meanwhile.
+                sync_count = state.meta.sync_count + int(content.get("syncs", 0))
                 # "w" makes every entry's bytes unique, so the S3 store's lost-response check
                 # (compare what is stored with what was sent) can never mistake a rival's write
                 # for ours.
@@ -311,11 +461,14 @@ class ShareService:
                     # Another writer took this seq; back off a little so retries spread out.
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
                     continue
-                state.apply_entry(entry, len(body))
+                # A read that ran while the write was in flight may have found the entry in the
+                # store and folded it already (_catch_up): then it must not be folded again.
+                if state.meta.seq == seq - 1:
+                    state.apply_entry(entry, len(body))
                 self._cache_put(state)
                 if self.metrics is not None:
                     self.metrics.journal_appended(content, len(body))
-                result = CommitResult(state, state.meta.sync_count)
+                result = CommitResult(state, sync_count)
                 # Under the lock, so this process's index writes land in commit order and the
                 # list never keeps an older entry behind a newer one (other replicas may still
                 # briefly overwrite it with theirs: the index is derived and may lag).
@@ -332,8 +485,8 @@ class ShareService:
         # The index is derived and may lag; losing a write here must not fail a durable sync.
         try:
             await self.store.put(index_key(share_id), json_bytes(index))
-        except StoreError as exc:
-            log.warning("share %s: index write failed (%s); it will be rewritten on the next change", share_id, exc)
+        except StoreUnavailable:
+            log.warning("share %s: index write failed; it will be rewritten on the next change", share_id)
 
     async def create(
         self,
@@ -436,7 +589,7 @@ class ShareService:
     async def delete(self, share_id: str, secret: str | None, *, admin: bool = False, reason: str = "share.deleted") -> None:
         """Delete a share (``admin`` skips the secret check: the operator's kill switch).
         ``reason`` is the hook event it fires (``share.expired`` from the sweep)."""
-        async with self._lock(share_id):
+        async with self._exclusive(share_id):
             for _ in range(8):
                 state = await self.load(share_id, missing=ShareNotFound)
                 if not admin:
@@ -513,16 +666,19 @@ class ShareService:
 
     async def compact(self, share_id: str, *, force: bool = False) -> bool:
         """Fold the journal tail into a new snapshot; off the request path. True if written."""
-        async with self._lock(share_id):
+        async with self._exclusive(share_id):
             state = await self.load(share_id)
             if state.tail_entries == 0 or not (force or self._needs_compaction(state)):
                 return False
             now = now_ms()
-            # Serialise under the lock (no writer in this process can change the state), but
-            # upload without it so that syncs are not held up by a large snapshot write.
-            body = await asyncio.to_thread(state.snapshot_bytes_now, now)
+            # A consistent cut, taken without an await: reads fold new entries into the cached
+            # state without the lock, so the state may move on while the bytes are encoded in a
+            # thread; the document holds its own containers and does not. Uploaded without the
+            # lock so that syncs are not held up by a large snapshot write.
+            doc = state.snapshot_doc(now)
             folded_seq, folded_bytes, old_etag = state.meta.seq, state.tail_bytes, state.snapshot_etag
             previous_seq, previous_at = state.snapshot_seq, state.compacted_at
+            body = await asyncio.to_thread(json_bytes, doc)
         try:
             etag = await self.store_call(self.store.put_if_match(snapshot_key(share_id), body, old_etag or ""))
         except PreconditionFailed:
@@ -532,7 +688,7 @@ class ShareService:
         if self.metrics is not None:
             self.metrics.compactions.labels("written").inc()
             self.metrics.compacted_entries.observe(folded_seq - previous_seq)
-        async with self._lock(share_id):
+        async with self._exclusive(share_id):
             cached = self._cache.get(share_id)
             if cached is not None and cached.snapshot_etag == old_etag:
                 cached.snapshot_etag, cached.snapshot_seq, cached.compacted_at = etag, folded_seq, now

@@ -258,6 +258,8 @@ class ShareState:
     # -- output -----------------------------------------------------------------------------
 
     def snapshot_doc(self, compacted_at: int) -> dict[str, Any]:
+        """The snapshot document. Its containers are its own (items are replaced, never changed
+        in place, by the fold), so it may be encoded while the state moves on."""
         meta = self.meta
         return {
             "session": self.session,
@@ -276,13 +278,13 @@ class ShareState:
                     "incarnation": meta.incarnation,
                     "epoch": meta.epoch,
                     "compactedAt": compacted_at,
-                    "extra": meta.extra,
+                    "extra": dict(meta.extra),
                     "cursor": meta.cursor,
                     **({"sessionSynced": True} if meta.session_synced else {}),
                     **({"ledger": _ledger_doc(meta)} if meta.op_ledger or meta.idempotency or meta.op_floor_ms else {}),
                     # So a reference-written share keeps its original secret after compaction.
                     **({"legacySecretSha256": meta.legacy_secret_sha256} if meta.legacy_secret_sha256 else {}),
-                    **({"audit": meta.audit} if meta.audit else {}),
+                    **({"audit": list(meta.audit)} if meta.audit else {}),
                 },
             },
         }
@@ -367,7 +369,7 @@ def uuid7_ms(op_id: str) -> int:
 
 def _ledger_doc(meta: ShareMeta) -> dict[str, Any]:
     # Lists of pairs, not objects, so that the eviction order survives the round trip.
-    return {"ops": [[k, v] for k, v in meta.op_ledger.items()], "floorMs": meta.op_floor_ms, "keys": meta.idempotency}
+    return {"ops": [[k, v] for k, v in meta.op_ledger.items()], "floorMs": meta.op_floor_ms, "keys": dict(meta.idempotency)}
 
 
 def _is_ledger_pair(pair: Any) -> bool:

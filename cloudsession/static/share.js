@@ -12,6 +12,16 @@
   var shareId = body.getAttribute("data-share-id");
   if (!shareId) return;
 
+  // After the first frame: lay out every message (see app.css, "Long pages").
+  requestAnimationFrame(function () {
+    setTimeout(function () {
+      document.documentElement.classList.add("laid-out");
+      // True sizes above a linked message move it: put it back at the top.
+      var target = location.hash ? document.getElementById(decodeURIComponent(location.hash.slice(1))) : null;
+      if (target) target.scrollIntoView();
+    }, 0);
+  });
+
   var page = parseInt(body.getAttribute("data-page"), 10) || 1;
   var syncCount = parseInt(body.getAttribute("data-sync-count"), 10) || 0;
   var base = "/share/" + encodeURIComponent(shareId);
@@ -83,6 +93,12 @@
       if (oldStatus && newStatus) newStatus.replaceWith(oldStatus);
     }
     oldEl.replaceWith(fresh);
+    localise(fresh);
+    if (typeof applyDiffMode === "function") applyDiffMode(fresh);
+  }
+
+  function localise(el) {
+    if (window.cloudsessionLocalise && el) window.cloudsessionLocalise(el);
   }
 
   // Run a DOM change without moving what the reader is looking at: the first message visible
@@ -153,6 +169,8 @@
     if (before) list.insertBefore(fresh, before);
     else list.appendChild(fresh);
     fresh.classList.add("flash");
+    localise(fresh);
+    applyDiffMode(fresh);
     var waiting = byId("waiting");
     if (waiting) waiting.remove();
   }
@@ -168,7 +186,24 @@
         if (list) list.appendChild(holder.content);
       }
       (data.messages || []).forEach(applyMessage);
+      // A revert hides that message and every later one: drop them from the page.
+      (Array.isArray(data.hidden) ? data.hidden : []).forEach(function (id) {
+        var el = byId("msg-" + id);
+        if (el) el.remove();
+        var list = navList();
+        var item = list && list.querySelector('li[data-id="' + CSS.escape(id) + '"]');
+        if (item) item.remove();
+      });
     });
+    scheduleTrack();
+    var count = byId("nav-count");
+    var shown = navList();
+    if (count && shown) count.textContent = String(shown.children.length);
+    // Messages that came back (a revert undone) are not named by any sync event: when the
+    // navigator's count disagrees with the server's, catch up once through the digest.
+    if (typeof data.messageCount === "number" && !Array.isArray(data.digest) && shown && shown.children.length !== data.messageCount) {
+      catchUp();
+    }
     if (Array.isArray(data.digest)) {
       // Catch-up: anything on this page whose content hash differs (or is absent) is refetched.
       data.digest.forEach(function (d) {
@@ -176,6 +211,8 @@
         if (!el || el.getAttribute("data-hash") !== d.hash) pending.ids.add(d.id);
       });
     }
+    if (typeof data.pages === "number") body.setAttribute("data-pages", String(data.pages));
+    updateJump();
     if (typeof data.syncCount === "number") syncCount = data.syncCount;
     body.setAttribute("data-sync-count", String(syncCount));
   }
@@ -296,6 +333,7 @@
     socket.onopen = function () {
       retries = 0;
       setStatus("live", "ok");
+      updateJump();
     };
     socket.onmessage = function (message) {
       var event;
@@ -308,6 +346,7 @@
     };
     socket.onclose = function (closeEvent) {
       socket = null;
+      updateJump();
       if (closeEvent.code === 4404) {
         gone();
         return;
@@ -324,11 +363,498 @@
     var hash = decodeURIComponent(location.hash.slice(1));
     if (hash.indexOf("msg-") !== 0 || byId(hash)) return;
     var list = navList();
-    var item = list && list.querySelector('li[data-id="' + CSS.escape(hash.slice(4)) + '"] a');
-    if (item && item.getAttribute("href").indexOf("?page=") === 0) location.href = item.href;
+    var item = list && list.querySelector('li[data-id="' + CSS.escape(hash.slice(4)) + '"]');
+    var target = item ? parseInt(item.getAttribute("data-p"), 10) : 0;
+    if (target && target !== page) location.href = pageUrl(target) + "#" + encodeURIComponent(hash);
+  }
+
+  // The navigator is a side column on wide screens and a drawer on narrow ones (the toggle in
+  // the top bar; without JavaScript the drawer opens as the #navigator target).
+  function setDrawer(open) {
+    body.classList.toggle("nav-open", open);
+    var toggle = byId("nav-toggle");
+    if (toggle) toggle.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  document.addEventListener("click", function (event) {
+    var target = event.target;
+    if (!(target instanceof Element)) return;
+    if (target.closest("#nav-toggle")) {
+      event.preventDefault();
+      setDrawer(!body.classList.contains("nav-open"));
+    } else if (target.closest("#nav-close")) {
+      event.preventDefault();
+      setDrawer(false);
+    } else if (target.closest("#nav-list a")) {
+      setDrawer(false);
+    }
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape") setDrawer(false);
+  });
+
+  function pageUrl(n) {
+    var params = new URLSearchParams({ page: String(n) });
+    if (readToken) params.set("token", readToken);
+    return "?" + params.toString();
+  }
+
+  // The navigator follows the reader: the prompt of the turn at the top of the viewport is
+  // marked current and kept in view inside the navigator (never scrolling the page itself).
+  var tracking = false;
+  function trackTurn() {
+    tracking = false;
+    var articles = document.querySelectorAll("#messages > article");
+    var top = null;
+    for (var i = 0; i < articles.length; i++) {
+      if (articles[i].getBoundingClientRect().bottom > 80) {
+        top = articles[i];
+        break;
+      }
+    }
+    var list = navList();
+    if (!top || !list) return;
+    var item = list.querySelector('li[data-id="' + CSS.escape(top.id.slice(4)) + '"]');
+    while (item && !item.classList.contains("nav-user")) item = item.previousElementSibling;
+    list.querySelectorAll("li.current").forEach(function (li) {
+      if (li !== item) li.classList.remove("current");
+    });
+    if (!item || item.classList.contains("current")) return;
+    item.classList.add("current");
+    var box = byId("navigator");
+    if (box && box.scrollHeight > box.clientHeight) {
+      var itemTop = item.getBoundingClientRect().top - box.getBoundingClientRect().top + box.scrollTop;
+      if (itemTop < box.scrollTop + 40 || itemTop > box.scrollTop + box.clientHeight - 40) {
+        box.scrollTop = Math.max(0, itemTop - box.clientHeight / 3);
+      }
+    }
+  }
+  function scheduleTrack() {
+    if (tracking) return;
+    tracking = true;
+    requestAnimationFrame(trackTurn);
+  }
+  window.addEventListener("scroll", scheduleTrack, { passive: true });
+  window.addEventListener("resize", scheduleTrack);
+
+  // ------------------------------------------------------------------ search within the page
+  // Matches are marked with the CSS Custom Highlight API: no element is added to the page, so
+  // live updates and the reader's selection are untouched. Collapsed sections are searched too
+  // and opened when a match inside them is shown.
+  var find = { ranges: [], index: -1, query: "" };
+  var MAX_MATCHES = 5000;
+
+  function findScopes() {
+    return [byId("messages"), byId("diffs")].filter(Boolean);
+  }
+
+  function runFind(query) {
+    find.query = query;
+    find.ranges = [];
+    find.index = -1;
+    var needle = query.toLowerCase();
+    if (needle.length >= 2) {
+      findScopes().forEach(function (scope) {
+        var walker = document.createTreeWalker(scope, NodeFilter.SHOW_TEXT);
+        var node;
+        while ((node = walker.nextNode()) && find.ranges.length < MAX_MATCHES) {
+          var hay = node.nodeValue.toLowerCase();
+          var at = hay.indexOf(needle);
+          while (at !== -1 && find.ranges.length < MAX_MATCHES) {
+            var range = document.createRange();
+            range.setStart(node, at);
+            range.setEnd(node, at + needle.length);
+            find.ranges.push(range);
+            at = hay.indexOf(needle, at + needle.length);
+          }
+        }
+      });
+    }
+    if (window.CSS && CSS.highlights && window.Highlight) {
+      CSS.highlights.set("find", new Highlight(...find.ranges));
+      CSS.highlights.delete("find-current");
+    }
+    showCount();
+    findElsewhere(query);
+  }
+
+  // Other pages: the server counts matches across the whole share; each page with matches
+  // links to its first match and carries the query on (?find=), where the search runs again.
+  var elsewhereSeq = 0;
+  function findElsewhere(query) {
+    var box = byId("find-elsewhere");
+    var pages = parseInt(body.getAttribute("data-pages"), 10) || 1;
+    if (!box) return;
+    box.textContent = "";
+    if (pages < 2 || query.length < 2) return;
+    var seq = ++elsewhereSeq;
+    var params = new URLSearchParams({ q: query });
+    if (readToken) params.set("token", readToken);
+    fetch(base + "/search?" + params.toString(), { headers: { Accept: "application/json" } })
+      .then(function (res) { return res.ok ? res.json() : null; })
+      .then(function (data) {
+        if (!data || seq !== elsewhereSeq) return;
+        var others = data.pages.filter(function (p) { return p.page !== page; });
+        if (!others.length) return;
+        box.appendChild(document.createTextNode("other pages: "));
+        others.slice(0, 12).forEach(function (p, i) {
+          var first = data.hits.filter(function (h) { return h.page === p.page; })[0];
+          var link = document.createElement("a");
+          var url = new URLSearchParams({ page: String(p.page), find: query });
+          if (readToken) url.set("token", readToken);
+          link.href = "?" + url.toString() + (first ? "#msg-" + encodeURIComponent(first.id) : "");
+          link.textContent = p.page + " (" + p.count + ")";
+          link.className = "find-page";
+          if (i) box.appendChild(document.createTextNode(" "));
+          box.appendChild(link);
+        });
+      })
+      .catch(function () {});
+  }
+
+  function showCount() {
+    var count = byId("find-count");
+    if (!count) return;
+    var n = find.ranges.length;
+    if (!find.query || find.query.length < 2) count.textContent = "";
+    else if (!n) count.textContent = "no matches";
+    else {
+      var total = (n >= MAX_MATCHES ? n + "+" : String(n)) + (n === 1 ? " match" : " matches");
+      count.textContent = find.index >= 0 ? find.index + 1 + " of " + total : total;
+    }
+  }
+
+  function step(delta) {
+    if (!find.ranges.length) return;
+    find.index = (find.index + delta + find.ranges.length) % find.ranges.length;
+    var range = find.ranges[find.index];
+    var el = range.startContainer.parentElement;
+    for (var d = el && el.closest("details"); d; d = d.parentElement && d.parentElement.closest("details")) d.open = true;
+    if (window.CSS && CSS.highlights && window.Highlight) CSS.highlights.set("find-current", new Highlight(range));
+    var rect = range.getBoundingClientRect();
+    if (rect.top < 80 || rect.bottom > window.innerHeight - 40) window.scrollBy(0, rect.top - window.innerHeight / 3);
+    showCount();
+  }
+
+  function setupFind() {
+    var form = byId("find");
+    var input = byId("find-input");
+    if (!form || !input) return;
+    form.hidden = false;
+    var timer = null;
+    input.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(function () { runFind(input.value.trim()); }, 150);
+    });
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (input.value.trim() !== find.query) runFind(input.value.trim());
+      step(1);
+    });
+    input.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" && event.shiftKey) {
+        event.preventDefault();
+        step(-1);
+      } else if (event.key === "Escape") {
+        input.value = "";
+        runFind("");
+      }
+    });
+    var initial = new URLSearchParams(location.search).get("find");
+    if (initial) {
+      input.value = initial.slice(0, 200);
+      runFind(input.value.trim());
+    }
+    var prev = byId("find-prev");
+    var next = byId("find-next");
+    if (prev) prev.addEventListener("click", function () { step(-1); });
+    if (next) next.addEventListener("click", function () { step(1); });
+    document.addEventListener("keydown", function (event) {
+      if (event.key === "/" && document.activeElement === document.body) {
+        event.preventDefault();
+        input.focus();
+      }
+    });
+  }
+
+  // ------------------------------------------------------------------ copy buttons
+  // One floating button serves every code block, command and output ("Copy") and every message
+  // and part ("Copy link": a deep link that names the page, so it works from anywhere).
+  var copyButton = null;
+  var copyTarget = null;
+
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "offscreen";
+    document.body.appendChild(area);
+    area.select();
+    try {
+      document.execCommand("copy");
+    } finally {
+      area.remove();
+    }
+    return Promise.resolve();
+  }
+
+  function codeText(pre) {
+    var text = pre.textContent;
+    var more = pre.nextElementSibling;
+    if (more && more.matches("details.more")) {
+      var rest = more.querySelector("pre");
+      if (rest) text += "\n" + rest.textContent;
+    }
+    if (pre.classList.contains("cont")) {
+      var head = pre.closest("details.more");
+      head = head && head.previousElementSibling;
+      if (head && head.tagName === "PRE") return codeText(head);
+    }
+    return text;
+  }
+
+  function deepLink(el) {
+    var params = new URLSearchParams({ page: String(page) });
+    if (readToken) params.set("token", readToken);
+    return location.origin + location.pathname + "?" + params.toString() + "#" + el.id;
+  }
+
+  function placeCopy(target, label) {
+    if (!copyButton) {
+      copyButton = document.createElement("button");
+      copyButton.type = "button";
+      copyButton.id = "copy-button";
+      copyButton.className = "copy-button";
+      copyButton.addEventListener("click", function (event) {
+        event.preventDefault();
+        if (!copyTarget) return;
+        var text = copyTarget.tagName === "PRE" ? codeText(copyTarget) : deepLink(copyTarget);
+        var button = copyButton;
+        copyText(text).then(function () {
+          button.textContent = "Copied";
+          button.setAttribute("data-copied", text.length > 200 ? text.slice(0, 200) : text);
+        });
+      });
+      document.body.appendChild(copyButton);
+    }
+    copyTarget = target;
+    copyButton.textContent = label;
+    var rect = target.getBoundingClientRect();
+    copyButton.hidden = false;
+    copyButton.style.top = window.scrollY + rect.top + 4 + "px";
+    copyButton.style.left = Math.max(0, window.scrollX + rect.right - copyButton.offsetWidth - 6) + "px";
+  }
+
+  document.addEventListener("mouseover", function (event) {
+    var target = event.target;
+    if (!(target instanceof Element) || target === copyButton) return;
+    var pre = target.closest("#messages pre, #diffs pre");
+    var holder = pre || target.closest("#messages section.part[id], #messages article.message[id]");
+    if (!holder || holder === copyTarget) return;
+    placeCopy(holder, pre ? "Copy" : "Copy link");
+  });
+
+  // ------------------------------------------------------------------ jump to the latest
+  function atBottom() {
+    var doc = document.documentElement;
+    return window.innerHeight + window.scrollY >= doc.scrollHeight - 120;
+  }
+
+  function updateJump() {
+    var jump = byId("jump-latest");
+    if (!jump) return;
+    var live = !!(socket && socket.readyState === 1);
+    var pages = parseInt(body.getAttribute("data-pages"), 10) || 1;
+    jump.hidden = !live || (page >= pages && atBottom());
+  }
+
+  function setupJump() {
+    var jump = byId("jump-latest");
+    if (!jump) return;
+    jump.addEventListener("click", function () {
+      var pages = parseInt(body.getAttribute("data-pages"), 10) || 1;
+      if (page < pages) {
+        location.href = pageUrl("last");
+        return;
+      }
+      var articles = document.querySelectorAll("#messages > article");
+      var last = articles[articles.length - 1];
+      if (last) window.scrollTo(0, window.scrollY + last.getBoundingClientRect().bottom - window.innerHeight + 16);
+      updateJump();
+    });
+    window.addEventListener("scroll", function () { requestAnimationFrame(updateJump); }, { passive: true });
+  }
+
+  // ------------------------------------------------------------------ code review
+  // Within-line changes: the server names the changed character ranges of each paired line
+  // (td[data-ch]); they are marked with highlights, over the syntax colouring, without markup.
+  var marked = { del: [], add: [] };
+
+  function textRanges(cell, spec) {
+    var nodes = [];
+    var walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    var node;
+    while ((node = walker.nextNode())) {
+      nodes.push(node);
+    }
+    var ranges = [];
+    spec.split(" ").forEach(function (pair) {
+      var bounds = pair.split("-");
+      var start = parseInt(bounds[0], 10);
+      var end = parseInt(bounds[1], 10);
+      if (!(end > start)) return;
+      var range = document.createRange();
+      var seen = 0;
+      var begun = false;
+      for (var i = 0; i < nodes.length; i++) {
+        var len = nodes[i].nodeValue.length;
+        if (!begun && start < seen + len) {
+          range.setStart(nodes[i], start - seen);
+          begun = true;
+        }
+        if (begun && end <= seen + len) {
+          range.setEnd(nodes[i], end - seen);
+          ranges.push(range);
+          return;
+        }
+        seen += len;
+      }
+    });
+    return ranges;
+  }
+
+  function markDiffs() {
+    if (!(window.CSS && CSS.highlights && window.Highlight)) return;
+    marked = { del: [], add: [] };
+    document.querySelectorAll("td[data-ch]").forEach(function (cell) {
+      var kind = cell.classList.contains("d-del") || cell.parentElement.classList.contains("d-del") ? "del" : "add";
+      marked[kind] = marked[kind].concat(textRanges(cell, cell.getAttribute("data-ch")));
+    });
+    CSS.highlights.set("diff-del", new Highlight(...marked.del));
+    CSS.highlights.set("diff-add", new Highlight(...marked.add));
+  }
+
+  // Split view: built from the unified table on demand (the page itself stays unified, so it
+  // reads without JavaScript); the reader's choice persists.
+  var DIFF_KEY = "cloudsession-diff";
+  function diffMode() {
+    try {
+      return localStorage.getItem(DIFF_KEY) === "split" ? "split" : "unified";
+    } catch (e) {
+      return "unified";
+    }
+  }
+
+  function cell(cls, from) {
+    var td = document.createElement("td");
+    td.className = cls;
+    if (from) {
+      td.innerHTML = from.innerHTML;
+      if (from.hasAttribute("data-ch")) td.setAttribute("data-ch", from.getAttribute("data-ch"));
+    }
+    return td;
+  }
+
+  function splitRow(left, right) {
+    var tr = document.createElement("tr");
+    var l = left ? left.cells : null;
+    var r = right ? right.cells : null;
+    tr.appendChild(l ? cell("ln", l[0]) : cell("ln gap"));
+    var oldCode = l ? cell("dc " + left.className, l[2]) : cell("dc gap");
+    tr.appendChild(oldCode);
+    tr.appendChild(r ? cell("ln", r[1]) : cell("ln gap"));
+    tr.appendChild(r ? cell("dc " + right.className, r[2]) : cell("dc gap"));
+    return tr;
+  }
+
+  function buildSplit(table) {
+    var split = document.createElement("table");
+    split.className = "diff hl split";
+    var rows = Array.prototype.slice.call(table.rows);
+    for (var i = 0; i < rows.length; ) {
+      var row = rows[i];
+      if (row.classList.contains("d-hunk") || row.classList.contains("d-note")) {
+        var tr = document.createElement("tr");
+        tr.className = row.className;
+        var td = cell("dc", row.cells[2]);
+        td.colSpan = 4;
+        tr.appendChild(td);
+        split.appendChild(tr);
+        i++;
+      } else if (row.classList.contains("d-ctx")) {
+        split.appendChild(splitRow(row, row));
+        i++;
+      } else {
+        var dels = [];
+        var adds = [];
+        while (i < rows.length && rows[i].classList.contains("d-del")) dels.push(rows[i++]);
+        while (i < rows.length && rows[i].classList.contains("d-add")) adds.push(rows[i++]);
+        for (var k = 0; k < Math.max(dels.length, adds.length); k++) split.appendChild(splitRow(dels[k], adds[k]));
+      }
+    }
+    return split;
+  }
+
+  function applyDiffMode(scope) {
+    var mode = diffMode();
+    document.documentElement.setAttribute("data-diff", mode);
+    (scope || document).querySelectorAll(".diff-mode").forEach(function (button) {
+      button.hidden = false;
+      button.textContent = mode === "split" ? "Unified view" : "Split view";
+    });
+    if (mode === "split") {
+      (scope || document).querySelectorAll("table.diff:not(.split):not(.unified-source)").forEach(function (table) {
+        table.classList.add("unified-source");
+        table.after(buildSplit(table));
+      });
+    }
+    markDiffs();
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target instanceof Element && event.target.closest(".diff-mode");
+    if (!button) return;
+    event.preventDefault();
+    try {
+      localStorage.setItem(DIFF_KEY, diffMode() === "split" ? "unified" : "split");
+    } catch (e) {
+      /* private mode: this page only */
+    }
+    applyDiffMode(document);
+  });
+
+  // Long outputs: once opened, a "show less" at their end closes them again and brings the
+  // reader back to where the output starts.
+  document.addEventListener("toggle", function (event) {
+    var details = event.target;
+    if (!(details instanceof HTMLDetailsElement) || !details.open) return;
+    if (!details.matches("details.more, details.tool-output, details.tool-input")) return;
+    if (details.querySelector(":scope > .collapse-end")) return;
+    var less = document.createElement("button");
+    less.type = "button";
+    less.className = "collapse-end";
+    less.textContent = "show less";
+    less.addEventListener("click", function () {
+      details.open = false;
+      var top = details.parentElement.getBoundingClientRect().top;
+      if (top < 0) window.scrollBy(0, top - 20);
+    });
+    details.appendChild(less);
+  }, true);
+
+  // Downloads of a private share need its read token, which this page has in its address.
+  if (readToken) {
+    document.querySelectorAll("#download-menu a").forEach(function (a) {
+      a.href = a.getAttribute("href") + "?token=" + encodeURIComponent(readToken);
+    });
   }
 
   window.addEventListener("hashchange", followHash);
+  applyDiffMode(document);
+  setupFind();
+  setupJump();
   followHash();
+  trackTurn();
   connect();
 })();

@@ -24,7 +24,9 @@ async def open_store(settings: Settings) -> AsyncIterator[ObjectStore]:
     else:
         from cloudsession.store.s3 import S3Store
 
-        store = await S3Store.open(bucket=cfg.bucket or "", prefix=cfg.prefix, endpoint_url=cfg.endpoint, region=cfg.region)
+        store = await S3Store.open(
+            bucket=cfg.bucket or "", prefix=cfg.prefix, endpoint_url=cfg.endpoint, region=cfg.region, timeout=settings.store_timeout_seconds
+        )
     try:
         yield store
     finally:

@@ -22,6 +22,9 @@ import orjson
 from cloudsession.errors import StoreError as StoreError  # re-exported: the store raises it
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+# Leftovers of an interrupted write (a killed process's temporary file) older than this are
+# removed when a store opens and by ``fsck --repair``; younger ones may be a write in progress.
+STALE_TEMP_SECONDS = 600.0
 
 
 class PreconditionFailed(StoreError):
@@ -71,6 +74,11 @@ class ObjectStore(Protocol):
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         """Up to ``limit`` keys under ``prefix``, in ascending byte order, strictly after
         ``start_after`` when given."""
+
+    async def remove_stale_temp(self, *, older_than_seconds: float, dry_run: bool = False) -> int:
+        """Remove what interrupted writes left behind (a killed process's temporary files) that
+        is older than ``older_than_seconds``; returns how many (with ``dry_run``, would be).
+        Stores whose writes leave nothing behind (S3: single-request PUTs) return 0."""
 
     async def close(self) -> None:
         """Release connections and other resources."""

@@ -11,6 +11,12 @@ Every write appends a random 16-byte token to the file, and the token is the ETa
 just those bytes, and a rewrite, even with identical content, always gets a new ETag. (Inode and
 mtime are not enough: ext4 reuses inode numbers at once, and coarse timestamps could then make a
 stale ETag match again.)
+
+A process killed mid-write leaves its temporary file in ``<root>/tmp/``. ``remove_stale_temp``
+removes those older than ``base.STALE_TEMP_SECONDS``; the server calls it at startup and
+``cloudsession admin fsck --repair`` does too. Only old ones: several processes may share the
+directory, and a younger file may be another process's write in progress (no write takes that
+long: every store call has a deadline of seconds).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import fcntl
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +35,8 @@ from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, 
 
 _SUFFIX = ".obj"
 _TOKEN_BYTES = 16
+_TEMP_PREFIX = "w-"
+_TEMP_SUFFIX = ".tmp"
 
 
 def _tail_token(path: Path) -> str | None:
@@ -75,7 +84,7 @@ class FilesystemStore:
     def _write_temp(self, body: bytes) -> tuple[str, str]:
         """Write body + a fresh token to a temporary file; returns (path, etag)."""
         token = secrets.token_bytes(_TOKEN_BYTES)
-        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(body)
@@ -90,6 +99,25 @@ class FilesystemStore:
     def _install(self, tmp: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
+
+    def _remove_stale_temp(self, older_than: float, *, dry_run: bool) -> int:
+        """Remove temporary files older than ``older_than`` seconds; returns how many."""
+        cutoff = time.time() - older_than
+        removed = 0
+        try:
+            entries = list(os.scandir(self._tmp))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                    continue
+                if not dry_run:
+                    os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                continue  # renamed into place or removed by another process meanwhile
+        return removed
 
     # -- blocking implementations ---------------------------------------------------------------
 
@@ -185,6 +213,9 @@ class FilesystemStore:
 
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         return await asyncio.to_thread(self._list, prefix, start_after, limit)
+
+    async def remove_stale_temp(self, *, older_than_seconds: float, dry_run: bool = False) -> int:
+        return await asyncio.to_thread(self._remove_stale_temp, older_than_seconds, dry_run=dry_run)
 
     async def close(self) -> None:
         return None

@@ -64,5 +64,8 @@ class InstrumentedStore:
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         return await self._timed("list", self.inner.list_page(prefix, start_after=start_after, limit=limit))
 
+    async def remove_stale_temp(self, *, older_than_seconds: float, dry_run: bool = False) -> int:
+        return await self._timed("temp_cleanup", self.inner.remove_stale_temp(older_than_seconds=older_than_seconds, dry_run=dry_run))
+
     async def close(self) -> None:
         await self.inner.close()

@@ -11,7 +11,8 @@ pool). Open it once and close it at shutdown, for example in an aiohttp ``cleanu
             yield
 
 ``S3Store.open(*, bucket, prefix="", endpoint_url=None, region=None, create_bucket=False,
-access_key_id=None, secret_access_key=None, addressing_style="auto", max_pool_connections=32)``
+access_key_id=None, secret_access_key=None, addressing_style="auto", max_pool_connections=32,
+timeout=10.0)``
 
 - ``endpoint_url``: None means AWS, or whatever the standard ``AWS_ENDPOINT_URL`` /
   ``AWS_ENDPOINT_URL_S3`` environment variables name (MinIO, R2, moto): botocore reads them itself.
@@ -48,6 +49,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 import aioboto3
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from botocore.exceptions import BotoCoreError, ClientError
@@ -62,6 +64,11 @@ _MAX_LIST_KEYS = 1000
 _MISSING_CODES = frozenset({"NoSuchKey", "404"})
 _CONFLICT_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 _BUCKET_MISSING_CODES = frozenset({"NoSuchBucket", "404"})
+
+
+# Failures below botocore's own types: aiobotocore maps most aiohttp errors to botocore ones, but a
+# body that breaks off mid-read can still surface as aiohttp's ClientPayloadError.
+_TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError)
 
 
 def _error_code(exc: ClientError) -> str:
@@ -80,7 +87,7 @@ def _quote(etag: str) -> str:
     return f'"{_unquote(etag)}"'
 
 
-def _failure(action: str, key: str, exc: BotoCoreError | ClientError) -> StoreError:
+def _failure(action: str, key: str, exc: Exception) -> StoreError:
     # Only the error code and class go into the message: request ids, signed URLs and
     # credentials stay out of logs and responses.
     detail = _error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
@@ -127,8 +134,15 @@ class S3Store:
         secret_access_key: str | None = None,
         addressing_style: Literal["auto", "path", "virtual"] = "auto",
         max_pool_connections: int = 32,
+        timeout: float = 10.0,
     ) -> S3Store:
-        """Create the process-wide client (and the bucket when asked); close with ``close()``."""
+        """Create the process-wide client (and the bucket when asked); close with ``close()``.
+
+        ``timeout`` is the deadline of one store call (``store_timeout_seconds``; the share
+        service enforces it around every call). botocore's own timeouts are set inside it: a
+        connect may take a quarter of it and a silent socket a third, so a hung attempt is
+        abandoned and retried (at most 3 retries, standard mode) while the deadline still
+        leaves room for the retry, rather than botocore's defaults of 60 s per read."""
         session = aioboto3.Session(
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
@@ -136,6 +150,8 @@ class S3Store:
         )
         config = AioConfig(
             max_pool_connections=max_pool_connections,
+            connect_timeout=max(0.1, min(5.0, timeout / 4)),
+            read_timeout=max(0.1, timeout / 3),
             # botocore counts max_attempts here as retries: up to 4 attempts in all.
             retries={"mode": "standard", "max_attempts": 3},
             s3={"addressing_style": addressing_style},
@@ -151,7 +167,7 @@ class S3Store:
                 await store._ensure_bucket(region)
         except BaseException as exc:
             await resources.aclose()
-            if isinstance(exc, (BotoCoreError, ClientError)):
+            if isinstance(exc, (*_TRANSPORT_ERRORS, ClientError)):
                 raise _failure("open", bucket, exc) from exc
             raise
         return store
@@ -220,13 +236,13 @@ class S3Store:
                 raise _failure("conditional put", key, exc) from exc
             if not _retried(exc):
                 raise PreconditionFailed(key) from None
-        except BotoCoreError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise _failure("conditional put", key, exc) from exc
         # A precondition failure on a retried request: our first attempt may have landed and
         # its response been lost. The write was ours if the object holds exactly our bytes.
         try:
             current = await self._read(full)
-        except (BotoCoreError, ClientError) as exc:
+        except (*_TRANSPORT_ERRORS, ClientError) as exc:
             raise _failure("conditional put", key, exc) from exc
         if current is not None and current.body == body:
             return current.etag
@@ -238,7 +254,7 @@ class S3Store:
         full = self._key(key)
         try:
             return await self._read(full)
-        except (BotoCoreError, ClientError) as exc:
+        except (*_TRANSPORT_ERRORS, ClientError) as exc:
             raise _failure("get", key, exc) from exc
 
     async def head(self, key: str) -> str | None:
@@ -249,7 +265,7 @@ class S3Store:
             if _error_code(exc) in _MISSING_CODES:
                 return None
             raise _failure("head", key, exc) from exc
-        except BotoCoreError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise _failure("head", key, exc) from exc
         return _unquote(resp["ETag"])
 
@@ -257,7 +273,7 @@ class S3Store:
         full = self._key(key)
         try:
             resp = await self._client.put_object(Bucket=self.bucket, Key=full, Body=body)
-        except (BotoCoreError, ClientError) as exc:
+        except (*_TRANSPORT_ERRORS, ClientError) as exc:
             raise _failure("put", key, exc) from exc
         return _unquote(resp["ETag"])
 
@@ -275,7 +291,7 @@ class S3Store:
             if _error_code(exc) in _MISSING_CODES:
                 return
             raise _failure("delete", key, exc) from exc
-        except BotoCoreError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise _failure("delete", key, exc) from exc
 
     async def delete_if_match(self, key: str, etag: str) -> None:
@@ -290,8 +306,11 @@ class S3Store:
             if code in _CONFLICT_CODES or code in _MISSING_CODES:
                 raise PreconditionFailed(key) from None
             raise _failure("conditional delete", key, exc) from exc
-        except BotoCoreError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise _failure("conditional delete", key, exc) from exc
+
+    async def remove_stale_temp(self, *, older_than_seconds: float, dry_run: bool = False) -> int:
+        return 0  # every write is one PUT: an interrupted one leaves nothing behind
 
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         if limit < 1:
@@ -305,7 +324,7 @@ class S3Store:
             params["StartAfter"] = self.prefix + start_after
         try:
             resp = await self._client.list_objects_v2(**params)
-        except (BotoCoreError, ClientError) as exc:
+        except (*_TRANSPORT_ERRORS, ClientError) as exc:
             raise _failure("list", prefix, exc) from exc
         keys = [item["Key"][len(self.prefix):] for item in resp.get("Contents", [])]
         more = bool(resp.get("IsTruncated")) and bool(keys)

@@ -16,7 +16,13 @@ from cloudsession.render.pages import ViewRenderer
 from cloudsession.web import lifecycle, observability, ratelimit
 from cloudsession.web.http import ServerLog
 from cloudsession.web.keys import HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, RENDERER, SERVICE, SETTINGS
-from cloudsession.web.middleware import body_guard_middleware, cors_middleware, error_middleware, redaction_middleware
+from cloudsession.web.middleware import (
+    body_guard_middleware,
+    compress_middleware,
+    cors_middleware,
+    error_middleware,
+    redaction_middleware,
+)
 from cloudsession.web.routes import setup_routes
 
 __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
@@ -24,12 +30,14 @@ __all__ = ["create_app", "SETTINGS", "SERVICE", "LIVE"]
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        # observe (request id, log context, the audit's actor, request metrics) outermost so it
-        # sees every final status; then the redaction, which covers every answer, error pages
-        # included; the rate limiter and the body guard innermost, so their answers are rendered
-        # by the error middleware.
+        # compress first: it only marks the final answer (after redaction) for gzip and changes
+        # no status; then observe (request id, log context, the audit's actor, request metrics)
+        # so it sees every final status; then the redaction, which covers every answer, error
+        # pages included; the rate limiter and the body guard innermost, so their answers are
+        # rendered by the error middleware.
         middlewares=[
             lifecycle.in_flight_middleware,  # what a shutdown waits for (cli/serve.py)
+            compress_middleware,
             observability.observe_middleware,
             redaction_middleware,
             cors_middleware,

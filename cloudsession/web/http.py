@@ -8,6 +8,7 @@ value counts (the proxy nearest the client).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_response import ContentCoding
 
 from cloudsession.errors import BodyAborted, BodyTooLarge, RequestTimeout
 from cloudsession.jsonio import json_bytes, parse_json
@@ -44,6 +46,19 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+
+
+# Share pages may be kept this long by browsers and caches (a live page catches up over /ws on
+# load anyway); private shares are never stored.
+PUBLIC_PAGE_CACHE = "public, max-age=30, stale-while-revalidate=300"
+PRIVATE_PAGE_CACHE = "private, no-store"
+# Hashed static URLs (/static/x?v=<content hash>) never change.
+IMMUTABLE_CACHE = "public, max-age=31536000, immutable"
+# Bodies smaller than this are sent as they are: gzip would save little and cost a round of work.
+MIN_COMPRESS_BYTES = 1024
+COMPRESSIBLE_TYPES = frozenset(
+    {"text/html", "application/json", "text/css", "application/javascript", "text/javascript", "image/svg+xml", "text/plain"}
+)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -226,3 +241,71 @@ def create_context(request: web.Request) -> tuple[dict[str, str], CreateContext]
     the TTL header and User-Agent that retention reads (docs/lifecycle.md)."""
     labels = labels_from_header(request.headers.get(LABELS_HEADER))
     return labels, CreateContext(header_ttl=request.headers.get(TTL_HEADER), user_agent=request.headers.get("User-Agent", ""))
+
+
+# --------------------------------------------------------------------------- compression, caching
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip, honouring q-values (``gzip;q=0`` and
+    ``identity`` alone mean no; ``*`` means yes unless gzip is refused by name)."""
+    named: float | None = None
+    wildcard: float | None = None
+    for entry in header.split(",")[:32]:
+        name, _, params = entry.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        token = name.strip().lower()
+        if token in ("gzip", "x-gzip"):
+            named = quality
+        elif token == "*":
+            wildcard = quality
+    if named is not None:
+        return named > 0
+    return wildcard is not None and wildcard > 0
+
+
+def compress_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Gzip HTML, JSON and static text when the client accepts it and the body is worth it
+    (``compress_middleware``). Streams, WebSockets and already-encoded bodies pass untouched."""
+    if not isinstance(response, web.Response) or response.compression:
+        return
+    if "Content-Encoding" in response.headers or response.content_type not in COMPRESSIBLE_TYPES:
+        return
+    body = response.body
+    if not isinstance(body, (bytes, bytearray)) or len(body) < MIN_COMPRESS_BYTES or response.status in (204, 304):
+        return
+    vary = response.headers.get("Vary", "")
+    if "accept-encoding" not in vary.lower():
+        response.headers["Vary"] = f"{vary}, Accept-Encoding" if vary else "Accept-Encoding"
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        response.enable_compression(ContentCoding.gzip)
+
+
+def weak_etag(body: bytes) -> str:
+    """A validator for a rendered representation (weak: gzip and identity share it)."""
+    return 'W/"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def not_modified(request: web.Request, etag: str) -> bool:
+    """``If-None-Match`` names ``etag`` (weak comparison, as RFC 9110 asks for GET)."""
+    header = request.headers.get("If-None-Match", "")
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    bare = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == bare for tag in header.split(",")[:64])
+
+
+def not_modified_response(etag: str, cache_control: str) -> web.Response:
+    response = web.Response(status=304)
+    response.headers.update(SECURITY_HEADERS)
+    response.headers.update({"ETag": etag, "Cache-Control": cache_control})
+    return response

@@ -73,6 +73,10 @@ async def share_service(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with open_service(settings, events=app[LIVE], metrics=app.get(METRICS)) as service:
         app[SERVICE] = service
+        try:
+            await service.remove_crash_leftovers()
+        except ShareError as exc:  # a store that is down at startup must not stop the server
+            log.warning("could not look for temporary files left by a crash: %s", exc.message)
         if not settings.hooks.enabled:
             yield
             return

@@ -1,6 +1,6 @@
 """Middlewares: owner keys redacted from every response, domain errors turned into responses at
-the boundary, CORS on ``/api/``, and the cheap checks every request body passes before any of it
-is read (``body_guard_middleware``).
+the boundary, CORS on ``/api/``, the cheap checks every request body passes before any of it
+is read (``body_guard_middleware``), and gzip negotiated for every answer worth compressing.
 
 Errors are JSON under ``/api/`` and ``/rpc/`` (with CORS, as the reference) and the HTML error
 page (``error.html``) elsewhere; anything unexpected is a bare 500 without a traceback (the
@@ -18,7 +18,7 @@ from aiohttp import web
 from cloudsession.errors import BodyTooLarge, PayloadTooLarge, RequestTimeout, ShareError, UnsupportedEncoding
 from cloudsession.jsonio import json_bytes
 from cloudsession.shares.public import redaction_scope
-from cloudsession.web.http import html_response
+from cloudsession.web.http import compress_response, html_response
 from cloudsession.web.keys import RENDERER, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -33,19 +33,24 @@ def _wants_json(request: web.Request) -> bool:
     return _is_api(request) or request.path.startswith("/rpc/")
 
 
-async def error_page(request: web.Request, status: int, message: str) -> web.Response:
-    """The HTML error page a browser gets (``/share/...``, ``/sessions``, anything not an API)."""
+async def error_page(request: web.Request, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The HTML error page a browser gets (``/share/...``, ``/sessions``, anything not an API).
+    ``headers`` (an error's own, such as ``Retry-After`` on a 503) go out with it."""
     title = HTTPStatus(status).phrase
-    text = await request.app[RENDERER].run(lambda pages: pages.template("error.html").render(status=status, title=title, message=message))
-    return html_response(text, status=status)
+    retry_after = (headers or {}).get("Retry-After", "")
+    text = await request.app[RENDERER].run(
+        lambda pages: pages.template("error.html").render(status=status, title=title, message=message, retry_after=retry_after)
+    )
+    return html_response(text, status=status, headers=headers)
 
 
 async def _error_response(request: web.Request, error: ShareError) -> web.Response:
     if _wants_json(request):
         response = web.Response(body=json_bytes(error.body()), status=error.status, content_type="application/json", headers=error.headers())
     else:
-        response = await error_page(request, error.status, error.message)
-        response.headers.update(error.headers())
+        # The error's own headers (Retry-After on a 503 or a 429) go out with the page, which
+        # also says when to retry.
+        response = await error_page(request, error.status, error.message, error.headers() or None)
     if error.close_connection:
         # The body was not (all) read: no keep-alive; the rest is discarded (aiohttp lingers for
         # at most 10 s so that a client still sending sees this answer), then the connection closes.
@@ -113,6 +118,14 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         exc.headers["Access-Control-Allow-Origin"] = "*"
         raise
     response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@web.middleware
+async def compress_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost layer: gzip what is worth it when the client accepts it (error pages too)."""
+    response = await handler(request)
+    compress_response(request, response)
     return response
 
 

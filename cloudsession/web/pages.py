@@ -17,15 +17,28 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from cloudsession.client import importer
 from cloudsession.credentials import secrets_equal
 from cloudsession.errors import SessionNotFound
 from cloudsession.jsonio import json_bytes
-from cloudsession.render.pages import Fragment, PageRenderer
+from cloudsession.render.pages import Fragment, PageRenderer, static_asset
 from cloudsession.shares import lifecycle
 from cloudsession.shares.items import MAX_ID_LENGTH
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import ADMIN_COOKIE, SIGN_IN, admin_key, cookie_token, is_admin
-from cloudsession.web.http import SECURITY_HEADERS, body_deadline, html_response, is_https, request_read_token
+from cloudsession.web.http import (
+    IMMUTABLE_CACHE,
+    PRIVATE_PAGE_CACHE,
+    PUBLIC_PAGE_CACHE,
+    SECURITY_HEADERS,
+    body_deadline,
+    html_response,
+    is_https,
+    not_modified,
+    not_modified_response,
+    request_read_token,
+    weak_etag,
+)
 from cloudsession.web.keys import RENDERER, SERVICE, SETTINGS
 from cloudsession.web.ratelimit import admin_attempt
 
@@ -54,8 +67,8 @@ def _int_param(request: web.Request, name: str, default: int, maximum: int = MAX
     return min(max(int(raw), 1), maximum)
 
 
-async def not_found_page(request: web.Request) -> web.Response:
-    text = await request.app[RENDERER].run(lambda pages: pages.template("404.html").render())
+async def not_found_page(request: web.Request, message: str | None = None) -> web.Response:
+    text = await request.app[RENDERER].run(lambda pages: pages.template("404.html").render(message=message))
     return html_response(text, status=404)
 
 
@@ -81,9 +94,64 @@ async def share_page(request: web.Request) -> web.Response:
         page = _int_param(request, "page", 1)
     suffix = _link_suffix(request, share)
     text = await renderer.run(lambda pages: pages.share_page(share, page, link_suffix=suffix))
-    # A final public share no longer changes: caches may keep it (a private one never).
-    cache = {"Cache-Control": FINAL_CACHE_CONTROL} if share.final and not share.private else None
-    return html_response(text, headers=cache)
+    if share.private:
+        return html_response(text, headers={"Cache-Control": PRIVATE_PAGE_CACHE})
+    # Public pages may be cached briefly and revalidated (the ETag is the rendered page's); a
+    # final share no longer changes, so caches may keep it longer.
+    cache = FINAL_CACHE_CONTROL if share.final else PUBLIC_PAGE_CACHE
+    etag = weak_etag(text.encode())
+    if not_modified(request, etag):
+        return not_modified_response(etag, cache)
+    return html_response(text, headers={"Cache-Control": cache, "ETag": etag})
+
+
+async def share_search(request: web.Request) -> web.Response:
+    """``GET /share/{id}/search?q=``: matches in every page of the share (the page's search box
+    shows the other pages' counts from here). Public data only, at most MAX_QUERY_CHARS."""
+    share = await _public_share(request)
+    if share is None:
+        raise web.HTTPNotFound(text="Session not found")
+    query = request.query.get("q", "").strip()
+    if len(query) < 2 or len(query) > MAX_QUERY_CHARS:
+        raise web.HTTPBadRequest(text=f"q: 2 to {MAX_QUERY_CHARS} characters")
+    suffix = _link_suffix(request, share)
+    return _json_response(await request.app[RENDERER].run(lambda pages: pages.search(share, query, suffix)))
+
+
+def _download(body: bytes, content_type: str, filename: str, share: PublicShare) -> web.Response:
+    response = web.Response(body=body, content_type=content_type, charset="utf-8")
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Cache-Control"] = PRIVATE_PAGE_CACHE if share.private else "no-cache"
+    return response
+
+
+async def share_export_json(request: web.Request) -> web.Response:
+    """``GET /share/{id}/export.json``: the share as an opencode export file (what ``opencode
+    import FILE`` reads), the same document as ``cloudsession export``; public data only."""
+    share = await _public_share(request)
+    if share is None:
+        return await not_found_page(request)
+
+    def build() -> bytes:
+        document = importer.to_export(share.data_items()).document
+        return share.redact(importer.export_json(document).decode("utf-8")).encode("utf-8")
+
+    try:
+        body = await asyncio.to_thread(build)
+    except importer.ImportFailed as exc:
+        return await not_found_page(request, f"Nothing to download: {exc}")
+    return _download(body, "application/json", f"opencode-session-{share.id}.json", share)
+
+
+async def share_export_html(request: web.Request) -> web.Response:
+    """``GET /share/{id}/export.html``: the whole share (every page) as one self-contained HTML
+    file: styles inlined, no script, readable offline."""
+    share = await _public_share(request)
+    if share is None:
+        return await not_found_page(request)
+    text = await request.app[RENDERER].run(lambda pages: pages.standalone_page(share))
+    return _download(share.redact(text).encode("utf-8"), "text/html", f"opencode-session-{share.id}.html", share)
 
 
 def _link_suffix(request: web.Request, share: PublicShare) -> str:
@@ -123,6 +191,7 @@ async def share_fragments(request: web.Request) -> web.Response:
         }
         if flags["header"]:
             body["header"] = pages.header_html(view)
+            body["hidden"] = view.reverted_ids  # after a revert: messages the page must drop
         if flags["diffs"]:
             body["diffs"] = pages.diffs_html(view)
         if flags["digest"]:
@@ -140,6 +209,23 @@ async def share_fragments(request: web.Request) -> web.Response:
         return body
 
     return _json_response(await request.app[RENDERER].run(build))
+
+
+# --------------------------------------------------------------------------- static files
+
+
+async def static_file(request: web.Request) -> web.Response:
+    """``GET /static/{name}``: the page's CSS, scripts and icon. A hashed URL (``?v=<hash>`` as
+    ``static_url`` builds them) is cacheable forever; anything else revalidates by ETag."""
+    asset = static_asset(request.match_info["name"])
+    if asset is None:
+        raise web.HTTPNotFound()
+    etag = f'"{asset.digest}"'
+    cache = IMMUTABLE_CACHE if request.query.get("v") == asset.digest else "no-cache"
+    headers = {"ETag": etag, "Cache-Control": cache, "X-Content-Type-Options": "nosniff"}
+    if not_modified(request, etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=asset.body, content_type=asset.content_type, charset="utf-8", headers=headers)
 
 
 # --------------------------------------------------------------------------- session list

@@ -17,6 +17,6 @@ async def readyz(request: web.Request) -> web.Response:
     """The store answers (``ShareService.ready``)."""
     try:
         await request.app[SERVICE].ready()
-    except ShareError:
-        return web.json_response({"ok": False, "store": "unavailable"}, status=503)
+    except ShareError as error:
+        return web.json_response({"ok": False, "store": "unavailable"}, status=503, headers=error.headers())
     return web.json_response({"ok": True})

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cloudsession.render.pages import STATIC_DIR
-from cloudsession.web import api, live, observability, pages, probes, rpc
+from cloudsession.web import api, live, observability, openapi, pages, probes, rpc
 
 SHARE = r"/api/{family:shares?}/{id}"
 
@@ -46,6 +45,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_post(SHARE + "/audit", api.audit_trail, name="lifecycle.audit")
     r.add_get(SHARE + "/audit", api.audit_trail, name="lifecycle.audit_admin")
     r.add_get("/api/sessions", api.list_sessions, name="api.sessions")
+    r.add_get(openapi.DOC_PATH, openapi.document_route(), name="api.doc")  # web/openapi.py
     r.add_route("OPTIONS", "/api/{tail:.*}", api.api_options, name="api.options")
     r.add_route("*", "/api/{tail:.*}", api.api_not_found, name="api.not_found")
 
@@ -56,8 +56,11 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/sessions/logout", pages.logout, name="views.logout")
     r.add_get("/share/{id}", pages.share_page, name="views.share")
     r.add_get("/share/{id}/fragments", pages.share_fragments, name="views.fragments")
+    r.add_get("/share/{id}/search", pages.share_search, name="views.search")
+    r.add_get("/share/{id}/export.json", pages.share_export_json, name="views.export_json")
+    r.add_get("/share/{id}/export.html", pages.share_export_html, name="views.export_html")
     r.add_get("/ws/{id}", live.share_socket, name="live.socket")
-    r.add_static("/static", STATIC_DIR, name="static")
+    r.add_get("/static/{name}", pages.static_file, name="static")
 
     # Cap'n Web RPC (docs/rpc.md): POST is an HTTP batch, GET with Upgrade a WebSocket session,
     # any other method the reference's 400; auth is checked first, inside the handler.
