@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 import uuid
@@ -83,6 +84,9 @@ async def check_store(settings: Settings, timeout: float) -> None:
         settings = settings.model_copy(update={"shared_secret": SecretStr(str(uuid.uuid4()))})
     names = _store_names(settings)
     label = f"store {describe_store(settings)}" + (f" (from {names})" if names else "")
+    # The service logs each failed store call; here the failure is reported once, as one line.
+    service_log = logging.getLogger("cloudsession.shares.service")
+    level, service_log.level = service_log.level, logging.CRITICAL
     try:
         async with asyncio.timeout(timeout):
             async with open_share_service(settings) as service:
@@ -91,10 +95,14 @@ async def check_store(settings: Settings, timeout: float) -> None:
         raise StoreCheckFailed(f"{label}: no answer within {timeout:g}s") from None
     except StoreError as exc:
         raise StoreCheckFailed(f"{label}: {exc}") from None
+    except ShareError as exc:  # StoreUnavailable from the service's store wrapper: name the store's own error
+        raise StoreCheckFailed(f"{label}: {exc.__cause__ or exc.message}") from None
     except OSError as exc:
         raise StoreCheckFailed(f"{label}: {exc.strerror or exc}") from None
     except ValueError as exc:  # botocore: a malformed endpoint or region
         raise StoreCheckFailed(f"{label}: {exc}") from None
+    finally:
+        service_log.setLevel(level)
 
 
 # -- progress and summaries ---------------------------------------------------------------------
