@@ -26,8 +26,10 @@ Worker recognise it::
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import secrets
 import sys
 import tomllib
 import uuid
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from cloudsession.credentials import parse_namespace
 
@@ -44,19 +46,48 @@ MiB = 1024 * 1024
 
 
 class ConfigError(Exception):
-    """A configuration problem, phrased for the operator (names the key or variable)."""
+    """A configuration problem, phrased for the operator in one line that names the setting: the
+    environment variable, the flag or the config file key it came from."""
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean X?)`` for the closest known name, or an empty string."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def check_endpoint(value: str | None) -> str | None:
+    """An S3 endpoint URL: ``http(s)://host[:port][/path]``."""
+    if value is None or value == "":
+        return None
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("must be an http:// or https:// URL with a numeric port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL, e.g. https://<account>.r2.cloudflarestorage.com")
+    return value
 
 
 class StoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["fs", "s3"] = "fs"
-    bucket: str | None = None
-    endpoint: str | None = None
-    region: str | None = None
-    prefix: str = ""
-    # Filesystem backend root; defaults to <data_dir>/store.
-    path: Path | None = None
+    backend: Literal["fs", "s3"] = Field("fs", description="`fs` (the embedded filesystem store) or `s3` (S3, R2, MinIO). "
+        "`CLOUDSESSION_STORE=s3://bucket/prefix` or `file:///path` sets backend, bucket, prefix and path at once.")
+    bucket: str | None = Field(None, description="Bucket of the s3 store.")
+    endpoint: str | None = Field(None, description="S3 endpoint URL for R2 or MinIO; unset: AWS S3.")
+    region: str | None = Field(None, description="S3 region (`auto` for R2).")
+    prefix: str = Field("", description="Key prefix inside the bucket or directory (several deployments can share one bucket).")
+    path: Path | None = Field(None, description="Root of the filesystem store.", json_schema_extra={"default_text": "`<data dir>/store`"})
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return check_endpoint(value)
 
     @field_validator("prefix")
     @classmethod
@@ -72,7 +103,7 @@ class Limits(BaseModel):
     max_body_bytes: int = Field(64 * MiB, ge=1024, description="Largest request body accepted (413 above).")
     max_items_per_sync: int = Field(20_000, ge=1, description="Most items in one sync request (413 above).")
     max_share_bytes: int = Field(512 * MiB, ge=MiB, description="Largest total size of one share (413 above).")
-    max_session_id_length: int = Field(256, ge=8)
+    max_session_id_length: int = Field(256, ge=8, description="Longest session ID accepted on create (400 above).")
     # Live viewers (/ws/<id>): how many one share, and one client address, may hold at once.
     max_viewers_per_share: int = Field(500, ge=1, description="Most live viewers of one share (503 above).")
     max_viewers_per_address: int = Field(20, ge=1, description="Most live viewers from one client address (503 above).")
@@ -151,9 +182,9 @@ class RetentionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    default_ttl: str | int | None = None
-    max_ttl: str | int | None = None
-    rules: list[RetentionRule] = Field(default_factory=list)
+    default_ttl: str | int | None = Field(None, description="TTL of new shares that did not ask for one (a duration such as `30d`); unset: they never expire (docs/lifecycle.md).")
+    max_ttl: str | int | None = Field(None, description="The longest any share may live (a duration); unset: no bound (docs/lifecycle.md).")
+    rules: list[RetentionRule] = Field(default_factory=list, description="Retention rules, `[[retention.rules]]` (docs/lifecycle.md).")
 
     @field_validator("default_ttl", "max_ttl")
     @classmethod
@@ -239,19 +270,19 @@ class HookSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    webhooks: list[WebhookTarget] = Field(default_factory=list)
-    commands: list[CommandTarget] = Field(default_factory=list)
+    webhooks: list[WebhookTarget] = Field(default_factory=list, description="Webhook targets, `[[hooks.webhooks]]` (docs/hooks.md).")
+    commands: list[CommandTarget] = Field(default_factory=list, description="Command targets, `[[hooks.commands]]` (docs/hooks.md).")
     # share.synced fires at most once per share per this interval (at its end, with the count then).
-    synced_interval: int = 60
+    synced_interval: int = Field(60, description="`share.synced` fires at most once per share per this interval (seconds or a duration).")
     # share.idle fires once a share has had no sync for this long.
-    idle_after: int = 600
+    idle_after: int = Field(600, description="`share.idle` fires once a share has had no sync for this long.")
     # Delivery: attempts per target before giving up, the first retry delay (doubling, capped at
     # an hour), and the deadline of one webhook request.
-    max_attempts: int = Field(12, ge=1, le=100)
-    retry_seconds: float = Field(2.0, gt=0)
-    request_timeout: int = 10
+    max_attempts: int = Field(12, ge=1, le=100, description="Delivery attempts per target before giving up.")
+    retry_seconds: float = Field(2.0, gt=0, description="The first retry delay (doubling, capped at an hour).")
+    request_timeout: int = Field(10, description="The deadline of one webhook request.")
     # How often a replica looks for events to deliver.
-    poll_seconds: float = Field(1.0, gt=0)
+    poll_seconds: float = Field(1.0, gt=0, description="How often a replica looks for events to deliver.")
 
     @field_validator("synced_interval", "idle_after", "request_timeout", mode="before")
     @classmethod
@@ -337,49 +368,77 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "cloudsession"
-    host: str = "127.0.0.1"
-    port: int = Field(8787, ge=0, le=65535)
-    data_dir: Path = Field(default_factory=lambda: default_data_dir())
-    # Origin of returned share URLs, e.g. "https://share.example.com". None: derive per request.
-    public_url: str | None = None
-    shared_secret: SecretStr | None = None
-    rpc_shared_key: SecretStr | None = None
-    public_listing: bool = False
+    name: str = Field("cloudsession", description="Name of the deployment (the config file's top-level `name`); scopes the Redis channel.")
+    host: str = Field("127.0.0.1", description="Address `serve` binds; `0.0.0.0` for every interface.")
+    port: int = Field(8787, ge=0, le=65535, description="Port `serve` binds (0: any free port, printed at startup).")
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir(),
+        description="Local state: the embedded store (`<dir>/store`), the development namespace and the generated admin key.",
+        json_schema_extra={"default_text": "`$XDG_DATA_HOME/cloudsession`, else `~/.local/share/cloudsession`"},
+    )
+    public_url: str | None = Field(
+        None,
+        description="Origin of returned share URLs, e.g. `https://share.example.com`. Unset: derived per request "
+        "(`X-Forwarded-Proto`/`X-Forwarded-Host`, else `Host`). `API_DOMAIN=host` means `https://host`.",
+    )
+    shared_secret: SecretStr | None = Field(
+        None,
+        description="UUID namespace share secrets derive from (`uuid5(namespace, sessionID)`, as the Worker). Unset on the "
+        "filesystem store: a development namespace is generated once in the data dir. Required on S3.",
+    )
+    rpc_shared_key: SecretStr | None = Field(
+        None,
+        description="Admin key: `GET /api/sessions` (`x-opencode-share-key`), `/rpc/share` and the `/sessions` page. Unset on "
+        "the filesystem store: an admin key for `/sessions` and `/api/sessions` (not `/rpc/share`, which stays open) is generated "
+        "into `<data dir>/admin-key` and `serve` prints a one-time sign-in link. Required for a listing on S3.",
+    )
+    public_listing: bool = Field(False, description="Anyone may see the `/sessions` list (private shares stay hidden).")
     store: StoreSettings = Field(default_factory=StoreSettings)
     limits: Limits = Field(default_factory=Limits)
     # Journal compaction: fold the tail into the snapshot once it holds this many entries, or
     # once its bytes exceed max(compact_min_bytes, snapshot size * compact_ratio).
-    compact_max_entries: int = Field(1024, ge=2)
-    compact_min_bytes: int = Field(1 * MiB, ge=1)
-    compact_ratio: float = Field(0.5, gt=0)
+    compact_max_entries: int = Field(1024, ge=2, description="Fold a share's journal into its snapshot once it holds this many entries.")
+    compact_min_bytes: int = Field(1 * MiB, ge=1, description="Fold the journal also once its bytes exceed the larger of this and the snapshot's size times `compact_ratio`.")
+    compact_ratio: float = Field(0.5, gt=0, description="See `compact_min_bytes`.")
     # Folded journal entries are deleted only after this long, so that a writer which checked
     # the share just before a compaction can never write into a freed slot (see shares/storage.py).
-    journal_grace_seconds: float = Field(300.0, ge=1)
+    journal_grace_seconds: float = Field(300.0, ge=1, description="Folded journal entries are deleted only after this long (a slow writer never writes into a freed slot).")
     # A writer re-checks the share when more than this passed since it last did.
-    write_deadline_seconds: float = Field(30.0, ge=0.1)
+    write_deadline_seconds: float = Field(30.0, ge=0.1, description="A writer re-checks the share when more than this passed since it last did.")
     # Deadline of one store call (a GET, PUT, LIST page...): past it the request answers 503
     # with Retry-After instead of waiting on a store that does not answer (docs/reliability.md).
-    store_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    store_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Deadline of one store call: past it the request answers 503 with Retry-After (docs/reliability.md)."
+    )
     # /readyz answers 503 when the store has not answered its one-key listing within this.
-    ready_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    ready_timeout_seconds: float = Field(2.0, gt=0, le=60, description="`/readyz` answers 503 when the store has not answered its one-key listing within this.")
     # How often the server deletes expired shares and prunes folded journal entries
     # (shares/sweep.py; `cloudsession gc` does the same once). 0 turns the periodic sweep off.
-    sweep_interval_seconds: float = Field(300.0, ge=0)
+    sweep_interval_seconds: float = Field(
+        300.0, ge=0, description="How often the server deletes expired shares and prunes folded journal entries (what `cloudsession gc` does once); 0: never."
+    )
     # redis://[user:password@]host:port/db: live updates reach viewers on every replica
     # (live/relay.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
-    redis_url: SecretStr | None = None
-    log_level: str = "INFO"
+    redis_url: SecretStr | None = Field(
+        None,
+        description="`redis://[:password@]host:port/db`: live updates reach viewers on every replica through Redis pub/sub. "
+        "Unset: each replica tells its own viewers only. Shown redacted; a password only from the environment.",
+    )
+    log_level: str = Field("INFO", description="`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`.")
     # Deadlines on the HTTP connection (docs/hardening.md). A connection is closed when no
     # complete request head arrives within keepalive_timeout_seconds of it opening or of the
     # previous answer (idle keep-alive and slow headers alike). A request body may take
     # body_timeout_seconds plus one second per body_min_bytes_per_second bytes received so far
     # (408 and close otherwise): trickled bodies end quickly, large honest uploads never do.
-    keepalive_timeout_seconds: float = Field(15.0, gt=0)
-    body_timeout_seconds: float = Field(10.0, gt=0)
-    body_min_bytes_per_second: int = Field(32 * 1024, ge=1)
+    keepalive_timeout_seconds: float = Field(
+        15.0, gt=0, description="An idle connection, or a request head that does not complete, is closed after this long (docs/hardening.md)."
+    )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request body may take this long plus one second per `body_min_bytes_per_second` bytes received (408 otherwise)."
+    )
+    body_min_bytes_per_second: int = Field(32 * 1024, ge=1, description="See `body_timeout_seconds`: the slowest upload rate that never times out.")
     # A live viewer's socket must accept each piece of a frame within this long, or it is closed.
-    viewer_send_timeout_seconds: float = Field(30.0, gt=0)
+    viewer_send_timeout_seconds: float = Field(30.0, gt=0, description="A live viewer's socket must accept each piece of a frame within this long, or it is closed.")
     # Retention policies: the [retention] section of the config file (docs/lifecycle.md).
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     # Event hooks: the [hooks] section of the config file (docs/hooks.md).
@@ -389,6 +448,16 @@ class Settings(BaseModel):
     log_format: Literal["text", "json"] = Field("text", description="text (readable lines, for a terminal) or json (JSON lines, for a log collector).")
     metrics_token: SecretStr | None = Field(None, description="/metrics also accepts Authorization: Bearer <token>. Secret: environment only.")
     metrics_address: str | None = Field(None, description="host:port: serve /metrics only on this separate address (open unless METRICS_TOKEN is set).")
+
+    # Where each value came from ("CLOUDSESSION_PORT", "--data-dir", "c.toml: vars.PORT"), for messages.
+    _origins: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.strip().upper()
 
     @field_validator("metrics_address")
     @classmethod
@@ -432,6 +501,17 @@ class Settings(BaseModel):
         if self.shared_secret is None:
             raise ConfigError("SESSIONS_SHARED_SECRET is not set")
         return parse_namespace(self.shared_secret.get_secret_value())
+
+    def origin(self, *path: str) -> str:
+        """The name an operator set ``path`` by: an environment variable, a flag, a config file
+        key, or (for a default) the variable that would change it."""
+        if path in self._origins:
+            return self._origins[path]
+        for var, target in VARS.items():
+            if target == path:
+                flag = FLAGS.get(path[-1])
+                return f"{var} (the default; set {flag + ' or ' if flag else ''}CLOUDSESSION_{var})"
+        return ".".join(path)
 
     @property
     def store_path(self) -> Path:
@@ -522,6 +602,7 @@ VARS: dict[str, tuple[str, ...]] = {
     "MAX_BODY_BYTES": ("limits", "max_body_bytes"),
     "MAX_ITEMS_PER_SYNC": ("limits", "max_items_per_sync"),
     "MAX_SHARE_BYTES": ("limits", "max_share_bytes"),
+    "MAX_SESSION_ID_LENGTH": ("limits", "max_session_id_length"),
     "MAX_VIEWERS_PER_SHARE": ("limits", "max_viewers_per_share"),
     "MAX_VIEWERS_PER_ADDRESS": ("limits", "max_viewers_per_address"),
     "VIEWER_BUFFER_BYTES": ("limits", "viewer_buffer_bytes"),
@@ -530,6 +611,9 @@ VARS: dict[str, tuple[str, ...]] = {
     "BODY_MIN_BYTES_PER_SECOND": ("body_min_bytes_per_second",),
     "VIEWER_SEND_TIMEOUT_SECONDS": ("viewer_send_timeout_seconds",),
     "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
+    "COMPACT_MIN_BYTES": ("compact_min_bytes",),
+    "COMPACT_RATIO": ("compact_ratio",),
+    "WRITE_DEADLINE_SECONDS": ("write_deadline_seconds",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
     "STORE_TIMEOUT_SECONDS": ("store_timeout_seconds",),
@@ -562,11 +646,62 @@ def _set(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     target[path[-1]] = value
 
 
-def _pydantic_problem(exc: ValidationError, source: str) -> ConfigError:
-    lines = [f"invalid configuration in {source}:"]
+# Command-line flags that set a Settings field (``serve --host/--port``, every command's ``--data-dir``).
+FLAGS = {"host": "--host", "port": "--port", "data_dir": "--data-dir"}
+# Never echoed in an error message.
+SECRET_FIELDS = ("shared_secret", "rpc_shared_key", "redis_url")
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return msg[:1].lower() + msg[1:]
+
+
+def _pydantic_problem(exc: ValidationError, source: str, origins: Mapping[tuple[str, ...], str] | None = None, known: Any = None) -> ConfigError:
+    """One line naming every invalid setting by where it was set (``CLOUDSESSION_PORT: ...``)."""
+    problems = []
     for err in exc.errors(include_url=False):
-        lines.append(f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    return ConfigError("\n".join(lines))
+        loc = tuple(str(p) for p in err["loc"])
+        name = None
+        for cut in range(len(loc), 0, -1):
+            if origins and loc[:cut] in origins:
+                name = origins[loc[:cut]]
+                break
+        if name is None:
+            name = f"{source}: {'.'.join(loc)}" if source else ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(loc[-1], known(loc) if known else [])
+            problems.append(f"{name}: unknown key{hint}")
+            continue
+        text = f"{name}: {_message(err)}"
+        value = err.get("input")
+        shown = isinstance(value, str | int | float) and not isinstance(value, bool) and len(str(value)) <= 80 and repr(value) not in text
+        if shown and not any(part in SECRET_FIELDS for part in loc):
+            text += f" (got {value!r})"
+        problems.append(text)
+    return ConfigError("; ".join(problems))
+
+
+def _file_keys(loc: tuple[str, ...]) -> list[str]:
+    """Known keys at ``loc``'s level of the wrangler-like file, for did-you-mean."""
+    model: Any = WranglerFile
+    for part in loc[:-1]:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        found = None
+        for candidate in (BucketBinding, SecretsSection, EnvSection):
+            if candidate is annotation or candidate.__name__ in str(annotation):
+                found = candidate
+        if part == "env" and model is WranglerFile:
+            found = EnvSection
+        if found is None:
+            return []
+        model = found
+    return list(model.model_fields)
 
 
 def _bucket_to_store(binding: BucketBinding) -> dict[str, Any]:
@@ -577,22 +712,32 @@ def _bucket_to_store(binding: BucketBinding) -> dict[str, Any]:
     return store
 
 
-def _apply_section(values: dict[str, Any], section: EnvSection, source: str, required: set[str]) -> None:
+BUCKET_KEYS = {"bucket": "bucket_name", "endpoint": "endpoint", "region": "region", "prefix": "prefix", "path": "path", "backend": "backend"}
+
+
+def _apply_section(
+    values: dict[str, Any], section: EnvSection, source: str, required: set[str], origins: dict[tuple[str, ...], str] | None = None
+) -> None:
+    origins = {} if origins is None else origins
     for name, value in section.vars.items():
         if name in SECRET_NAMES:
             raise ConfigError(f"{source}: vars.{name} is a secret; set it in the environment, not in the config file")
         if name == "API_DOMAIN":
             _set(values, ("public_url",), f"https://{value}")
+            origins[("public_url",)] = f"{source}: vars.API_DOMAIN"
             continue
         if name == "REDIS_URL" and isinstance(value, str) and urlsplit(value).password:
             raise ConfigError(f"{source}: vars.REDIS_URL holds a password; set REDIS_URL in the environment instead")
         if name not in VARS:
-            raise ConfigError(f"{source}: unknown variable vars.{name} (known: {', '.join(sorted(VARS))}, API_DOMAIN)")
+            raise ConfigError(f"{source}: unknown variable vars.{name}{did_you_mean(name, [*VARS, 'API_DOMAIN'])}")
         _set(values, VARS[name], value)
+        origins[VARS[name]] = f"{source}: vars.{name}"
     if section.r2_buckets is not None:
         if len(section.r2_buckets) != 1:
             raise ConfigError(f"{source}: r2_buckets must hold exactly one SESSIONS_STORE binding")
         values["store"] = _bucket_to_store(section.r2_buckets[0])
+        for key, file_key in BUCKET_KEYS.items():
+            origins[("store", key)] = f"{source}: r2_buckets.{file_key}"
     if section.secrets is not None:
         required.update(section.secrets.required)
     if section.retention is not None:
@@ -601,89 +746,120 @@ def _apply_section(values: dict[str, Any], section: EnvSection, source: str, req
         values["hooks"] = {**values.get("hooks", {}), **section.hooks}
 
 
-def load_file(path: Path, env_name: str | None, values: dict[str, Any], required: set[str]) -> None:
+def load_file(
+    path: Path, env_name: str | None, values: dict[str, Any], required: set[str], origins: dict[tuple[str, ...], str] | None = None
+) -> None:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"--config {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
         parsed = WranglerFile.model_validate(raw)
     except ValidationError as exc:
-        raise _pydantic_problem(exc, str(path)) from None
+        raise _pydantic_problem(exc, str(path), known=_file_keys) from None
     values["name"] = parsed.name
-    _apply_section(values, parsed, str(path), required)
+    _apply_section(values, parsed, str(path), required, origins)
     if env_name is not None:
         if env_name not in parsed.env:
             known = ", ".join(sorted(parsed.env)) or "none"
-            raise ConfigError(f"{path}: no [env.{env_name}] section (defined: {known})")
-        _apply_section(values, parsed.env[env_name], f"{path} [env.{env_name}]", required)
+            raise ConfigError(f"--env {env_name}: {path} has no [env.{env_name}] section (defined: {known})")
+        _apply_section(values, parsed.env[env_name], f"{path} [env.{env_name}]", required, origins)
 
 
 def _truthy(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
-def apply_environment(values: dict[str, Any], environ: Mapping[str, str]) -> None:
+# Variables also read without the CLOUDSESSION_ prefix (the Worker's names).
+BARE_ENV_NAMES = ("PUBLIC_URL", "REDIS_URL")
+BOOLEAN_TEXT = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def env_names(var: str) -> list[str]:
+    """The environment variables that set ``[vars]`` key ``var``, highest precedence last."""
+    return [f"CLOUDSESSION_{var}", *([var] if var in BARE_ENV_NAMES else [])]
+
+
+def apply_environment(values: dict[str, Any], environ: Mapping[str, str], origins: dict[tuple[str, ...], str] | None = None) -> None:
+    origins = {} if origins is None else origins
     for name, path in VARS.items():
-        for env_name in (f"CLOUDSESSION_{name}", name if name in ("PUBLIC_URL", "REDIS_URL") else None):
-            if env_name and environ.get(env_name):
+        for env_name in env_names(name):
+            if environ.get(env_name):
                 _set(values, path, environ[env_name])
+                origins[path] = env_name
     if environ.get("API_DOMAIN") and not environ.get("PUBLIC_URL"):
         values["public_url"] = f"https://{environ['API_DOMAIN']}"
+        origins[("public_url",)] = "API_DOMAIN"
     if "public_listing" in values and isinstance(values["public_listing"], str):
-        values["public_listing"] = _truthy(values["public_listing"])
+        text = values["public_listing"].strip().lower()
+        if text not in BOOLEAN_TEXT:
+            raise ConfigError(f"{origins.get(('public_listing',), 'PUBLIC_LISTING')}: must be true or false (got {values['public_listing']!r})")
+        values["public_listing"] = BOOLEAN_TEXT[text]
     for env_name, key in (("SESSIONS_SHARED_SECRET", "shared_secret"), ("SESSIONS_RPC_SHARED_KEY", "rpc_shared_key")):
         if environ.get(env_name):
             values[key] = environ[env_name]
+            origins[(key,)] = env_name
     store_url = environ.get("CLOUDSESSION_STORE")
     if store_url:
         values["store"] = parse_store_url(store_url)
+        for key in ("backend", "bucket", "prefix", "path"):
+            origins[("store", key)] = "CLOUDSESSION_STORE"
     if isinstance(values.get("store"), dict):
-        _aws_defaults(values["store"], environ)
+        _aws_defaults(values["store"], environ, origins)
     _apply_operations_environment(values, environ)
 
 
-def _aws_defaults(spec: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _aws_defaults(spec: dict[str, Any], environ: Mapping[str, str], origins: dict[tuple[str, ...], str] | None = None) -> None:
     """An S3 store without an endpoint or region takes AWS's standard variables (R2, MinIO)."""
+    origins = {} if origins is None else origins
     if spec.get("backend") != "s3":
         return
-    if environ.get("AWS_ENDPOINT_URL"):
-        spec.setdefault("endpoint", environ["AWS_ENDPOINT_URL"])
-    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
-    if region:
-        spec.setdefault("region", region)
+    if environ.get("AWS_ENDPOINT_URL") and not spec.get("endpoint"):
+        spec["endpoint"] = environ["AWS_ENDPOINT_URL"]
+        origins[("store", "endpoint")] = "AWS_ENDPOINT_URL"
+    region_var = "AWS_REGION" if environ.get("AWS_REGION") else "AWS_DEFAULT_REGION"
+    if environ.get(region_var) and not spec.get("region"):
+        spec["region"] = environ[region_var]
+        origins[("store", "region")] = region_var
 
 
-def store_settings_from_url(url: str, environ: Mapping[str, str] | None = None) -> StoreSettings:
+def store_settings_from_url(url: str, environ: Mapping[str, str] | None = None, name: str = "--store") -> StoreSettings:
     """The store tools' ``--store``/``--from``/``--to``: ``s3://bucket[/prefix][?endpoint=URL&region=R]``,
     ``file:///path`` or a path. Query parameters win over ``AWS_ENDPOINT_URL``/``AWS_REGION``, so
     one command can read R2 and write another provider; credentials come from the AWS environment."""
     environ = os.environ if environ is None else environ
-    spec = parse_store_url(url)
+    spec = parse_store_url(url, name)
+    origins: dict[tuple[str, ...], str] = {}
     if spec["backend"] == "s3":
         query = parse_qs(urlsplit(url).query)
         unknown = sorted(set(query) - {"endpoint", "region"})
         if unknown:
-            raise ConfigError(f"store URL {url.split('?')[0]!r}: unknown parameter(s) {', '.join(unknown)} (known: endpoint, region)")
-        for name in ("endpoint", "region"):
-            if query.get(name):
-                spec[name] = query[name][0]
-        _aws_defaults(spec, environ)
-    return StoreSettings(**spec)
+            raise ConfigError(f"{name} {url.split('?')[0]}: unknown parameter(s) {', '.join(unknown)} (known: endpoint, region)")
+        for key in ("endpoint", "region"):
+            if query.get(key):
+                spec[key] = query[key][0]
+                origins[("store", key)] = f"{name} ?{key}="
+        _aws_defaults(spec, environ, origins)
+    try:
+        return StoreSettings(**spec)
+    except ValidationError as exc:
+        raise _pydantic_problem(exc, name, {(k[1],): v for k, v in origins.items()}) from None
 
 
-def parse_store_url(url: str) -> dict[str, Any]:
+def parse_store_url(url: str, name: str = "CLOUDSESSION_STORE") -> dict[str, Any]:
     """``s3://bucket/prefix`` or ``file:///path`` (or a plain path) -> store settings."""
     parts = urlsplit(url)
     if parts.scheme == "s3":
         if not parts.netloc:
-            raise ConfigError(f"CLOUDSESSION_STORE={url!r}: expected s3://bucket[/prefix]")
+            raise ConfigError(f"{name}={url!r}: expected s3://bucket[/prefix]")
         return {"backend": "s3", "bucket": parts.netloc, "prefix": parts.path.lstrip("/")}
     if parts.scheme in ("file", ""):
         return {"backend": "fs", "path": parts.path or url}
-    raise ConfigError(f"CLOUDSESSION_STORE={url!r}: unsupported scheme {parts.scheme!r} (use s3:// or file://)")
+    raise ConfigError(f"{name}={url!r}: unsupported scheme {parts.scheme!r} (use s3:// or file://)")
 
 
 def load_settings(
@@ -697,27 +873,86 @@ def load_settings(
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     required: set[str] = set()
+    origins: dict[tuple[str, ...], str] = {}
     if config_file is not None:
-        load_file(config_file, env_name, values, required)
+        load_file(config_file, env_name, values, required, origins)
     elif env_name is not None:
         raise ConfigError("--env needs --config FILE")
-    apply_environment(values, environ)
+    apply_environment(values, environ, origins)
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value
+            origins[(key,)] = FLAGS.get(key, f"--{key.replace('_', '-')}")
     missing = sorted(name for name in required if not environ.get(name))
     if missing:
         raise ConfigError(f"required secrets missing from the environment: {', '.join(missing)}")
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
-        problem = _pydantic_problem(exc, "settings")
-        # Name the environment variable the operator actually set.
-        text = str(problem).replace("shared_secret", "SESSIONS_SHARED_SECRET")
-        raise ConfigError(text) from None
+        raise _pydantic_problem(exc, "", origins) from None
+    settings._origins.update(origins)
     if settings.store.backend == "s3" and not settings.store.bucket:
         raise ConfigError("the s3 store needs a bucket (r2_buckets.bucket_name or CLOUDSESSION_STORE=s3://bucket)")
     return settings
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data dir (and the filesystem store's root) and prove it writable; a ConfigError
+    naming the setting otherwise (a missing parent on a read-only disk, a file in the way, no
+    permission)."""
+    dirs = [("data_dir",), ("store", "path")] if settings.store.backend == "fs" else [("data_dir",)]
+    for path in dirs:
+        directory = settings.data_dir if path == ("data_dir",) else settings.store_path
+        name = settings.origin(*path) if path in settings._origins or path == ("data_dir",) else settings.origin("data_dir")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".write-test-{os.getpid()}-{secrets.token_hex(4)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            if isinstance(exc, FileExistsError | NotADirectoryError):
+                reason = "a file is in the way (not a directory)"
+            raise ConfigError(f"{name}: {directory} is not a usable directory: {reason}") from None
+
+
+def _create_once(path: Path, content: str) -> str:
+    """Write ``content`` to ``path`` (mode 0600) unless it exists; return what the file holds.
+
+    Written to a temporary name and linked into place, so a concurrent process (replicas on one
+    data dir) never reads a half-written file: one link wins, the others read the winner's."""
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(content + "\n")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+ADMIN_KEY_FILE = "admin-key"
+
+
+def ensure_local_admin_key(settings: Settings) -> tuple[str, Path] | None:
+    """On the embedded default (filesystem store, no ``SESSIONS_RPC_SHARED_KEY``): the admin key
+    for ``/sessions``, generated once into ``<data dir>/admin-key`` (mode 0600). None otherwise:
+    replicas on S3 must share a configured key, never a per-machine one."""
+    if settings.rpc_shared_key is not None or settings.store.backend != "fs":
+        return None
+    path = settings.data_dir / ADMIN_KEY_FILE
+    try:
+        key = _create_once(path, "ak_" + secrets.token_urlsafe(32))
+    except OSError as exc:
+        raise ConfigError(f"{settings.origin('data_dir')}: cannot write {path}: {exc.strerror or exc}") from None
+    if not key:
+        raise ConfigError(f"{path} is empty; delete it and restart to generate a new admin key")
+    return key, path
 
 
 def ensure_namespace(settings: Settings) -> Settings:
@@ -733,12 +968,15 @@ def ensure_namespace(settings: Settings) -> Settings:
         # every replica different secrets for the same share.
         raise ConfigError("SESSIONS_SHARED_SECRET is required with the s3 store (every replica must derive the same secrets)")
     path = settings.data_dir / "dev-namespace"
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(uuid.uuid4()) + "\n")
-    value = path.read_text().strip()
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        value = _create_once(path, str(uuid.uuid4()))
+    except OSError as exc:
+        raise ConfigError(f"{settings.origin('data_dir')}: {settings.data_dir} is not a usable directory: {exc.strerror or exc}") from None
+    try:
+        parse_namespace(value)
+    except ValueError:
+        raise ConfigError(f"{path} does not hold a valid namespace; set SESSIONS_SHARED_SECRET or restore the file") from None
     print(
         f"warning: SESSIONS_SHARED_SECRET is not set; using the development namespace stored in {path}. "
         "Set SESSIONS_SHARED_SECRET to a UUID for production.",

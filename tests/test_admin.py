@@ -473,3 +473,104 @@ async def test_fsck_repairs_a_damaged_journal_entry(located: Located, cli_env: S
     assert [m["id"] for m in (await repaired.public_share(creds.id)).messages] == ["msg_1", "msg_3"]
     assert await repaired.sync(creds.id, creds.secret, []) == 4  # writable again
     assert await admin("fsck", "--store", located.url) == 0
+
+
+# -- gc -----------------------------------------------------------------------------------------
+
+
+async def gc(*argv: str) -> int:
+    return await asyncio.to_thread(cli.main, ["gc", *argv])
+
+
+async def test_gc_dry_run_store_progress_and_summary(located: Located, cli_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """``gc`` is a store tool like the others: ``--store``, ``--dry-run`` (nothing changes, byte
+    for byte), a progress bar with a rate, and a summary; then the real run deletes the same."""
+    from cloudsession.shares.owner import set_expiry
+
+    store = located.store
+    service = service_on(store, cli_env)
+    doomed = await service.create("ses_gcexpired0000000000expired", origin="http://x")
+    await service.sync(doomed.id, doomed.secret, [{"type": "message", "data": {"id": "msg_1", "role": "user"}}])
+    await set_expiry(service, doomed.id, doomed.secret, 1, None)
+    kept = await service.create("ses_gckept000000000000000kept1", origin="http://x")
+    await put_json(store, "index/stale001", {"id": "stale001", "sessionID": "ses_x", "expiresAt": 1})  # its share is gone
+    await asyncio.sleep(1.1)
+    before = await snapshot_all(store)
+
+    assert await gc("--store", located.url, "--dry-run", "--progress") == 0
+    captured = capsys.readouterr()
+    assert f"{doomed.id}: expired, would delete" in captured.out
+    assert "stale001: index entry without a share, would remove" in captured.out
+    assert summary_line(captured.out, "gc") == (
+        "gc (dry run: nothing was changed): expired shares 1, journal entries 0, delete records 0, stale index entries 1"
+    )
+    assert "gc expiry [" in captured.err and "/s" in captured.err
+    assert await snapshot_all(store) == before
+
+    assert await gc("--store", located.url) == 0
+    out = capsys.readouterr().out
+    assert f"{doomed.id}: expired, deleted" in out
+    assert summary_line(out, "gc").startswith("gc: expired shares 1, ")
+    after = await snapshot_all(store)
+    assert not [k for k in after if doomed.id in k or "stale001" in k]
+    assert f"index/{kept.id}" in after
+
+    assert await gc("--store", located.url, "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "expired": [], "journalEntriesDeleted": 0, "recordsDeleted": 0, "staleIndexEntries": [], "dryRun": False
+    }
+
+
+def test_progress_shows_rate_and_eta() -> None:
+    import io
+
+    from cloudsession.cli.common import Progress
+
+    now = [100.0]
+    stream = io.StringIO()
+    progress = Progress("fsck", enabled=True, stream=stream, clock=lambda: now[0])
+    tick = progress.start(1000)
+    assert progress.line().endswith("0/1000 ?/s ETA ?")
+    now[0] += 4.0
+    tick(100)
+    assert progress.line().endswith("100/1000 25/s ETA 0:36")
+    now[0] += 3600.0
+    tick(899)
+    assert progress.line().endswith("999/1000 0.3/s ETA 0:04")
+    now[0] += 1.0
+    tick(1)
+    assert progress.line().endswith("1000/1000 0.3/s in 1:00:05")
+    drawn = stream.getvalue()
+    assert drawn.endswith("in 1:00:05\n") and "\x1b" not in drawn
+
+
+async def test_sweep_dry_run_counts_what_the_real_sweep_deletes(tmp_path: Path) -> None:
+    from cloudsession.shares.sweep import sweep
+
+    settings = settings_for_tests(tmp_path / "data", compact_max_entries=5, journal_grace_seconds=1)
+    store = FilesystemStore(tmp_path / "store")
+    service = ShareService(store, settings)
+    creds = await service.create("ses_sweepdryrun00000000000001", origin="http://x")
+    for i in range(12):
+        await service.sync(creds.id, creds.secret, [{"type": "message", "data": {"id": f"msg_{i:02d}", "role": "user"}}])
+    await service.close()  # waits for the background compactions
+    await asyncio.sleep(1.1)  # past the grace period: folded entries may go
+    before = await snapshot_all(store)
+    phases: list[tuple[str, int]] = []
+    ticks: list[str] = []
+
+    def start(phase: str, total: int):  # type: ignore[no-untyped-def]
+        phases.append((phase, total))
+        return lambda count: ticks.extend([phase] * count)
+
+    fresh = ShareService(store, settings)
+    planned = await sweep(fresh, dry_run=True, start=start)
+    assert planned.journal_entries_deleted > 0 and planned.dry_run
+    assert await snapshot_all(store) == before
+    assert [p for p, _ in phases] == ["expiry", "journals", "records"]
+    assert all(ticks.count(p) == total for p, total in phases)  # every phase's bar reaches its total
+    done = await sweep(fresh)
+    assert done.journal_entries_deleted == planned.journal_entries_deleted
+    assert len(await snapshot_all(store)) == len(before) - planned.journal_entries_deleted
+    view = await ShareService(store, settings).public_share(creds.id)
+    assert [m["id"] for m in view.messages] == [f"msg_{i:02d}" for i in range(12)]

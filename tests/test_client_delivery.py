@@ -255,7 +255,7 @@ async def test_gc_command_deletes_expired_shares_and_a_client_gives_up_after_410
         assert outbox.counts(client.share) == {"pending": 0, "in_flight": 0, "acked": 2, "failed": 2}
         await client.transport.close()
         outbox.close()
-        command = [sys.executable, "-m", "cloudsession", "gc", "--data-dir", str(data_dir)]
+        command = [sys.executable, "-m", "cloudsession", "gc", "--json", "--data-dir", str(data_dir)]
         done = await asyncio.to_thread(subprocess.run, command, env=proc.env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["expired"] == [share_id]

@@ -465,7 +465,7 @@ def test_redis_url_from_environment_and_config_file(tmp_path: Path) -> None:
     assert load_settings(environ={}).redis_url is None
     with pytest.raises(ConfigError) as bad:
         load_settings(environ={"REDIS_URL": f"http://:{PASSWORD}@cache.internal"})
-    assert "redis_url" in str(bad.value) and PASSWORD not in str(bad.value)
+    assert "REDIS_URL" in str(bad.value) and PASSWORD not in str(bad.value)
 
 
 def test_check_config_redacts_the_redis_password(tmp_path: Path) -> None:

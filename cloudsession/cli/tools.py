@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloudsession.cli.common import add_config_flags, add_store_flags, open_service, print_report, progress_for, run, settings_from_args
+from cloudsession.cli.common import Progress, add_store_flags, open_service, print_report, progress_for, run, settings_from_args
 from cloudsession.client import importer
 from cloudsession.errors import SessionNotFound
 from cloudsession.render.pages import PageRenderer
@@ -198,15 +198,31 @@ def add_subcommands(sub: Any) -> None:
     kill.set_defaults(func=lambda args: run(_delete(args)))
 
     gc = sub.add_parser("gc", help="delete expired shares and prune folded journal entries (what the server's periodic sweep does)")
-    add_config_flags(gc)
-    gc.set_defaults(func=cmd_gc)
+    add_store_flags(gc)
+    gc.add_argument("--json", action="store_true", help="print the report as one JSON object instead of lines and a summary")
+    gc.set_defaults(func=lambda args: run(_gc(args)))
 
 
-def cmd_gc(args: argparse.Namespace) -> int:
-    async def collect() -> SweepReport:
-        async with open_service(settings_from_args(args)) as service:
-            return await sweep(service)
+async def _gc(args: argparse.Namespace) -> int:
+    bars: list[Progress] = []
 
-    report = asyncio.run(collect())
-    print(json.dumps(report.as_json()))
+    def start(phase: str, total: int) -> Callable[[int], None]:
+        bars.append(progress_for(args, f"gc {phase}"))
+        return bars[-1].start(total)
+
+    async with open_service(settings_from_args(args), args.store) as service:
+        report: SweepReport = await sweep(service, dry_run=args.dry_run, start=start)
+    if args.json:
+        print(json.dumps(report.as_json()))
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    for share_id in report.expired:
+        print(f"{share_id}: expired, {verb}")
+    for share_id in report.stale_index_entries:
+        print(f"{share_id}: index entry without a share, {'would remove' if args.dry_run else 'removed'}")
+    print(
+        f"gc{' (dry run: nothing was changed)' if args.dry_run else ''}: expired shares {len(report.expired)}, "
+        f"journal entries {report.journal_entries_deleted}, delete records {report.records_deleted}, "
+        f"stale index entries {len(report.stale_index_entries)}"
+    )
     return 0

@@ -267,6 +267,11 @@ class ShareService:
             log.warning("removed %d temporary files left in the store by interrupted writes", removed)
         return removed
 
+    async def check_store(self) -> None:
+        """``ready()`` for an operator at startup: the same one-key listing, but the store's own
+        error (``StoreError``, naming what went wrong) propagates instead of a generic 503."""
+        await self.store.list_page(INDEX_PREFIX, limit=1)
+
     async def close(self) -> None:
         """Wait briefly for background compactions, then cancel what is left."""
         if self._background:

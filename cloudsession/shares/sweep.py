@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,28 +28,56 @@ log = logging.getLogger(__name__)
 # -- expiry sweep and journal pruning -----------------------------------------------------------
 
 
+Tick = Callable[[int], None]
+# ``start(phase, total)`` -> the tick of that phase's progress; phases: "expiry", "journals", "records".
+PhaseStart = Callable[[str, int], Tick]
+PHASES = ("expiry", "journals", "records")
+
+
+def _no_progress(phase: str, total: int) -> Tick:
+    return lambda count: None
+
+
 @dataclass(slots=True)
 class SweepReport:
+    """What the sweep deleted, or with ``dry_run`` what it would have deleted."""
+
     expired: list[str] = field(default_factory=list)
     journal_entries_deleted: int = 0
     records_deleted: int = 0
+    # Index entries whose share was already gone (an interrupted delete), removed.
+    stale_index_entries: list[str] = field(default_factory=list)
+    dry_run: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {"expired": self.expired, "journalEntriesDeleted": self.journal_entries_deleted, "recordsDeleted": self.records_deleted}
+        return {
+            "expired": self.expired,
+            "journalEntriesDeleted": self.journal_entries_deleted,
+            "recordsDeleted": self.records_deleted,
+            "staleIndexEntries": self.stale_index_entries,
+            "dryRun": self.dry_run,
+        }
 
 
-async def sweep(service: ShareService, *, now: int | None = None) -> SweepReport:
+async def sweep(service: ShareService, *, now: int | None = None, dry_run: bool = False, start: PhaseStart | None = None) -> SweepReport:
     """Delete expired shares, journal entries folded long ago or left by deleted shares, and old
     delete records. Safe to run on every replica at once: each deletion is conditional or
-    idempotent."""
+    idempotent. ``dry_run`` changes nothing and reports what would go; ``start(phase, total)``
+    is called once per phase and returns the tick its progress advances by."""
     now = now_ms() if now is None else now
-    report = SweepReport()
-    for entry in await service.list_index(include_expired=True, fresh=True):
+    start = start or _no_progress
+    report = SweepReport(dry_run=dry_run)
+    entries = await service.list_index(include_expired=True, fresh=True)
+    tick = start("expiry", len(entries))
+    for entry in entries:
         expires = entry.get("expiresAt")
         if isinstance(expires, int) and expires <= now:
             await _delete_if_expired(service, entry["id"], now, report)
-    report.journal_entries_deleted = await _prune_journals(service, now)
-    report.records_deleted = await _prune_delete_records(service, now)
+        tick(1)
+    # In a dry run the expired shares are still there; a real run would have deleted them, journal and all.
+    doomed_shares = set(report.expired) if dry_run else set()
+    report.journal_entries_deleted = await _prune_journals(service, now, dry_run=dry_run, start=start, doomed=doomed_shares)
+    report.records_deleted = await _prune_delete_records(service, now, dry_run=dry_run, start=start)
     return report
 
 
@@ -56,10 +85,16 @@ async def _delete_if_expired(service: ShareService, share_id: str, now: int, rep
     try:
         state = await service.load(share_id)
     except SessionNotFound:
-        await service.purge(share_id)  # an index entry left by an interrupted delete
+        # An index entry left by an interrupted delete.
+        if not report.dry_run:
+            await service.purge(share_id)
+        report.stale_index_entries.append(share_id)
         return
     if not is_expired(state, now):
         return  # the index lagged behind a new expiry
+    if report.dry_run:
+        report.expired.append(share_id)
+        return
     try:
         await service.delete(share_id, None, admin=True, reason="share.expired")
     except ShareNotFound:
@@ -67,7 +102,7 @@ async def _delete_if_expired(service: ShareService, share_id: str, now: int, rep
     report.expired.append(share_id)
 
 
-async def _prune_journals(service: ShareService, now: int) -> int:
+async def _prune_journals(service: ShareService, now: int, *, dry_run: bool, start: PhaseStart, doomed: set[str]) -> int:
     grace_ms = service.settings.journal_grace_seconds * 1000
     by_share: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     async for key in iter_keys(service.store, JOURNAL_PREFIX):
@@ -75,9 +110,13 @@ async def _prune_journals(service: ShareService, now: int) -> int:
         if len(parts) == 4:
             by_share[parts[1]][parts[2]].append(key)
     deleted = 0
+    tick = start("journals", len(by_share))
     # Listed before the snapshots are looked at: an entry written after the listing belongs to a
     # snapshot that exists now, and entries of a snapshot that is gone can never be read again.
     for share_id, incarnations in by_share.items():
+        tick(1)
+        if share_id in doomed:
+            continue  # a dry run's expired share: deleting it removes its journal (not counted here)
         try:
             state = await service.load(share_id)
             current, folded_before = state.meta.incarnation, state.compacted_at
@@ -87,26 +126,31 @@ async def _prune_journals(service: ShareService, now: int) -> int:
             current, folded_before = None, None
         for incarnation, keys in incarnations.items():
             if incarnation != current:
-                doomed = keys
+                keys_to_delete = keys
             elif folded_before is not None and now - folded_before >= grace_ms:
                 last = journal_key(share_id, incarnation, state.snapshot_seq)
-                doomed = [k for k in keys if k <= last]
+                keys_to_delete = [k for k in keys if k <= last]
             else:
-                doomed = []
-            await service.delete_keys(doomed)
-            deleted += len(doomed)
+                keys_to_delete = []
+            if not dry_run:
+                await service.delete_keys(keys_to_delete)
+            deleted += len(keys_to_delete)
     return deleted
 
 
-async def _prune_delete_records(service: ShareService, now: int) -> int:
+async def _prune_delete_records(service: ShareService, now: int, *, dry_run: bool, start: PhaseStart) -> int:
     deleted = 0
-    async for key in iter_keys(service.store, DELETE_RECORD_PREFIX):
+    keys = [key async for key in iter_keys(service.store, DELETE_RECORD_PREFIX)]
+    tick = start("records", len(keys))
+    for key in keys:
         stored = await service.store_call(service.store.get(key))
         try:
             at = orjson.loads(stored.body).get("at", 0) if stored is not None else 0
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, AttributeError):
             at = 0
         if stored is not None and now - at >= DELETE_RECORD_TTL_MS:
-            await service.store_call(service.store.delete(key))
+            if not dry_run:
+                await service.store_call(service.store.delete(key))
             deleted += 1
+        tick(1)
     return deleted

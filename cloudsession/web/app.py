@@ -15,7 +15,7 @@ from cloudsession.metrics import Metrics
 from cloudsession.render.pages import ViewRenderer
 from cloudsession.web import lifecycle, observability, ratelimit
 from cloudsession.web.http import ServerLog
-from cloudsession.web.keys import HOOK_KEYS, LIVE, METRICS, RENDERER, SERVICE, SETTINGS
+from cloudsession.web.keys import HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, RENDERER, SERVICE, SETTINGS
 from cloudsession.web.middleware import (
     body_guard_middleware,
     compress_middleware,
@@ -36,6 +36,7 @@ def create_app(settings: Settings) -> web.Application:
         # pages included; the rate limiter and the body guard innermost, so their answers are
         # rendered by the error middleware.
         middlewares=[
+            lifecycle.in_flight_middleware,  # what a shutdown waits for (cli/serve.py)
             compress_middleware,
             observability.observe_middleware,
             redaction_middleware,
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> web.Application:
         },
     )
     app[SETTINGS] = settings
+    app[IN_FLIGHT] = lifecycle.InFlight()  # what a shutdown waits for (cli/serve.py)
     # Read now: a webhook whose signing key is missing stops startup with one clear line.
     app[HOOK_KEYS] = resolve_secrets(settings.hooks, os.environ)
     if settings.hooks.enabled:

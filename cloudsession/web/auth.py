@@ -7,12 +7,20 @@
 Every comparison is constant-time, and every wrong key or cookie counts against the client
 address's ``admin_failures`` limit (``web/ratelimit.py``): guessing is throttled per address,
 across parallel requests and, with Redis, across replicas.
+
+On the embedded default (filesystem store, no ``SESSIONS_RPC_SHARED_KEY``) ``serve`` generates a
+local admin key for ``/sessions`` and ``/api/sessions`` (``enable_local_admin``) and prints a
+one-time sign-in link: ``GET /sessions/login?token=`` sets the cookie once and redirects, so the
+key itself never travels in a URL. ``/rpc/share`` stays open then, as without a key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
+import time
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -23,12 +31,47 @@ from cloudsession.web.keys import SETTINGS
 from cloudsession.web.ratelimit import admin_attempt
 
 ADMIN_COOKIE = "cloudsession_admin"
+SIGN_IN_LINK_SECONDS = 3600
+
+
+@dataclass(slots=True)
+class OneTimeSignIn:
+    """The token of the sign-in link ``serve`` prints: good once, for an hour, in this process."""
+
+    digest: bytes
+    expires: float
+    used: bool = False
+
+    def redeem(self, given: str) -> bool:
+        ok = hmac.compare_digest(hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest(), self.digest)
+        if not ok or self.used or time.monotonic() > self.expires:
+            return False
+        self.used = True
+        return True
+
+
+LOCAL_ADMIN_KEY: web.AppKey[str] = web.AppKey("local_admin_key")
+SIGN_IN: web.AppKey[OneTimeSignIn] = web.AppKey("sign_in")
+
+
+def enable_local_admin(app: web.Application, key: str) -> str:
+    """Use ``key`` (generated in the data dir) as the admin key of ``/sessions`` and
+    ``/api/sessions``; return a fresh one-time sign-in token for the startup link."""
+    token = "st_" + secrets.token_urlsafe(24)
+    app[LOCAL_ADMIN_KEY] = key
+    app[SIGN_IN] = OneTimeSignIn(hashlib.sha256(token.encode()).digest(), time.monotonic() + SIGN_IN_LINK_SECONDS)
+    return token
+
+
+def configured_key(request: web.Request) -> str | None:
+    """``SESSIONS_RPC_SHARED_KEY``, or None when it is not set (or empty)."""
+    key = request.app[SETTINGS].rpc_shared_key
+    return key.get_secret_value() if key is not None and key.get_secret_value() else None
 
 
 def admin_key(request: web.Request) -> str | None:
-    """The configured admin key, or None when there is none (or it is empty)."""
-    key = request.app[SETTINGS].rpc_shared_key
-    return key.get_secret_value() if key is not None and key.get_secret_value() else None
+    """The admin key: the configured one, else the generated local one, else None."""
+    return configured_key(request) or request.app.get(LOCAL_ADMIN_KEY)
 
 
 def cookie_token(key: str) -> str:
@@ -72,4 +115,4 @@ async def require_admin(request: web.Request) -> None:
 
 async def rpc_allowed(request: web.Request) -> bool:
     """``/rpc/share``: open without a configured key, else the header must hold it."""
-    return admin_key(request) is None or await checked_admin_header(request)
+    return configured_key(request) is None or await checked_admin_header(request)

@@ -12,12 +12,14 @@ if TYPE_CHECKING:
     from cloudsession.render.pages import ViewRenderer
     from cloudsession.shares.events import EventSink
     from cloudsession.shares.service import ShareService
+    from cloudsession.web.lifecycle import InFlight
     from cloudsession.web.ratelimit import RateLimiter
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 SERVICE: web.AppKey[ShareService] = web.AppKey("service")
 LIVE: web.AppKey[EventSink] = web.AppKey("live")
 RENDERER: web.AppKey[ViewRenderer] = web.AppKey("renderer")
+IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 # Webhook signing keys, read from the environment when the app is built (docs/hooks.md).
 HOOK_KEYS: web.AppKey[dict[str, bytes]] = web.AppKey("hook_keys")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

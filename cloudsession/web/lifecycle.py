@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -16,9 +16,55 @@ from cloudsession.live.relay import RedisRelay, redis_client, relay_channel
 from cloudsession.shares.hookbox import HookBox
 from cloudsession.shares.service import open_service
 from cloudsession.shares.sweep import sweep
-from cloudsession.web.keys import HOOK_KEYS, LIVE, METRICS, SERVICE, SETTINGS
+from cloudsession.web.keys import HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, SERVICE, SETTINGS
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger(__name__)
+
+
+class InFlight:
+    """Requests being read or handled right now (WebSocket sessions aside), so that a shutdown
+    can wait for them: a sync whose body is still arriving when SIGTERM lands is finished, not
+    dropped. (aiohttp's own shutdown stops reading from every connection first, so such a sync
+    would hang until the shutdown timeout and then fail.)"""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is in flight, at most ``timeout`` seconds; False if some still are."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+@web.middleware
+async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the request in ``IN_FLIGHT`` while its handler runs (a live socket is not counted:
+    viewers are closed at shutdown, they are not waited for)."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await handler(request)
+    tracker = request.app[IN_FLIGHT]
+    tracker.enter()
+    try:
+        return await handler(request)
+    finally:
+        tracker.leave()
 
 
 async def share_service(app: web.Application) -> AsyncIterator[None]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -25,7 +25,7 @@ from cloudsession.render.pages import Fragment, PageRenderer, static_asset
 from cloudsession.shares import lifecycle
 from cloudsession.shares.items import MAX_ID_LENGTH
 from cloudsession.shares.public import PublicShare
-from cloudsession.web.auth import ADMIN_COOKIE, admin_key, cookie_token, is_admin
+from cloudsession.web.auth import ADMIN_COOKIE, SIGN_IN, admin_key, cookie_token, is_admin
 from cloudsession.web.http import (
     IMMUTABLE_CACHE,
     PRIVATE_PAGE_CACHE,
@@ -284,7 +284,7 @@ async def sessions_page(request: web.Request) -> web.Response:
     return html_response(text)
 
 
-async def _login_page(request: web.Request, *, failed: bool) -> web.Response:
+async def _login_page(request: web.Request, *, failed: bool | str) -> web.Response:
     configured = admin_key(request) is not None
     text = await request.app[RENDERER].run(
         lambda p: p.template("login.html").render(failed=failed, configured=configured)
@@ -311,6 +311,22 @@ async def login(request: web.Request) -> web.Response:
     if key is None or not ok:
         await asyncio.sleep(LOGIN_FAILURE_DELAY)
         return await _login_page(request, failed=True)
+    _signed_in(request, key)
+
+
+async def login_link(request: web.Request) -> web.Response:
+    """``GET /sessions/login?token=``: the one-time link ``serve`` prints on the embedded default
+    sets the sign-in cookie and redirects; used, expired or wrong, it shows the sign-in form."""
+    key, sign_in = admin_key(request), request.app.get(SIGN_IN)
+    given = request.query.get("token", "")
+    if key is None or sign_in is None or not given or len(given) > 200 or not sign_in.redeem(given):
+        await asyncio.sleep(LOGIN_FAILURE_DELAY)
+        return await _login_page(request, failed="link")
+    _signed_in(request, key)
+
+
+def _signed_in(request: web.Request, key: str) -> NoReturn:
+    """Set the sign-in cookie and redirect to the list (raises the redirect)."""
     response = web.HTTPSeeOther("/sessions")
     response.set_cookie(
         ADMIN_COOKIE,

@@ -51,6 +51,7 @@ def setup_routes(app: web.Application) -> None:
 
     # HTML pages (web/pages.py) and live updates (web/live.py); see docs/views.md.
     r.add_get("/sessions", pages.sessions_page, name="views.sessions")
+    r.add_get("/sessions/login", pages.login_link, name="views.login_link")
     r.add_post("/sessions/login", pages.login, name="views.login")
     r.add_post("/sessions/logout", pages.logout, name="views.logout")
     r.add_get("/share/{id}", pages.share_page, name="views.share")
