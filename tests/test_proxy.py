@@ -151,6 +151,10 @@ def deployment(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "SESSIONS_RPC_SHARED_KEY": "proxy-admin-key",
         # No PUBLIC_URL: share URLs must come from the proxy's X-Forwarded-* headers.
         "PUBLIC_URL": "",
+        # nginx is the trusted proxy; clients other than 127.0.0.1 are told apart by the address
+        # it appends, and the creates they may make are counted in Redis across the replicas.
+        "CLOUDSESSION_TRUSTED_PROXIES": "127.0.0.1/32",
+        "CLOUDSESSION_RATE_LIMIT_CREATE": "10/hour",
     }
     try:
         with running_servers(REPLICAS, base / "data", env) as servers:
@@ -264,3 +268,30 @@ async def test_concurrent_syncs_through_the_proxy_lose_nothing(deployment: Deplo
     messages = sorted(i["data"]["id"] for i in data if i["type"] == "message")
     assert messages == [f"msg_{n:03d}" for n in range(writers)]  # 0 lost
     assert len(spread(deployment.nginx.upstreams_of("POST", f"/api/share/{share['id']}/sync"))) == REPLICAS
+
+
+async def test_rate_limits_through_the_proxy_count_each_client_across_replicas(deployment: Deployment) -> None:
+    """Clients on their own loopback addresses: nginx appends each one's address, the replicas
+    believe it (nginx is a trusted proxy) and share one count through Redis; a forged
+    X-Forwarded-For changes nothing."""
+
+    async def creates(address: str, count: int, headers: dict[str, str] | None = None) -> list[aiohttp.ClientResponse]:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0), force_close=True)
+        answers = []
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for _ in range(count):
+                body = {"sessionID": "ses_" + uuid.uuid4().hex[:26]}
+                async with http.post(deployment.url + "/api/share", json=body, headers=headers or {}) as resp:
+                    await resp.read()
+                    answers.append(resp)
+        return answers
+
+    answers = await creates("127.0.0.2", 12)
+    assert [r.status for r in answers] == [200] * 10 + [429] * 2
+    refused = answers[-1]
+    assert int(refused.headers["Retry-After"]) >= 1 and refused.headers["Access-Control-Allow-Origin"] == "*"
+    # The ten were answered by every replica, yet counted as one client.
+    assert len(spread(deployment.nginx.upstreams_of("POST", "/api/share"))) == REPLICAS
+    # Another client has its own count, whatever it claims to be.
+    other = await creates("127.0.0.3", 1, {"X-Forwarded-For": "127.0.0.2"})
+    assert other[0].status == 200
