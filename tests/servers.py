@@ -22,6 +22,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait until ``url + /healthz`` answers 200; RuntimeError if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 class ServerProcess:
     def __init__(
         self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None, *, pass_data_dir: bool = True, args: list[str] | None = None
@@ -49,18 +64,14 @@ class ServerProcess:
         cmd += self.args
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"server did not become ready in {timeout}s:\n{self.log()}")
+        try:
+            ready = wait_healthy(self.url, self.proc, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log()}") from None
+        if not ready:
+            self.stop()
+            raise RuntimeError(f"server did not become ready in {timeout}s:\n{self.log()}")
+        return self
 
     def log(self) -> str:
         try:

@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ import aiohttp
 import boto3
 import factories as f
 import pytest
-from servers import ServerProcess, free_port, running_servers
+from servers import ServerProcess, free_port, running_servers, wait_healthy
 from test_live_redis import RedisServer
 from test_replay import RECORDED_ID, merge_key
 
@@ -87,18 +86,14 @@ class Nginx:
         cmd = [binary, "-p", str(self.prefix), "-c", str(conf), "-e", str(self.prefix / "error.log")]
         with open(self.prefix / "stderr.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}: {self.log('stderr.log')}{self.log('error.log')}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"nginx did not answer in time: {self.log('error.log')}")
+        try:
+            ready = wait_healthy(self.url, self.proc, 15)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.log('stderr.log')}{self.log('error.log')}") from None
+        if not ready:
+            self.stop()
+            raise RuntimeError(f"nginx did not answer in time: {self.log('error.log')}")
+        return self
 
     def log(self, name: str) -> str:
         try:
