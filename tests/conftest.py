@@ -12,8 +12,10 @@ from pathlib import Path
 
 import boto3
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from moto.s3.responses import S3Response
 from moto.server import ThreadedMotoServer
+from playwright.sync_api import Browser, sync_playwright
 
 import cloudsession
 from cloudsession.store.base import ObjectStore
@@ -181,3 +183,16 @@ def pytest_configure(config: pytest.Config) -> None:
             f"the installed cloudsession differs from this checkout ({', '.join(stale[:5])}...): "
             "run ./scripts/test (it reinstalls), or `.venv/bin/pip install -e .` while developing"
         )
+
+
+# --- One Chromium per test module that asks for ``browser`` (the browser tests).
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()

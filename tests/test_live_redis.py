@@ -21,10 +21,11 @@ import aiohttp
 import pytest
 import redis
 import redis.asyncio
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from playwright.sync_api import sync_playwright
 from servers import ServerProcess, free_port, running_servers
-from test_browser_share import CHROMIUM, CHROMIUM_ARGS, open_live
 from test_browser_share import call as call_sync
+from test_browser_share import open_live
 from view_data import SES, item, part, session, user
 
 from cloudsession.config import ConfigError, load_settings
