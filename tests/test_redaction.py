@@ -102,7 +102,7 @@ async def public_bodies(web, creds: dict[str, str], items: list[dict[str, Any]])
     """Every public (and admin) read of the share, by name."""
     sid = creds["id"]
     ids = [("id", i["data"]["id"]) for i in items if i["type"] == "message"]
-    flags = [("header", "1"), ("diffs", "1"), ("digest", "1"), ("nav_from", "1")]
+    flags = [("header", "1"), ("diffs", "1"), ("digest", "1"), ("nav", "1")]
     admin = {"x-opencode-share-key": ADMIN_KEY}
     reads = {
         "page": f"/share/{sid}",

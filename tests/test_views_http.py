@@ -125,7 +125,7 @@ async def test_fragments_return_requested_messages_header_diffs_and_digest(web) 
     messages = [i["data"]["id"] for i in items if i["type"] == "message"]
     response = await web.get(
         f"/share/{creds['id']}/fragments",
-        params=[("id", messages[1]), ("id", "msg_unknown"), ("header", "1"), ("diffs", "1"), ("digest", "1"), ("page", "1"), ("nav_from", "5")],
+        params=[("id", messages[1]), ("id", "msg_unknown"), ("header", "1"), ("diffs", "1"), ("digest", "1"), ("page", "1"), ("nav", "1")],
     )
     assert response.status == 200
     assert response.headers["Cache-Control"] == "no-store"
@@ -142,7 +142,8 @@ async def test_fragments_return_requested_messages_header_diffs_and_digest(web) 
     assert soup_of(body["header"]).select_one("#share-header h1").get_text() == "Add a greeting module"
     assert len(soup_of(body["diffs"]).select("details.file-diff")) == 2
     assert [d["id"] for d in body["digest"]] == messages
-    assert len(soup_of(body["nav"]).select("li")) == 2  # entries 5 and 6
+    assert [li["data-id"] for li in soup_of(body["nav"]).select("li")] == messages  # the page's navigator
+    assert body["pageCount"] == 6
 
 
 async def test_fragment_hash_changes_only_for_the_touched_message(web) -> None:  # type: ignore[no-untyped-def]
@@ -330,8 +331,16 @@ async def test_private_share_links_keep_the_read_token(web) -> None:  # type: ig
     far = page.select("#nav-list li")[120].select_one("a")["href"]
     assert far.startswith(f"?page=2&token={token}#msg-")
     assert (await web.get(f"/share/{creds['id']}{pager_links[-1]}")).status == 200
-    fragments = await (await web.get(f"/share/{creds['id']}/fragments", params={"token": token, "nav_from": "130"})).json()
+    fragments = await (await web.get(f"/share/{creds['id']}/fragments", params={"token": token, "nav": "1"})).json()
     assert f"token={token}" in fragments["nav"]
+    nav = await web.get(f"/share/{creds['id']}/nav", params={"token": token, "from": "2", "to": "2", "page": "1"})
+    assert nav.status == 200 and f"?page=2&amp;token={token}#msg-" in (await nav.json())["html"]
+    located = await web.get(f"/share/{creds['id']}/locate", params={"token": token, "anchor": f"msg-{items[-2]['data']['id']}"})
+    assert (await located.json())["page"] == 2
+    # Without the token these answer 404, and tell nothing.
+    for path, params in (("nav", {"from": "2"}), ("locate", {"anchor": f"msg-{items[-2]['data']['id']}"}), ("card.png", {})):
+        response = await web.get(f"/share/{creds['id']}/{path}", params=params)
+        assert response.status == 404 and items[-1]["data"]["text"] not in await response.text()
 
 
 async def test_browser_error_page_is_html_and_passes_the_errors_headers_on(aiohttp_client, view_settings) -> None:  # type: ignore[no-untyped-def]

@@ -365,15 +365,21 @@ def test_pagination_keeps_anchors_working(renderer: PageRenderer) -> None:
     share = _long_share(250)
     first = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
     assert len(first.select("#messages article")) == 100
-    nav = first.select("#nav-list li")
-    assert len(nav) == 250
-    target = nav[230]
+    # The navigator lists the messages of this page and the next; page 3 is a link.
+    nav = first.select("#nav-list li[data-id]")
+    assert len(nav) == 200
+    target = nav[150]
     link = target.select_one("a")["href"]
-    assert link == f"?page=3#msg-{target['data-id']}"
+    assert link == f"?page=2#msg-{target['data-id']}"
+    [more] = first.select("#nav-list li.nav-more")
+    assert (more["data-from"], more["data-to"], more.select_one("a")["href"]) == ("3", "3", "?page=3")
+    assert text(more) == "Page 3 · 25 prompts"
     third = BeautifulSoup(renderer.share_page(share, 3), "html.parser")
-    assert third.select_one(f"#msg-{target['data-id']}") is not None
+    assert third.select_one(f"#msg-{share.messages[230]['id']}") is not None
     assert len(third.select("#messages article")) == 50
     assert "messages 201–250 of 250" in text(third.select_one("nav.pager"))
+    assert [li["data-p"] for li in third.select("#nav-list li[data-id]")] == ["2"] * 100 + ["3"] * 50
+    assert text(third.select_one("#nav-list li.nav-more")) == "Page 1 · 50 prompts"
     # Past the end is clamped to the last page, not an error.
     assert BeautifulSoup(renderer.share_page(share, 99), "html.parser").select_one("body")["data-page"] == "3"
 
