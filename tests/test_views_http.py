@@ -466,3 +466,57 @@ async def test_search_counts_matches_on_every_page(web) -> None:  # type: ignore
     for bad in ({"q": "x"}, {"q": "x" * 201}, {}):
         assert (await web.get(f"/share/{creds['id']}/search", params=bad)).status == 400
     assert (await web.get("/share/Nope1234/search", params={"q": "abc"})).status == 404
+
+
+# --------------------------------------------------------------------------- social card
+
+
+async def test_social_card_is_named_by_the_page_and_drawn_once_per_version(web) -> None:  # type: ignore[no-untyped-def]
+    from io import BytesIO
+
+    from PIL import Image
+
+    from cloudsession.web.keys import RENDERER
+
+    creds = await create(web)
+    await sync(web, creds, rich_items())
+    page_response = await web.get(f"/share/{creds['id']}")
+    page_cache = page_response.headers["Cache-Control"]
+    page = soup_of(await page_response.text())
+    image_url = page.select_one('meta[property="og:image"]')["content"]
+    # Absolute, from PUBLIC_URL, and versioned by what the card shows.
+    assert re.fullmatch(rf"http://share\.test/share/{creds['id']}/card\.png\?v=[0-9a-f]{{16}}", image_url)
+    assert page.select_one('meta[name="twitter:image"]')["content"] == image_url
+    assert page.select_one('meta[name="twitter:card"]')["content"] == "summary_large_image"
+    cards = web.server.app[RENDERER].pages.cards
+    drawn = cards.drawn
+    path = image_url.removeprefix("http://share.test")
+    response = await web.get(path)
+    assert response.status == 200 and response.content_type == "image/png"
+    assert response.headers["Cache-Control"] == page_cache  # cached like the page
+    etag = response.headers["ETag"]
+    with Image.open(BytesIO(await response.read())) as image:
+        assert image.size == (1200, 630) and image.format == "PNG"
+    again = await web.get(path, headers={"If-None-Match": etag})
+    assert again.status == 304 and again.headers["ETag"] == etag
+    assert (await web.get(path)).headers["ETag"] == etag
+    assert cards.drawn == drawn + 1  # three requests, one drawing
+    # A new title is a new version: a new URL on the page and a new card.
+    await sync(web, creds, [item("session", session(title="Renamed"))])
+    page = soup_of(await (await web.get(f"/share/{creds['id']}")).text())
+    assert page.select_one('meta[property="og:image"]')["content"] != image_url
+    assert (await web.get(path, headers={"If-None-Match": etag})).status == 200
+    assert cards.drawn == drawn + 2
+
+
+async def test_private_share_card_needs_the_read_token_and_is_never_named(web) -> None:  # type: ignore[no-untyped-def]
+    response = await web.post("/api/share", json={"sessionID": SES, "private": True})
+    creds = await response.json()
+    await sync(web, creds, rich_items())
+    assert (await web.get(f"/share/{creds['id']}/card.png")).status == 404
+    assert (await web.get(f"/share/{creds['id']}/card.png", params={"token": "rt_wrong"})).status == 404
+    card = await web.get(f"/share/{creds['id']}/card.png", params={"token": creds["readToken"]})
+    assert card.status == 200 and card.headers["Cache-Control"] == "private, no-store" and "ETag" not in card.headers
+    page = soup_of(await (await web.get(f"/share/{creds['id']}", params={"token": creds["readToken"]})).text())
+    assert page.select('meta[property="og:image"], meta[name="twitter:image"]') == []
+    assert page.select_one('meta[name="twitter:card"]')["content"] == "summary"

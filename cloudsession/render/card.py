@@ -2,7 +2,8 @@
 
 Drawn from the share's public view only (``PublicShare``, already redacted at the value level),
 and every line of text passes through the share's ``Redactor`` again before it is drawn: a PNG
-leaves the process as pixels, where the response-level redaction cannot see text. The card is
+leaves the process as pixels, where the response-level redaction cannot see text. Anything
+shaped like a credential (a UUID, a long token) is left out of the card as well. The card is
 content-addressed: ``CardText.digest`` names what it shows, the web layer caches the PNG by it
 and uses it as the ETag, so a share's card is drawn once per version whatever the traffic.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,6 +39,17 @@ PANEL = (28, 31, 40)
 TEXT = (236, 238, 243)
 MUTED = (150, 156, 170)
 ACCENT = (88, 166, 255)
+
+
+# A card travels further than the page (chat previews, caches of other sites), so on top of the
+# Redactor it leaves out anything shaped like a credential: UUIDs (share secrets and the session
+# namespace are UUIDs) and long unbroken runs of token characters with a digit (API keys, read
+# tokens).
+_CREDENTIAL_LIKE = re.compile(
+    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+    r"|(?=[A-Za-z_\-]*[0-9])[A-Za-z0-9_\-]{24,}|[A-Za-z0-9_]{32,}"
+)
+HIDDEN = "[hidden]"
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,7 @@ def card_text(*, site: str, title: str, models: list[str], messages: int, parts:
     def clean(text: str) -> str:
         # Control characters and lone surrogates would draw as boxes (or fail to encode).
         text = "".join(ch if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF else " " for ch in text)
-        return " ".join(redact(text).split())
+        return " ".join(_CREDENTIAL_LIKE.sub(HIDDEN, redact(text)).split())
 
     return CardText(
         site=clean(site)[:80],
