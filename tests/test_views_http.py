@@ -520,3 +520,27 @@ async def test_private_share_card_needs_the_read_token_and_is_never_named(web) -
     page = soup_of(await (await web.get(f"/share/{creds['id']}", params={"token": creds["readToken"]})).text())
     assert page.select('meta[property="og:image"], meta[name="twitter:image"]') == []
     assert page.select_one('meta[name="twitter:card"]')["content"] == "summary"
+
+
+# --------------------------------------------------------------------------- navigator and anchors
+
+
+async def test_locate_names_the_page_of_a_message_or_a_part(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    items = [item("session", session())]
+    for n in range(230):
+        message = user(n * 1000)
+        items += [item("message", message), item("part", part(message, "text", text=f"number {n + 1}"))]
+    await sync(web, creds, items)
+    parts = [i["data"] for i in items if i["type"] == "part"]
+    for index, page in ((0, 1), (150, 2), (229, 3)):
+        for anchor in (f"msg-{parts[index]['messageID']}", f"part-{parts[index]['id']}"):
+            response = await web.get(f"/share/{creds['id']}/locate", params={"anchor": anchor})
+            assert response.status == 200
+            assert await response.json() == {"page": page, "message": parts[index]["messageID"]}
+    for anchor, status in (("part-prt_unknown", 404), (f"part-{parts[0]['messageID']}", 404), ("msg-", 400), ("diff-1", 400), ("x" * 300, 400)):
+        assert (await web.get(f"/share/{creds['id']}/locate", params={"anchor": anchor})).status == status, anchor
+    nav = await (await web.get(f"/share/{creds['id']}/nav", params={"from": "3", "to": "3", "page": "1"})).json()
+    assert nav["pages"] == 3
+    entries = soup_of(nav["html"]).select("li[data-id]")
+    assert len(entries) == 30 and entries[0].select_one("a")["href"] == f"?page=3#msg-{parts[200]['messageID']}"

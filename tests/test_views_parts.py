@@ -338,6 +338,16 @@ def test_session_diff_panel_shows_each_file(rich: BeautifulSoup) -> None:
     assert len(files[1].select("tr.d-add")) == 9
 
 
+def test_changes_panel_lists_the_files_with_counts_linking_to_each_diff(rich: BeautifulSoup) -> None:
+    entries = rich.select("#diffs ol#diff-files > li")
+    assert [text(li) for li in entries] == ["greet.py modified +2 −1", "test_greet.py +9 −0"]
+    targets = [li.select_one("a")["href"] for li in entries]
+    assert targets == ["#diff-1", "#diff-2"]
+    for target, name in zip(targets, ("greet.py", "test_greet.py"), strict=True):
+        block = rich.select_one(target)
+        assert block.name == "details" and text(block.select_one(".path")) == name
+
+
 def test_turn_diffs_on_user_messages(rich: BeautifulSoup) -> None:
     turn = rich.select_one("details.turn-diffs")
     assert "Files changed in this turn (1)" in text(turn.select_one("summary"))
@@ -408,6 +418,51 @@ def test_fragment_cache_reuses_unchanged_messages_and_rerenders_changed_ones(ren
 
 
 # --------------------------------------------------------------------------- what opencode hides
+
+
+def _nav_pages(soup: BeautifulSoup) -> list[int]:
+    """Every page the navigator stands for, inline or as a link, in order."""
+    pages: list[int] = []
+    for li in soup.select("#nav-list > li"):
+        if "nav-more" in li["class"]:
+            pages += range(int(li["data-from"]), int(li["data-to"]) + 1)
+        elif not pages or pages[-1] != int(li["data-p"]):
+            pages.append(int(li["data-p"]))
+    return pages
+
+
+def test_navigator_weight_does_not_grow_with_the_share(renderer: PageRenderer) -> None:
+    weights = {}
+    for count in (600, 6000):
+        share = _long_share(count)
+        pages = count // 100
+        for page in (1, pages // 2, pages):
+            soup = BeautifulSoup(renderer.share_page(share, page), "html.parser")
+            nav = soup.select_one("#nav-list")
+            # Every page is reachable from the navigator exactly once, whatever page this is.
+            assert _nav_pages(soup) == list(range(1, pages + 1))
+            inline = {int(li["data-p"]) for li in nav.select("li[data-id]")}
+            assert inline == set(range(max(1, page - 1), min(pages, page + 1) + 1))
+            assert len(nav.select("li.nav-more")) <= 16
+            weights[(count, page)] = len(str(nav))
+            # Without JavaScript a link opens the first page it stands for.
+            for more in nav.select("li.nav-more"):
+                assert more.select_one("a")["href"] == f"?page={more['data-from']}"
+        assert text(nav.select_one("#nav-list li.nav-more")).endswith(" prompts")
+    # Ten times the messages, about the same navigator (a few more page links and digits).
+    assert weights[(6000, 30)] < 1.1 * weights[(600, 3)]
+    assert weights[(6000, 1)] < 1.1 * weights[(600, 1)]
+
+
+def test_navigator_pages_on_demand_come_a_few_at_a_time(renderer: PageRenderer) -> None:
+    share = _long_share(1000)
+    view = renderer.view(share)
+    soup = BeautifulSoup(renderer.nav_pages_html(view, 4, 9, current_page=1), "html.parser")
+    assert sorted({li["data-p"] for li in soup.select("li[data-id]")}) == ["4", "5", "6"]
+    [rest] = soup.select("li.nav-more")
+    assert (rest["data-from"], rest["data-to"]) == ("7", "9") and text(rest) == "Pages 7–9 · 150 prompts"
+    # Out-of-range requests are clamped, never an error.
+    assert len(BeautifulSoup(renderer.nav_pages_html(view, 50, 99, current_page=1), "html.parser").select("li[data-id]")) == 100
 
 
 def test_reverted_messages_are_hidden_with_a_note(renderer: PageRenderer) -> None:
