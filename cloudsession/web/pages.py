@@ -140,9 +140,10 @@ async def share_card(request: web.Request) -> web.Response:
     cards = request.app[RENDERER].pages.cards
     # Drawn outside the renderer's lock (pages keep rendering); the card cache draws one at a time.
     png = await asyncio.to_thread(cards.get, text)
+    # An image runs nothing: no page CSP (opened on its own, the browser's image view would
+    # report its own inline styles as violations).
     response = web.Response(body=png, content_type="image/png")
-    response.headers.update(SECURITY_HEADERS)
-    response.headers["Cache-Control"] = cache
+    response.headers.update({"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": cache})
     if not share.private:
         response.headers["ETag"] = etag
     return response
