@@ -460,17 +460,16 @@ class PageRenderer:
 
     @staticmethod
     def nav_html(entry: MessageEntry, current_page: int, link_suffix: str = "") -> str:
-        """One navigator entry. Built in Python rather than by a macro: a macro call per entry
-        would cost more than rendering a whole page of messages. Every value is escaped."""
+        """The navigator entry of a user prompt ("" for any other message: the navigator is the
+        list of the user's prompts, one per turn, as opencode shows it). Built in Python rather
+        than by a macro: a macro call per entry would cost more than rendering a whole page of
+        messages. Every value is escaped."""
+        if entry.role != "user":
+            return ""
         here = entry.page == current_page
-        role = entry.role
-        head = f'<li class="nav-{css_token(role)}{" here" if here else ""}" data-id="{escape(entry.id)}" data-p="{entry.page}" data-n="{entry.number}"'
-        if role != "user":
-            # Listed (share.js finds the turn of a message here) but not shown: the navigator
-            # is the list of the user's prompts, one per turn, as opencode shows it.
-            return head + "></li>"
         href = f"#msg-{entry.id}" if here else f"?page={entry.page}{link_suffix}#msg-{entry.id}"
-        return f'{head}><a href="{escape(href)}" data-n="{entry.number}">{escape(entry.preview) or "(no text)"}</a></li>'
+        return (f'<li class="nav-user{" here" if here else ""}" data-id="{escape(entry.id)}" data-p="{entry.page}" data-n="{entry.number}">'
+                f'<a href="{escape(href)}" data-n="{entry.number}">{escape(entry.preview) or "(no text)"}</a></li>')
 
     @staticmethod
     def nav_more_html(view: ShareView, first: int, last: int, link_suffix: str = "") -> str:
@@ -515,7 +514,7 @@ class PageRenderer:
         high = min(view.pages, current_page + NAV_WINDOW)
         parts = [self.nav_more_html(view, a, b, link_suffix) for a, b in self._page_groups(1, low - 1, nearest_first=False)]
         start, stop = (low - 1) * view.page_size, high * view.page_size
-        parts += [self.nav_html(entry, current_page, link_suffix) for entry in view.entries[start:stop]]
+        parts += [html for entry in view.entries[start:stop] if (html := self.nav_html(entry, current_page, link_suffix))]
         parts += [self.nav_more_html(view, a, b, link_suffix) for a, b in self._page_groups(high + 1, view.pages, nearest_first=True)]
         return "\n".join(parts)
 
@@ -526,7 +525,7 @@ class PageRenderer:
         last = min(max(last, first), view.pages)
         upto = min(last, first + NAV_FETCH_PAGES - 1)
         entries = view.entries[(first - 1) * view.page_size : upto * view.page_size]
-        parts = [self.nav_html(entry, current_page, link_suffix) for entry in entries]
+        parts = [html for entry in entries if (html := self.nav_html(entry, current_page, link_suffix))]
         if upto < last:
             parts.append(self.nav_more_html(view, upto + 1, last, link_suffix))
         return "\n".join(parts)
@@ -603,7 +602,7 @@ class PageRenderer:
             messages_html=self.messages_html(view.entries),
             diffs_html=Markup(self.diffs_html(view)),  # safe: rendered by parts.html (autoescape)
             # Every entry on "page 0" links as an in-page anchor.
-            navigator_html="\n".join(self.nav_html(entry, entry.page) for entry in view.entries),
+            navigator_html="\n".join(html for entry in view.entries if (html := self.nav_html(entry, entry.page))),
         )
 
     def fragments(self, share: PublicShare, ids: Iterable[str], page: int, link_suffix: str = "") -> list[Fragment | str]:

@@ -282,8 +282,8 @@
     if (count && typeof data.messageCount === "number") count.textContent = String(data.messageCount);
     // Messages that came back (a revert undone) are not named by any sync event: when this
     // page's entries in the navigator disagree with the server's count, catch up once.
-    if (typeof data.pageCount === "number" && !Array.isArray(data.digest) && shown &&
-        shown.querySelectorAll('li[data-id][data-p="' + page + '"]').length !== data.pageCount) {
+    if (typeof data.pageCount === "number" && !Array.isArray(data.digest) &&
+        document.querySelectorAll("#messages > article").length !== data.pageCount) {
       catchUp();
     }
     if (Array.isArray(data.digest)) {
@@ -509,8 +509,12 @@
     }
     var list = navList();
     if (!top || !list) return;
-    var item = list.querySelector('li[data-id="' + CSS.escape(top.id.slice(4)) + '"]');
-    while (item && !item.classList.contains("nav-user")) item = item.previousElementSibling;
+    // The turn of the message at the top: the last prompt at or before it.
+    var number = +top.getAttribute("data-n");
+    var item = null;
+    list.querySelectorAll("li.nav-user").forEach(function (li) {
+      if (+li.getAttribute("data-n") <= number) item = li;
+    });
     list.querySelectorAll("li.current").forEach(function (li) {
       if (li !== item) li.classList.remove("current");
     });
