@@ -12,8 +12,10 @@ directly with ``PublicShare`` objects. Two caches keep rendering cheap while a s
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -40,7 +42,7 @@ STATIC_DIR = PACKAGE_DIR / "static"
 # enough that a 2,000-message session renders in a fraction of a second.
 PAGE_SIZE = 100
 # Bump when templates change the markup of a message, so cached fragments are not reused.
-FRAGMENT_VERSION = "2"
+FRAGMENT_VERSION = "3"
 # Total characters of rendered fragments kept in memory (roughly bytes for ASCII-heavy HTML).
 FRAGMENT_CACHE_CHARS = 96 * 1024 * 1024
 SHARE_VIEW_CACHE_SIZE = 32
@@ -57,6 +59,40 @@ NAV_LINKS_PER_SIDE = 8
 NAV_FETCH_PAGES = 3
 
 T = TypeVar("T")
+
+# Whitespace the templates leave between block-level tags (a line break and indentation) renders
+# as nothing but costs the browser a text node each: about a quarter of a page's DOM nodes.
+# ``compact`` removes it where a block-level tag is on either side, never inside <pre> and never
+# next to a table cell (diff cells keep their whitespace: ``white-space: pre``).
+_BLOCK_TAGS = frozenset(
+    "article section header footer div details summary table thead tbody tr ul ol li p h1 h2 h3 h4 h5 h6 "
+    "nav aside main blockquote hr figure figcaption dl dt dd form pre".split()
+)
+_PRE = re.compile(r"(<pre\b.*?</pre>)", re.S | re.I)
+_GAP = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)([^<>]*)>([ \t]*\n\s*)(?=<(/?)([a-zA-Z][a-zA-Z0-9]*))")
+
+
+def compact(html: str) -> str:
+    """``html`` without the whitespace-only text between block-level tags (see _BLOCK_TAGS)."""
+    html = html.strip()
+    # Where each <pre>...</pre> starts and ends: whitespace there is content.
+    starts: list[int] = []
+    ends: list[int] = []
+    for found in _PRE.finditer(html):
+        starts.append(found.start())
+        ends.append(found.end())
+
+    def close(match: re.Match[str]) -> str:
+        before, after = match.group(2).lower(), match.group(6).lower()
+        if before in ("td", "th") or after in ("td", "th") or (before not in _BLOCK_TAGS and after not in _BLOCK_TAGS):
+            return match.group(0)
+        gap = match.start(4)
+        at = bisect.bisect_right(starts, gap) - 1
+        if at >= 0 and gap < ends[at]:
+            return match.group(0)  # inside a <pre>: whitespace there is content
+        return match.group(0)[: -len(match.group(4))]
+
+    return _GAP.sub(close, html)
 
 
 def _templates_dir() -> Path:
@@ -444,7 +480,7 @@ class PageRenderer:
     def message_html(self, entry: MessageEntry) -> str:
         html = self._fragments.get(entry.hash)
         if html is None:
-            html = str(self._macros.message(entry))
+            html = compact(str(self._macros.message(entry)))
             self._fragments.put(entry.hash, html)
         return html
 
@@ -516,7 +552,7 @@ class PageRenderer:
         start, stop = (low - 1) * view.page_size, high * view.page_size
         parts += [html for entry in view.entries[start:stop] if (html := self.nav_html(entry, current_page, link_suffix))]
         parts += [self.nav_more_html(view, a, b, link_suffix) for a, b in self._page_groups(high + 1, view.pages, nearest_first=True)]
-        return "\n".join(parts)
+        return "".join(parts)
 
     def nav_pages_html(self, view: ShareView, first: int, last: int, current_page: int, link_suffix: str = "") -> str:
         """Navigator entries of pages ``first``..``last`` for share.js to expand a link with: at
