@@ -65,8 +65,7 @@ T = TypeVar("T")
 # ``compact`` removes it where a block-level tag is on either side, never inside <pre> and never
 # next to a table cell (diff cells keep their whitespace: ``white-space: pre``).
 _BLOCK_TAGS = frozenset(
-    "article section header footer div details summary table thead tbody tr ul ol li p h1 h2 h3 h4 h5 h6 "
-    "nav aside main blockquote hr figure figcaption dl dt dd form pre".split()
+    ["article", "section", "header", "footer", "div", "details", "summary", "table", "thead", "tbody", "tr", "ul", "ol", "li", "p", "h1", "h2", "h3", "h4", "h5", "h6", "nav", "aside", "main", "blockquote", "hr", "figure", "figcaption", "dl", "dt", "dd", "form", "pre"]
 )
 _PRE = re.compile(r"(<pre\b.*?</pre>)", re.S | re.I)
 _GAP = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)([^<>]*)>([ \t]*\n\s*)(?=<(/?)([a-zA-Z][a-zA-Z0-9]*))")
