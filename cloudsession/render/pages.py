@@ -61,12 +61,16 @@ NAV_FETCH_PAGES = 3
 T = TypeVar("T")
 
 # Whitespace the templates leave between block-level tags (a line break and indentation) renders
-# as nothing but costs the browser a text node each: about a quarter of a page's DOM nodes.
+# as nothing but costs the browser a text node each (a tenth of a long page's DOM nodes).
 # ``compact`` removes it where a block-level tag is on either side, never inside <pre> and never
 # next to a table cell (diff cells keep their whitespace: ``white-space: pre``).
 _BLOCK_TAGS = frozenset(
-    ["article", "section", "header", "footer", "div", "details", "summary", "table", "thead", "tbody", "tr", "ul", "ol", "li", "p", "h1", "h2", "h3", "h4", "h5", "h6", "nav", "aside", "main", "blockquote", "hr", "figure", "figcaption", "dl", "dt", "dd", "form", "pre"]
-)
+    [
+        "article", "section", "header", "footer", "div", "details", "summary", "table", "thead", "tbody", "tr",
+        "ul", "ol", "li", "p", "h1", "h2", "h3", "h4", "h5", "h6", "nav", "aside", "main", "blockquote", "hr",
+        "figure", "figcaption", "dl", "dt", "dd", "form", "pre",
+    ]
+)  # fmt: skip
 _PRE = re.compile(r"(<pre\b.*?</pre>)", re.S | re.I)
 _GAP = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)([^<>]*)>([ \t]*\n\s*)(?=<(/?)([a-zA-Z][a-zA-Z0-9]*))")
 
