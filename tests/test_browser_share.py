@@ -500,3 +500,25 @@ def test_the_changes_list_opens_a_collapsed_diff_and_the_card_is_an_image(page: 
     with urllib.request.urlopen(card, timeout=10) as response:
         (ARTIFACTS / "social-card.png").write_bytes(response.read())
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_live_prompts_join_the_navigator_only_near_this_page(page: Page, server: ServerProcess) -> None:
+    items = conversation(450, words=3)
+    creds = new_share(server, items)
+    base = next(i["data"] for i in items if i["type"] == "session")
+    # On page 1 a new prompt (it lands on page 5) leaves the link to page 5 as it is.
+    open_live(page, server, creds["id"])
+    before = page.locator("#nav-list").inner_html()
+    first = user(10_000_000)
+    sync(server, creds, [item("session", base), item("message", first), item("part", part(first, "text", text="far away prompt"))])
+    page.wait_for_function("() => document.getElementById('nav-count').textContent === '451'", timeout=5_000)
+    assert page.locator("#nav-list").inner_html() == before
+    # On the last page it appears in place, in order.
+    open_live(page, server, creds["id"], "?page=5")
+    second = user(10_001_000)
+    sync(server, creds, [item("message", second), item("part", part(second, "text", text="a prompt right here"))])
+    page.wait_for_selector(f'#nav-list li[data-id="{second["id"]}"]', timeout=5_000)
+    ids = page.locator("#nav-list li[data-id]").evaluate_all("els => els.map(e => e.getAttribute('data-id'))")
+    assert ids[-2:] == [first["id"], second["id"]]
+    assert page.locator(f'#nav-list li[data-id="{second["id"]}"]').inner_text().endswith("a prompt right here")
+    assert page.errors == []  # type: ignore[attr-defined]
