@@ -426,6 +426,8 @@ def test_the_navigator_of_a_long_share_fetches_other_pages_when_they_come_into_v
     assert page.locator("#nav-list li.nav-more").evaluate_all("els => els.map(e => e.textContent)") == [
         f"Page {n} · {50 if n == 7 else 100} prompts" for n in range(3, 8)
     ]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "navigator-long-1440.png"))
     fetched: list[str] = []
     page.on("request", lambda request: fetched.append(request.url) if "/nav?" in request.url else None)
     page.evaluate("() => { const box = document.getElementById('navigator'); box.scrollTop = box.scrollHeight; }")
@@ -438,6 +440,11 @@ def test_the_navigator_of_a_long_share_fetches_other_pages_when_they_come_into_v
     # Page 3's navigator: pages 2 to 4 inline, 1 and 5 to 7 links.
     assert page.locator("#nav-list li.nav-more").evaluate_all("els => els.map(e => e.getAttribute('data-from'))") == ["1", "5", "6", "7"]
     assert page.locator("#nav-list li.current").get_attribute("data-id") == ids[250]
+    # On a phone the same navigator is a drawer.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.click("#nav-toggle")
+    page.evaluate("() => { const box = document.getElementById('navigator'); box.scrollTop = 0; }")
+    page.screenshot(path=str(ARTIFACTS / "navigator-long-390.png"))
     assert page.errors == []  # type: ignore[attr-defined]
 
 
