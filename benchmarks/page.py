@@ -11,7 +11,10 @@ edits, written files, step parts), then prints for page ``--page``:
 - the server's CPU time for the first render of the page and for a render from warm caches
   (from /proc/<pid>/stat of the serve process, so other load on the machine does not count);
 - first contentful paint, cold (a fresh browser context: empty cache) and warm (the same context
-  loading the page again), medians over ``--runs``, and the load average while measuring.
+  loading the page again), medians over ``--runs``, and the load average while measuring;
+- the browser's own main-thread work before a cold first paint (HTML parsing, style, layout,
+  scripts, paint: from a Chromium trace), which a loaded machine inflates far less than the
+  paint times (an event nested in another, a script run while parsing, counts in both).
 
 ``--python`` runs the server with another interpreter (another checkout's venv: a before/after
 comparison on one machine, alternating runs).
@@ -36,7 +39,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "scripts")]
@@ -77,6 +80,29 @@ def first_paint(page: Page, url: str) -> float:
     page.goto(url, wait_until="load")
     page.wait_for_function("() => performance.getEntriesByName('first-contentful-paint').length > 0", timeout=30_000)
     return float(page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime"))
+
+
+# Main-thread work the browser does before the first paint, by trace event name.
+WORK = ("ParseHTML", "UpdateLayoutTree", "Layout", "EvaluateScript", "ParseAuthorStyleSheet", "PrePaint", "Paint")
+
+
+def traced_paint(browser: Browser, page: Page, url: str) -> dict[str, float]:
+    """Loads ``url`` under a Chromium trace and sums, per kind, the main-thread work that ended
+    before the first contentful paint (ms): what the page itself costs the browser, as opposed
+    to waiting for the network, the server or a busy machine."""
+    browser.start_tracing(page=page, categories=["devtools.timeline", "loading"])
+    page.goto(url, wait_until="load")
+    page.wait_for_function("() => performance.getEntriesByName('first-contentful-paint').length > 0", timeout=30_000)
+    trace = json.loads(browser.stop_tracing())
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    painted = next((e["ts"] for e in events if e.get("name") == "firstContentfulPaint"), None)
+    work = dict.fromkeys(WORK, 0.0)
+    if painted is None:
+        return work
+    for event in events:
+        if event.get("ph") == "X" and event.get("name") in work and event["ts"] + event.get("dur", 0) <= painted:
+            work[event["name"]] += event.get("dur", 0) / 1000
+    return work
 
 
 def main() -> None:
@@ -147,11 +173,19 @@ def main() -> None:
                     )
                     warm.append(first_paint(page, url))
                     context.close()
+                traces = []
+                for _ in range(args.runs):
+                    context = browser.new_context(viewport={"width": 1440, "height": 900})
+                    traces.append(traced_paint(browser, context.new_page(), url))
+                    context.close()
                 browser.close()
             print(f"  DOM elements         {elements:>10,}")
             print(f"  DOM nodes            {nodes:>10,}")
             print(f"  first paint cold     {statistics.median(cold):>10.0f} ms  (median of {args.runs})")
             print(f"  first paint warm     {statistics.median(warm):>10.0f} ms  (median of {args.runs})")
+            work = {name: statistics.median(t[name] for t in traces) for name in WORK}
+            print(f"  browser work cold    {sum(work.values()):>10.0f} ms  (main thread before first paint, median of {args.runs}:"
+                  f" {', '.join(f'{k} {v:.0f}' for k, v in work.items() if v >= 0.5)})")
             print(f"  load average         {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         finally:
             server.terminate()
