@@ -102,7 +102,7 @@ async def public_bodies(web, creds: dict[str, str], items: list[dict[str, Any]])
     """Every public (and admin) read of the share, by name."""
     sid = creds["id"]
     ids = [("id", i["data"]["id"]) for i in items if i["type"] == "message"]
-    flags = [("header", "1"), ("diffs", "1"), ("digest", "1"), ("nav_from", "1")]
+    flags = [("header", "1"), ("diffs", "1"), ("digest", "1"), ("nav", "1")]
     admin = {"x-opencode-share-key": ADMIN_KEY}
     reads = {
         "page": f"/share/{sid}",
@@ -298,3 +298,32 @@ async def test_every_live_frame_passes_through_the_viewers_redaction() -> None:
     viewer.queue.put_nowait(None)  # then close
     await viewer.pump()
     assert sent == ['[{"type":"part","data":{"id":"prt_1","text":"see ses_PUBLIC"}}]']
+
+
+async def test_the_social_card_shows_no_owner_id_secret_or_token(web) -> None:  # type: ignore[no-untyped-def]
+    """The card leaves the process as pixels, out of reach of the response-level redaction: its
+    text is redacted before drawing, and credential-shaped words are left out as well."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from cloudsession.web.keys import RENDERER, SERVICE
+
+    creds = await create(web, SES)
+    fake_key = "sk-ant-api03-" + "Q7xLp2" * 6
+    title = f"Debug {SES.upper()} and {SES.swapcase()} with secret {creds['secret']} and key {fake_key}"
+    items = [item("session", session(id=SES, title=title)), *mentioning_items(SES)[1:]]
+    await sync(web, creds, items)
+    response = await web.get(f"/share/{creds['id']}/card.png")
+    assert response.status == 200 and response.content_type == "image/png"
+    with Image.open(BytesIO(await response.read())) as image:
+        assert image.size == (1200, 630)
+    share = await web.server.app[SERVICE].public_share(creds["id"], None)
+    text = web.server.app[RENDERER].pages.view(share).card_text("share.example.com")
+    shown = " ".join([text.site, text.title, text.model, text.counts, text.updated])
+    assert_clean(shown, SES, "card")
+    public = credentials.public_session_id(credentials.parse_namespace(NAMESPACE), SES)
+    for secret in (creds["secret"], fake_key, public):
+        assert secret not in shown
+    assert text.title == "Debug [hidden] and [hidden] with secret [hidden] and key [hidden]"
+    assert text.model == "Claude Sonnet 4 [hidden] (anthropic/claude-sonnet-4) and 2 more"  # mentions it too

@@ -72,7 +72,7 @@ SHARE_ROUTES = frozenset(
     {
         "api.get", "api.data", "api.metadata", "api.sync", "api.delete",
         "durable.ops", "durable.redeem", "durable.rotate", "durable.read_token", "durable.privacy", "durable.expiry",
-        "views.share", "views.fragments", "live.socket",
+        "views.share", "views.fragments", "views.nav", "views.locate", "views.card", "live.socket",
     }
 )  # fmt: skip
 
