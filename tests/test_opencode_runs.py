@@ -8,6 +8,7 @@ the module), sharing to a real ``cloudsession serve``.
 - The events (and client answers) of those runs match tests/plugin/event-contract.json, the
   shapes the plugin relies on: a new opencode that changes them fails here, naming the change.
 - Backfill: a session that had messages before the plugin was installed reaches the share whole.
+- The share server down for a whole run: the next opencode command delivers the session.
 """
 
 from __future__ import annotations
@@ -158,3 +159,24 @@ def test_a_session_with_messages_from_before_the_plugin_was_installed_reaches_th
     comparison = compare(items, sandbox.export(before.session_id))
     assert comparison.complete, f"{comparison.line()}: missing {comparison.missing}, different {comparison.differ}, extra {comparison.extra}"
     assert comparison.messages == 5  # the first run's prompt and two answers (around the tool call), then two more
+
+
+def test_a_run_while_the_share_server_is_down_is_delivered_by_the_next_opencode_command(fake_model: FakeModel, tmp_path: Path) -> None:
+    """The share server is down for a whole ``opencode run`` (with a tool call): the plugin keeps the
+    session in its outbox, and the next opencode command (``opencode export``, which runs the
+    plugin's dispose) delivers all of it once the server is back."""
+    server = ServerProcess(tmp_path / "share-data")  # not started yet
+    sandbox = sandbox_for(tmp_path / "opencode", server.url, fake_model.url, stock_share=False)
+    install_plugin(sandbox, server.url, "--share", "auto")
+    done = run(sandbox, PROMPTS[0])
+    [share] = [s for s in status(sandbox)["shares"] if s["sessionID"] == done.session_id]
+    assert (share["shareID"], share["acked"]) == (None, 0) and share["pending"] >= 7 and share["lastError"], share
+    server.start()
+    try:
+        exported = sandbox.export(done.session_id)  # delivers on its way out
+        [share] = [s for s in status(sandbox)["shares"] if s["sessionID"] == done.session_id]
+        comparison = compare(share_items(server.url, share["shareID"]), exported)
+        assert comparison.complete, f"{comparison.line()}: missing {comparison.missing}, different {comparison.differ}, extra {comparison.extra}"
+        assert (comparison.messages, comparison.parts, share["pending"], share["failed"]) == (3, 7, 0, 0)
+    finally:
+        server.stop()
