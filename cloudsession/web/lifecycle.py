@@ -12,11 +12,11 @@ from aiohttp import web
 from cloudsession.errors import ShareError
 from cloudsession.hooks.dispatch import Dispatcher
 from cloudsession.live.hub import LiveHub
-from cloudsession.live.relay import RedisRelay, redis_client, relay_channel
+from cloudsession.live.relay import RedisRelay, Relay, SiblingTransport, redis_client, relay_channel
 from cloudsession.shares.hookbox import HookBox
 from cloudsession.shares.service import open_service
 from cloudsession.shares.sweep import sweep
-from cloudsession.web.keys import HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, SERVICE, SETTINGS
+from cloudsession.web.keys import HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, SERVICE, SETTINGS, WORKER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -123,13 +123,23 @@ async def periodic_sweep(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_fanout(app: web.Application) -> AsyncIterator[None]:
-    """With ``REDIS_URL`` set, relay share events between replicas while the application runs
-    (``RedisRelay``); without it, nothing (viewers hear their own replica)."""
+    """Relay share events to the other processes while the application runs: through Redis with
+    ``REDIS_URL`` set (``RedisRelay``: every worker of every replica), else between the sibling
+    workers of one ``serve --workers N`` (``SiblingTransport``); a single process without Redis
+    relays nothing (its viewers hear their own process)."""
     settings, hub = app[SETTINGS], app[LIVE]
-    if settings.redis_url is None or not isinstance(hub, LiveHub):
+    siblings = app.get(WORKER)
+    if not isinstance(hub, LiveHub):
         yield
         return
-    relay = RedisRelay(hub, redis_client(settings.redis_url.get_secret_value()), relay_channel(settings), app.get(SERVICE))
+    relay: Relay
+    if settings.redis_url is not None:
+        relay = RedisRelay(hub, redis_client(settings.redis_url.get_secret_value()), relay_channel(settings), app.get(SERVICE))
+    elif siblings is not None and siblings.peers:
+        relay = Relay(hub, SiblingTransport(siblings), app.get(SERVICE))
+    else:
+        yield
+        return
     await relay.start()
     hub.relay = relay
     try:
