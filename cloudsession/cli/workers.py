@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from aiohttp import web
+
 from cloudsession.config import ConfigError, Settings
 from cloudsession.live.relay import Siblings, inboxes
 from cloudsession.web.app import create_app
@@ -47,6 +49,10 @@ from cloudsession.web.auth import enable_local_admin, new_sign_in_token, sign_in
 from cloudsession.web.keys import WORKER
 
 log = logging.getLogger("cloudsession.serve")
+
+# On every response of a worker: which one answered (1..N), for operators and tests; nothing
+# about the machine (no pid).
+WORKER_HEADER = "X-Cloudsession-Worker"
 
 # How long all workers get to start listening (each builds the app and opens the store).
 START_SECONDS = 60.0
@@ -354,14 +360,30 @@ def worker_main(settings: Settings, local_admin: tuple[str, str] | None, serve: 
                 raise ConfigError(f"{settings.origin('port')}: cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
             raise
         sock.setblocking(False)
-        app = create_app(settings)
+        app = create_app(worker_settings(settings, siblings.index))
         app[WORKER] = siblings
+
+        async def name_worker(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers[WORKER_HEADER] = str(siblings.index)
+
+        app.on_response_prepare.append(name_worker)
         if local_admin is not None:
             key, token = local_admin
             enable_local_admin(app, key, token, sign_in_claim(settings.data_dir, token))
         asyncio.run(serve(app, sock, ready, parent_alive=parent_alive))
 
     return run
+
+
+def worker_settings(settings: Settings, index: int) -> Settings:
+    """Worker ``index``'s settings: ``METRICS_ADDRESS`` host:port becomes host:port+index-1, so
+    that every worker has its own metrics to scrape (port 0 stays 0: any free port)."""
+    if not settings.metrics_address:
+        return settings
+    host, _, port = settings.metrics_address.rpartition(":")
+    if int(port) == 0:
+        return settings
+    return settings.model_copy(update={"metrics_address": f"{host}:{int(port) + index - 1}"})
 
 
 def sign_in_for_workers(settings: Settings) -> tuple[str, Path]:

@@ -81,7 +81,7 @@ class Transport(Protocol):
     """How relay messages travel: ``send`` one message about a share to every other process,
     ``listen`` for theirs. Both raise when the transport fails; the relay retries with backoff."""
 
-    # Shown in log lines: "Redis", "the sibling workers".
+    # Starts log lines ("Redis subscription lost ..."): "Redis", "Sibling relay".
     name: str
     # The largest message it carries; a sync whose items do not fit goes out without them.
     max_bytes: int
@@ -222,12 +222,12 @@ class Relay:
                     self._outbox_bytes -= len(queued.data)
                     self._miss(queued)
                 if not failing:
-                    log.warning("relay through %s failed (%s); the others' viewers will resync when it works again", self.transport.name, _describe(exc))
+                    log.warning("%s publish failed (%s); the others' viewers will resync when it is back", self.transport.name, _describe(exc))
                 failing = True
                 await asyncio.sleep(next(delays))
                 continue
             if failing:
-                log.warning("relay through %s works again", self.transport.name)
+                log.warning("%s publish works again", self.transport.name)
                 delays, failing = _backoff(), False
 
     # -- incoming
@@ -238,7 +238,7 @@ class Relay:
         def ready() -> None:
             nonlocal delays, failing
             if failing:
-                log.warning("listening to %s again; telling this process's viewers to resync", self.transport.name)
+                log.warning("%s subscription restored; telling this process's viewers to resync", self.transport.name)
                 self._spawn(self._catch_up())
                 delays, failing = _backoff(), False
             self.subscribed.set()
@@ -250,7 +250,7 @@ class Relay:
             except Exception as exc:
                 self.subscribed.clear()
                 if not failing:
-                    log.warning("listening to %s failed (%s); this process's viewers hear only its own syncs until it is back", self.transport.name, _describe(exc))
+                    log.warning("%s subscription lost (%s); this process's viewers hear only its own syncs until it is back", self.transport.name, _describe(exc))
                 failing = True
             await asyncio.sleep(next(delays))
 
@@ -410,7 +410,7 @@ class SiblingTransport:
     restarting) makes the send fail, and the relay's usual path takes over (the share remembered
     as missed, a resync announced once sends work again)."""
 
-    name = "the sibling workers"
+    name = "Sibling relay"
 
     def __init__(self, siblings: Siblings) -> None:
         if siblings.inbox is None:
