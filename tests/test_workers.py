@@ -55,6 +55,13 @@ def _children(pid: int) -> set[int]:
     return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _workers_seen(url: str, want: int) -> set[int]:
     seen: set[int] = set()
     for _ in range(TRIES):
@@ -219,6 +226,24 @@ def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
     log = server.log()
     assert f"(pid {victim}) exited (killed by SIGKILL)" in log and "restarted" in log
     assert log.count("listening on") == 1
+
+
+def test_workers_whose_parent_dies_shut_down(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", args=WORKERS).start()
+    assert server.proc is not None
+    try:
+        children = _children(server.proc.pid)
+        server.proc.kill()  # SIGKILL: nothing forwarded; the workers see their pipe's end-of-file
+        server.proc.wait()
+        deadline = time.monotonic() + 20
+        while any(_running(pid) for pid in children):
+            assert time.monotonic() < deadline, "workers outlived their parent"
+            time.sleep(0.1)
+    finally:
+        for pid in children:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert "supervising process is gone" in server.log()
 
 
 def test_first_run_with_workers_creates_the_admin_key_and_namespace_once(tmp_path: Path) -> None:

@@ -208,7 +208,7 @@ class Supervisor:
             for worker in self.workers:
                 self.spawn(worker)
             if not self._wait_ready():
-                return 1
+                return self._stop() if self._signalled else 1  # told to stop while starting: not a failure
             announce()
             self._supervise()
             return self._stop()
@@ -220,9 +220,10 @@ class Supervisor:
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + START_SECONDS
         while not all(worker.ready for worker in self.workers):
-            if self._signalled or time.monotonic() > deadline:
-                if not self._signalled:
-                    print(f"cloudsession: the workers did not all start within {START_SECONDS:g}s", file=sys.stderr)
+            if self._signalled:
+                return False
+            if time.monotonic() > deadline:
+                print(f"cloudsession: the workers did not all start within {START_SECONDS:g}s", file=sys.stderr)
                 self._stop()
                 return False
             self._wait(TICK_SECONDS)

@@ -67,6 +67,13 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
         tracker.leave()
 
 
+def first_worker(app: web.Application) -> bool:
+    """True in a single process, and in worker 1 of ``serve --workers N``: the one that does the
+    store-wide chores (the crash leftovers at startup, the periodic sweep) for all of them."""
+    worker = app.get(WORKER)
+    return worker is None or worker.index == 1
+
+
 async def share_service(app: web.Application) -> AsyncIterator[None]:
     """The store and the share service on it, telling the live hub about every change, and the
     event hooks' dispatcher when hooks are configured (docs/hooks.md)."""
@@ -74,7 +81,8 @@ async def share_service(app: web.Application) -> AsyncIterator[None]:
     async with open_service(settings, events=app[LIVE], metrics=app.get(METRICS)) as service:
         app[SERVICE] = service
         try:
-            await service.remove_crash_leftovers()
+            if first_worker(app):  # one walk of the store, not one per worker of `serve --workers`
+                await service.remove_crash_leftovers()
         except ShareError as exc:  # a store that is down at startup must not stop the server
             log.warning("could not look for temporary files left by a crash: %s", exc.message)
         if not settings.hooks.enabled:
@@ -101,7 +109,7 @@ async def close_viewers(app: web.Application) -> None:
 async def periodic_sweep(app: web.Application) -> AsyncIterator[None]:
     """Sweep every ``sweep_interval_seconds`` while the server runs: expired shares, folded journal
     entries, old delete records (``shares/sweep.py``)."""
-    interval = app[SETTINGS].sweep_interval_seconds
+    interval = app[SETTINGS].sweep_interval_seconds if first_worker(app) else 0  # one sweeper per `serve --workers`
 
     async def loop() -> None:
         while True:
