@@ -134,7 +134,8 @@ def serve_workers(settings: Settings, count: int, probe: socket.socket, local_ad
     settings = settings.model_copy(update={"port": reserved.getsockname()[1]})  # --port 0: the port chosen
     token, claim = workers.sign_in_for_workers(settings) if local_admin is not None else (None, None)
     run = workers.worker_main(settings, (local_admin[0], token) if local_admin is not None and token is not None else None, serve_until_signalled)
-    supervisor = workers.Supervisor(settings, count, reserved, run)
+    # A worker gets the single process's whole shutdown, and a little more, before it is killed.
+    supervisor = workers.Supervisor(settings, count, reserved, run, grace=DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 5)
     try:
         return supervisor.run(lambda: announce(origin, settings, local_admin, token, count))
     finally:

@@ -132,8 +132,9 @@ class Supervisor:
     # Serves in the forked child until it should stop: (its siblings, the parent's end-of-file
     # descriptor, the call that reports it listening).
     run_worker: Callable[[Siblings, int, Callable[[], None]], None]
+    # How long workers get to drain after SIGTERM before they are killed.
+    grace: float = 30.0
     workers: list[Worker] = field(default_factory=list)
-    stopping: bool = False
 
     def __post_init__(self) -> None:
         self.pairs = inboxes(self.count) if self.count > 1 else []
@@ -288,9 +289,6 @@ class Supervisor:
     def _stop(self) -> int:
         """SIGTERM to every worker, wait for them to drain, SIGKILL what is left after the grace
         period; 0 when every worker exited 0."""
-        from cloudsession.cli.serve import DRAIN_SECONDS, SHUTDOWN_TIMEOUT_SECONDS
-
-        self.stopping = True
         alive = [worker for worker in self.workers if worker.pid > 0]
         if self._signalled:
             log.info("stopping %d worker(s)", len(alive))
@@ -299,7 +297,7 @@ class Supervisor:
             _kill(worker.pid, signal.SIGTERM)
         for worker in self.workers:
             worker.restart_at = None
-        deadline = time.monotonic() + DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 5
+        deadline = time.monotonic() + self.grace
         clean = True
         while any(worker.pid > 0 for worker in self.workers):
             if time.monotonic() > deadline:
