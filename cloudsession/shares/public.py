@@ -35,6 +35,9 @@ import orjson
 MIN_REDACT_LENGTH = 12
 _FALLBACK_PUBLIC = "ses_redacted"
 _ANCHOR = 4  # bytes; MIN_REDACT_LENGTH is larger
+# Up to this many long IDs, serialised output is searched for each with bytes.find; beyond (a
+# listing's thousands of owners), with one anchor pattern.
+_FIND_LIMIT = 16
 
 
 def _variants(real: str) -> set[str]:
@@ -191,6 +194,8 @@ class Redactor:
         if not self._long:
             return body
         lowered = body.lower()  # ASCII only: same length, same offsets
+        if len(self._long) <= _FIND_LIMIT:
+            return self._replace_found(body, lowered)
         pattern = self._long_pattern()
         pieces: list[bytes] = []
         at = 0
@@ -204,6 +209,30 @@ class Redactor:
                     pieces += [body[at:start], public.encode()]
                     at = start + length
                     break
+        if not pieces:
+            return body
+        pieces.append(body[at:])
+        return b"".join(pieces)
+
+    def _replace_found(self, body: bytes, lowered: bytes) -> bytes:
+        """``serialised_bytes`` for a few IDs (one share's owners): each searched for with
+        ``bytes.find`` (C speed, tens of times faster than the anchor pattern on a body full of
+        public ``ses_`` ids). Same result: leftmost match first, the longest at one place."""
+        upcoming: dict[bytes, int] = {key: lowered.find(key) for key in self._long}
+        pieces: list[bytes] = []
+        at = 0
+        while True:
+            best: tuple[int, int, bytes] | None = None
+            for key, start in upcoming.items():
+                if 0 <= start < at:
+                    start = upcoming[key] = lowered.find(key, at)
+                if start >= 0 and (best is None or (start, -len(key)) < (best[0], -best[1])):
+                    best = (start, len(key), key)
+            if best is None:
+                break
+            start, length, key = best
+            pieces += [body[at:start], self._long[key].encode()]
+            at = start + length
         if not pieces:
             return body
         pieces.append(body[at:])
