@@ -66,7 +66,7 @@ def json_bytes(value: Any) -> bytes:
         return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError):
         pass
-    cleaned = scrub(value)
+    cleaned = scrub(unfragment(value))
     try:
         return orjson.dumps(cleaned)
     except (orjson.JSONEncodeError, TypeError):
@@ -75,11 +75,23 @@ def json_bytes(value: Any) -> bytes:
 
 def stored_bytes(value: Any) -> bytes:
     """Compact JSON for the store: orjson, or (for data orjson refuses: lone surrogates, deep
-    nesting) the standard library with lone surrogates escaped, so nothing is lost."""
+    nesting) the standard library with lone surrogates escaped, so nothing is lost. ``value``
+    may hold ``orjson.Fragment`` (JSON already serialised by this function)."""
     try:
         return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError):
-        return _stdlib_bytes(value)
+        return _stdlib_bytes(unfragment(value))
+
+
+def unfragment(value: Any) -> Any:
+    """``value`` with every ``orjson.Fragment`` parsed back (for the standard library)."""
+    if isinstance(value, orjson.Fragment):
+        return parse_stored(value.contents)
+    if isinstance(value, dict):
+        return {k: unfragment(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [unfragment(v) for v in value]
+    return value
 
 
 def parse_json(raw: bytes | str) -> Any:

@@ -692,7 +692,7 @@ class ShareService:
             # state without the lock, so the state may move on while the bytes are encoded in a
             # thread; the document holds its own containers and does not. Uploaded without the
             # lock so that syncs are not held up by a large snapshot write.
-            doc = state.snapshot_doc(now)
+            doc = state.snapshot_doc(now, raw=True)
             folded_seq, folded_bytes, old_etag = state.meta.seq, state.tail_bytes, state.snapshot_etag
             previous_seq, previous_at = state.snapshot_seq, state.compacted_at
             body = await asyncio.to_thread(stored_bytes, doc)
