@@ -14,8 +14,8 @@ from cloudsession.live.hub import LiveHub
 from cloudsession.metrics import Metrics
 from cloudsession.render.pages import ViewRenderer
 from cloudsession.web import lifecycle, observability, ratelimit
-from cloudsession.web.http import ServerLog
-from cloudsession.web.keys import HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, RENDERER, SERVICE, SETTINGS
+from cloudsession.web.http import CompressedCache, ServerLog
+from cloudsession.web.keys import COMPRESSED, HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, RENDERER, SERVICE, SETTINGS
 from cloudsession.web.middleware import (
     body_guard_middleware,
     compress_middleware,
@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> web.Application:
         },
     )
     app[SETTINGS] = settings
+    app[COMPRESSED] = CompressedCache()  # compressed hot responses, per ETag (web/http.py)
     app[IN_FLIGHT] = lifecycle.InFlight()  # what a shutdown waits for (cli/serve.py)
     # Read now: a webhook whose signing key is missing stops startup with one clear line.
     app[HOOK_KEYS] = resolve_secrets(settings.hooks, os.environ)
