@@ -189,11 +189,11 @@ def read_costs(messages: int, rounds: int) -> None:
             print(f"GET /api/share/<id> Accept-Encoding {encoding:8}: {len(body):>10,} bytes on the wire ({got})", flush=True)
 
 
-def memory(megabytes: float) -> None:
+def memory(megabytes: float, env: dict[str, str]) -> None:
     per_message = 5200  # bytes of stored JSON per message of build_items, parts included
     messages = int(megabytes * 1_000_000 / per_message) // 2 * 2
     items = build_items(messages)
-    with server() as (url, pid):
+    with server(env) as (url, pid):
         time.sleep(1.0)
         idle = rss_bytes(pid)
         creds = create(url)
@@ -229,11 +229,12 @@ def main() -> None:
     parser.add_argument("--megabytes", type=float, default=50.0)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-reads", action="store_true")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server (repeatable)")
     args = parser.parse_args()
     if not args.skip_reads:
         read_costs(args.messages, args.rounds)
     if not args.skip_memory:
-        memory(args.megabytes)
+        memory(args.megabytes, dict(pair.split("=", 1) for pair in args.env))
 
 
 if __name__ == "__main__":

@@ -828,7 +828,8 @@ class ShareService:
         """Stored bytes of a message or part -> its public JSON (the owner's ids replaced)."""
 
         def piece(raw: bytes) -> bytes:
-            return json_bytes(redactor.value(self._rewrite_owner(parse_stored(raw), real, public)))
+            # An exact-size copy: orjson's output keeps its growth buffer (EntityMap.__setitem__).
+            return memoryview(json_bytes(redactor.value(self._rewrite_owner(parse_stored(raw), real, public)))).tobytes()
 
         return piece
 

@@ -95,7 +95,9 @@ class EntityMap(MutableMapping[str, dict[str, Any]]):
         return value
 
     def __setitem__(self, key: str, value: dict[str, Any]) -> None:
-        self.set_raw(key, stored_bytes(value))
+        # A copy of exactly its size: orjson's output keeps its growth buffer (4 KB for a
+        # 500-byte entity), which would make the cache several times what it counts.
+        self.set_raw(key, memoryview(stored_bytes(value)).tobytes())
 
     def __delitem__(self, key: str) -> None:
         raw = self._raw.pop(key)
