@@ -282,6 +282,11 @@ class PublicJSON:
     data_parts: list[bytes]
     diffs: bytes
     models: bytes
+    # Swapped over the joined body (``PublicPieces``): the owner's sessionID for the public one.
+    substitution: tuple[bytes, bytes] | None = None
+
+    def finish(self, body: bytes) -> bytes:
+        return body.replace(*self.substitution) if self.substitution is not None else body
 
 
 class PublicShare:
@@ -402,14 +407,14 @@ class PublicShare:
         j = self.json
         if j is None:
             return json_bytes(self.agent_session())
-        return b"".join((
+        return j.finish(b"".join((
             b'{"session":', j.session,
             b',"messages":[', b",".join(j.messages),
             b'],"parts":[', b",".join(j.parts),
             b'],"diffs":', j.diffs,
             b',"models":', j.models,
             b',"metadata":', json_bytes(self._metadata()), b"}",
-        ))
+        )))
 
     def data_json(self) -> bytes:
         """``data_items()`` as JSON (what ``json_bytes`` gives), joined from the pieces."""
@@ -422,7 +427,7 @@ class PublicShare:
         if j.data_parts:
             pieces += [b',{"type":"part","data":', b'},{"type":"part","data":'.join(j.data_parts), b"}"]
         pieces += [b',{"type":"session_diff","data":', j.diffs, b'},{"type":"model","data":', j.models, b"}]"]
-        return b"".join(pieces)
+        return j.finish(b"".join(pieces))
 
     def redact(self, text: str) -> str:
         """Serialised output of this share with any remaining owner ID replaced."""
@@ -432,46 +437,73 @@ class PublicShare:
 class PublicPieces:
     """One kind of entity (messages or parts) of one share, redacted and serialised piece by
     piece, kept across versions: a new version redacts and encodes only the entities that
-    changed (``refresh``). ``PIECE_OVERHEAD_BYTES`` per entity plus the pieces' bytes is what
-    it costs (``nbytes``)."""
+    changed (``refresh``).
 
-    PIECE_OVERHEAD_BYTES = 200
+    Most entities differ from their public form only by the owner's id in ``"sessionID"``. For
+    those the piece *is* the stored bytes (shared with the state, no copy) and the response
+    swaps that one field (``substitution``) over the joined body: ``refresh`` checks for each
+    entity that the swap gives exactly its redacted JSON, and keeps the redacted JSON itself
+    otherwise. The swapped bytes cannot span two entities (they hold none of ``,{}[]``, which
+    every separator does). ``nbytes`` is what the pieces cost beyond the state's bytes."""
 
-    __slots__ = ("source", "raw", "json", "sorted_ids", "nbytes", "_parsed", "_fresh")
+    PIECE_OVERHEAD_BYTES = 120
 
-    def __init__(self, source: Any) -> None:
+    __slots__ = ("source", "raw", "json", "sorted_ids", "nbytes", "substitution", "_parsed", "_fresh")
+
+    def __init__(self, source: Any, substitution: tuple[bytes, bytes] | None = None) -> None:
         self.source = source  # the EntityMap these pieces follow (by identity)
         self.raw: dict[str, bytes] = {}  # id -> the stored bytes its piece was made from
-        self.json: dict[str, bytes] = {}  # id -> public JSON, in stored order
+        self.json: dict[str, bytes] = {}  # id -> piece (the stored bytes, or its public JSON), in stored order
         self.sorted_ids: list[str] = []
         self.nbytes = 0
+        self.substitution = substitution
         # id -> (piece, parsed public dict): kept once a page asked for dicts, reused while the
         # piece is the same object.
         self._parsed: dict[str, tuple[bytes, dict[str, Any]]] | None = None
         self._fresh = True  # the first refresh reads everything, whatever was drained before
 
-    def refresh(self, redact: Callable[[bytes], bytes]) -> None:
+    def _cost(self, key: str) -> int:
+        piece = self.json[key]
+        return self.PIECE_OVERHEAD_BYTES + (0 if piece is self.raw[key] else len(piece))
+
+    def _make(self, key: str, data: bytes, redact: Callable[[bytes], bytes]) -> bool:
+        """Set the piece of ``key``; False when a redacted piece holds the substituted bytes
+        (it cannot: the real id never survives the redaction; but then nothing is swapped)."""
+        if key in self.json:
+            self.nbytes -= self._cost(key)
+        piece = redact(data)
+        sub = self.substitution
+        if sub is not None and data.replace(sub[0], sub[1]) == piece:
+            piece = data
+        elif sub is not None and sub[0] in piece:
+            return False
+        self.raw[key] = data
+        self.json[key] = piece
+        self.nbytes += self._cost(key)
+        return True
+
+    def refresh(self, redact: Callable[[bytes], bytes]) -> bool:
         """Catch up with the source: pieces of changed (or, when it cannot say, all) entities
         are made again with ``redact`` (stored bytes -> public JSON), unless their bytes are
-        equal to those the piece was made from."""
+        equal to those the piece was made from. False when the substitution cannot be used
+        (the caller drops it and refreshes everything again)."""
         raw_map = self.source.raw_map()
         changed = self.source.drain_changes()
         if self._fresh:
             changed, self._fresh = None, False
         added: list[str] = []
         if changed is None:
-            raw: dict[str, bytes] = {}
-            out: dict[str, bytes] = {}
+            old_raw, old_json = self.raw, self.json
+            self.raw, self.json, self.nbytes = {}, {}, 0
             for key, data in raw_map.items():
-                known = self.raw.get(key)
+                known = old_raw.get(key)
                 if known is not None and (known is data or known == data):
-                    out[key] = self.json[key]
-                else:
-                    out[key] = redact(data)
-                raw[key] = data
-            if raw.keys() != self.raw.keys():
-                self.sorted_ids = sorted(out)
-            self.raw, self.json = raw, out
+                    self.raw[key], self.json[key] = data, old_json[key]
+                    self.nbytes += self._cost(key)
+                elif not self._make(key, data, redact):
+                    return False
+            if self.raw.keys() != old_raw.keys():
+                self.sorted_ids = sorted(self.json)
         else:
             for key in changed:
                 data = raw_map.get(key)
@@ -482,14 +514,14 @@ class PublicPieces:
                     continue
                 if known is None:
                     added.append(key)
-                self.raw[key] = data
-                self.json[key] = redact(data)
+                if not self._make(key, data, redact):
+                    return False
         if len(added) > 64:
             self.sorted_ids = sorted(self.json)
         else:
             for key in added:
                 bisect.insort(self.sorted_ids, key)
-        self.nbytes = sum(map(len, self.json.values())) + len(self.json) * self.PIECE_OVERHEAD_BYTES
+        return True
 
     def in_order(self) -> list[bytes]:
         return list(self.json.values())
@@ -506,9 +538,13 @@ class PublicPieces:
             known = self._parsed or {}
             parsed: dict[str, tuple[bytes, dict[str, Any]]] = {}
             out = []
+            sub = self.substitution
             for key, piece in zip(ids, pieces, strict=True):
                 hit = known.get(key)
-                value = hit[1] if hit is not None and hit[0] is piece else parse_stored(piece)
+                if hit is not None and hit[0] is piece:
+                    value = hit[1]
+                else:
+                    value = parse_stored(piece.replace(sub[0], sub[1]) if sub is not None else piece)
                 parsed[key] = (piece, value)
                 out.append(value)
             self._parsed = parsed
@@ -519,4 +555,4 @@ class PublicPieces:
     @property
     def parsed_bytes(self) -> int:
         """What the dicts parsed for pages cost, about (six times their JSON)."""
-        return self.nbytes * 6 if self._parsed is not None else 0
+        return sum(map(len, self.json.values())) * 6 if self._parsed is not None else 0

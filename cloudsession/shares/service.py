@@ -851,12 +851,18 @@ class ShareService:
         keep = self._cache.get(state.share_id) is state
         known = self._pieces.get(state.share_id) if keep else None
         if known is None or known.pairs != pairs or known.messages.source is not state.messages or known.parts.source is not state.parts:
-            known = _SharePieces(pairs, PublicPieces(state.messages), PublicPieces(state.parts))
+            owner_field = b'"sessionID":' + json_bytes(real)
+            # Swapped bytes that could span two entities (holding a separator) are never used.
+            swap = None if any(c in owner_field for c in b",{}[]") else (owner_field, b'"sessionID":' + json_bytes(public))
+            known = _SharePieces(pairs, PublicPieces(state.messages, swap), PublicPieces(state.parts, swap))
             if keep:
                 self._pieces[state.share_id] = known
         piece = self._public_piece(redactor, real, public)
-        known.messages.refresh(piece)
-        known.parts.refresh(piece)
+        if not (known.messages.refresh(piece) and known.parts.refresh(piece)):
+            known = _SharePieces(pairs, PublicPieces(state.messages), PublicPieces(state.parts))
+            known.messages.refresh(piece), known.parts.refresh(piece)
+            if keep:
+                self._pieces[state.share_id] = known
         if known.diffs_source is not state.diffs:
             known.diffs_source = state.diffs
             known.diffs = redactor.value(list(state.diffs))
@@ -889,6 +895,7 @@ class ShareService:
                 data_parts=known.parts.in_id_order(),
                 diffs=known.diffs_json,
                 models=json_bytes(models),
+                substitution=known.messages.substitution,
             ),
             version=public_version(state),
             load=lambda: (load_messages(), load_parts()),
