@@ -159,9 +159,9 @@ def mib(n: float) -> str:
     return f"{n / 1048576:.1f} MiB"
 
 
-def read_costs(messages: int, rounds: int) -> None:
+def read_costs(messages: int, rounds: int, env: dict[str, str]) -> None:
     items = build_items(messages)
-    with server() as (url, pid):
+    with server(env) as (url, pid):
         creds = create(url)
         sync(url, creds, items)
         target = next(i["data"] for i in reversed(items) if i["type"] == "part" and i["data"]["type"] == "text")
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server (repeatable)")
     args = parser.parse_args()
     if not args.skip_reads:
-        read_costs(args.messages, args.rounds)
+        read_costs(args.messages, args.rounds, dict(pair.split("=", 1) for pair in args.env))
     if not args.skip_memory:
         memory(args.megabytes, dict(pair.split("=", 1) for pair in args.env))
 

@@ -186,3 +186,11 @@ async def test_the_service_behind_the_app_keeps_one_view_per_version(web) -> Non
     service = web.server.app[SERVICE]
     first = await service.public_share(creds["id"])
     assert await service.public_share(creds["id"]) is first and first.version
+
+
+def test_the_allocator_threshold_is_fixed_unless_the_operator_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudsession.web.app import tune_allocator
+
+    assert tune_allocator() is True  # glibc (Debian): mallopt accepted the fixed threshold
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert tune_allocator() is False

@@ -367,7 +367,7 @@ def _compressible(request: web.Request, response: web.StreamResponse) -> bytes |
     body = response.body
     if not isinstance(body, (bytes, bytearray)) or len(body) < MIN_COMPRESS_BYTES or response.status in (204, 206, 304):
         return None
-    return bytes(body)
+    return body if isinstance(body, bytes) else bytes(body)
 
 
 def _add_vary(response: web.StreamResponse) -> None:
