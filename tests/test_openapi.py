@@ -60,4 +60,4 @@ def test_request_bodies_come_from_the_models_and_name_the_headers():
     assert headers == {"Idempotency-Key", "x-opencode-share-token", "X-Cloudsession-Labels", "X-Cloudsession-TTL", "If-None-Match"}
     assert doc["components"]["securitySchemes"]["adminKey"]["name"] == "x-opencode-share-key"
     statuses = {code for ops in doc["paths"].values() for op in ops.values() for code in op["responses"]}
-    assert statuses == {"200", "400", "401", "403", "404", "408", "409", "410", "413", "415", "429", "503"}
+    assert statuses == {"200", "304", "400", "401", "403", "404", "408", "409", "410", "413", "415", "429", "503"}
