@@ -233,9 +233,8 @@ class ShareState:
     approx_bytes: int = 0
     # Updates the fold ignored because they would have moved an item backwards (in this process).
     regressions_ignored: int = 0
-    # memory_bytes' estimate of the parsed parts, and what it was computed for.
-    _parsed_key: tuple[int, int, int] | None = None
-    _parsed_cost: int = 0
+    # memory_bytes' estimate of each parsed part, and what it was computed for.
+    _parsed_costs: dict[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
 
     # -- construction -----------------------------------------------------------------------
 
@@ -436,11 +435,15 @@ class ShareState:
         return self.messages.nbytes + self.parts.nbytes + self._parsed_bytes() + small
 
     def _parsed_bytes(self) -> int:
-        key = (id(self.session), id(self.diffs), len(self.models))
-        if self._parsed_key != key:
-            self._parsed_key = key
-            self._parsed_cost = parsed_cost(self.session) + parsed_cost(self.diffs) + parsed_cost(list(self.models.values()))
-        return self._parsed_cost
+        # Each part measured again only when it was replaced (a sync usually sends the session,
+        # rarely the diffs, which may be large).
+        costs = self._parsed_costs
+        for name, value in (("session", self.session), ("diffs", self.diffs), ("models", self.models)):
+            key = id(value) if name != "models" else len(self.models)
+            known = costs.get(name)
+            if known is None or known[0] != key:
+                costs[name] = (key, parsed_cost(value if name != "models" else list(self.models.values())))
+        return sum(cost for _, cost in costs.values())
 
 
 def regression(kind: str, stored: dict[str, Any] | None, update: dict[str, Any]) -> str | None:
