@@ -83,10 +83,21 @@ def stored_bytes(value: Any) -> bytes:
         return _stdlib_bytes(unfragment(value))
 
 
+class Fragments(list):  # type: ignore[type-arg]
+    """A JSON array of already-serialised values: ``orjson.Fragment`` items for orjson, and
+    their bytes (``raw``) for the standard library's fallback (``unfragment``)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[bytes]) -> None:
+        super().__init__(orjson.Fragment(item) for item in raw)
+        self.raw = raw
+
+
 def unfragment(value: Any) -> Any:
-    """``value`` with every ``orjson.Fragment`` parsed back (for the standard library)."""
-    if isinstance(value, orjson.Fragment):
-        return parse_stored(value.contents)
+    """``value`` with every ``Fragments`` array parsed back (for the standard library)."""
+    if isinstance(value, Fragments):
+        return [parse_stored(item) for item in value.raw]
     if isinstance(value, dict):
         return {k: unfragment(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

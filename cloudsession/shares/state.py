@@ -43,9 +43,7 @@ from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from cloudsession.jsonio import parse_stored, stored_bytes
+from cloudsession.jsonio import Fragments, parse_stored, stored_bytes
 from cloudsession.shares.audit import AUDIT_WINDOW
 from cloudsession.shares.items import model_key
 from cloudsession.shares.storage import new_incarnation
@@ -151,9 +149,9 @@ class EntityMap(MutableMapping[str, dict[str, Any]]):
         changed, self._changed = list(self._changed), {}
         return changed
 
-    def fragments(self) -> list[orjson.Fragment]:
-        """The entities as already-serialised JSON for orjson (a snapshot without re-encoding)."""
-        return [orjson.Fragment(raw) for raw in self._raw.values()]
+    def fragments(self) -> Fragments:
+        """The entities as already-serialised JSON (a snapshot without encoding them again)."""
+        return Fragments(list(self._raw.values()))
 
 
 def parsed_cost(value: Any) -> int:
