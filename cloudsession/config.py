@@ -407,7 +407,7 @@ class Settings(BaseModel):
     # what they cost (docs/performance.md "Memory"). Least recently used shares are evicted.
     cache_budget_bytes: int = Field(
         256 * MiB, ge=0,
-        description="Memory the share cache may use: folded shares, their public views and compressed responses, counted as what they cost in memory; least recently used shares are dropped past it (0 caches nothing between requests).",
+        description="Memory the share cache may use: folded shares and their public views, counted as what they cost in memory; least recently used shares are dropped past it (0 caches nothing between requests). Compressed responses have their own 32 MiB (docs/reads.md).",
     )
     # A writer re-checks the share when more than this passed since it last did.
     write_deadline_seconds: float = Field(30.0, ge=0.1, description="A writer re-checks the share when more than this passed since it last did.")
