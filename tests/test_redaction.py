@@ -12,14 +12,18 @@ import itertools
 import json
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import pytest
 from bs4 import BeautifulSoup
 from factories import NAMESPACE, settings_for_tests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from view_data import SES, item, part, rich_items, session, user
 
 from cloudsession import cli, credentials
+from cloudsession.shares import public
 from cloudsession.shares.public import Redactor
 from cloudsession.web.app import create_app
 from cloudsession.web.keys import LIVE
@@ -327,3 +331,18 @@ async def test_the_social_card_shows_no_owner_id_secret_or_token(web) -> None:  
         assert secret not in shown
     assert text.title == "Debug [hidden] and [hidden] with secret [hidden] and key [hidden]"
     assert text.model == "Claude Sonnet 4 [hidden] (anthropic/claude-sonnet-4) and 2 more"  # mentions it too
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["ses_abcdefghijkl", "SES_ABCDEFGHIJKLmn", "ses_abcdefghijklmn", "x", "ses_", "é", "\"", "ses_abcdefghijk"]), max_size=12),
+)
+def test_the_search_for_a_few_owner_ids_replaces_exactly_what_the_anchor_pattern_does(pieces: list[str]) -> None:
+    # A share's few owners are searched for with bytes.find; a listing's many with the anchor
+    # pattern: the same body must come out of both, overlaps and prefixes of one another included.
+    redactor = Redactor([("ses_abcdefghijkl", "ses_PUBLIC_ONE_0"), ("ses_abcdefghijklmn", "ses_PUBLIC_TWO_00")])
+    body = "".join(pieces).encode()
+    found = redactor.serialised_bytes(body)
+    with mock.patch.object(public, "_FIND_LIMIT", 0):
+        assert redactor.serialised_bytes(body) == found
+    assert b"abcdefghijkl" not in found.lower()
