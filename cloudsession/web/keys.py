@@ -26,11 +26,8 @@ IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 HOOK_KEYS: web.AppKey[dict[str, bytes]] = web.AppKey("hook_keys")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 LIMITER: web.AppKey[RateLimiter | None] = web.AppKey("rate_limiter")
-<<<<<<< HEAD
 # Set by `serve --workers N` in each worker process (its number, its siblings' inboxes); absent
 # in a single process.
 WORKER: web.AppKey[Siblings] = web.AppKey("worker")
-=======
 # Compressed bodies of hot responses, per ETag and coding (web/http.py).
 COMPRESSED: web.AppKey[CompressedCache] = web.AppKey("compressed")
->>>>>>> perf-read
