@@ -20,9 +20,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from conftest import MOTO_REGION
 from factories import settings_for_tests
-from aiohttp import web
 from s3_faults import KINDS, NO_FAULTS, Faults, FaultyS3Proxy
 from servers import ServerProcess
 

@@ -818,9 +818,9 @@ class ShareService:
         or the previous prune was interrupted), the entries up to ``upto_seq`` are listed."""
         if upto_seq <= 0:
             return 0
-        if after is not None and after > 0:
-            if await self.store_call(self.store.head(journal_key(share_id, incarnation, after))) is not None:
-                after = None  # the previous prune was interrupted: list what it left behind
+        # Its last key still there: the previous prune was interrupted; list what it left.
+        if after is not None and after > 0 and await self.store_call(self.store.head(journal_key(share_id, incarnation, after))) is not None:
+            after = None
         if after is None:
             last = journal_key(share_id, incarnation, upto_seq)
             keys = []
