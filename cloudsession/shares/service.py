@@ -264,6 +264,8 @@ class ShareService:
         self._redacted: dict[str, tuple[list[tuple[str, str]], dict[int, tuple[Any, Any]]]] = {}
         # Index keys the last listing could not read (skipped, counted and logged).
         self.listing_skipped = 0
+        # real session id -> public id (public_id), bounded.
+        self._public_ids: dict[str, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -317,7 +319,13 @@ class ShareService:
             raise InvalidSecret()
 
     def public_id(self, session_id: str) -> str:
-        return credentials.public_session_id(self.namespace, session_id)
+        # An HMAC per call, and every request names its share's owner a few times: remembered.
+        public = self._public_ids.get(session_id)
+        if public is None:
+            if len(self._public_ids) >= 4096:
+                self._public_ids.clear()
+            public = self._public_ids[session_id] = credentials.public_session_id(self.namespace, session_id)
+        return public
 
     def share_url(self, origin: str, share_id: str) -> str:
         return f"{origin}/share/{share_id}"
@@ -649,6 +657,9 @@ class ShareService:
 
     async def notify_sync(self, state: ShareState, items: list[dict[str, Any]], sync_count: int) -> None:
         self.emit("share.synced", state.share_id)
+        listening = getattr(self.events, "listening", None)
+        if listening is not None and not listening(state.share_id):
+            return  # no viewer here and no relay: the public items would go nowhere
         # Viewers are told what the fold kept: an update it ignored as a regression is left out.
         applied = [item for item in items if not self._regressed(state, item)]
         try:
