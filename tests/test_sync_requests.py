@@ -22,6 +22,7 @@ from factories import settings_for_tests
 from s3_counting import CountingS3Proxy, S3Request
 from store_faults import WrappedStore
 
+from cloudsession.jsonio import json_bytes, parse_json
 from cloudsession.shares.service import ShareService
 from cloudsession.shares.storage import journal_prefix
 from cloudsession.store.base import ListPage, StoredObject, iter_keys
@@ -167,3 +168,46 @@ async def test_the_journal_stays_bounded_under_continuous_syncs(tmp_path: Path) 
     # Nothing unfolded was pruned: a fresh process reads every sync.
     view = await ShareService(store, settings).public_share(creds.id)
     assert [m["id"] for m in view.messages] == [f"msg_{n:05d}" for n in range(150)] and view.sync_count == 150
+
+
+async def test_pruning_reads_old_snapshots_and_finishes_an_interrupted_prune(tmp_path: Path) -> None:
+    """A snapshot without a compaction history (written before it was kept) is pruned by
+    listing; a prune that was interrupted (its last key still there) is finished by the next."""
+    settings = settings_for_tests(tmp_path / "data", journal_grace_seconds=1)
+    store = FilesystemStore(tmp_path / "store")
+    service = ShareService(store, settings)
+    creds = await service.create(SESSION, origin="http://x")
+    for n in range(6):
+        await service.sync(creds.id, creds.secret, [message(n)])
+    assert await service.compact(creds.id, force=True)
+    # As an older version wrote it: no `compactions`, no `prunedSeq`.
+    obj = await store.get(f"share/{creds.id}")
+    doc = parse_json(obj.body)
+    ours = doc["metadata"]["cloudsession"]
+    ours.pop("compactions"), ours.pop("prunedSeq", None)
+    await store.put(f"share/{creds.id}", json_bytes(doc))
+    service = ShareService(store, settings)
+    state = await service.load(creds.id)
+    assert state.compactions == [] and state.pruned_seq is None
+    incarnation = state.meta.incarnation
+
+    async def journal() -> list[int]:
+        return [int(k.rsplit("/", 1)[1]) async for k in iter_keys(store, journal_prefix(creds.id, incarnation))]
+
+    await asyncio.sleep(1.1)  # the old snapshot is past the grace period
+    for n in range(6, 9):
+        await service.sync(creds.id, creds.secret, [message(n)])
+    assert await service.compact(creds.id, force=True)
+    assert await journal() == [7, 8, 9]  # 1..6 listed and deleted: folded by the old snapshot
+    state = await service.load(creds.id)
+    assert state.pruned_seq == 6 and [seq for seq, _ in state.compactions] == [9]
+
+    # An interrupted prune: entries it should have deleted, its last one (6) among them.
+    for seq in (5, 6):
+        await store.put(f"{journal_prefix(creds.id, incarnation)}{seq:012d}", b"{}")
+    await asyncio.sleep(1.1)
+    await service.sync(creds.id, creds.secret, [message(9)])
+    assert await service.compact(creds.id, force=True)
+    assert await journal() == [10]
+    view = await ShareService(store, settings).public_share(creds.id)
+    assert [m["id"] for m in view.messages] == [f"msg_{n:05d}" for n in range(10)] and view.sync_count == 10
