@@ -210,6 +210,11 @@ class _ShareLock(asyncio.Lock):
             self.release()
 
     async def _acquire_while_progressing(self, deadline: float) -> None:
+        if not self.locked() and not getattr(self, "_waiters", None):
+            # Free and nobody queued (the usual case): acquire() takes it at once, without
+            # waiting, so no task or deadline is needed.
+            await self.acquire()
+            return
         acquiring = asyncio.ensure_future(self.acquire())
         try:
             while True:
