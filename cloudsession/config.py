@@ -411,6 +411,13 @@ class Settings(BaseModel):
     )
     # A writer re-checks the share when more than this passed since it last did.
     write_deadline_seconds: float = Field(30.0, ge=0.1, description="A writer re-checks the share when more than this passed since it last did.")
+    # A sync into a share this process read or wrote moments ago is one conditional write: no
+    # HEAD, no read (docs/storage-layout.md). The price: a delete by another process or replica
+    # is noticed this late by this one's syncs (their entries are left under the dead incarnation).
+    writer_trust_seconds: float = Field(
+        1.0, ge=0, le=30, description="A writer appends to a share it checked less than this long ago without asking the store "
+        "again (one request per sync); a delete by another replica is noticed this late by its syncs (capped by `write_deadline_seconds`)."
+    )
     # Deadline of one store call (a GET, PUT, LIST page...): past it the request answers 503
     # with Retry-After instead of waiting on a store that does not answer (docs/reliability.md).
     store_timeout_seconds: float = Field(
@@ -621,6 +628,7 @@ VARS: dict[str, tuple[str, ...]] = {
     "COMPACT_RATIO": ("compact_ratio",),
     "CACHE_BUDGET_BYTES": ("cache_budget_bytes",),
     "WRITE_DEADLINE_SECONDS": ("write_deadline_seconds",),
+    "WRITER_TRUST_SECONDS": ("writer_trust_seconds",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
     "STORE_TIMEOUT_SECONDS": ("store_timeout_seconds",),

@@ -20,9 +20,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from conftest import MOTO_REGION
 from factories import settings_for_tests
-from s3_faults import KINDS, NO_FAULTS, Faults, FaultyS3Proxy, is_list
+from s3_faults import KINDS, NO_FAULTS, Faults, FaultyS3Proxy
 from servers import ServerProcess
 
 from cloudsession.web.app import create_app
@@ -45,13 +46,14 @@ async def proxy(moto_endpoint: str) -> AsyncIterator[FaultyS3Proxy]:
         yield p
 
 
-def s3_settings(tmp_path: Path, bucket: str, endpoint: str) -> Any:
+def s3_settings(tmp_path: Path, bucket: str, endpoint: str, **overrides: Any) -> Any:
     return settings_for_tests(
         tmp_path / "data",
         store={"backend": "s3", "bucket": bucket, "prefix": "shares/", "endpoint": endpoint, "region": MOTO_REGION},
         store_timeout_seconds=STORE_TIMEOUT,
         ready_timeout_seconds=READY_TIMEOUT,
         rpc_shared_key=ADMIN_KEY,
+        **overrides,
     )
 
 
@@ -80,13 +82,20 @@ async def every_door(client: Any, share: dict[str, str], session_id: str) -> dic
     return dict(zip(requests, answers, strict=True))
 
 
-async def test_a_failing_list_is_a_503_with_retry_after_everywhere(aiohttp_client, proxy: FaultyS3Proxy, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    client = await aiohttp_client(create_app(s3_settings(tmp_path, s3_bucket, proxy.url)))
+def is_read(request: web.Request) -> bool:
+    return request.method in ("GET", "HEAD")  # LISTs are GETs too
+
+
+async def test_failing_reads_are_a_503_with_retry_after_everywhere(aiohttp_client, proxy: FaultyS3Proxy, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # No trust window: every sync checks the share first (a sync into a share checked moments
+    # ago is one PUT and needs no read: tests/test_sync_requests.py).
+    settings = s3_settings(tmp_path, s3_bucket, proxy.url, writer_trust_seconds=0)
+    client = await aiohttp_client(create_app(settings))
     session_id = "ses_faultlist000000000000001"
     share = await (await client.post("/api/share", json={"sessionID": session_id})).json()
     assert (await client.post(f"/api/share/{share['id']}/sync", json=sync_body(share["secret"], 1))).status == 200
 
-    proxy.faults = Faults(rate=1.0, kinds=("500",), applies=is_list)
+    proxy.faults = Faults(rate=1.0, kinds=("500",), applies=is_read)
     answers = await every_door(client, share, session_id)
     for name, resp in answers.items():
         assert resp.status == 503, (name, resp.status, await resp.text())

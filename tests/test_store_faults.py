@@ -141,16 +141,26 @@ class BrokenDiskStore(WrappedStore):
         raise OSError(5, "Input/output error")
 
 
-async def test_a_failing_listing_is_a_503_on_every_path(store_opener: StoreOpener, tmp_path: Path) -> None:
+class UnreadableStore(BrokenDiskStore):
+    """Reads and listings fail."""
+
+    async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
+        raise StoreError(f"list of {prefix!r} failed")
+
+
+async def test_a_failing_listing_is_a_503_where_a_listing_is_needed(store_opener: StoreOpener, tmp_path: Path) -> None:
     inner = await store_opener("")
     settings = settings_for_tests(tmp_path / "data")
     creds = await ShareService(inner, settings).create(SESSION, origin="http://x")
     service = ShareService(FailingListStore(inner), settings)
+    # Reads and syncs never list the journal (GETs by seq): a failing LIST does not touch them.
+    assert (await service.public_share(creds.id)).sync_count == 0
+    assert await service.sync(creds.id, creds.secret, [message(1)]) == 1
+    service._cache.clear()
+    assert await service.sync(creds.id, creds.secret, [message(2)]) == 2
     calls = [
-        service.public_share(creds.id),  # the journal tail is listed (iter_keys)
-        service.sync(creds.id, creds.secret, [message(1)]),
         service.list_index(fresh=True),
-        service.delete(creds.id, creds.secret),
+        service.delete(creds.id, creds.secret),  # the journal is listed to be purged
         service.ready(),
     ]
     for call in calls:
@@ -159,6 +169,8 @@ async def test_a_failing_listing_is_a_503_on_every_path(store_opener: StoreOpene
     broken = ShareService(BrokenDiskStore(inner), settings)
     with pytest.raises(StoreUnavailable):
         await broken.public_share(creds.id)
+    with pytest.raises(StoreUnavailable):
+        await broken.sync(creds.id, creds.secret, [message(3)])
 
 
 async def test_503_carries_retry_after_in_json_and_html(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -169,7 +181,7 @@ async def test_503_carries_retry_after_in_json_and_html(aiohttp_client, tmp_path
 
     created = await (await client.post("/api/share", json={"sessionID": SESSION})).json()
     service = app[SERVICE]
-    service.store.inner = FailingListStore(service.store.inner)
+    service.store.inner = UnreadableStore(service.store.inner)
     service._cache.clear()
     for path in (f"/api/share/{created['id']}/data", f"/api/share/{created['id']}"):
         resp = await client.get(path)

@@ -233,6 +233,10 @@ class LiveHub:
     # The EventSink methods: this process's viewers first (at once, whatever Redis is doing), then
     # the other replicas through the relay, which only queues and so can neither fail nor slow a sync.
 
+    def listening(self, share_id: str) -> bool:
+        """Whether a sync of the share goes anywhere (the service skips preparing it if not)."""
+        return self.relay is not None or bool(self._viewers.get(share_id))
+
     async def share_synced(self, share_id: str, items: list[dict[str, Any]], sync_count: int) -> None:
         await self.deliver_synced(share_id, items, sync_count)
         if self.relay is not None:

@@ -10,6 +10,9 @@ from typing import Any, Protocol
 
 
 class EventSink(Protocol):
+    """A sink may also define ``listening(share_id) -> bool``: when it says False, the service
+    does not prepare (redact) the items of a sync nobody would receive, nor call ``share_synced``."""
+
     async def share_synced(self, share_id: str, items: list[dict[str, Any]], sync_count: int) -> None:
         """An accepted sync. ``items`` are the public (id-rewritten, stripped) sync items."""
 

@@ -9,8 +9,25 @@ share. The storage design (snapshot + journal, conditional writes) is described 
 Writes go through :meth:`ShareService.commit`, which appends one journal entry with
 create-if-absent semantics and retries on conflict, so concurrent writers in one process or in
 many never lose an update. Within a process a per-share lock keeps writers from racing each other
-needlessly, and a cache of folded state means a sync reads only what changed since the last one:
-a HEAD of the snapshot and a listing of the journal tail, independent of the session's size.
+needlessly, and a cache of folded state means a sync reads only what changed since the last one.
+
+No listing on the hot path (``docs/storage-layout.md`` has the whole argument):
+
+- ``load`` sends a HEAD of the snapshot and a GET of the entry after the cached ``seq``, then
+  GETs the following entries until one is absent. If the snapshot is the cached one, nothing
+  after the cached seq can have been pruned (pruning stops at a seq some snapshot folded), so
+  an absent entry proves the state current; reads see every write acknowledged elsewhere.
+- ``commit`` with a state ``load`` checked less than ``writer_trust_seconds`` ago sends only the
+  conditional write of ``seq + 1``. A conflict means another writer took the slot: GET it and
+  the ones after it until absent, fold, rebuild the entry, retry.
+- A slot freed by pruning is never written again: a writer appends only while its last check is
+  younger than ``write_deadline_seconds`` (30 s), and an entry is deleted only once a snapshot
+  that folded it, necessarily written after that check, is ``journal_grace_seconds`` (300 s)
+  old. Deletes in this process drop the cache; one elsewhere is noticed within the trust window
+  (a sync in it leaves an orphan under the dead incarnation, as any race with a delete can).
+- ``compact`` records recent (seq, time) compactions in the snapshot and deletes, by key, the
+  entries up to the newest one older than the grace period: the journal holds about one grace
+  period of writes however long the share lives.
 """
 
 from __future__ import annotations
@@ -196,6 +213,11 @@ class _ShareLock(asyncio.Lock):
             self.release()
 
     async def _acquire_while_progressing(self, deadline: float) -> None:
+        if not self.locked() and not getattr(self, "_waiters", None):
+            # Free and nobody queued (the usual case): acquire() takes it at once, without
+            # waiting, so no task or deadline is needed.
+            await self.acquire()
+            return
         acquiring = asyncio.ensure_future(self.acquire())
         try:
             while True:
@@ -279,6 +301,8 @@ class ShareService:
         self._pieces: dict[str, _SharePieces] = {}
         # Index keys the last listing could not read (skipped, counted and logged).
         self.listing_skipped = 0
+        # real session id -> public id (public_id), bounded.
+        self._public_ids: dict[str, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -332,7 +356,13 @@ class ShareService:
             raise InvalidSecret()
 
     def public_id(self, session_id: str) -> str:
-        return credentials.public_session_id(self.namespace, session_id)
+        # An HMAC per call, and every request names its share's owner a few times: remembered.
+        public = self._public_ids.get(session_id)
+        if public is None:
+            if len(self._public_ids) >= 4096:
+                self._public_ids.clear()
+            public = self._public_ids[session_id] = credentials.public_session_id(self.namespace, session_id)
+        return public
 
     def share_url(self, origin: str, share_id: str) -> str:
         return f"{origin}/share/{share_id}"
@@ -398,18 +428,32 @@ class ShareService:
             raise StoreUnavailable() from exc
 
     async def load(self, share_id: str, *, missing: type[ShareError] = SessionNotFound) -> ShareState:
-        """The share's current folded state (cached; brought up to date with the store)."""
+        """The share's current folded state (cached; brought up to date with the store): a HEAD
+        of the snapshot and a GET of the next journal entry (sent together), then GETs of the
+        entries after it until one is absent. No listing: its cost would grow with the journal."""
         if not credentials.is_served_id(share_id):
             raise missing()
         for _ in range(8):
             cached = self._cache.get(share_id)
-            etag = await self.store_call(self.store.head(snapshot_key(share_id)))
+            started = time.monotonic()
+            if cached is not None:
+                # The next entry is fetched beside the HEAD: used only if the snapshot is the
+                # cached one (then nothing after its seq can have been pruned: module docstring).
+                after = cached.meta.seq
+                etag, following = await asyncio.gather(
+                    self.store_call(self.store.head(snapshot_key(share_id))),
+                    self.store_call(self.store.get(journal_key(share_id, cached.meta.incarnation, after + 1))),
+                )
+            else:
+                after, following = -1, None
+                etag = await self.store_call(self.store.head(snapshot_key(share_id)))
             if etag is None:
                 self._cache_drop(share_id)
                 raise missing()
             if cached is not None and cached.snapshot_etag == etag:
                 state = cached
                 self._cache.move_to_end(share_id)
+                await self._catch_up(state, prefetched=(after + 1, following))
             else:
                 obj = await self.store_call(self.store.get(snapshot_key(share_id)))
                 if obj is None:
@@ -419,51 +463,72 @@ class ShareService:
                 except ValueError as exc:
                     log.error("share %s has an unreadable snapshot: %s", share_id, exc)
                     raise missing() from None
-            if await self._catch_up(state):
-                self._cache_put(state)
-                # Whatever this request outputs from here on is redacted of this owner's ids.
-                for real, public in self._owner_pairs(state):
-                    note_owner(real, public)
-                # Log lines about this request name the share and its public session id.
-                logs.annotate(share_id=share_id, session=self.public_id(state.meta.session_id))
-                return state
-            self._cache_drop(share_id)
+                await self._catch_up(state)
+            state.checked_at = max(state.checked_at, started)
+            self._cache_put(state)
+            self._note_request(state)
+            return state
         raise StoreUnavailable("the share kept changing while it was being read; retry")
+
+    def _note_request(self, state: ShareState) -> None:
+        # Whatever this request outputs from here on is redacted of this owner's ids.
+        for real, public in self._owner_pairs(state):
+            note_owner(real, public)
+        # Log lines about this request name the share and its public session id.
+        logs.annotate(share_id=state.share_id, session=self.public_id(state.meta.session_id))
+
+    def _trusted(self, share_id: str) -> ShareState | None:
+        """The cached state, if a writer may append after it without asking the store first:
+        it was checked (``load``) less than ``writer_trust_seconds`` ago (module docstring)."""
+        state = self._cache.get(share_id)
+        if state is None:
+            return None
+        window = min(self.settings.writer_trust_seconds, self.settings.write_deadline_seconds)
+        if time.monotonic() - state.checked_at >= window:
+            return None
+        self._cache.move_to_end(share_id)
+        self._note_request(state)
+        return state
 
     async def catch_up(self, state: ShareState) -> bool:
         """Fold the journal into a state read outside :meth:`load` (the store tools repair a
-        blob in memory and fold it as the service would); False when it must be re-read."""
-        return await self._catch_up(state)
+        blob in memory and fold it as the service would). Always True (kept for callers that
+        re-read the snapshot on False)."""
+        await self._catch_up(state)
+        return True
 
-    async def _catch_up(self, state: ShareState) -> bool:
-        """Fold journal entries newer than ``state``. False when the snapshot must be re-read
-        (an entry vanished under a concurrent compaction).
+    async def _catch_up(self, state: ShareState, *, prefetched: tuple[int, StoredObject | None] | None = None) -> int:
+        """Fold the journal entries after ``state``: GET ``seq + 1``, ``seq + 2``... until one is
+        absent; returns how many this call folded. ``prefetched`` is (seq, what a GET of that
+        entry returned), fetched by the caller.
 
         ``state`` is usually the cached object, shared by every request on the share: another
         read, or the write that made an entry, may fold it while this one waits on the store.
         Entries are folded by ``seq`` (each check-and-fold runs without an await in between), so
         whoever gets there first folds an entry and everyone else skips it: never twice."""
-        prefix = journal_prefix(state.share_id, state.meta.incarnation)
-        after = journal_key(state.share_id, state.meta.incarnation, state.meta.seq)
-        async for key in iter_keys(self.store, prefix, start_after=after):
-            obj = await self.store_call(self.store.get(key))
+        folded = 0
+        while True:
+            seq = state.meta.seq + 1
+            key = journal_key(state.share_id, state.meta.incarnation, seq)
+            if prefetched is not None and prefetched[0] == seq:
+                obj = prefetched[1]
+            else:
+                obj = await self.store_call(self.store.get(key))
+            prefetched = None
+            if state.meta.seq >= seq:
+                continue  # folded meanwhile by a concurrent read or by its own writer
             if obj is None:
-                return False
+                return folded
             try:
                 entry = parse_stored(obj.body)
             except ValueError:
                 entry = None
-            if not isinstance(entry, dict):
+            if not isinstance(entry, dict) or entry.get("seq") != seq:
                 # Only a damaged store gets here: serve what is readable rather than a 500.
                 log.error("share %s: unreadable journal entry %s; folding stops before it", state.share_id, key)
-                return True
-            if isinstance(entry.get("seq"), int) and entry["seq"] <= state.meta.seq:
-                continue  # folded meanwhile by a concurrent read or by its own writer
-            if entry.get("seq") != state.meta.seq + 1:
-                log.error("share %s: journal gap at %s (expected seq %d)", state.share_id, key, state.meta.seq + 1)
-                return True
+                return folded
             state.apply_entry(entry, len(obj.body))
-        return True
+            folded += 1
 
     def ensure_live(self, state: ShareState) -> None:
         """Raise ShareGone for an expired share (the sweep deletes it later)."""
@@ -485,9 +550,11 @@ class ShareService:
         """
         limits = self.settings.limits
         async with self._exclusive(share_id):
+            # A writer whose state is current appends the next seq with one conditional write
+            # and learns of other writers from the conflict (module docstring).
+            trusted = self._trusted(share_id)
             for attempt in range(MAX_WRITE_ATTEMPTS):
-                state = await self.load(share_id, missing=missing)
-                checked = time.monotonic()
+                state = trusted if trusted is not None else await self.load(share_id, missing=missing)
                 self.ensure_live(state)
                 content = build(state)  # checks the caller's secret first: 403 before 409
                 if content is None:
@@ -504,13 +571,19 @@ class ShareService:
                 body = stored_bytes(entry)
                 if state.approx_bytes + len(body) > limits.max_share_bytes:
                     raise PayloadTooLarge(f"Share would exceed its size limit of {limits.max_share_bytes} bytes")
-                if time.monotonic() - checked > self.settings.write_deadline_seconds:
+                if time.monotonic() - state.checked_at > self.settings.write_deadline_seconds:
+                    trusted = None
                     continue
                 try:
                     await self.store_call(self.store.put_if_absent(journal_key(share_id, state.meta.incarnation, seq), body))
                 except PreconditionFailed:
-                    # Another writer took this seq; back off a little so retries spread out.
+                    # Another writer took this seq: fold what it (and any after it) wrote, by
+                    # GET, and try the next one. Back off a little so retries spread out.
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
+                    if state.meta.seq < seq and not await self._catch_up(state):
+                        trusted = None  # the entry vanished again: ask the store from scratch
+                    else:
+                        trusted = state
                     continue
                 # A read that ran while the write was in flight may have found the entry in the
                 # store and folded it already (_catch_up): then it must not be folded again.
@@ -592,11 +665,14 @@ class ShareService:
                 if on_create is not None:
                     on_create(state)
                 body = state.snapshot_bytes_now(now)
+                started = time.monotonic()
                 try:
                     etag = await self.store_call(self.store.put_if_absent(snapshot_key(share_id), body))
                 except PreconditionFailed:
                     continue  # a concurrent create won; look again
                 state.snapshot_etag, state.snapshot_bytes, state.approx_bytes, state.compacted_at = etag, len(body), len(body), now
+                # Slot 1 was free when the create won: the writer may trust this state.
+                state.checked_at = started
                 self._cache_put(state)
                 await self._write_index(share_id, state.index_doc())
                 # Here, after the create-if-absent won: concurrent creates fire one event.
@@ -632,6 +708,9 @@ class ShareService:
 
     async def notify_sync(self, state: ShareState, items: list[dict[str, Any]], sync_count: int) -> None:
         self.emit("share.synced", state.share_id)
+        listening = getattr(self.events, "listening", None)
+        if listening is not None and not listening(state.share_id):
+            return  # no viewer here and no relay: the public items would go nowhere
         # Viewers are told what the fold kept: an update it ignored as a regression is left out.
         applied = [item for item in items if not self._regressed(state, item)]
         try:
@@ -728,7 +807,12 @@ class ShareService:
             self._compacting.discard(share_id)
 
     async def compact(self, share_id: str, *, force: bool = False) -> bool:
-        """Fold the journal tail into a new snapshot; off the request path. True if written."""
+        """Fold the journal tail into a new snapshot; off the request path. True if written.
+
+        The snapshot records the recent compactions, (seq, time) pairs; once written, the
+        entries up to the newest compaction older than ``journal_grace_seconds`` are deleted
+        (``prune_journal``), so a share's journal holds about its last grace period of writes
+        however many it has had (module docstring)."""
         async with self._exclusive(share_id):
             state = await self.load(share_id)
             if state.tail_entries == 0 or not (force or self._needs_compaction(state)):
@@ -740,7 +824,13 @@ class ShareService:
             # lock so that syncs are not held up by a large snapshot write.
             doc = state.snapshot_doc(now, raw=True)
             folded_seq, folded_bytes, old_etag = state.meta.seq, state.tail_bytes, state.snapshot_etag
-            previous_seq, previous_at = state.snapshot_seq, state.compacted_at
+            previous_seq, previous_pruned = state.snapshot_seq, state.pruned_seq
+            history, prune_to = self._compaction_history(state, folded_seq, now)
+            ours = doc["metadata"]["cloudsession"]
+            ours["compactions"] = [list(c) for c in history]
+            pruned_seq = prune_to if prune_to is not None else previous_pruned
+            if pruned_seq is not None:
+                ours["prunedSeq"] = pruned_seq
             body = await asyncio.to_thread(stored_bytes, doc)
         try:
             etag = await self.store_call(self.store.put_if_match(snapshot_key(share_id), body, old_etag or ""))
@@ -755,24 +845,57 @@ class ShareService:
             cached = self._cache.get(share_id)
             if cached is not None and cached.snapshot_etag == old_etag:
                 cached.snapshot_etag, cached.snapshot_seq, cached.compacted_at = etag, folded_seq, now
+                cached.compactions, cached.pruned_seq = history, pruned_seq
                 cached.tail_entries = cached.meta.seq - folded_seq
                 cached.tail_bytes = max(0, cached.tail_bytes - folded_bytes)
                 cached.snapshot_bytes = len(body)
-        if previous_at is not None and now - previous_at >= self.settings.journal_grace_seconds * 1000:
-            await self.prune_journal(share_id, state.meta.incarnation, previous_seq)
+        if prune_to is not None:
+            await self.prune_journal(share_id, state.meta.incarnation, prune_to, after=previous_pruned)
         return True
 
-    async def prune_journal(self, share_id: str, incarnation: str, upto_seq: int) -> int:
-        """Delete journal entries with seq <= ``upto_seq`` (folded long enough ago)."""
+    def _compaction_history(self, state: ShareState, folded_seq: int, now: int) -> tuple[list[tuple[int, int]], int | None]:
+        """The history a new snapshot folding up to ``folded_seq`` at ``now`` records, and the seq
+        up to which entries may be deleted once it is written (None: nothing new to delete).
+
+        Kept short: a compaction is recorded only if it comes a sixteenth of the grace period
+        after the last recorded one (at most ~17 pairs). Leaving one out only makes the next
+        deletion wait a little longer, never come earlier. A snapshot written before histories
+        were kept gives its own (seq, compactedAt)."""
+        grace_ms = int(self.settings.journal_grace_seconds * 1000)
+        history = list(state.compactions)
+        if not history and state.compacted_at is not None and state.snapshot_seq > 0:
+            history = [(state.snapshot_seq, state.compacted_at)]
+        if not history or now - history[-1][1] >= grace_ms / 16:
+            history.append((folded_seq, now))
+        old_enough = [seq for seq, at in history if now - at >= grace_ms]
+        done = state.pruned_seq or 0
+        prune_to = max(old_enough) if old_enough and max(old_enough) > done else None
+        limit = prune_to if prune_to is not None else done
+        return [(seq, at) for seq, at in history if seq > limit], prune_to
+
+    async def prune_journal(self, share_id: str, incarnation: str, upto_seq: int, *, after: int | None = None) -> int:
+        """Delete journal entries with ``after`` < seq <= ``upto_seq`` (folded long enough ago),
+        by key, without listing: the last one last, so that finding it still there tells the
+        next prune that this one did not finish. With ``after`` None (unknown: an older snapshot,
+        or the previous prune was interrupted), the entries up to ``upto_seq`` are listed."""
         if upto_seq <= 0:
             return 0
-        last = journal_key(share_id, incarnation, upto_seq)
-        keys = []
-        async for key in iter_keys(self.store, journal_prefix(share_id, incarnation)):
-            if key > last:
-                break
-            keys.append(key)
-        await self.delete_keys(keys)
+        # Its last key still there: the previous prune was interrupted; list what it left.
+        if after is not None and after > 0 and await self.store_call(self.store.head(journal_key(share_id, incarnation, after))) is not None:
+            after = None
+        if after is None:
+            last = journal_key(share_id, incarnation, upto_seq)
+            keys = []
+            async for key in iter_keys(self.store, journal_prefix(share_id, incarnation)):
+                if key > last:
+                    break
+                keys.append(key)
+        else:
+            keys = [journal_key(share_id, incarnation, seq) for seq in range(after + 1, upto_seq + 1)]
+        if not keys:
+            return 0
+        await self.delete_keys(keys[:-1])
+        await self.store_call(self.store.delete(keys[-1]))
         return len(keys)
 
     # -- public reads -------------------------------------------------------------------------

@@ -226,6 +226,14 @@ class ShareState:
     snapshot_seq: int = 0
     snapshot_bytes: int = 0
     compacted_at: int | None = None
+    # Recent compactions as (seq, compactedAt ms), oldest first, and the seq up to which folded
+    # entries were deleted (None: unknown, a snapshot written before these were kept). Written
+    # to ``metadata.cloudsession`` as ``compactions`` and ``prunedSeq`` (ShareService.compact).
+    compactions: list[tuple[int, int]] = field(default_factory=list)
+    pruned_seq: int | None = None
+    # time.monotonic() when this process last confirmed with the store that the share exists
+    # and that nothing follows ``meta.seq`` (ShareService.load): writers trust it for a while.
+    checked_at: float = 0.0
     tail_entries: int = 0
     tail_bytes: int = 0
     approx_bytes: int = 0
@@ -292,6 +300,9 @@ class ShareState:
         state.snapshot_bytes = size
         state.approx_bytes = size
         state.compacted_at = ours.get("compactedAt") if isinstance(ours.get("compactedAt"), int) else None
+        state.compactions = _compactions(ours.get("compactions"))
+        pruned = ours.get("prunedSeq")
+        state.pruned_seq = pruned if isinstance(pruned, int) and not isinstance(pruned, bool) and 0 <= pruned <= meta.seq else None
         return state
 
     # -- folding ----------------------------------------------------------------------------
@@ -391,6 +402,8 @@ class ShareState:
                     # So a reference-written share keeps its original secret after compaction.
                     **({"legacySecretSha256": meta.legacy_secret_sha256} if meta.legacy_secret_sha256 else {}),
                     **({"audit": list(meta.audit)} if meta.audit else {}),
+                    **({"compactions": [list(c) for c in self.compactions]} if self.compactions else {}),
+                    **({"prunedSeq": self.pruned_seq} if self.pruned_seq is not None else {}),
                 },
             },
         }
@@ -502,6 +515,16 @@ def _is_ledger_pair(pair: Any) -> bool:
         isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
         and isinstance(pair[1], (int, str)) and not isinstance(pair[1], bool)
     )
+
+
+def _compactions(value: Any) -> list[tuple[int, int]]:
+    """The ``compactions`` history, skipping malformed pairs (never a reason to refuse a read)."""
+    if not isinstance(value, list):
+        return []
+    return [
+        (pair[0], pair[1]) for pair in value
+        if isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+    ]
 
 
 def _legacy_secret_hash(metadata: dict[str, Any], ours: dict[str, Any]) -> str | None:

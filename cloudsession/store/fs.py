@@ -5,10 +5,14 @@ Each key is a file under ``<root>/objects/`` (``/`` in a key is a directory; fil
 bytes outside ``[A-Za-z0-9_.-]`` are percent-escaped (``share/ünï`` is the file
 ``share/%C3%BCn%C3%AF.obj``), so keys such as the reference Worker's ids with spaces or Unicode
 are stored under portable names; plain keys keep their names. Writes go to a
-temporary file that is renamed into place, so a reader never sees half an object. Conditional
-operations hold an exclusive ``flock`` on ``<root>/store.lock`` while they check and rename,
-which makes them atomic across coroutines, threads and processes sharing the directory; the lock
-is held only for the check and the rename, never while a body is written.
+temporary file, fsync'd, that is then renamed into place, so a reader never sees half an object.
+Create-if-absent (every journal entry) gives the temporary file its final name with a hard link,
+which the kernel refuses atomically when the name exists: no lock, one system call. The other
+conditional operations (and create-if-absent on a file system without hard links) hold an
+exclusive ``flock`` on ``<root>/store.lock`` while they check and rename, which makes them
+atomic across coroutines, threads and processes sharing the directory; the lock is held only
+for the check and the rename, never while a body is written. A link cannot race them: it only
+ever creates a name that did not exist.
 
 Every write appends a random 16-byte token to the file, and the token is the ETag: a HEAD reads
 just those bytes, and a rewrite, even with identical content, always gets a new ETag. (Inode and
@@ -25,11 +29,11 @@ long: every store call has a deadline of seconds).
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,6 +82,20 @@ def _tail_token(path: Path) -> str | None:
         raise StoreError(f"corrupt object file {path.name}: {exc}") from exc
 
 
+def _write_all(fd: int, body: bytes, token: bytes) -> None:
+    view = memoryview(body + token) if len(body) < 65536 else None
+    if view is None:  # a large body is not copied to append the token
+        _write_view(fd, memoryview(body))
+        _write_view(fd, memoryview(token))
+    else:
+        _write_view(fd, view)
+
+
+def _write_view(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class FilesystemStore:
     """``ObjectStore`` on a directory. Blocking file work runs in the default thread pool."""
 
@@ -86,6 +104,7 @@ class FilesystemStore:
         self.prefix = prefix
         self._objects = self.root / "objects"
         self._tmp = self.root / "tmp"
+        self._tmp_dir = f"{self._tmp}{os.sep}"
         self._objects.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / "store.lock"
@@ -109,23 +128,46 @@ class FilesystemStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _write_temp(self, body: bytes) -> tuple[str, str]:
-        """Write body + a fresh token to a temporary file; returns (path, etag)."""
+        """Write body + a fresh token to a temporary file, fsync'd; returns (path, etag). The
+        token names the file too (random, so ``O_EXCL`` never collides in practice)."""
         token = secrets.token_bytes(_TOKEN_BYTES)
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
+        etag = token.hex()
+        tmp = f"{self._tmp_dir}{_TEMP_PREFIX}{etag}{_TEMP_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(body)
-                fh.write(token)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_all(fd, body, token)
+            os.fsync(fd)
         except BaseException:
+            os.close(fd)
             os.unlink(tmp)
             raise
-        return tmp, token.hex()
+        os.close(fd)
+        return tmp, etag
 
     def _install(self, tmp: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+
+    def _link(self, tmp: str, path: Path, key: str) -> bool:
+        """Give the temporary file its final name unless the name exists (a hard link is an
+        atomic create-if-absent, across processes too, with no lock). False when this file
+        system has no hard links (the caller falls back to the locked check)."""
+        try:
+            try:
+                os.link(tmp, path)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.link(tmp, path)
+        except FileExistsError:
+            raise PreconditionFailed(key) from None
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                return False
+            raise
+        return True
 
     def _remove_stale_temp(self, older_than: float, *, dry_run: bool) -> int:
         """Remove temporary files older than ``older_than`` seconds; returns how many."""
@@ -165,10 +207,14 @@ class FilesystemStore:
     def _put(self, key: str, body: bytes, condition: str | None, etag: str | None) -> str:
         path = self._path(key)
         tmp, new_etag = self._write_temp(body)
+        installed = False
         try:
             if condition is None:
                 self._install(tmp, path)
+                installed = True
                 return new_etag
+            if condition == "absent" and self._link(tmp, path, key):
+                return new_etag  # the temporary name is removed below
             with self._locked():
                 current = self._head(key)
                 if condition == "absent" and current is not None:
@@ -176,9 +222,10 @@ class FilesystemStore:
                 if condition == "match" and current != etag:
                     raise PreconditionFailed(key)
                 self._install(tmp, path)
+                installed = True
                 return new_etag
         finally:
-            if os.path.exists(tmp):
+            if not installed:
                 os.unlink(tmp)
 
     def _delete(self, key: str, etag: str | None) -> None:
