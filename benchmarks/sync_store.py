@@ -8,7 +8,7 @@ sends while an agent streams). A counting wrapper around the store records the r
 bytes read and written. It also reports the first sync after a restart (cold cache, which reads
 the snapshot once) and what the reference Worker would move (the whole blob, read and written).
 
-    .venv/bin/python scripts/bench_sync.py [--syncs 40] [--backends fs,s3] [--sizes 0,1,10]
+    .venv/bin/python benchmarks/sync_store.py [--syncs 40] [--backends fs,s3] [--sizes 0,1,10]
 """
 
 from __future__ import annotations
