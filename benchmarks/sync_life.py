@@ -53,7 +53,7 @@ def footprint(folder: Path) -> tuple[int, int]:
 
 
 async def measure(args: argparse.Namespace, build: dict[str, Any]) -> dict[str, Any]:
-    syncs = args.syncs or (5000 if args.quick else 20000)
+    syncs = args.syncs or (4000 if args.quick else 20000)
     window = min(1000, max(1, syncs // 4))
     out: dict[str, Any] = {"syncs": syncs, "window": window, "turn_every": args.turn_every, "load_before": loadavg()}
     with workdir(args.tmp, "bench-synclife-") as tmp:
@@ -112,7 +112,7 @@ def report(out: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
-    parser.add_argument("--syncs", type=int, default=None, help="consecutive syncs (default 20,000; 5,000 with --quick)")
+    parser.add_argument("--syncs", type=int, default=None, help="consecutive syncs (default 20,000; 4,000 with --quick)")
     parser.add_argument("--turn-every", type=int, default=10, help="a new turn (new message and part ids) every N syncs")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--progress", action="store_true", help="print each window as it completes")
