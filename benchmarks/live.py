@@ -38,7 +38,7 @@ def call(url: str, body: Any) -> Any:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def main() -> None:

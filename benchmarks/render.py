@@ -40,7 +40,7 @@ from cloudsession.web.app import create_app
 BENCH_SETTINGS = {"shared_secret": "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "public_url": "http://share.test"}
 
 def to_share(items: list[dict[str, Any]], sync_count: int = 1) -> PublicShare:
-    by = {"message": {}, "part": {}}
+    by: dict[str, dict[str, Any]] = {"message": {}, "part": {}}
     session: dict[str, Any] = {}
     diffs: list[Any] = []
     models: list[Any] = []
@@ -76,10 +76,10 @@ async def http_median(items: list[dict[str, Any]], runs: int) -> tuple[float, fl
             times = []
             size = 0
             for _ in range(runs + 1):
-                start = time.perf_counter()
+                t0 = time.perf_counter()
                 response = await client.get(f"/share/{creds['id']}")
                 size = len(await response.read())
-                times.append((time.perf_counter() - start) * 1000)
+                times.append((time.perf_counter() - t0) * 1000)
             return times[0], statistics.median(times[1:]), size
 
 

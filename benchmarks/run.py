@@ -41,85 +41,86 @@ def _get(d: Any, *path: Any) -> Any:
     return d
 
 
+def at(*path: Any, scale: float = 1.0) -> Callable[[dict[str, Any]], Any]:
+    """A getter of ``path`` in a section's figures, times ``scale`` (None when absent)."""
+
+    def get(o: dict[str, Any]) -> Any:
+        value = _get(o, *path)
+        return value * scale if isinstance(value, int | float) and not isinstance(value, bool) and scale != 1.0 else value
+
+    return get
+
+
+def last(key: str) -> Callable[[dict[str, Any]], Any]:
+    def get(o: dict[str, Any]) -> Any:
+        windows = o.get("windows") or []
+        return windows[-1][key] if windows else None
+
+    return get
+
+
 # Summary rows: (section, label, unit, extractor, target)
 Metric = tuple[str, str, str, Callable[[dict[str, Any]], Any], str]
 
 
 def metrics(out: dict[str, Any]) -> list[Metric]:
     rows: list[Metric] = [
-        ("throughput", "disk: temp+fsync+rename per s", "/s", lambda o: _get(o, "bounds", "disk_writes_per_s"), ""),
-        ("throughput", "trivial handler+fsync, 1 client", "syncs/s", lambda o: _get(o, "bounds", "fsync_c1", "syncs_per_s"), ""),
-        ("throughput", "trivial handler+fsync, 32 clients", "syncs/s", lambda o: _get(o, "bounds", "fsync_c32", "syncs_per_s"), ""),
-        ("throughput", "trivial handler+fsync, CPU/request", "ms", lambda o: _get(o, "bounds", "fsync_c32", "cpu_ms"), ""),
+        ("throughput", "disk: temp+fsync+rename per s", "/s", at("bounds", "disk_writes_per_s"), ""),
+        ("throughput", "trivial handler+fsync, 1 client", "syncs/s", at("bounds", "fsync_c1", "syncs_per_s"), ""),
+        ("throughput", "trivial handler+fsync, 32 clients", "syncs/s", at("bounds", "fsync_c32", "syncs_per_s"), ""),
+        ("throughput", "trivial handler+fsync, CPU/request", "ms", at("bounds", "fsync_c32", "cpu_ms"), ""),
     ]
     for case in ("1 client", "32 clients, own shares", "32 clients, one share"):
         rows += [
-            ("throughput", f"{case}", "syncs/s", lambda o, c=case: _get(o, "runs", c, "syncs_per_s"), ""),
-            ("throughput", f"{case}: server CPU/sync", "ms", lambda o, c=case: _get(o, "runs", c, "cpu_ms"), "<= 1 ms" if case == "1 client" else ""),
-            ("throughput", f"{case}: of trivial+fsync", "%", lambda o, c=case: _pct(_get(o, "runs", c, "vs_trivial_fsync")), ">= 40%" if "32" in case else ""),
+            ("throughput", f"{case}", "syncs/s", at("runs", case, "syncs_per_s"), ""),
+            ("throughput", f"{case}: server CPU/sync", "ms", at("runs", case, "cpu_ms"), "<= 1 ms" if case == "1 client" else ""),
+            ("throughput", f"{case}: of trivial+fsync", "%", at("runs", case, "vs_trivial_fsync", scale=100), ">= 40%" if "32" in case else ""),
         ]
     for workers in (2, 4):
         key = f"32 clients, own shares, {workers} workers"
-        rows.append(("throughput", f"--workers {workers}, 32 clients", "syncs/s", lambda o, k=key: _get(o, "runs", k, "syncs_per_s"), ""))
+        rows.append(("throughput", f"--workers {workers}, 32 clients", "syncs/s", at("runs", key, "syncs_per_s"), ""))
     rows += [
-        ("sync_life", "first 1,000 syncs: p50", "ms", lambda o: _get(o, "windows", 0, "p50_ms"), ""),
-        ("sync_life", "last 1,000 syncs: p50", "ms", lambda o: _last(o, "p50_ms"), ""),
-        ("sync_life", "first 1,000 syncs: p99", "ms", lambda o: _get(o, "windows", 0, "p99_ms"), ""),
-        ("sync_life", "last 1,000 syncs: p99", "ms", lambda o: _last(o, "p99_ms"), ""),
-        ("sync_life", "first 1,000 syncs: server CPU/sync", "ms", lambda o: _get(o, "windows", 0, "cpu_ms"), ""),
-        ("sync_life", "last 1,000 syncs: server CPU/sync", "ms", lambda o: _last(o, "cpu_ms"), ""),
-        ("sync_life", "last/first p50", "x", lambda o: _get(o, "ratio", "p50"), "<= 1.2"),
-        ("sync_life", "last/first CPU/sync", "x", lambda o: _get(o, "ratio", "cpu"), "<= 1.2"),
-        ("sync_life", "store files after all syncs", "", lambda o: o.get("store_files"), "bounded"),
-        ("s3", "store requests per sync", "", lambda o: _get(o, "per_sync", "requests"), "1"),
-        ("s3", "store requests on a sync's critical path (p50)", "", lambda o: o.get("inline_requests_p50"), "1"),
-        ("s3", "bytes sent to the store per sync", "KiB", lambda o: _kib(_get(o, "per_sync", "bytes_sent")), ""),
-        ("s3", "sync p50", "ms", lambda o: _get(o, "latency", "p50_ms"), ""),
-        ("s3", "one 3 KB PUT p50 (bound)", "ms", lambda o: _get(o, "one_put", "p50_ms"), ""),
-        ("reads", "GET /api/share/<id> after a sync: p50", "ms", lambda o: _get(o, "share", "after_sync", "p50_ms"), ""),
-        ("reads", "GET /api/share/<id> warm: p50", "ms", lambda o: _get(o, "share", "warm", "p50_ms"), ""),
-        ("reads", "after-sync/warm p50", "x", lambda o: _get(o, "share", "ratio_p50"), "<= 1.5"),
-        ("reads", "GET /api/share/<id> after a sync: CPU", "ms", lambda o: _get(o, "share", "after_sync_cpu_ms"), ""),
-        ("reads", "GET /api/share/<id> warm: CPU", "ms", lambda o: _get(o, "share", "warm_cpu_ms"), ""),
-        ("reads", "/api/share/<id> bytes raw", "KiB", lambda o: _kib(_get(o, "share", "bytes_identity")), ""),
-        ("reads", "/api/share/<id> bytes gzip", "KiB", lambda o: _kib(_get(o, "share", "bytes_gzip")), ""),
-        ("reads", "/api/share/<id> bytes br", "KiB", lambda o: _kib(_get(o, "share", "bytes_br")), ""),
+        ("sync_life", "first 1,000 syncs: p50", "ms", at("windows", 0, "p50_ms"), ""),
+        ("sync_life", "last 1,000 syncs: p50", "ms", last("p50_ms"), ""),
+        ("sync_life", "first 1,000 syncs: p99", "ms", at("windows", 0, "p99_ms"), ""),
+        ("sync_life", "last 1,000 syncs: p99", "ms", last("p99_ms"), ""),
+        ("sync_life", "first 1,000 syncs: server CPU/sync", "ms", at("windows", 0, "cpu_ms"), ""),
+        ("sync_life", "last 1,000 syncs: server CPU/sync", "ms", last("cpu_ms"), ""),
+        ("sync_life", "last/first p50", "x", at("ratio", "p50"), "<= 1.2"),
+        ("sync_life", "last/first CPU/sync", "x", at("ratio", "cpu"), "<= 1.2"),
+        ("sync_life", "store files after all syncs", "", at("store_files"), "bounded"),
+        ("s3", "store requests per sync", "", at("per_sync", "requests"), "1"),
+        ("s3", "store requests on a sync's critical path (p50)", "", at("inline_requests_p50"), "1"),
+        ("s3", "bytes sent to the store per sync", "KiB", at("per_sync", "bytes_sent", scale=1 / 1024), ""),
+        ("s3", "sync p50", "ms", at("latency", "p50_ms"), ""),
+        ("s3", "one 3 KB PUT p50 (bound)", "ms", at("one_put", "p50_ms"), ""),
+        ("reads", "GET /api/share/<id> after a sync: p50", "ms", at("share", "after_sync", "p50_ms"), ""),
+        ("reads", "GET /api/share/<id> warm: p50", "ms", at("share", "warm", "p50_ms"), ""),
+        ("reads", "after-sync/warm p50", "x", at("share", "ratio_p50"), "<= 1.5"),
+        ("reads", "GET /api/share/<id> after a sync: CPU", "ms", at("share", "after_sync_cpu_ms"), ""),
+        ("reads", "GET /api/share/<id> warm: CPU", "ms", at("share", "warm_cpu_ms"), ""),
+        ("reads", "/api/share/<id> bytes raw", "KiB", at("share", "bytes_identity", scale=1 / 1024), ""),
+        ("reads", "/api/share/<id> bytes gzip", "KiB", at("share", "bytes_gzip", scale=1 / 1024), ""),
+        ("reads", "/api/share/<id> bytes br", "KiB", at("share", "bytes_br", scale=1 / 1024), ""),
         ("reads", "/api/share/<id> If-None-Match answer", "", lambda o: _get(o, "share", "conditional", "status") or "no ETag", "304"),
-        ("reads", "/share/<id> page 1 bytes raw", "KiB", lambda o: _kib(_get(o, "page", "bytes_identity")), ""),
-        ("memory", "RSS idle", "MiB", lambda o: _mib(o.get("idle")), ""),
-        ("memory", "RSS after writing 50 MB share", "MiB", lambda o: _mib(o.get("after_write")), ""),
-        ("memory", "RSS after reading it", "MiB", lambda o: _mib(o.get("after_read")), ""),
-        ("memory", "growth after reading / share size", "x", lambda o: o.get("ratio_after_read"), "<= 2.5"),
+        ("reads", "/share/<id> page 1 bytes raw", "KiB", at("page", "bytes_identity", scale=1 / 1024), ""),
+        ("memory", "RSS idle", "MiB", at("idle", scale=1 / 2**20), ""),
+        ("memory", "RSS after writing 50 MB share", "MiB", at("after_write", scale=1 / 2**20), ""),
+        ("memory", "RSS after reading it", "MiB", at("after_read", scale=1 / 2**20), ""),
+        ("memory", "growth after reading / share size", "x", at("ratio_after_read"), "<= 2.5"),
     ]
     for size in _get(out, "listing", "sizes") or {}:
         n = f"{int(size):,}"
         rows += [
-            ("listing", f"{n} shares: /api/sessions cold", "ms", lambda o, s=size: _get(o, "sizes", s, "api_cold", "ms"), ""),
-            ("listing", f"{n} shares: /api/sessions cold, server CPU", "ms", lambda o, s=size: _get(o, "sizes", s, "api_cold", "cpu_ms"), ""),
-            ("listing", f"{n} shares: /api/sessions cold, read calls", "", lambda o, s=size: _get(o, "sizes", s, "api_cold", "read_calls"), ""),
-            ("listing", f"{n} shares: /api/sessions warm", "ms", lambda o, s=size: _get(o, "sizes", s, "api_warm", "ms"), ""),
-            ("listing", f"{n} shares: /sessions page cold", "ms", lambda o, s=size: _get(o, "sizes", s, "page_cold", "ms"), ""),
+            ("listing", f"{n} shares: /api/sessions cold", "ms", at("sizes", size, "api_cold", "ms"), ""),
+            ("listing", f"{n} shares: /api/sessions cold, server CPU", "ms", at("sizes", size, "api_cold", "cpu_ms"), ""),
+            ("listing", f"{n} shares: /api/sessions cold, read calls", "", at("sizes", size, "api_cold", "read_calls"), ""),
+            ("listing", f"{n} shares: /api/sessions warm", "ms", at("sizes", size, "api_warm", "ms"), ""),
+            ("listing", f"{n} shares: /sessions page cold", "ms", at("sizes", size, "page_cold", "ms"), ""),
         ]
     for size in _get(out, "listing", "s3") or {}:
-        rows.append(("listing", f"S3, {int(size):,} shares: store requests, cold page", "", lambda o, s=size: _get(o, "s3", s, "cold", "requests"), "by page"))
+        rows.append(("listing", f"S3, {int(size):,} shares: store requests, cold page", "", at("s3", size, "cold", "requests"), "by page"))
     return rows
-
-
-def _last(o: dict[str, Any], key: str) -> Any:
-    windows = o.get("windows") or []
-    return windows[-1][key] if windows else None
-
-
-def _pct(x: Any) -> Any:
-    return None if x is None else 100 * x
-
-
-def _kib(x: Any) -> Any:
-    return None if x is None else x / 1024
-
-
-def _mib(x: Any) -> Any:
-    return None if x is None else x / 2**20
 
 
 def _show(values: list[Any]) -> str:

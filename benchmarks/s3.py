@@ -51,7 +51,7 @@ def wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return

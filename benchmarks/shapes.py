@@ -41,7 +41,7 @@ def build_items(messages: int) -> list[dict[str, Any]]:
         code = "".join(f"def handler_{n}_{k}(value):\n    return value * {k}  # scale\n\n" for k in range(16))
         patch = "@@ -1,6 +1,6 @@\n" + "".join(f" line {k}\n-old {k}\n+new {k}\n" for k in range(6))
         output = "".join(f"tests/test_{n}.py::test_case_{k} PASSED\n" for k in range(110))
-        parts = [
+        parts: list[dict[str, Any]] = [
             {"type": "step-start", "snapshot": "4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
             {"type": "reasoning", "text": "I need to look at the module first, then adjust the handler. " * 4, "time": {"start": t, "end": t + 800}},
             {"type": "text", "text": f"## Step {n}\n\nI'll update **module {n}**:\n\n- read it\n- edit it\n\n```python\n{code[:300]}```\n"},

@@ -59,7 +59,7 @@ async def measure(args: argparse.Namespace, build: dict[str, Any]) -> dict[str, 
     with workdir(args.tmp, "bench-synclife-") as tmp:
         out["bounds"] = await trivial_bounds(tmp, [1], 2.0)
         with Server(build["executable"], tmp / "data", log_level=args.log_level) as server:
-            windows = []
+            windows: list[dict[str, Any]] = []
             async with aiohttp.ClientSession(connector=connector()) as http:
                 sid = session_id(1, "life")
                 share, secret = await create_share(http, server.url, sid)

@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 try:
-    from orjson import loads
+    import orjson
+
+    loads: Callable[[bytes], Any] = orjson.loads
 except ImportError:  # the bound is only tighter with orjson
     loads = json.loads
 
