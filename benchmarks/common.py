@@ -39,6 +39,13 @@ REAL_SHARE = "D0r58s46"
 ID_RE = re.compile(r"\b(msg|prt)_([0-9A-Za-z]{26})\b")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds the context managers: servers stopped, temp dirs removed
+
+
+signal.signal(signal.SIGTERM, _terminated)
+
+
 # -- the build under test ---------------------------------------------------------------------------
 
 

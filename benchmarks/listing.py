@@ -66,8 +66,10 @@ def session_body(sid: str, secret: str, n: int) -> bytes:
     return json.dumps({"secret": secret, "data": items}).encode()
 
 
-async def generate(urls: list[str], start: int, count: int, concurrency: int, progress: bool) -> float:
-    """Shares ``start`` .. ``start + count - 1``; returns seconds taken."""
+async def generate(urls: list[str], start: int, count: int, concurrency: int, progress: bool, data: Path | None = None) -> float:
+    """Shares ``start`` .. ``start + count - 1``; returns seconds taken. With ``data``, notes
+    every 1,000 shares how far it got there, so an interrupted generation resumes (a create that
+    is repeated returns the existing share)."""
     t0 = time.perf_counter()
     next_n = [start]
     end = start + count
@@ -79,6 +81,8 @@ async def generate(urls: list[str], start: int, count: int, concurrency: int, pr
             sid = session_id(n, "ls")
             share, secret = await create_share(http, url, sid, labels={"team": f"t{n % 10}"})
             await post_sync(http, url, share, session_body(sid, secret, n))
+            if n % 1000 == 999 and data is not None:
+                note_progress(data, n + 1 - concurrency)
             if progress and n % 10000 == 9999:
                 print(f"    {n + 1} shares, {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -107,6 +111,17 @@ def cache_path(cache_dir: str | None, key: str, size: int) -> Path | None:
     return Path(cache_dir).expanduser() / key / f"listing-{size}" if cache_dir else None
 
 
+def generated_so_far(folder: Path) -> int:
+    try:
+        return max(0, int((folder / "generated").read_text()))
+    except (OSError, ValueError):
+        return 0
+
+
+def note_progress(folder: Path, n: int) -> None:
+    (folder / "generated").write_text(str(max(0, n)))
+
+
 def is_complete(folder: Path) -> bool:
     return (folder / "complete").exists()
 
@@ -118,12 +133,13 @@ async def measure_size(args: argparse.Namespace, build: dict[str, Any], tmp: Pat
     if cached and is_complete(cached):
         out["generated_seconds"] = None
     else:
-        if data.exists():
+        done = generated_so_far(data)
+        if not done and data.exists():
             shutil.rmtree(data)
         # Several processes on the one data dir (replicas on one store) use both cores.
         servers = [Server(build["executable"], data, env=PUBLIC, log_level="WARNING").start() for _ in range(args.gen_servers)]
         try:
-            out["generated_seconds"] = await generate([s.url for s in servers], 0, size, args.concurrency, args.progress)
+            out["generated_seconds"] = await generate([s.url for s in servers], done, size - done, args.concurrency, args.progress, data)
         finally:
             for server in servers:
                 server.stop()
