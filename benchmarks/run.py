@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import listing
@@ -75,6 +77,7 @@ def metrics(out: dict[str, Any]) -> list[Metric]:
             ("throughput", f"{case}", "syncs/s", at("runs", case, "syncs_per_s"), ""),
             ("throughput", f"{case}: server CPU/sync", "ms", at("runs", case, "cpu_ms"), "<= 1 ms" if case == "1 client" else ""),
             ("throughput", f"{case}: of trivial+fsync", "%", at("runs", case, "vs_trivial_fsync", scale=100), ">= 40%" if "32" in case else ""),
+            ("throughput", f"{case}: trivial CPU/req ÷ CPU/sync", "%", at("runs", case, "cpu_vs_trivial_fsync", scale=100), ""),
         ]
     for workers in (2, 4):
         key = f"32 clients, own shares, {workers} workers"
@@ -147,7 +150,11 @@ def main() -> None:
     parser.add_argument("--tmp", default=None, help="where data dirs go (default: the system temp dir)")
     parser.add_argument("--json", default=None, help="write every figure as JSON to this file")
     parser.add_argument("--log-level", default="INFO", help="the server's CLOUDSESSION_LOG_LEVEL (default INFO, as operators run it)")
+    parser.add_argument("--summary", nargs="+", default=None, metavar="JSON", help="only print the summary of earlier --json files, side by side")
     args = parser.parse_args()
+    if args.summary:
+        summary_from_files(args.summary)
+        return
     builds = [build_info(resolve_executable(spec)) for spec in (args.cloudsession or [None])]
     sections = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
     for name in sections:
@@ -178,14 +185,23 @@ def main() -> None:
     elapsed = time.monotonic() - started
 
     print(f"== summary: {args.rounds} round(s), {'quick' if args.quick else 'full'} sizes, {elapsed / 60:.1f} minutes, load average now {loadavg()}")
-    m = machine_info()
-    print(f"   machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, kernel {m['kernel']}, Python {m['python']}")
     names = args.names.split(",") if args.names else []
     names += [f"build {k + 1}" for k in range(len(names), len(builds))]
-    for k, b in enumerate(builds):
-        print(f"   {names[k]}: {b['executable']} {b['version']} {b['commit']}")
-    header = ["", "unit"] + names[: len(builds)] + ["target"]
-    probe = results[0]["rounds"][0] if results[0]["rounds"] else {}
+    for entry, name in zip(results, names, strict=False):
+        entry["name"] = name
+    summarize(results, sections)
+    write_json(args.json, {"machine": machine_info(), "quick": args.quick, "rounds": args.rounds, "elapsed_s": elapsed, "results": results})
+
+
+def summarize(results: list[dict[str, Any]], sections: list[str]) -> None:
+    """The summary table: one column per build, the median of its rounds."""
+    m = machine_info()
+    print(f"   machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, kernel {m['kernel']}, Python {m['python']}")
+    for entry in results:
+        b = entry["build"]
+        print(f"   {entry['name']}: {b['executable']} {b['version']} {b['commit']}")
+    header = ["", "unit"] + [entry["name"] for entry in results] + ["target"]
+    probe: dict[str, Any] = next((rnd for entry in results for rnd in entry["rounds"]), {})
     rows = []
     for section, label, unit, get, target in metrics(probe):
         if section not in sections:
@@ -202,10 +218,18 @@ def main() -> None:
         rows.append([f"{section}: {label}", unit] + cells + [target])
     table(rows, header)
     print("   (median of the rounds; the range in brackets when there were several)")
-    for entry, name in zip(results, names, strict=False):
-        entry["name"] = name
-    write_json(args.json, {"machine": m, "quick": args.quick, "rounds": args.rounds, "elapsed_s": elapsed, "results": results})
 
+
+def summary_from_files(paths: list[str]) -> None:
+    """``--summary a.json b.json``: the builds of earlier runs side by side (e.g. before and after run separately)."""
+    results: list[dict[str, Any]] = []
+    for path in paths:
+        doc = json.loads(Path(path).read_text())
+        for k, entry in enumerate(doc["results"]):
+            entry.setdefault("name", f"{Path(path).stem}:{k + 1}")
+            results.append(entry)
+    print(f"== summary of {', '.join(paths)}")
+    summarize(results, list(SECTIONS))
 
 if __name__ == "__main__":
     main()
