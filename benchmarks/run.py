@@ -37,9 +37,10 @@ SECTIONS: dict[str, Any] = {"throughput": throughput, "sync_life": sync_life, "s
 
 def _get(d: Any, *path: Any) -> Any:
     for key in path:
-        if not isinstance(d, dict) or key not in d:
+        if isinstance(d, dict) and key in d or isinstance(d, list) and isinstance(key, int) and -len(d) <= key < len(d):
+            d = d[key]
+        else:
             return None
-        d = d[key]
     return d
 
 
@@ -132,10 +133,12 @@ def _show(values: list[Any]) -> str:
         return "-"
     if len(nums) != len(values):
         return "/".join(str(v) for v in values)
-    m = statistics.median(nums)
-    text = f"{m:,.0f}" if abs(m) >= 100 else f"{m:.2f}"
-    if len(nums) > 1:
-        text += f" ({min(nums):.3g}-{max(nums):.3g})"
+    def num(x: float) -> str:
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2f}"
+
+    text = num(statistics.median(nums))
+    if len(nums) > 1 and min(nums) != max(nums):
+        text += f" ({num(min(nums))}-{num(max(nums))})"
     return text
 
 
