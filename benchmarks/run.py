@@ -71,7 +71,7 @@ def metrics(out: dict[str, Any]) -> list[Metric]:
         ("throughput", "disk: temp+fsync+rename per s", "/s", at("bounds", "disk_writes_per_s"), ""),
         ("throughput", "trivial handler+fsync, 1 client", "syncs/s", at("bounds", "fsync_c1", "syncs_per_s"), ""),
         ("throughput", "trivial handler+fsync, 32 clients", "syncs/s", at("bounds", "fsync_c32", "syncs_per_s"), ""),
-        ("throughput", "trivial handler+fsync, CPU/request", "ms", at("bounds", "fsync_c32", "cpu_ms"), ""),
+        ("throughput", "trivial handler+fsync, 32 clients: CPU/request", "ms", at("bounds", "fsync_c32", "cpu_ms"), ""),
     ]
     for case in ("1 client", "32 clients, own shares", "32 clients, one share"):
         rows += [
@@ -111,6 +111,7 @@ def metrics(out: dict[str, Any]) -> list[Metric]:
         ("memory", "RSS idle", "MiB", at("idle", scale=1 / 2**20), ""),
         ("memory", "RSS after writing 50 MB share", "MiB", at("after_write", scale=1 / 2**20), ""),
         ("memory", "RSS after reading it", "MiB", at("after_read", scale=1 / 2**20), ""),
+        ("memory", "growth after writing / share size", "x", at("ratio_after_write"), ""),
         ("memory", "growth after reading / share size", "x", at("ratio_after_read"), "<= 2.5"),
     ]
     for size in _get(out, "listing", "sizes") or {}:
@@ -132,7 +133,7 @@ def _show(values: list[Any]) -> str:
     if not values or all(v is None for v in values):
         return "-"
     if len(nums) != len(values):
-        return "/".join(str(v) for v in values)
+        return "/".join(dict.fromkeys(str(v) for v in values))  # each distinct answer once
     def num(x: float) -> str:
         return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2f}"
 
@@ -154,9 +155,10 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write every figure as JSON to this file")
     parser.add_argument("--log-level", default="INFO", help="the server's CLOUDSESSION_LOG_LEVEL (default INFO, as operators run it)")
     parser.add_argument("--summary", nargs="+", default=None, metavar="JSON", help="only print the summary of earlier --json files, side by side")
+    parser.add_argument("--markdown", action="store_true", help="with --summary: the table as Markdown (for docs/performance.md)")
     args = parser.parse_args()
     if args.summary:
-        summary_from_files(args.summary)
+        summary_from_files(args.summary, args.markdown)
         return
     builds = [build_info(resolve_executable(spec)) for spec in (args.cloudsession or [None])]
     sections = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
@@ -196,7 +198,7 @@ def main() -> None:
     write_json(args.json, {"machine": machine_info(), "quick": args.quick, "rounds": args.rounds, "elapsed_s": elapsed, "results": results})
 
 
-def summarize(results: list[dict[str, Any]], sections: list[str]) -> None:
+def summarize(results: list[dict[str, Any]], sections: list[str], markdown: bool = False) -> None:
     """The summary table: one column per build, the median of its rounds."""
     m = machine_info()
     print(f"   machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, kernel {m['kernel']}, Python {m['python']}")
@@ -219,11 +221,17 @@ def summarize(results: list[dict[str, Any]], sections: list[str]) -> None:
                     values.append(None)
             cells.append(_show(values))
         rows.append([f"{section}: {label}", unit] + cells + [target])
-    table(rows, header)
+    if markdown:  # for docs/performance.md
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(str(c) for c in row) + " |")
+    else:
+        table(rows, header)
     print("   (median of the rounds; the range in brackets when there were several)")
 
 
-def summary_from_files(paths: list[str]) -> None:
+def summary_from_files(paths: list[str], markdown: bool = False) -> None:
     """``--summary a.json b.json``: the builds of earlier runs side by side (e.g. before and after run separately)."""
     results: list[dict[str, Any]] = []
     for path in paths:
@@ -232,7 +240,7 @@ def summary_from_files(paths: list[str]) -> None:
             entry.setdefault("name", f"{Path(path).stem}:{k + 1}")
             results.append(entry)
     print(f"== summary of {', '.join(paths)}")
-    summarize(results, list(SECTIONS))
+    summarize(results, list(SECTIONS), markdown)
 
 if __name__ == "__main__":
     main()
