@@ -194,7 +194,7 @@ async def measure_s3(args: argparse.Namespace, build: dict[str, Any], tmp: Path,
 
 async def measure(args: argparse.Namespace, build: dict[str, Any]) -> dict[str, Any]:
     sizes = [int(s) for s in (args.sizes or ("2000" if args.quick else "2000,100000")).split(",")]
-    s3_sizes = [int(s) for s in (args.s3_sizes or ("100,300" if args.quick else "300,1000")).split(",") if s]
+    s3_sizes = [int(s) for s in (args.s3_sizes or ("100,300" if args.quick else "200,600")).split(",") if s]
     out: dict[str, Any] = {"load_before": loadavg(), "sizes": {}}
     key = build_key(build["executable"]) if args.cache_dir else ""
     with workdir(args.tmp, "bench-listing-") as tmp:
@@ -236,7 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--sizes", default=None, help="share counts on the filesystem store (default 2000,100000; 2000 with --quick)")
-    parser.add_argument("--s3-sizes", default=None, help="share counts on S3 for store requests per page (default 300,1000; 100,300 with --quick; empty: skip)")
+    parser.add_argument("--s3-sizes", default=None, help="share counts on S3 for store requests per page (default 200,600; 100,300 with --quick; empty: skip)")
     parser.add_argument("--cache-dir", default=None, help="keep generated data dirs here (per build and size) and reuse them")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients creating shares")
     parser.add_argument("--gen-servers", type=int, default=2, help="server processes (on one data dir) that take the creates")
