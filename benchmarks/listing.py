@@ -72,6 +72,7 @@ async def generate(urls: list[str], start: int, count: int, concurrency: int, pr
     is repeated returns the existing share)."""
     t0 = time.perf_counter()
     next_n = [start]
+    retries = [0]
     end = start + count
 
     async def worker(http: aiohttp.ClientSession, url: str) -> None:
@@ -79,8 +80,16 @@ async def generate(urls: list[str], start: int, count: int, concurrency: int, pr
             n = next_n[0]
             next_n[0] += 1
             sid = session_id(n, "ls")
-            share, secret = await create_share(http, url, sid, labels={"team": f"t{n % 10}"})
-            await post_sync(http, url, share, session_body(sid, secret, n))
+            for attempt in range(5):  # a store that stalls answers 503 (Retry-After): generation waits and goes on
+                try:
+                    share, secret = await create_share(http, url, sid, labels={"team": f"t{n % 10}"})
+                    await post_sync(http, url, share, session_body(sid, secret, n))
+                    break
+                except RuntimeError as exc:
+                    if " 503 " not in str(exc) or attempt == 4:
+                        raise
+                    retries[0] += 1
+                    await asyncio.sleep(2.0)
             if n % 1000 == 999 and data is not None:
                 note_progress(data, n + 1 - concurrency)
             if progress and n % 10000 == 9999:
@@ -88,6 +97,8 @@ async def generate(urls: list[str], start: int, count: int, concurrency: int, pr
 
     async with aiohttp.ClientSession(connector=connector()) as http:
         await asyncio.gather(*(worker(http, urls[k % len(urls)]) for k in range(concurrency)))
+    if retries[0]:
+        print(f"    generation: {retries[0]} requests answered 503 (store stalled) and were retried", flush=True)
     return time.perf_counter() - t0
 
 
