@@ -205,7 +205,8 @@ async def measure_s3(args: argparse.Namespace, build: dict[str, Any], tmp: Path,
 
 async def measure(args: argparse.Namespace, build: dict[str, Any]) -> dict[str, Any]:
     sizes = [int(s) for s in (args.sizes or ("2000" if args.quick else "2000,100000")).split(",")]
-    s3_sizes = [int(s) for s in (args.s3_sizes or ("100,300" if args.quick else "200,600")).split(",") if s]
+    s3_spec = args.s3_sizes if args.s3_sizes is not None else ("100,300" if args.quick else "200,600")
+    s3_sizes = [int(s) for s in s3_spec.split(",") if s]
     out: dict[str, Any] = {"load_before": loadavg(), "sizes": {}}
     key = build_key(build["executable"]) if args.cache_dir else ""
     with workdir(args.tmp, "bench-listing-") as tmp:
