@@ -8,7 +8,7 @@ sends while an agent streams). A counting wrapper around the store records the r
 bytes read and written. It also reports the first sync after a restart (cold cache, which reads
 the snapshot once) and what the reference Worker would move (the whole blob, read and written).
 
-    .venv/bin/python scripts/bench_sync.py [--syncs 40] [--backends fs,s3] [--sizes 0,1,10]
+    .venv/bin/python benchmarks/sync_store.py [--syncs 40] [--backends fs,s3] [--sizes 0,1,10]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cloudsession.config import Settings
 from cloudsession.shares.service import ShareService
-from cloudsession.store.base import ListPage, StoredObject
+from cloudsession.store.base import ListPage, ObjectStore, StoredObject
 from cloudsession.store.fs import FilesystemStore
 
 # A fixed namespace and public URL: the figures must not depend on the machine's configuration.
@@ -39,7 +39,7 @@ MiB = 1024 * 1024
 class CountingStore:
     """Wraps an ObjectStore and counts requests and payload bytes in each direction."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: ObjectStore) -> None:
         self.inner = inner
         self.reset()
 
@@ -61,7 +61,8 @@ class CountingStore:
     async def _write(self, method: str, key: str, body: bytes, *args: Any) -> str:
         self.requests += 1
         self.bytes_written += len(body)
-        return await getattr(self.inner, method)(key, body, *args)
+        result: str = await getattr(self.inner, method)(key, body, *args)
+        return result
 
     async def put(self, key: str, body: bytes) -> str:
         return await self._write("put", key, body)
@@ -85,6 +86,9 @@ class CountingStore:
         page = await self.inner.list_page(prefix, start_after=start_after, limit=limit)
         self.bytes_read += sum(len(k) for k in page.keys)
         return page
+
+    async def remove_stale_temp(self, *, older_than_seconds: float, dry_run: bool = False) -> int:
+        return await self.inner.remove_stale_temp(older_than_seconds=older_than_seconds, dry_run=dry_run)
 
     async def close(self) -> None:
         await self.inner.close()

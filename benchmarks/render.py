@@ -10,7 +10,10 @@ outputs, edits with diffs, written files, step parts):
 - a live update: one message changes in a new share state, its fragment is fetched;
 - GET /share/<id> end to end through a real app (aiohttp server, filesystem store, HTTP).
 
-Usage: .venv/bin/python scripts/bench_render.py [--messages 2000] [--runs 7]
+This one measures the renderer in-process (library internals), so it measures the build installed
+in the venv that runs it, not a ``--cloudsession`` executable.
+
+Usage: .venv/bin/python benchmarks/render.py [--messages 2000] [--runs 7]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
+from shapes import SES, build_items
 
 from cloudsession.config import Settings
 from cloudsession.render.pages import PageRenderer
@@ -35,64 +39,8 @@ from cloudsession.web.app import create_app
 # A fixed namespace and public URL: the figures must not depend on the machine's configuration.
 BENCH_SETTINGS = {"shared_secret": "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "public_url": "http://share.test"}
 
-SES = "ses_bench00000000000000000000"
-ROOT = "/home/dev/project"
-
-
-def build_items(messages: int) -> list[dict[str, Any]]:
-    """Sync items for ``messages`` messages, alternating user and assistant (~5 KB each)."""
-    items: list[dict[str, Any]] = [
-        {"type": "session", "data": {"id": SES, "slug": "bench", "projectID": "p", "directory": ROOT,
-                                     "title": "A long session", "version": "1.18.33", "time": {"created": 1, "updated": 2}}}
-    ]
-    seq = 0
-
-    def pid() -> str:
-        nonlocal seq
-        seq += 1
-        return f"prt_{seq:012x}BenchPart0000"
-
-    t = 1_795_000_000_000
-    parent = ""
-    for n in range(messages):
-        mid = f"msg_{n:012x}BenchMsg000000"
-        t += 30_000
-        if n % 2 == 0:
-            items.append({"type": "message", "data": {"id": mid, "sessionID": SES, "role": "user", "time": {"created": t},
-                                                      "agent": "build", "model": {"providerID": "p", "modelID": "m"}}})
-            items.append({"type": "part", "data": {"id": pid(), "sessionID": SES, "messageID": mid, "type": "text",
-                                                   "text": f"Please change module {n} so that it handles edge case {n}. " * 6}})
-            parent = mid
-            continue
-        items.append({"type": "message", "data": {
-            "id": mid, "sessionID": SES, "role": "assistant", "time": {"created": t, "completed": t + 9000}, "parentID": parent,
-            "modelID": "m", "providerID": "p", "mode": "build", "agent": "build", "path": {"cwd": ROOT, "root": ROOT},
-            "cost": 0.01, "tokens": {"input": 1000, "output": 200, "reasoning": 50, "cache": {"read": 0, "write": 0}}}})
-        code = "".join(f"def handler_{n}_{k}(value):\n    return value * {k}  # scale\n\n" for k in range(16))
-        patch = "@@ -1,6 +1,6 @@\n" + "".join(f" line {k}\n-old {k}\n+new {k}\n" for k in range(6))
-        output = "".join(f"tests/test_{n}.py::test_case_{k} PASSED\n" for k in range(110))
-        parts = [
-            {"type": "step-start", "snapshot": "4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
-            {"type": "reasoning", "text": "I need to look at the module first, then adjust the handler. " * 4, "time": {"start": t, "end": t + 800}},
-            {"type": "text", "text": f"## Step {n}\n\nI'll update **module {n}**:\n\n- read it\n- edit it\n\n```python\n{code[:300]}```\n"},
-            {"type": "tool", "callID": f"c{n}a", "tool": "bash", "state": {"status": "completed", "input": {"command": f"pytest tests/test_{n}.py", "description": "Run tests"},
-                                                                   "output": output, "title": "pytest", "metadata": {}, "time": {"start": t, "end": t + 2000}}},
-            {"type": "tool", "callID": f"c{n}b", "tool": "edit", "state": {"status": "completed", "input": {"filePath": f"{ROOT}/mod_{n}.py", "oldString": "a", "newString": "b"},
-                                                                   "output": "Edit applied successfully.", "title": f"mod_{n}.py", "metadata": {"diff": patch}, "time": {"start": t, "end": t + 30}}},
-            {"type": "tool", "callID": f"c{n}c", "tool": "write", "state": {"status": "completed", "input": {"filePath": f"{ROOT}/gen_{n}.py", "content": code},
-                                                                    "output": "Wrote file successfully.", "title": f"gen_{n}.py", "metadata": {}, "time": {"start": t, "end": t + 20}}},
-            {"type": "step-finish", "reason": "stop", "cost": 0.01, "tokens": {"input": 1000, "output": 200, "reasoning": 50, "cache": {"read": 0, "write": 0}}},
-            {"type": "patch", "hash": "5c36d82d3991e5c71c04aa8cf3c0e5a96055f20a", "files": [f"{ROOT}/mod_{n}.py"]},
-        ]
-        for p in parts:
-            items.append({"type": "part", "data": {"id": pid(), "sessionID": SES, "messageID": mid, **p}})
-    items.append({"type": "session_diff", "data": [{"file": "mod_1.py", "patch": "@@ -1 +1 @@\n-a\n+b\n", "additions": 1, "deletions": 1}]})
-    items.append({"type": "model", "data": [{"id": "m", "providerID": "p", "name": "Model"}]})
-    return items
-
-
 def to_share(items: list[dict[str, Any]], sync_count: int = 1) -> PublicShare:
-    by = {"message": {}, "part": {}}
+    by: dict[str, dict[str, Any]] = {"message": {}, "part": {}}
     session: dict[str, Any] = {}
     diffs: list[Any] = []
     models: list[Any] = []
@@ -128,10 +76,10 @@ async def http_median(items: list[dict[str, Any]], runs: int) -> tuple[float, fl
             times = []
             size = 0
             for _ in range(runs + 1):
-                start = time.perf_counter()
+                t0 = time.perf_counter()
                 response = await client.get(f"/share/{creds['id']}")
                 size = len(await response.read())
-                times.append((time.perf_counter() - start) * 1000)
+                times.append((time.perf_counter() - t0) * 1000)
             return times[0], statistics.median(times[1:]), size
 
 

@@ -5,7 +5,7 @@ Starts ``cloudsession serve`` on a free port with a temporary data directory, op
 headless Chromium (Debian's /usr/bin/chromium, driven by Playwright), then repeatedly syncs a new
 message through the REST API and times how long until it is visible on the open page.
 
-Usage: .venv/bin/python scripts/bench_live.py [--runs 20] [--chromium /usr/bin/chromium]
+Usage: .venv/bin/python benchmarks/live.py [--runs 20] [--chromium /usr/bin/chromium]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def call(url: str, body: Any) -> Any:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def main() -> None:
