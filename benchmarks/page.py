@@ -42,11 +42,8 @@ from typing import Any
 from playwright.sync_api import Browser, Page, sync_playwright
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "scripts")]
-try:  # the render benchmark's share shape (benchmarks/render.py, formerly scripts/bench_render.py)
-    from render import SES, build_items  # type: ignore[import-not-found,unused-ignore]
-except ImportError:
-    from bench_render import SES, build_items  # type: ignore[import-not-found,no-redef,unused-ignore]
+sys.path.insert(0, str(HERE))
+from shapes import SES, build_items  # noqa: E402  (the share shape every benchmark uses)
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -67,7 +64,8 @@ def fetch(url: str, encoding: str | None) -> tuple[bytes, dict[str, str]]:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def cpu_seconds(pid: int) -> float:

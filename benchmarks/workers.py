@@ -10,7 +10,7 @@ real client does), send a real-client batch (a message update and a ~2 KB text p
 measured window. The client runs in this process, on the same machine: it competes with the
 workers for the cores, and its CPU per sync is printed too.
 
-    .venv/bin/python scripts/bench_workers.py [--workers 1,2] [--clients 32] [--seconds 6] [--rounds 4]
+    .venv/bin/python benchmarks/workers.py [--workers 1,2] [--clients 32] [--seconds 6] [--rounds 4]
 """
 
 from __future__ import annotations
