@@ -93,7 +93,7 @@ async def test_a_store_that_never_answers_is_a_503_within_the_deadline(store_ope
         service.public_share(creds.id),
         service.sync(creds.id, creds.secret, [message(1)]),
         service.create("ses_another00000000000000001", origin="http://x"),
-        service.list_index(fresh=True),
+        service.list_page(),
         service.delete(creds.id, creds.secret),
     ]
     for call in calls:
@@ -149,7 +149,7 @@ async def test_a_failing_listing_is_a_503_on_every_path(store_opener: StoreOpene
     calls = [
         service.public_share(creds.id),  # the journal tail is listed (iter_keys)
         service.sync(creds.id, creds.secret, [message(1)]),
-        service.list_index(fresh=True),
+        service.list_page(),
         service.delete(creds.id, creds.secret),
         service.ready(),
     ]
