@@ -325,16 +325,17 @@ async def fsck(service: ShareService, options: FsckOptions, *, start: Callable[[
             report.add(Finding(share_id, "check-failed", _describe(exc)))
 
     built = not await service.store_call(service.listing.needs_backfill())
+    unlisted: list[str] = []
 
     async def check(share_id: str) -> None:
         try:
-            await _check_share(service, share_id, options, report, listed=built)
+            await _check_share(service, share_id, options, report, unlisted=None if built else unlisted)
         except Exception as exc:  # one share must never stop the run
             report.add(Finding(share_id, "check-failed", _describe(exc)))
 
     await for_each(share_ids, check, tick)
     await for_each(orphans, orphan, tick)
-    await _check_listing(service, options, report, built=built)
+    await _check_listing(service, options, report, built=built, unlisted=len(unlisted))
     await _check_temp(service, options, report)
     report.counts["shares"] = len(share_ids)
     return report
@@ -350,7 +351,7 @@ async def _check_temp(service: ShareService, options: FsckOptions, report: Repor
         report.add(Finding("(store)", "stale-temp", f"{count} temporary files left by interrupted writes", action))
 
 
-async def _check_share(service: ShareService, share_id: str, options: FsckOptions, report: Report, *, listed: bool) -> None:
+async def _check_share(service: ShareService, share_id: str, options: FsckOptions, report: Report, *, unlisted: list[str] | None) -> None:
     store = service.store
     reason = credentials.unservable_reason(share_id)
     if reason is not None:
@@ -382,14 +383,19 @@ async def _check_share(service: ShareService, share_id: str, options: FsckOption
         if action != "repaired":
             return  # the index and journal checks need a readable share
     state = await service.load(share_id)
-    await _check_index(service, state, options, report, listed=listed)
+    await _check_index(service, state, options, report, unlisted=unlisted)
     await _check_journal(service, state, options, report)
 
 
-async def _check_index(service: ShareService, state: ShareState, options: FsckOptions, report: Report, *, listed: bool) -> None:
+async def _check_index(service: ShareService, state: ShareState, options: FsckOptions, report: Report, *, unlisted: list[str] | None) -> None:
+    """``unlisted``: where to count shares without a listing key when the store's list was never
+    built (one finding for the store, ``_check_listing``); None: each is a finding."""
     outcome = await service.store_call(entry_state(service.store, state.share_id, state.index_doc()))
-    if outcome == "ok" or (outcome == "unlisted" and not listed):
-        return  # (an unbuilt list is one finding for the whole store)
+    if outcome == "ok":
+        return
+    if outcome == "unlisted" and unlisted is not None:
+        unlisted.append(state.share_id)
+        return
     action = ""
     if options.repair:
         action = options.act("repaired", "would repair")
@@ -403,18 +409,20 @@ async def _check_index(service: ShareService, state: ShareState, options: FsckOp
     report.add(Finding(state.share_id, kind, detail, action))
 
 
-async def _check_listing(service: ShareService, options: FsckOptions, report: Report, *, built: bool) -> None:
+async def _check_listing(service: ShareService, options: FsckOptions, report: Report, *, built: bool, unlisted: int) -> None:
     """Listing keys that are not their share's current one (a crash in the index writer): never
     shown, but read past by every page and sweep. And a store whose listing keys were never
-    built from its index entries (written before they existed)."""
-    if not built:
+    built from its index entries (written before they existed): one finding for the store
+    rather than one per share."""
+    if not built and unlisted:
         action = ""
         if options.repair:
             action = options.act("repaired", "would repair")
             if not options.dry_run:
                 await service.listing.backfill()
-        report.add(Finding("(store)", "listing-unbuilt", "the list's keys were never built from the index entries (a store "
-                           "written before they existed); the server builds them at startup, as do --repair and backfill-index", action))
+        report.add(Finding("(store)", "listing-unbuilt", f"{unlisted} shares are missing from the list: its keys were never built from "
+                           "the index entries (a store written before they existed); the server builds them at startup, as do "
+                           "--repair and backfill-index", action))
     scan = service.listing.scan(None, batch=1000)
     scan.stale_grace_ms = LISTING_GRACE_MS
     while await scan.next() is not None:
