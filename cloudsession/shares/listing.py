@@ -77,7 +77,7 @@ FORGET_SECONDS = 60.0
 KNOWN_ETAGS = 10_000
 MAX_CURSOR_CHARS = 200
 # Counted per cached entry besides its bytes (the dict slot, tuple and ints).
-ENTRY_OVERHEAD = 240
+ENTRY_OVERHEAD = 560
 
 
 def entry_time(doc: Mapping[str, Any]) -> int:
@@ -480,7 +480,9 @@ class Listing:
         return Entry(
             share_id=share_id,
             last_updated=when,
-            body=json_bytes(public),  # the output edge: lone surrogates become U+FFFD
+            # The output edge: lone surrogates become U+FFFD. Copied: orjson's result keeps its
+            # 4 KiB buffer, eight times this small entry.
+            body=bytes(memoryview(json_bytes(public))),
             search="\n".join(t for t in texts if isinstance(t, str)).lower(),
             owner=owner,
             private=bool(public.get("private")),
@@ -488,11 +490,13 @@ class Listing:
             labels={k: v for k, v in labels.items() if isinstance(v, str)} if isinstance(labels, dict) else None,
         )
 
-    def remember(self, entry: Entry) -> None:
+    def remember(self, entry: Entry, *, evict: bool = True) -> None:
+        """Keep ``entry``; without ``evict`` only if it fits without evicting others (a scan of
+        every share, larger than the cache, would otherwise evict each entry before its reuse)."""
         old = self._cache.pop(entry.share_id, None)
         if old is not None:
             self._cached_bytes -= old.cost
-        if entry.cost > self.cache_bytes:
+        if entry.cost > self.cache_bytes or (not evict and self._cached_bytes + entry.cost > self.cache_bytes):
             return
         self._cache[entry.share_id] = entry
         self._cached_bytes += entry.cost
@@ -517,7 +521,7 @@ class Listing:
 
     # -- scanning -------------------------------------------------------------------------------
 
-    async def _read(self, share_ids: list[str]) -> tuple[dict[str, Entry | None], int, int]:
+    async def _read(self, share_ids: list[str], *, evict: bool = True) -> tuple[dict[str, Entry | None], int, int]:
         """Read the index entries of ``share_ids``: ({id: entry, or None when absent}, how many
         could not be listed, failed reads); unlistable and failed ones are left out."""
         semaphore = asyncio.Semaphore(READ_CONCURRENCY)
@@ -547,14 +551,15 @@ class Listing:
                 unreadable += 1  # skipped, counted, and left for `admin fsck`
                 return
             found[share_id] = entry
-            self.remember(entry)
+            self.remember(entry, evict=evict)
 
         await asyncio.gather(*(one(s) for s in share_ids))
         return found, unreadable, failures
 
-    def scan(self, start_after: str | None, *, batch: int) -> Scan:
-        """Every listing key after ``start_after``, in order (:class:`Scan`)."""
-        return Scan(self, start_after, batch)
+    def scan(self, start_after: str | None, *, batch: int, evict: bool = True) -> Scan:
+        """Every listing key after ``start_after``, in order (:class:`Scan`); ``evict=False``
+        for a walk over every share."""
+        return Scan(self, start_after, batch, evict=evict)
 
     async def page(self, cursor: str | None, limit: int, filters: Filters, *, budget: int = SCAN_BUDGET) -> Page:
         """One page of the list after ``cursor`` (``parse_cursor``), newest first."""
@@ -611,7 +616,7 @@ class Listing:
         time; only those updated at or before ``newest`` and after ``oldest`` when given.
         ``scan`` (from :meth:`scan`, at the start) lets the caller see what it passed."""
         start = listing_position(newest) if newest is not None else None
-        scan = scan or self.scan(start, batch=1000)
+        scan = scan or self.scan(start, batch=1000, evict=False)
         while (step := await scan.next()) is not None:
             entry = step[1]
             if entry is None:
@@ -712,7 +717,7 @@ class Scan:
     hold in chunks as it reaches them (doubling up to 256), so a caller that stops early has
     paid for about what it used."""
 
-    def __init__(self, listing: Listing, start_after: str | None, batch: int) -> None:
+    def __init__(self, listing: Listing, start_after: str | None, batch: int, *, evict: bool = True) -> None:
         self.listing = listing
         self.cursor = start_after
         self.batch = max(1, min(1000, batch))
@@ -729,6 +734,9 @@ class Scan:
         # newer than it: a crash between the writer's steps), for the sweep to delete.
         self.stale_grace_ms: int | None = None
         self.stale: list[str] = []
+        # Whether entries read evict others from the cache (pages); a walk over every share
+        # (sweep, fsck) keeps what is cached and adds only what fits.
+        self.evict = evict
 
     @property
     def more(self) -> bool:
@@ -759,7 +767,9 @@ class Scan:
         if share_id not in self.resolved and (cached is None or cached.last_updated != when):
             await self._read_ahead(share_id)
         self.keys.popleft()
-        entry = self.resolved.get(share_id, cached)
+        # Taken from ``resolved`` as it is used, so a scan of every share holds only what it read
+        # ahead (a later key of the same share is judged from the cache, or read again).
+        entry = self.resolved.pop(share_id) if share_id in self.resolved else cached
         if entry is None or entry.last_updated != when:
             if self.stale_grace_ms is not None:
                 self._judge(key, when, share_id, entry)
@@ -786,7 +796,7 @@ class Scan:
             hit = self.listing._cache.get(ahead[1])
             if hit is None or hit.last_updated != ahead[0]:
                 wanted.append(ahead[1])
-        found, unreadable, failures = await self.listing._read(wanted)
+        found, unreadable, failures = await self.listing._read(wanted, evict=self.evict)
         if failures and failures == len(wanted):
             raise StoreUnavailable()
         self.absent.update(sid for sid, entry in found.items() if entry is None)

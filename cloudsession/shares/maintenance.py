@@ -423,7 +423,7 @@ async def _check_listing(service: ShareService, options: FsckOptions, report: Re
         report.add(Finding("(store)", "listing-unbuilt", f"{unlisted} shares are missing from the list: its keys were never built from "
                            "the index entries (a store written before they existed); the server builds them at startup, as do "
                            "--repair and backfill-index", action))
-    scan = service.listing.scan(None, batch=1000)
+    scan = service.listing.scan(None, batch=1000, evict=False)
     scan.stale_grace_ms = LISTING_GRACE_MS
     while await scan.next() is not None:
         pass

@@ -101,7 +101,7 @@ async def sweep(service: ShareService, *, now: int | None = None, dry_run: bool 
     prefix = LISTING_PREFIX if built else INDEX_PREFIX
     tick = start("expiry", await service.listing.count_keys(prefix) if start is not _no_progress else 0)
     if built:
-        scan = service.listing.scan(None, batch=1000)
+        scan = service.listing.scan(None, batch=1000, evict=False)
         scan.stale_grace_ms = LISTING_GRACE_MS
         while (step := await scan.next()) is not None:
             if parse_listing_key(step[0]) is not None:
