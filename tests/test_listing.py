@@ -258,15 +258,18 @@ async def test_a_crash_between_the_new_listing_key_and_the_old_ones_delete_never
 
 async def test_a_burst_of_syncs_is_one_index_write_and_close_flushes_the_last(tmp_path: Path) -> None:
     counting = Counting(FilesystemStore(tmp_path / "store"))
-    service = make_service(counting, tmp_path, index_write_delay_seconds=0.5)
+    service = make_service(counting, tmp_path, index_write_delay_seconds=3)
     creds = await service.create("ses_burst0000000000000000001", origin="http://x")
     await service.settle_index()
     counting.reset()
     for n in range(10):
         await service.sync(creds.id, creds.secret, [{"type": "message", "data": {"id": f"msg_{n}", "role": "user"}}])
     assert counting.calls["put index"] == 0  # nothing on the syncs' path
+    counting.reset()
     await service.settle_index()
-    assert counting.calls["put index"] == 1 and counting.calls["put listing"] == 1
+    # One write for the burst: the new listing key, the entry (If-Match on the ETag this process
+    # wrote), the previous key deleted, and a check that the share still exists.
+    assert dict(counting.calls) == {"put listing": 1, "put index": 1, "delete listing": 1, "head share": 1}
     index = json.loads((await counting.get(index_key(creds.id))).body)  # type: ignore[union-attr]
     assert index["syncCount"] == 10 and index["messageCount"] == 10
     # The last change before shutdown is written by close(), without waiting out a long delay.
