@@ -403,6 +403,12 @@ class Settings(BaseModel):
     # Folded journal entries are deleted only after this long, so that a writer which checked
     # the share just before a compaction can never write into a freed slot (see shares/storage.py).
     journal_grace_seconds: float = Field(300.0, ge=1, description="Folded journal entries are deleted only after this long (a slow writer never writes into a freed slot).")
+    # What the share cache may hold in memory: folded shares and their public views, measured as
+    # what they cost (docs/performance.md "Memory"). Least recently used shares are evicted.
+    cache_budget_bytes: int = Field(
+        256 * MiB, ge=0,
+        description="Memory the share cache may use: folded shares and their public views, counted as what they cost in memory; least recently used shares are dropped past it (0 caches nothing between requests). Compressed responses have their own 32 MiB (docs/reads.md).",
+    )
     # A writer re-checks the share when more than this passed since it last did.
     write_deadline_seconds: float = Field(30.0, ge=0.1, description="A writer re-checks the share when more than this passed since it last did.")
     # Deadline of one store call (a GET, PUT, LIST page...): past it the request answers 503
@@ -623,6 +629,7 @@ VARS: dict[str, tuple[str, ...]] = {
     "COMPACT_MAX_ENTRIES": ("compact_max_entries",),
     "COMPACT_MIN_BYTES": ("compact_min_bytes",),
     "COMPACT_RATIO": ("compact_ratio",),
+    "CACHE_BUDGET_BYTES": ("cache_budget_bytes",),
     "WRITE_DEADLINE_SECONDS": ("write_deadline_seconds",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),

@@ -66,7 +66,7 @@ def json_bytes(value: Any) -> bytes:
         return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError):
         pass
-    cleaned = scrub(value)
+    cleaned = scrub(unfragment(value))
     try:
         return orjson.dumps(cleaned)
     except (orjson.JSONEncodeError, TypeError):
@@ -75,11 +75,34 @@ def json_bytes(value: Any) -> bytes:
 
 def stored_bytes(value: Any) -> bytes:
     """Compact JSON for the store: orjson, or (for data orjson refuses: lone surrogates, deep
-    nesting) the standard library with lone surrogates escaped, so nothing is lost."""
+    nesting) the standard library with lone surrogates escaped, so nothing is lost. ``value``
+    may hold ``orjson.Fragment`` (JSON already serialised by this function)."""
     try:
         return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError):
-        return _stdlib_bytes(value)
+        return _stdlib_bytes(unfragment(value))
+
+
+class Fragments(list):  # type: ignore[type-arg]
+    """A JSON array of already-serialised values: ``orjson.Fragment`` items for orjson, and
+    their bytes (``raw``) for the standard library's fallback (``unfragment``)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[bytes]) -> None:
+        super().__init__(orjson.Fragment(item) for item in raw)
+        self.raw = raw
+
+
+def unfragment(value: Any) -> Any:
+    """``value`` with every ``Fragments`` array parsed back (for the standard library)."""
+    if isinstance(value, Fragments):
+        return [parse_stored(item) for item in value.raw]
+    if isinstance(value, dict):
+        return {k: unfragment(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [unfragment(v) for v in value]
+    return value
 
 
 def parse_json(raw: bytes | str) -> Any:

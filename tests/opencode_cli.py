@@ -85,6 +85,9 @@ class Sandbox:
             (root / name).mkdir(parents=True, exist_ok=True)
             self.env[key] = str(root / name)
         self.env.update(SANDBOX_ENV)
+        # opencode takes its working directory from PWD when set: the caller's would put sessions
+        # (and the bash tool) in the caller's directory instead of the sandbox's project.
+        self.env["PWD"] = str(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:

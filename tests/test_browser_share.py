@@ -414,3 +414,118 @@ def test_downloads_of_a_private_share_carry_its_token(page: Page, server: Server
         page.locator("#download-menu a").first.click()
     exported = json.loads(Path(info.value.path()).read_text())
     assert exported["info"]["title"] == "Add a greeting module" and len(exported["messages"]) == 6
+
+
+def test_the_navigator_of_a_long_share_fetches_other_pages_when_they_come_into_view(page: Page, server: ServerProcess) -> None:
+    items = conversation(650, words=3)
+    creds = new_share(server, items)
+    ids = [i["data"]["id"] for i in items if i["type"] == "message"]
+    open_live(page, server, creds["id"])
+    # This page and the next inline; pages 3 to 7 are links until shown.
+    assert page.locator("#nav-list li[data-id]").count() == 200
+    assert page.locator("#nav-list li.nav-more").evaluate_all("els => els.map(e => e.textContent)") == [
+        f"Page {n} · {50 if n == 7 else 100} prompts" for n in range(3, 8)
+    ]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "navigator-long-1440.png"))
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url) if "/nav?" in request.url else None)
+    page.evaluate("() => { const box = document.getElementById('navigator'); box.scrollTop = box.scrollHeight; }")
+    page.wait_for_selector(f'#nav-list li[data-id="{ids[250]}"]', state="attached", timeout=5_000)
+    assert fetched and all("/data" not in url for url in fetched)
+    # A prompt of another page jumps there.
+    page.locator(f'#nav-list li[data-id="{ids[250]}"] a').click()
+    page.wait_for_url(f"**/share/{creds['id']}?page=3#msg-{ids[250]}", timeout=5_000)
+    assert page.locator(f"#msg-{ids[250]}").is_visible()
+    # Page 3's navigator: pages 2 to 4 inline, 1 and 5 to 7 links.
+    assert page.locator("#nav-list li.nav-more").evaluate_all("els => els.map(e => e.getAttribute('data-from'))") == ["1", "5", "6", "7"]
+    assert page.locator("#nav-list li.current").get_attribute("data-id") == ids[250]
+    # On a phone the same navigator is a drawer.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.click("#nav-toggle")
+    page.evaluate("() => { const box = document.getElementById('navigator'); box.scrollTop = 0; }")
+    page.screenshot(path=str(ARTIFACTS / "navigator-long-390.png"))
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_a_bare_link_to_a_part_on_another_page_lands_on_it(page: Page, server: ServerProcess) -> None:
+    items = conversation(250, words=5)
+    creds = new_share(server, items)
+    target = [i["data"]["id"] for i in items if i["type"] == "part"][230]
+    for start in ("", "?page=2"):
+        page.goto(f"{server.url}/share/{creds['id']}{start}#part-{target}")
+        page.wait_for_url(f"**/share/{creds['id']}?page=3#part-{target}", timeout=5_000)
+        assert page.locator(f"#part-{target}").is_visible()
+        box = page.locator(f"#part-{target}").bounding_box()
+        assert box is not None and box["y"] < 300
+    assert page.errors == []  # type: ignore[attr-defined]
+    # An anchor that names nothing stays where it is (the one 404 is the server's answer).
+    page.goto(f"{server.url}/share/{creds['id']}?page=2#part-prt_nothing")
+    page.wait_for_load_state("networkidle")
+    assert page.url.endswith("?page=2#part-prt_nothing")
+    assert [e for e in page.errors if "404" not in e] == []  # type: ignore[attr-defined]
+
+
+def test_navigator_page_links_work_without_javascript(browser: Browser, server: ServerProcess) -> None:
+    items = conversation(450, words=3)
+    creds = new_share(server, items)
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, java_script_enabled=False)
+    try:
+        tab = context.new_page()
+        tab.goto(f"{server.url}/share/{creds['id']}")
+        tab.locator("#nav-list li.nav-more a", has_text="Page 4").click()
+        tab.wait_for_url("**?page=4")
+        assert tab.locator("#messages article").count() == 100
+        assert tab.locator("#nav-list li.nav-more").evaluate_all("els => els.map(e => e.textContent)") == ["Page 1 · 100 prompts", "Page 2 · 100 prompts"]
+    finally:
+        context.close()
+
+
+def test_the_changes_list_opens_a_collapsed_diff_and_the_card_is_an_image(page: Page, server: ServerProcess) -> None:
+    big = "\n".join(f"line_{n} = {n}" for n in range(300))
+    items = [*rich_items(), item("session_diff", [
+        {"file": "small.py", "before": "a = 1\n", "after": "a = 2\n", "additions": 1, "deletions": 1},
+        {"file": "big.py", "before": "", "after": big, "additions": 300, "deletions": 0},
+    ])]
+    creds = new_share(server, items)
+    open_live(page, server, creds["id"])
+    page.click("a.changes-link")
+    assert page.locator("#diff-2").evaluate("d => d.open") is False  # over 200 lines: collapsed
+    page.locator("#diff-files a", has_text="big.py").click()
+    page.wait_for_function("() => document.getElementById('diff-2').open", timeout=5_000)
+    assert page.locator("#diff-files li").evaluate_all("els => els.map(e => e.textContent.trim())") == ["small.py +1 −1", "big.py +300 −0"]
+    card = page.locator('meta[property="og:image"]').get_attribute("content")
+    assert card is not None and card.startswith(server.url + f"/share/{creds['id']}/card.png?v=")
+    size = page.evaluate("""url => new Promise(done => {
+        const img = new Image();
+        img.onload = () => done([img.naturalWidth, img.naturalHeight]);
+        img.onerror = () => done(null);
+        img.src = url;
+    })""", card)
+    assert size == [1200, 630]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with urllib.request.urlopen(card, timeout=10) as response:
+        (ARTIFACTS / "social-card.png").write_bytes(response.read())
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_live_prompts_join_the_navigator_only_near_this_page(page: Page, server: ServerProcess) -> None:
+    items = conversation(450, words=3)
+    creds = new_share(server, items)
+    base = next(i["data"] for i in items if i["type"] == "session")
+    # On page 1 a new prompt (it lands on page 5) leaves the link to page 5 as it is.
+    open_live(page, server, creds["id"])
+    before = page.locator("#nav-list").inner_html()
+    first = user(10_000_000)
+    sync(server, creds, [item("session", base), item("message", first), item("part", part(first, "text", text="far away prompt"))])
+    page.wait_for_function("() => document.getElementById('nav-count').textContent === '451'", timeout=5_000)
+    assert page.locator("#nav-list").inner_html() == before
+    # On the last page it appears in place, in order.
+    open_live(page, server, creds["id"], "?page=5")
+    second = user(10_001_000)
+    sync(server, creds, [item("message", second), item("part", part(second, "text", text="a prompt right here"))])
+    page.wait_for_selector(f'#nav-list li[data-id="{second["id"]}"]', timeout=5_000)
+    ids = page.locator("#nav-list li[data-id]").evaluate_all("els => els.map(e => e.getAttribute('data-id'))")
+    assert ids[-2:] == [first["id"], second["id"]]
+    assert page.locator(f'#nav-list li[data-id="{second["id"]}"]').inner_text().endswith("a prompt right here")
+    assert page.errors == []  # type: ignore[attr-defined]

@@ -311,7 +311,7 @@ async def test_store_work_per_page_does_not_grow_with_the_number_of_shares(store
         # list reads nothing else), written directly to keep the seeding quick on moto.
         gate = asyncio.Semaphore(16)
 
-        async def one(n: int) -> None:
+        async def one(n: int, count: int = count, store: ObjectStore = store, gate: asyncio.Semaphore = gate) -> None:
             share_id, when = f"w{count:03d}{n:05d}", BASE_MS + n * 1000
             async with gate:
                 await store.put(index_key(share_id), stored_bytes({"id": share_id, "sessionID": f"ses_{share_id}", "lastUpdated": when}))

@@ -57,7 +57,7 @@ def test_request_bodies_come_from_the_models_and_name_the_headers():
     assert schemas["SyncBody"]["properties"]["data"]["items"] == {"$ref": "#/components/schemas/SyncItem"}
     assert {s["properties"]["type"]["const"] for s in schemas["SyncItem"]["oneOf"]} == {"session", "message", "part", "session_diff", "model"}
     headers = {p["name"] for ops in doc["paths"].values() for op in ops.values() for p in op.get("parameters", []) if p["in"] == "header"}
-    assert headers == {"Idempotency-Key", "x-opencode-share-token", "X-Cloudsession-Labels", "X-Cloudsession-TTL"}
+    assert headers == {"Idempotency-Key", "x-opencode-share-token", "X-Cloudsession-Labels", "X-Cloudsession-TTL", "If-None-Match"}
     assert doc["components"]["securitySchemes"]["adminKey"]["name"] == "x-opencode-share-key"
     statuses = {code for ops in doc["paths"].values() for op in ops.values() for code in op["responses"]}
-    assert statuses == {"200", "400", "401", "403", "404", "408", "409", "410", "413", "415", "429", "503"}
+    assert statuses == {"200", "304", "400", "401", "403", "404", "408", "409", "410", "413", "415", "429", "503"}

@@ -43,6 +43,15 @@ def test_the_plugin_outbox_logic_under_the_binarys_bun() -> None:
     assert " 0 fail" in output and " 12 pass" in output, output
 
 
+def test_the_plugin_backfill_logic_under_the_binarys_bun() -> None:
+    """A session shared mid-way: its earlier messages and parts are read and recorded once, without
+    replacing newer changes (backfill.test.mjs)."""
+    done = run_bun("test", "./backfill.test.mjs")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert " 0 fail" in output and " 11 pass" in output, output
+
+
 # -- the real opencode 1.18.33 with the plugin installed, against real share servers ---------------
 
 

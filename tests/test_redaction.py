@@ -12,14 +12,18 @@ import itertools
 import json
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import pytest
 from bs4 import BeautifulSoup
 from factories import NAMESPACE, settings_for_tests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from view_data import SES, item, part, rich_items, session, user
 
 from cloudsession import cli, credentials
+from cloudsession.shares import public
 from cloudsession.shares.public import Redactor
 from cloudsession.web.app import create_app
 from cloudsession.web.keys import LIVE
@@ -102,7 +106,7 @@ async def public_bodies(web, creds: dict[str, str], items: list[dict[str, Any]])
     """Every public (and admin) read of the share, by name."""
     sid = creds["id"]
     ids = [("id", i["data"]["id"]) for i in items if i["type"] == "message"]
-    flags = [("header", "1"), ("diffs", "1"), ("digest", "1"), ("nav_from", "1")]
+    flags = [("header", "1"), ("diffs", "1"), ("digest", "1"), ("nav", "1")]
     admin = {"x-opencode-share-key": ADMIN_KEY}
     reads = {
         "page": f"/share/{sid}",
@@ -298,3 +302,47 @@ async def test_every_live_frame_passes_through_the_viewers_redaction() -> None:
     viewer.queue.put_nowait(None)  # then close
     await viewer.pump()
     assert sent == ['[{"type":"part","data":{"id":"prt_1","text":"see ses_PUBLIC"}}]']
+
+
+async def test_the_social_card_shows_no_owner_id_secret_or_token(web) -> None:  # type: ignore[no-untyped-def]
+    """The card leaves the process as pixels, out of reach of the response-level redaction: its
+    text is redacted before drawing, and credential-shaped words are left out as well."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from cloudsession.web.keys import RENDERER, SERVICE
+
+    creds = await create(web, SES)
+    fake_key = "sk-ant-api03-" + "Q7xLp2" * 6
+    title = f"Debug {SES.upper()} and {SES.swapcase()} with secret {creds['secret']} and key {fake_key}"
+    items = [item("session", session(id=SES, title=title)), *mentioning_items(SES)[1:]]
+    await sync(web, creds, items)
+    response = await web.get(f"/share/{creds['id']}/card.png")
+    assert response.status == 200 and response.content_type == "image/png"
+    with Image.open(BytesIO(await response.read())) as image:
+        assert image.size == (1200, 630)
+    share = await web.server.app[SERVICE].public_share(creds["id"], None)
+    text = web.server.app[RENDERER].pages.view(share).card_text("share.example.com")
+    shown = " ".join([text.site, text.title, text.model, text.counts, text.updated])
+    assert_clean(shown, SES, "card")
+    public = credentials.public_session_id(credentials.parse_namespace(NAMESPACE), SES)
+    for secret in (creds["secret"], fake_key, public):
+        assert secret not in shown
+    assert text.title == "Debug [hidden] and [hidden] with secret [hidden] and key [hidden]"
+    assert text.model == "Claude Sonnet 4 [hidden] (anthropic/claude-sonnet-4) and 2 more"  # mentions it too
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["ses_abcdefghijkl", "SES_ABCDEFGHIJKLmn", "ses_abcdefghijklmn", "x", "ses_", "é", "\"", "ses_abcdefghijk"]), max_size=12),
+)
+def test_the_search_for_a_few_owner_ids_replaces_exactly_what_the_anchor_pattern_does(pieces: list[str]) -> None:
+    # A share's few owners are searched for with bytes.find; a listing's many with the anchor
+    # pattern: the same body must come out of both, overlaps and prefixes of one another included.
+    redactor = Redactor([("ses_abcdefghijkl", "ses_PUBLIC_ONE_0"), ("ses_abcdefghijklmn", "ses_PUBLIC_TWO_00")])
+    body = "".join(pieces).encode()
+    found = redactor.serialised_bytes(body)
+    with mock.patch.object(public, "_FIND_LIMIT", 0):
+        assert redactor.serialised_bytes(body) == found
+    assert b"abcdefghijkl" not in found.lower()

@@ -125,7 +125,7 @@ async def test_fragments_return_requested_messages_header_diffs_and_digest(web) 
     messages = [i["data"]["id"] for i in items if i["type"] == "message"]
     response = await web.get(
         f"/share/{creds['id']}/fragments",
-        params=[("id", messages[1]), ("id", "msg_unknown"), ("header", "1"), ("diffs", "1"), ("digest", "1"), ("page", "1"), ("nav_from", "5")],
+        params=[("id", messages[1]), ("id", "msg_unknown"), ("header", "1"), ("diffs", "1"), ("digest", "1"), ("page", "1"), ("nav", "1")],
     )
     assert response.status == 200
     assert response.headers["Cache-Control"] == "no-store"
@@ -137,12 +137,15 @@ async def test_fragments_return_requested_messages_header_diffs_and_digest(web) 
     html = soup_of(fragment["html"])
     assert html.select_one("article")["id"] == f"msg-{messages[1]}"
     assert html.select_one("article")["data-hash"] == fragment["hash"]
-    assert soup_of(fragment["nav"]).select_one("li")["data-id"] == messages[1]
+    assert fragment["nav"] == ""  # an assistant message has no navigator entry
+    prompt = (await (await web.get(f"/share/{creds['id']}/fragments", params={"id": messages[0]})).json())["messages"][0]
+    assert soup_of(prompt["nav"]).select_one("li")["data-id"] == messages[0]
     assert body["missing"] == ["msg_unknown"]
     assert soup_of(body["header"]).select_one("#share-header h1").get_text() == "Add a greeting module"
     assert len(soup_of(body["diffs"]).select("details.file-diff")) == 2
     assert [d["id"] for d in body["digest"]] == messages
-    assert len(soup_of(body["nav"]).select("li")) == 2  # entries 5 and 6
+    assert [li["data-id"] for li in soup_of(body["nav"]).select("li")] == messages[::2]  # the page's prompts
+    assert body["pageCount"] == 6
 
 
 async def test_fragment_hash_changes_only_for_the_touched_message(web) -> None:  # type: ignore[no-untyped-def]
@@ -341,8 +344,16 @@ async def test_private_share_links_keep_the_read_token(web) -> None:  # type: ig
     far = page.select("#nav-list li")[120].select_one("a")["href"]
     assert far.startswith(f"?page=2&token={token}#msg-")
     assert (await web.get(f"/share/{creds['id']}{pager_links[-1]}")).status == 200
-    fragments = await (await web.get(f"/share/{creds['id']}/fragments", params={"token": token, "nav_from": "130"})).json()
+    fragments = await (await web.get(f"/share/{creds['id']}/fragments", params={"token": token, "nav": "1"})).json()
     assert f"token={token}" in fragments["nav"]
+    nav = await web.get(f"/share/{creds['id']}/nav", params={"token": token, "from": "2", "to": "2", "page": "1"})
+    assert nav.status == 200 and f"?page=2&amp;token={token}#msg-" in (await nav.json())["html"]
+    located = await web.get(f"/share/{creds['id']}/locate", params={"token": token, "anchor": f"msg-{items[-2]['data']['id']}"})
+    assert (await located.json())["page"] == 2
+    # Without the token these answer 404, and tell nothing.
+    for path, params in (("nav", {"from": "2"}), ("locate", {"anchor": f"msg-{items[-2]['data']['id']}"}), ("card.png", {})):
+        response = await web.get(f"/share/{creds['id']}/{path}", params=params)
+        assert response.status == 404 and items[-1]["data"]["text"] not in await response.text()
 
 
 async def test_browser_error_page_is_html_and_passes_the_errors_headers_on(aiohttp_client, view_settings) -> None:  # type: ignore[no-untyped-def]
@@ -385,14 +396,14 @@ async def test_html_and_json_are_gzipped_when_the_client_accepts_it(web) -> None
         plain = await web.get(path, headers={"Accept-Encoding": "identity"}, auto_decompress=False)
         raw = await plain.read()
         assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
-        packed = await web.get(path, headers={"Accept-Encoding": "br;q=1.0, gzip;q=0.8"}, auto_decompress=False)
+        packed = await web.get(path, headers={"Accept-Encoding": "br;q=0.5, gzip;q=0.8"}, auto_decompress=False)
         assert packed.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in packed.headers["Vary"]
         body = await packed.read()
         assert gzip.decompress(body) == raw and len(body) < len(raw) / 3
         # Refused by q-value: sent as it is.
         refused = await web.get(path, headers={"Accept-Encoding": "gzip;q=0, deflate"}, auto_decompress=False)
         assert "Content-Encoding" not in refused.headers and await refused.read() == raw
-        starred = await web.get(path, headers={"Accept-Encoding": "*"}, auto_decompress=False)
+        starred = await web.get(path, headers={"Accept-Encoding": "*;q=0.5, br;q=0"}, auto_decompress=False)
         assert starred.headers["Content-Encoding"] == "gzip"
     # A tiny body is not worth it.
     tiny = await web.get(f"/api/share/{creds['id']}/metadata", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
@@ -468,3 +479,81 @@ async def test_search_counts_matches_on_every_page(web) -> None:  # type: ignore
     for bad in ({"q": "x"}, {"q": "x" * 201}, {}):
         assert (await web.get(f"/share/{creds['id']}/search", params=bad)).status == 400
     assert (await web.get("/share/Nope1234/search", params={"q": "abc"})).status == 404
+
+
+# --------------------------------------------------------------------------- social card
+
+
+async def test_social_card_is_named_by_the_page_and_drawn_once_per_version(web) -> None:  # type: ignore[no-untyped-def]
+    from io import BytesIO
+
+    from PIL import Image
+
+    from cloudsession.web.keys import RENDERER
+
+    creds = await create(web)
+    await sync(web, creds, rich_items())
+    page_response = await web.get(f"/share/{creds['id']}")
+    page_cache = page_response.headers["Cache-Control"]
+    page = soup_of(await page_response.text())
+    image_url = page.select_one('meta[property="og:image"]')["content"]
+    # Absolute, from PUBLIC_URL, and versioned by what the card shows.
+    assert re.fullmatch(rf"http://share\.test/share/{creds['id']}/card\.png\?v=[0-9a-f]{{16}}", image_url)
+    assert page.select_one('meta[name="twitter:image"]')["content"] == image_url
+    assert page.select_one('meta[name="twitter:card"]')["content"] == "summary_large_image"
+    cards = web.server.app[RENDERER].pages.cards
+    drawn = cards.drawn
+    path = image_url.removeprefix("http://share.test")
+    response = await web.get(path)
+    assert response.status == 200 and response.content_type == "image/png"
+    assert response.headers["Cache-Control"] == page_cache  # cached like the page
+    etag = response.headers["ETag"]
+    with Image.open(BytesIO(await response.read())) as image:
+        assert image.size == (1200, 630) and image.format == "PNG"
+    again = await web.get(path, headers={"If-None-Match": etag})
+    assert again.status == 304 and again.headers["ETag"] == etag
+    assert (await web.get(path)).headers["ETag"] == etag
+    assert cards.drawn == drawn + 1  # three requests, one drawing
+    # A new title is a new version: a new URL on the page and a new card.
+    await sync(web, creds, [item("session", session(title="Renamed"))])
+    page = soup_of(await (await web.get(f"/share/{creds['id']}")).text())
+    assert page.select_one('meta[property="og:image"]')["content"] != image_url
+    assert (await web.get(path, headers={"If-None-Match": etag})).status == 200
+    assert cards.drawn == drawn + 2
+
+
+async def test_private_share_card_needs_the_read_token_and_is_never_named(web) -> None:  # type: ignore[no-untyped-def]
+    response = await web.post("/api/share", json={"sessionID": SES, "private": True})
+    creds = await response.json()
+    await sync(web, creds, rich_items())
+    assert (await web.get(f"/share/{creds['id']}/card.png")).status == 404
+    assert (await web.get(f"/share/{creds['id']}/card.png", params={"token": "rt_wrong"})).status == 404
+    card = await web.get(f"/share/{creds['id']}/card.png", params={"token": creds["readToken"]})
+    assert card.status == 200 and card.headers["Cache-Control"] == "private, no-store" and "ETag" not in card.headers
+    page = soup_of(await (await web.get(f"/share/{creds['id']}", params={"token": creds["readToken"]})).text())
+    assert page.select('meta[property="og:image"], meta[name="twitter:image"]') == []
+    assert page.select_one('meta[name="twitter:card"]')["content"] == "summary"
+
+
+# --------------------------------------------------------------------------- navigator and anchors
+
+
+async def test_locate_names_the_page_of_a_message_or_a_part(web) -> None:  # type: ignore[no-untyped-def]
+    creds = await create(web)
+    items = [item("session", session())]
+    for n in range(230):
+        message = user(n * 1000)
+        items += [item("message", message), item("part", part(message, "text", text=f"number {n + 1}"))]
+    await sync(web, creds, items)
+    parts = [i["data"] for i in items if i["type"] == "part"]
+    for index, page in ((0, 1), (150, 2), (229, 3)):
+        for anchor in (f"msg-{parts[index]['messageID']}", f"part-{parts[index]['id']}"):
+            response = await web.get(f"/share/{creds['id']}/locate", params={"anchor": anchor})
+            assert response.status == 200
+            assert await response.json() == {"page": page, "message": parts[index]["messageID"]}
+    for anchor, status in (("part-prt_unknown", 404), (f"part-{parts[0]['messageID']}", 404), ("msg-", 400), ("diff-1", 400), ("x" * 300, 400)):
+        assert (await web.get(f"/share/{creds['id']}/locate", params={"anchor": anchor})).status == status, anchor
+    nav = await (await web.get(f"/share/{creds['id']}/nav", params={"from": "3", "to": "3", "page": "1"})).json()
+    assert nav["pages"] == 3
+    entries = soup_of(nav["html"]).select("li[data-id]")
+    assert len(entries) == 30 and entries[0].select_one("a")["href"] == f"?page=3#msg-{parts[200]['messageID']}"

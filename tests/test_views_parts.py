@@ -338,6 +338,16 @@ def test_session_diff_panel_shows_each_file(rich: BeautifulSoup) -> None:
     assert len(files[1].select("tr.d-add")) == 9
 
 
+def test_changes_panel_lists_the_files_with_counts_linking_to_each_diff(rich: BeautifulSoup) -> None:
+    entries = rich.select("#diffs ol#diff-files > li")
+    assert [text(li) for li in entries] == ["greet.py modified +2 −1", "test_greet.py +9 −0"]
+    targets = [li.select_one("a")["href"] for li in entries]
+    assert targets == ["#diff-1", "#diff-2"]
+    for target, name in zip(targets, ("greet.py", "test_greet.py"), strict=True):
+        block = rich.select_one(target)
+        assert block.name == "details" and text(block.select_one(".path")) == name
+
+
 def test_turn_diffs_on_user_messages(rich: BeautifulSoup) -> None:
     turn = rich.select_one("details.turn-diffs")
     assert "Files changed in this turn (1)" in text(turn.select_one("summary"))
@@ -365,15 +375,21 @@ def test_pagination_keeps_anchors_working(renderer: PageRenderer) -> None:
     share = _long_share(250)
     first = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
     assert len(first.select("#messages article")) == 100
-    nav = first.select("#nav-list li")
-    assert len(nav) == 250
-    target = nav[230]
+    # The navigator lists the messages of this page and the next; page 3 is a link.
+    nav = first.select("#nav-list li[data-id]")
+    assert len(nav) == 100  # the prompts of this page and the next (every other message)
+    target = nav[75]
     link = target.select_one("a")["href"]
-    assert link == f"?page=3#msg-{target['data-id']}"
+    assert link == f"?page=2#msg-{target['data-id']}"
+    [more] = first.select("#nav-list li.nav-more")
+    assert (more["data-from"], more["data-to"], more.select_one("a")["href"]) == ("3", "3", "?page=3")
+    assert text(more) == "Page 3 · 25 prompts"
     third = BeautifulSoup(renderer.share_page(share, 3), "html.parser")
-    assert third.select_one(f"#msg-{target['data-id']}") is not None
+    assert third.select_one(f"#msg-{share.messages[230]['id']}") is not None
     assert len(third.select("#messages article")) == 50
     assert "messages 201–250 of 250" in text(third.select_one("nav.pager"))
+    assert [li["data-p"] for li in third.select("#nav-list li[data-id]")] == ["2"] * 50 + ["3"] * 25
+    assert text(third.select_one("#nav-list li.nav-more")) == "Page 1 · 50 prompts"
     # Past the end is clamped to the last page, not an error.
     assert BeautifulSoup(renderer.share_page(share, 99), "html.parser").select_one("body")["data-page"] == "3"
 
@@ -404,6 +420,51 @@ def test_fragment_cache_reuses_unchanged_messages_and_rerenders_changed_ones(ren
 # --------------------------------------------------------------------------- what opencode hides
 
 
+def _nav_pages(soup: BeautifulSoup) -> list[int]:
+    """Every page the navigator stands for, inline or as a link, in order."""
+    pages: list[int] = []
+    for li in soup.select("#nav-list > li"):
+        if "nav-more" in li["class"]:
+            pages += range(int(li["data-from"]), int(li["data-to"]) + 1)
+        elif not pages or pages[-1] != int(li["data-p"]):
+            pages.append(int(li["data-p"]))
+    return pages
+
+
+def test_navigator_weight_does_not_grow_with_the_share(renderer: PageRenderer) -> None:
+    weights = {}
+    for count in (600, 6000):
+        share = _long_share(count)
+        pages = count // 100
+        for page in (1, pages // 2, pages):
+            soup = BeautifulSoup(renderer.share_page(share, page), "html.parser")
+            nav = soup.select_one("#nav-list")
+            # Every page is reachable from the navigator exactly once, whatever page this is.
+            assert _nav_pages(soup) == list(range(1, pages + 1))
+            inline = {int(li["data-p"]) for li in nav.select("li[data-id]")}
+            assert inline == set(range(max(1, page - 1), min(pages, page + 1) + 1))
+            assert len(nav.select("li.nav-more")) <= 16
+            weights[(count, page)] = len(str(nav))
+            # Without JavaScript a link opens the first page it stands for.
+            for more in nav.select("li.nav-more"):
+                assert more.select_one("a")["href"] == f"?page={more['data-from']}"
+        assert text(nav.select_one("#nav-list li.nav-more")).endswith(" prompts")
+    # Ten times the messages, about the same navigator (a few more page links and digits).
+    assert weights[(6000, 30)] < 1.1 * weights[(600, 3)]
+    assert weights[(6000, 1)] < 1.1 * weights[(600, 1)]
+
+
+def test_navigator_pages_on_demand_come_a_few_at_a_time(renderer: PageRenderer) -> None:
+    share = _long_share(1000)
+    view = renderer.view(share)
+    soup = BeautifulSoup(renderer.nav_pages_html(view, 4, 9, current_page=1), "html.parser")
+    assert [li["data-p"] for li in soup.select("li[data-id]")] == ["4"] * 50 + ["5"] * 50 + ["6"] * 50
+    [rest] = soup.select("li.nav-more")
+    assert (rest["data-from"], rest["data-to"]) == ("7", "9") and text(rest) == "Pages 7–9 · 150 prompts"
+    # Out-of-range requests are clamped, never an error.
+    assert len(BeautifulSoup(renderer.nav_pages_html(view, 50, 99, current_page=1), "html.parser").select("li[data-id]")) == 50
+
+
 def test_reverted_messages_are_hidden_with_a_note(renderer: PageRenderer) -> None:
     items = [item("session", session())]
     messages = []
@@ -414,7 +475,7 @@ def test_reverted_messages_are_hidden_with_a_note(renderer: PageRenderer) -> Non
     reverted = fold([*items, item("session", session(revert={"messageID": messages[3]["id"], "snapshot": "abc"}))])
     soup = BeautifulSoup(renderer.share_page(reverted, 1), "html.parser")
     assert [a["id"] for a in soup.select("#messages > article")] == [f"msg-{m['id']}" for m in messages[:3]]
-    assert [li["data-id"] for li in soup.select("#nav-list li")] == [m["id"] for m in messages[:3]]
+    assert [li["data-id"] for li in soup.select("#nav-list li")] == [messages[0]["id"], messages[2]["id"]]
     assert text(soup.select_one("#reverted-note")) == "3 messages after a revert are hidden, as in opencode."
     assert "3 messages" in text(soup.select_one(".count-messages"))
     assert "message 4" not in soup.get_text()
@@ -459,11 +520,10 @@ def test_navigator_lists_the_prompts_as_plain_text(renderer: PageRenderer) -> No
     ])
     soup = BeautifulSoup(renderer.share_page(share, 1), "html.parser")
     items = soup.select("#nav-list li")
-    assert [li["data-id"] for li in items] == [u1["id"], a1["id"], u2["id"]]  # every message, for deep links
-    prompts = [li for li in items if "nav-user" in li["class"]]
-    assert [text(li) for li in prompts] == ["Step 0: what I changed one and two", "quoted words"]
-    assert [li.select_one("a")["data-n"] for li in prompts] == ["1", "3"]
-    assert items[1].select("a") == [] and items[1]["data-p"] == "1"
+    assert [li["data-id"] for li in items] == [u1["id"], u2["id"]]  # the prompts only
+    assert [text(li) for li in items] == ["Step 0: what I changed one and two", "quoted words"]
+    assert [li.select_one("a")["data-n"] for li in items] == ["1", "3"]
+    assert all(li["data-p"] == "1" and "nav-user" in li["class"] for li in items)
 
 
 # --------------------------------------------------------------------------- code review

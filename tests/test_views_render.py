@@ -168,3 +168,18 @@ def test_attachments_inline_only_raster_images() -> None:
 def test_highlight_css_is_the_generated_file() -> None:
     # static/highlight.css is generated; regenerate it with render.highlight_css() if this fails.
     assert (STATIC / "highlight.css").read_text() == render.highlight_css()
+
+
+def test_compact_drops_only_whitespace_that_renders_as_nothing() -> None:
+    from cloudsession.render.pages import compact
+
+    html = (
+        '<article class="m">\n  <header>\n    <span>a</span>\n    <span>b</span>\n  </header>\n'
+        '  <pre class="x">\n<span>  one</span>\n  <span>two</span>\n</pre>\n'
+        '  <table><tr>\n<td class="dc">    <span>indented</span></td>\n<td> </td></tr></table>\n</article>\n'
+    )
+    assert compact(html) == (
+        '<article class="m"><header><span>a</span>\n    <span>b</span></header>'
+        '<pre class="x">\n<span>  one</span>\n  <span>two</span>\n</pre>'
+        '<table><tr>\n<td class="dc">    <span>indented</span></td>\n<td> </td></tr></table></article>'
+    )  # next to a table cell nothing is touched (diff cells keep their whitespace)

@@ -27,6 +27,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from cloudsession import __version__
+from cloudsession.cli import workers
 from cloudsession.cli.common import StoreCheckFailed, add_config_flags, check_store, describe_store
 from cloudsession.config import (
     FLAGS,
@@ -88,8 +89,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # "Found credentials in environment variables" on every start says nothing an operator needs.
     for name in ("aiobotocore.credentials", "botocore.credentials"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    count = workers.parse_workers(args.workers) if args.workers is not None else 1
+    if count > 1:
+        workers.require_reuseport()
     prepare_data_dir(settings)
-    settings = ensure_namespace(settings)
+    settings = ensure_namespace(settings)  # created once, by the parent, before any worker starts
     try:
         asyncio.run(check_store(settings, STORE_CHECK_SECONDS))
     except StoreCheckFailed as exc:
@@ -99,35 +103,68 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = bind(settings)
     host, port = sock.getsockname()[:2]
     origin = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    if count > 1:
+        return serve_workers(settings, count, sock, local_admin, origin)
     app = create_app(settings)
     token = enable_local_admin(app, local_admin[0]) if local_admin is not None else None
 
-    def announce() -> None:
-        print(f"cloudsession {__version__} listening on {origin} (store {describe_store(settings)})", flush=True)
-        if local_admin is not None:
-            shown = origin if settings.host not in ("0.0.0.0", "::") else f"http://127.0.0.1:{port}"
-            print(
-                f"sign in to {shown}/sessions once with this link (it works one time, for an hour):\n"
-                f"    {shown}/sessions/login?token={token}\n"
-                f"or paste the admin key kept in {local_admin[1]} into the sign-in form. "
-                "Set SESSIONS_RPC_SHARED_KEY to choose the key yourself.",
-                flush=True,
-            )
-
-    asyncio.run(serve_until_signalled(app, sock, announce))
+    asyncio.run(serve_until_signalled(app, sock, lambda: announce(origin, settings, local_admin, token)))
     return 0
 
 
-async def serve_until_signalled(app: web.Application, sock: socket.socket, announce: Callable[[], None]) -> None:
+def announce(origin: str, settings: Settings, local_admin: tuple[str, Path] | None, token: str | None, count: int = 1) -> None:
+    """The startup lines, printed once the server (every worker) listens."""
+    port = origin.rsplit(":", 1)[1]
+    shown_workers = f", {count} workers" if count > 1 else ""
+    print(f"cloudsession {__version__} listening on {origin} (store {describe_store(settings)}{shown_workers})", flush=True)
+    if local_admin is not None:
+        shown = origin if settings.host not in ("0.0.0.0", "::") else f"http://127.0.0.1:{port}"
+        print(
+            f"sign in to {shown}/sessions once with this link (it works one time, for an hour):\n"
+            f"    {shown}/sessions/login?token={token}\n"
+            f"or paste the admin key kept in {local_admin[1]} into the sign-in form. "
+            "Set SESSIONS_RPC_SHARED_KEY to choose the key yourself.",
+            flush=True,
+        )
+
+
+def serve_workers(settings: Settings, count: int, probe: socket.socket, local_admin: tuple[str, Path] | None, origin: str) -> int:
+    """``serve --workers N`` (N > 1): the supervising parent (cli/workers.py)."""
+    reserved = workers.reserve_port(settings, probe)
+    settings = settings.model_copy(update={"port": reserved.getsockname()[1]})  # --port 0: the port chosen
+    token, claim = workers.sign_in_for_workers(settings) if local_admin is not None else (None, None)
+    run = workers.worker_main(settings, (local_admin[0], token) if local_admin is not None and token is not None else None, serve_until_signalled)
+    # A worker gets the single process's whole shutdown, and a little more, before it is killed.
+    supervisor = workers.Supervisor(settings, count, reserved, run, grace=DRAIN_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 5)
+    try:
+        return supervisor.run(lambda: announce(origin, settings, local_admin, token, count))
+    finally:
+        if claim is not None:
+            claim.unlink(missing_ok=True)
+
+
+async def serve_until_signalled(app: web.Application, sock: socket.socket, announce: Callable[[], None], parent_alive: int | None = None) -> None:
     """Serve on ``sock`` until SIGTERM or SIGINT, then shut down in order: stop accepting, close
     the live viewers (1001), let the requests in flight finish (``DRAIN_SECONDS`` at most: a sync
-    still uploading completes instead of being cut off), then run the cleanups."""
+    still uploading completes instead of being cut off), then run the cleanups.
+
+    A worker of ``serve --workers N`` passes ``parent_alive``, a pipe that reaches end-of-file when
+    the parent is gone (a shutdown, as SIGTERM); a signal arriving once it stops is ignored (the
+    parent forwards the one it got, an init system may send its own: neither may cut the drain)."""
     runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if parent_alive is not None:
+
+        def orphaned() -> None:
+            loop.remove_reader(parent_alive)
+            log.warning("the supervising process is gone; shutting down")
+            stop.set()
+
+        loop.add_reader(parent_alive, orphaned)
     try:
         site = web.SockSite(runner, sock)
         await site.start()
@@ -141,6 +178,10 @@ async def serve_until_signalled(app: web.Application, sock: socket.socket, annou
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+            if parent_alive is not None:
+                signal.signal(signum, signal.SIG_IGN)
+        if parent_alive is not None:
+            loop.remove_reader(parent_alive)
         await runner.cleanup()
 
 
@@ -167,6 +208,12 @@ def add_subcommands(sub: Any) -> None:
     add_config_flags(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8787; 0 picks a free one)")
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        help="worker processes sharing the port with SO_REUSEPORT (Linux), under a supervising parent: a number, "
+        "or auto for one per CPU (default 1: one process; docs/running.md)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="print the effective configuration, secrets redacted")

@@ -28,7 +28,8 @@ under a viewer (``web/live.py``) writes a frame in pieces as the client reads th
 deadline, so an unread frame never becomes a per-viewer copy in the transport's buffer.
 
 With several replicas, ``REDIS_URL`` makes the hub relay every event through Redis pub/sub
-(``RedisRelay`` below), so a viewer connected to one replica hears about syncs accepted by any.
+(``relay.py``), so a viewer connected to one replica hears about syncs accepted by any; the worker
+processes of one ``serve --workers N`` relay to each other the same way without Redis.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cloudsession.jsonio import json_bytes
 
 if TYPE_CHECKING:
-    from cloudsession.live.relay import RedisRelay
+    from cloudsession.live.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,9 @@ class LiveHub:
         self.max_viewers_per_address = max_viewers_per_address
         self._viewers: dict[str, set[Viewer]] = {}
         self._per_address: dict[str, int] = {}
-        # Set by ``redis_fanout`` while Redis is configured; None: this process's viewers only.
-        self.relay: RedisRelay | None = None
+        # Set by ``redis_fanout`` while Redis is configured or sibling workers run; None: this
+        # process's viewers only.
+        self.relay: Relay | None = None
         # The latest sync count told to each watched share's viewers: with several replicas,
         # syncs accepted by different ones can arrive out of order (see deliver_synced).
         self._sync_counts: dict[str, int] = {}

@@ -1,5 +1,14 @@
-"""The Redis relay: share events carried between replicas, so a viewer connected to one replica
-hears about syncs accepted by any (``REDIS_URL``; see docs/views.md)."""
+"""The relay: share events carried between processes, so a viewer connected to one process hears
+about syncs accepted by any (docs/views.md).
+
+One implementation of the relay logic (``Relay``: the message format, the bounded outbox, events
+remembered while the other side is away and announced as resyncs, retries with backoff) over two
+transports:
+
+- ``RedisTransport``: Redis pub/sub, between replicas on any machines (``REDIS_URL``);
+- ``SiblingTransport``: Unix datagram sockets between the worker processes of one
+  ``cloudsession serve --workers N`` (no Redis needed on one machine).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +17,10 @@ import hashlib
 import logging
 import random
 import secrets
-from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -67,41 +77,51 @@ class _Outgoing:
     kind: str = "synced"
 
 
-class RedisRelay:
-    """Carries this replica's share events to the other replicas, and theirs to its viewers.
+class Transport(Protocol):
+    """How relay messages travel: ``send`` one message about a share to every other process,
+    ``listen`` for theirs. Both raise when the transport fails; the relay retries with backoff."""
 
-    Design: a channel per share (``<prefix>:<share id>``) under one pattern subscription per
-    replica (``<prefix>:*``), taken once at startup. Subscribing per share as viewers come and go
-    would spare replicas the events of shares nobody watches there, but costs a round trip per
-    viewer and leaves a gap in which a new viewer's events are lost; with one pattern a viewer
-    costs Redis nothing. The price, every replica receiving every event, stays small: the share
-    id is read from the channel name, so events of unwatched shares are dropped unparsed, and
-    messages are bounded (``MAX_RELAY_BYTES``). Replicas are few.
+    # Starts log lines ("Redis subscription lost ..."): "Redis", "Sibling relay".
+    name: str
+    # The largest message it carries; a sync whose items do not fit goes out without them.
+    max_bytes: int
+
+    async def send(self, share_id: str, data: bytes) -> None: ...
+
+    def listen(self, ready: Callable[[], None]) -> AsyncIterator[tuple[str, bytes]]:
+        """(share id, message) as they arrive; calls ``ready`` once it hears everything."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Relay:
+    """Carries this process's share events to the other processes, and theirs to its viewers.
 
     A message is ``{"v": 1, "from": <replica>, "kind": "synced", "syncCount": n, "items":
     [...] | null}``, ``{"v": 1, "from": <replica>, "kind": "deleted"}`` or ``{..., "kind":
     "access"}`` (viewers must re-authenticate): the public items the
     local viewers got (never the secret or the real session id). ``from`` is a random id per
-    process: a replica has already told its own viewers and skips its own messages, so each
+    process: a process has already told its own viewers and skips its own messages, so each
     viewer gets each event exactly once.
 
-    Redis never stands in the way of a sync: ``publish`` only queues (bounded), a background
-    task sends. While Redis is away, events for other replicas are remembered per share and
-    announced as resyncs when it is back; after the subscription was lost, this replica's viewers
-    are told to resync (they may have missed other replicas' syncs). Both loops retry with backoff.
+    The transport never stands in the way of a sync: ``publish`` only queues (bounded), a
+    background task sends. While the transport fails, events for the others are remembered per
+    share and announced as resyncs when it works again; after listening was interrupted, this
+    process's viewers are told to resync (they may have missed others' syncs). Both loops retry
+    with backoff.
     """
 
-    def __init__(self, hub: LiveHub, client: Redis, channel: str, service: ShareService | None = None) -> None:
+    def __init__(self, hub: LiveHub, transport: Transport, service: ShareService | None = None) -> None:
         self.hub = hub
-        self.client = client
-        self.channel = channel
+        self.transport = transport
         self.service = service  # reads sync counts for the catch-up after an outage
         self.replica = secrets.token_hex(8)
         self.subscribed = asyncio.Event()
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._outbox_bytes = 0
         self._missed: dict[str, int | None] = {}
-        # Access changes missed while Redis was away: re-sent as such, never folded into a resync.
+        # Access changes missed while the transport was away: re-sent as such, never folded into a resync.
         self._missed_access: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned_invalid = False
@@ -124,21 +144,21 @@ class RedisRelay:
     # -- lifecycle
 
     async def start(self, wait_seconds: float = 5.0) -> None:
-        """Start both loops; wait (briefly) for the subscription so that a replica reporting
-        healthy already hears the others. Redis being away is no reason not to start."""
+        """Start both loops; wait (briefly) for the subscription so that a process reporting
+        healthy already hears the others. The transport being away is no reason not to start."""
         self._spawn(self._publish_loop())
         self._spawn(self._subscribe_loop())
         try:
             await asyncio.wait_for(self.subscribed.wait(), wait_seconds)
         except TimeoutError:
-            log.warning("Redis not reachable at startup; live updates from other replicas start when it is")
+            log.warning("%s not reachable at startup; live updates from the others start when it is", self.transport.name)
 
     async def stop(self) -> None:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.client.aclose()
+        await self.transport.close()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -154,11 +174,11 @@ class RedisRelay:
             return json_bytes({"v": RELAY_VERSION, "from": self.replica, "kind": "deleted"})
         body = {"v": RELAY_VERSION, "from": self.replica, "kind": "synced", "syncCount": sync_count}
         data = json_bytes({**body, "items": items})
-        return data if len(data) <= MAX_RELAY_BYTES else json_bytes({**body, "items": None})
+        return data if len(data) <= self.transport.max_bytes else json_bytes({**body, "items": None})
 
     def publish(self, share_id: str, sync_count: int | None, items: list[dict[str, Any]] | None = None, *, kind: str = "synced") -> None:
         """Queue an event (``sync_count`` None: deleted; ``kind="access"``: an access change)
-        for the other replicas. Never waits."""
+        for the other processes. Never waits."""
         data = self._message(sync_count, items, kind)
         outgoing = _Outgoing(share_id, sync_count, data, kind)
         if self._outbox_bytes + len(data) > MAX_OUTBOX_BYTES:
@@ -183,15 +203,15 @@ class RedisRelay:
             try:
                 while self._missed_access:
                     share_id = next(iter(self._missed_access))
-                    await self.client.publish(f"{self.channel}:{share_id}", self._message(None, None, "access"))
+                    await self.transport.send(share_id, self._message(None, None, "access"))
                     self._missed_access.discard(share_id)
                 while self._missed:
                     share_id, sync_count = next(iter(self._missed.items()))
-                    await self.client.publish(f"{self.channel}:{share_id}", self._message(sync_count, None))
+                    await self.transport.send(share_id, self._message(sync_count, None))
                     del self._missed[share_id]
                 outgoing = await self._outbox.get()
                 self._outbox_bytes -= len(outgoing.data)
-                await self.client.publish(f"{self.channel}:{outgoing.share_id}", outgoing.data)
+                await self.transport.send(outgoing.share_id, outgoing.data)
                 self.published += 1
             except Exception as exc:
                 self.publish_failures += 1
@@ -202,46 +222,40 @@ class RedisRelay:
                     self._outbox_bytes -= len(queued.data)
                     self._miss(queued)
                 if not failing:
-                    log.warning("Redis publish failed (%s); other replicas' viewers will resync when it is back", _describe(exc))
+                    log.warning("%s publish failed (%s); the others' viewers will resync when it is back", self.transport.name, _describe(exc))
                 failing = True
                 await asyncio.sleep(next(delays))
                 continue
             if failing:
-                log.warning("Redis publish works again")
+                log.warning("%s publish works again", self.transport.name)
                 delays, failing = _backoff(), False
 
     # -- incoming
 
     async def _subscribe_loop(self) -> None:
         delays, failing = _backoff(), False
+
+        def ready() -> None:
+            nonlocal delays, failing
+            if failing:
+                log.warning("%s subscription restored; telling this process's viewers to resync", self.transport.name)
+                self._spawn(self._catch_up())
+                delays, failing = _backoff(), False
+            self.subscribed.set()
+
         while True:
-            pubsub = self.client.pubsub()
             try:
-                await pubsub.psubscribe(f"{self.channel}:*")
-                if failing:
-                    log.warning("Redis subscription restored; telling this replica's viewers to resync")
-                    self._spawn(self._catch_up())
-                    delays, failing = _backoff(), False
-                self.subscribed.set()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_SECONDS)
-                    if message is not None and message.get("type") == "pmessage":
-                        await self.receive(message["channel"], message["data"])
+                async for share_id, data in self.transport.listen(ready):
+                    await self.deliver(share_id, data)
             except Exception as exc:
                 self.subscribed.clear()
                 if not failing:
-                    log.warning("Redis subscription lost (%s); this replica's viewers hear only its own syncs until it is back", _describe(exc))
+                    log.warning("%s subscription lost (%s); this process's viewers hear only its own syncs until it is back", self.transport.name, _describe(exc))
                 failing = True
-            finally:
-                try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                except Exception:
-                    pass
             await asyncio.sleep(next(delays))
 
-    async def receive(self, channel: bytes, data: bytes) -> None:
-        """Deliver one relayed message to this replica's viewers, unless it is this replica's own."""
-        share_id = channel.decode("utf-8", "replace").removeprefix(self.channel + ":")
+    async def deliver(self, share_id: str, data: bytes) -> None:
+        """Deliver one relayed message to this process's viewers, unless it is this process's own."""
         if not self.hub.viewers_of(share_id):
             return  # nobody watches it here (so only ids of real shares get further)
         message = self._parse(data)
@@ -275,8 +289,8 @@ class RedisRelay:
         return None
 
     async def _catch_up(self) -> None:
-        """After the subscription was lost, other replicas' syncs may have been missed: tell the
-        viewers of every watched share to resync (or that the share is gone)."""
+        """After listening was interrupted, others' syncs may have been missed: tell the viewers
+        of every watched share to resync (or that the share is gone)."""
         if self.service is None:
             return
         for share_id in self.hub.watched_shares():
@@ -285,9 +299,143 @@ class RedisRelay:
             except SessionNotFound:
                 await self.hub.deliver_deleted(share_id)
             except Exception as exc:
-                log.warning("share %s: catch-up after the Redis outage failed (%s)", share_id, _describe(exc))
+                log.warning("share %s: catch-up after the relay outage failed (%s)", share_id, _describe(exc))
             else:
                 await self.hub.deliver_synced(share_id, None, state.meta.sync_count)
+
+
+# -- Redis: between replicas ---------------------------------------------------------------------
+
+
+class RedisTransport:
+    """Redis pub/sub: a channel per share (``<prefix>:<share id>``) under one pattern subscription
+    per replica (``<prefix>:*``), taken once at startup.
+
+    Subscribing per share as viewers come and go would spare replicas the events of shares nobody
+    watches there, but costs a round trip per viewer and leaves a gap in which a new viewer's
+    events are lost; with one pattern a viewer costs Redis nothing. The price, every replica
+    receiving every event, stays small: the share id is read from the channel name, so events of
+    unwatched shares are dropped unparsed, and messages are bounded (``MAX_RELAY_BYTES``).
+    Replicas are few."""
+
+    name = "Redis"
+    max_bytes = MAX_RELAY_BYTES
+
+    def __init__(self, client: Redis, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+
+    async def send(self, share_id: str, data: bytes) -> None:
+        await self.client.publish(f"{self.channel}:{share_id}", data)
+
+    def share_id(self, channel: bytes) -> str:
+        return channel.decode("utf-8", "replace").removeprefix(self.channel + ":")
+
+    async def listen(self, ready: Callable[[], None]) -> AsyncIterator[tuple[str, bytes]]:
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.psubscribe(f"{self.channel}:*")
+            ready()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_SECONDS)
+                if message is not None and message.get("type") == "pmessage":
+                    yield self.share_id(message["channel"]), message["data"]
+        finally:
+            try:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            except Exception:
+                pass
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class RedisRelay(Relay):
+    """The relay between replicas, through Redis (``REDIS_URL``)."""
+
+    def __init__(self, hub: LiveHub, client: Redis, channel: str, service: ShareService | None = None) -> None:
+        self.redis = RedisTransport(client, channel)
+        super().__init__(hub, self.redis, service)
+
+    @property
+    def client(self) -> Redis:
+        return self.redis.client
+
+    @property
+    def channel(self) -> str:
+        return self.redis.channel
+
+    async def receive(self, channel: bytes, data: bytes) -> None:
+        """Deliver a message as received on a Redis channel."""
+        await self.deliver(self.redis.share_id(channel), data)
+
+
+# -- sibling workers: between the processes of one `serve --workers N` ----------------------------
+
+# The send buffer asked for each worker's inbox; the kernel caps it at net.core.wmem_max.
+SIBLING_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class Siblings:
+    """This worker's place among the ``count`` workers of one ``serve --workers N``: its number
+    (1..count), the datagram socket it reads (its inbox) and the sockets that write into the
+    other workers' inboxes. Made by the supervising parent before it starts the workers
+    (``inboxes``), inherited by each; only inherited descriptors reach them, nothing on disk."""
+
+    index: int
+    count: int
+    inbox: socket.socket | None = None
+    peers: list[socket.socket] = field(default_factory=list)
+
+
+def inboxes(count: int) -> list[tuple[socket.socket, socket.socket]]:
+    """One (read end, write end) datagram socket pair per worker: worker i reads the read end of
+    pair i and writes into the write ends of the others. Datagrams keep each message whole
+    whichever worker wrote it; the parent keeps every pair open, so a restarted worker finds its
+    inbox where the others write."""
+    pairs = []
+    for _ in range(count):
+        read, write = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        write.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SIBLING_BUFFER_BYTES)
+        for sock in (read, write):
+            sock.setblocking(False)
+        pairs.append((read, write))
+    return pairs
+
+
+class SiblingTransport:
+    """The sibling workers' inboxes: a message is ``<share id>\n<relay message>`` in one datagram
+    to each other worker. A send never waits: a worker whose inbox is full (stopped reading, or
+    restarting) makes the send fail, and the relay's usual path takes over (the share remembered
+    as missed, a resync announced once sends work again)."""
+
+    name = "Sibling relay"
+
+    def __init__(self, siblings: Siblings) -> None:
+        if siblings.inbox is None:
+            raise ValueError("a sibling transport needs the worker's inbox")
+        self.inbox = siblings.inbox
+        self.peers = siblings.peers
+        # The kernel reports twice the buffer it granted; a datagram must fit in what it granted.
+        granted = min((peer.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2 for peer in self.peers), default=MAX_RELAY_BYTES)
+        self.max_bytes = min(MAX_RELAY_BYTES, granted // 2)
+
+    async def send(self, share_id: str, data: bytes) -> None:
+        datagram = share_id.encode() + b"\n" + data
+        for peer in self.peers:
+            peer.send(datagram)  # non-blocking: BlockingIOError when that inbox is full
+
+    async def listen(self, ready: Callable[[], None]) -> AsyncIterator[tuple[str, bytes]]:
+        loop = asyncio.get_running_loop()
+        ready()
+        while True:
+            datagram = await loop.sock_recv(self.inbox, self.max_bytes + 1024)
+            share_id, _, data = datagram.partition(b"\n")
+            yield share_id.decode("utf-8", "replace"), data
+
+    async def close(self) -> None:
+        pass  # the descriptors belong to the process (and the parent keeps them for restarts)
 
 
 def _valid_sync(message: dict[str, Any]) -> bool:

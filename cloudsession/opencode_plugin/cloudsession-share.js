@@ -4,6 +4,9 @@
 // session.diff) becomes an op in a SQLite outbox (outbox.js) before anything is sent; a
 // background loop delivers the ops through the durable protocol (sender.js, docs/protocol.md).
 // Whatever is not delivered when opencode exits is delivered by the next opencode start.
+// The first time a process shares a session, what the session already holds (messages and parts
+// from before /share, or from before the plugin was installed) is read through opencode's client
+// and recorded too (backfill.js), so a session shared mid-way arrives whole.
 //
 // Options (the second element of the config entry ["file:///.../cloudsession-share.js", {...}]):
 //   server      the share server's URL (default: the config's enterprise.url)
@@ -20,9 +23,10 @@
 // It never awaits a `client.*` call during start-up (opencode waits for plugins to load) and
 // never logs a secret.
 
-import { Outbox, defaultOutboxPath, FAILED, leaseOwner } from "./outbox.js"
+import { Outbox, defaultOutboxPath, entityOf, FAILED, leaseOwner } from "./outbox.js"
 import { Sender } from "./sender.js"
 import { HANDLED, itemOf } from "./events.js"
+import { itemsOf, readSession } from "./backfill.js"
 
 function createState(input, options) {
   const state = {
@@ -37,6 +41,9 @@ function createState(input, options) {
     disposed: false,
     sharedSessions: new Set(),
     modelsSent: new Set(),
+    backfilled: new Set(), // sessions whose existing state this process has read (or is reading)
+    touched: new Map(), // session -> entities changed by events while its backfill reads
+    backfills: new Set(), // backfills in progress (dispose waits for them within its budget)
     debounceMs: Number(options.debounceMs ?? 250),
     flushBudgetMs: Number(options.flushBudgetMs ?? 3000),
     leaseMs: Number(options.leaseMs ?? 30000),
@@ -123,6 +130,7 @@ async function dispose(state) {
   try {
     if (state.server) {
       state.open()
+      if (state.backfills.size > 0) await Promise.race([Promise.allSettled([...state.backfills]), new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())))])
       if (state.flushing) await Promise.race([state.flushing, new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())))])
       // Ops waiting for a backoff get one more try now: whatever is left is sent by the next start.
       if (Date.now() < deadline) {
@@ -159,6 +167,37 @@ async function enqueueModel(state, input, share, message) {
   }
 }
 
+/** Read what the session already holds and record it (once per session and process). The entity of
+ * the event that started it, and those of events arriving while the read is in flight, were
+ * recorded from the events themselves: the read never replaces them. */
+function startBackfill(state, input, sessionID, entity) {
+  if (state.backfilled.has(sessionID) || !input.client?.session) return
+  state.backfilled.add(sessionID)
+  const touched = new Set([entity])
+  state.touched.set(sessionID, touched)
+  const work = (async () => {
+    try {
+      const found = await readSession(input.client, sessionID)
+      if (state.disposed || !state.outbox) return
+      const share = state.outbox.share(state.server, sessionID)
+      if (share.status === FAILED) return
+      const items = itemsOf(sessionID, found)
+      const changed = state.outbox.backfill(share, items, touched)
+      for (const item of items) {
+        if (item.type === "message" && item.data.role === "assistant" && item.data.providerID && item.data.modelID) enqueueModel(state, input, share, item.data)
+      }
+      if (changed > 0) schedule(state, Date.now() + state.debounceMs)
+    } catch (error) {
+      state.backfilled.delete(sessionID) // try again with the session's next change
+      state.log("warn", `could not read the existing state of a session: ${error?.message || error}`)
+    } finally {
+      state.touched.delete(sessionID)
+    }
+  })()
+  state.backfills.add(work)
+  work.finally(() => state.backfills.delete(work))
+}
+
 export const CloudsessionShare = async (input, options = {}) => {
   const state = createState(input, options || {})
   // Start-up: no client.* call is awaited here. Deliver what earlier runs left behind, soon.
@@ -179,7 +218,9 @@ export const CloudsessionShare = async (input, options = {}) => {
         const outbox = state.open()
         const share = outbox.share(state.server, found.sessionID)
         if (share.status === FAILED) return
+        state.touched.get(found.sessionID)?.add(entityOf(found.item))
         outbox.enqueue(share, found.item)
+        startBackfill(state, input, found.sessionID, entityOf(found.item))
         if (found.item.type === "message" && found.item.data?.role === "assistant" && found.item.data.providerID && found.item.data.modelID) {
           enqueueModel(state, input, share, found.item.data)
         }

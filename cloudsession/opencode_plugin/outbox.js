@@ -126,6 +126,20 @@ export function entityOf(item) {
   }
 }
 
+/** JSON with object keys sorted: the same value read from an event or from opencode's API
+ * compares equal whatever order its keys were written in. */
+export function canonicalJSON(value) {
+  if (Array.isArray(value)) return "[" + value.map(canonicalJSON).join(",") + "]"
+  if (value && typeof value === "object") {
+    return "{" + Object.keys(value).sort().filter((k) => value[k] !== undefined).map((k) => JSON.stringify(k) + ":" + canonicalJSON(value[k])).join(",") + "}"
+  }
+  return JSON.stringify(value) ?? "null"
+}
+
+function sameContent(storedText, text) {
+  return storedText === text || canonicalJSON(JSON.parse(storedText)) === canonicalJSON(JSON.parse(text))
+}
+
 /** Exponential backoff, 0.5 s doubling to 30 s, jittered in the upper half. */
 export function backoffDelay(attempts, { base = 500, cap = 30000, random = Math.random } = {}) {
   return Math.min(cap, base * 2 ** Math.max(attempts - 1, 0)) * (0.5 + random() / 2)
@@ -263,6 +277,39 @@ export class Outbox {
         .run(opId, share.name, entity, row.next_seq, text, PENDING)
       this.db.query("UPDATE shares SET next_seq = ? WHERE name = ?").run(row.next_seq + 1, share.name)
       return opId
+    })
+  }
+
+  /** Record a session's current state read when sharing starts (backfill.js): for each item, an
+   * op only when the outbox does not already hold that entity in that form. The entity's latest op
+   * with the same content: nothing. A pending op: takes the item in place. Otherwise a new op.
+   * Entities in `skip` (changed by an event since the state was read, so the event is newer) are
+   * left alone. One transaction; returns how many ops were added or updated. */
+  backfill(share, items, skip = new Set(), now = Date.now()) {
+    return this.tx(() => {
+      const row = this.db.query("SELECT status, next_seq FROM shares WHERE name = ?").get(share.name)
+      if (!row || row.status === FAILED) return 0
+      const latestOf = this.db.query("SELECT op_id, item, state FROM ops WHERE share = ? AND entity = ? ORDER BY seq DESC LIMIT 1")
+      const replace = this.db.query("UPDATE ops SET item = ? WHERE op_id = ?")
+      const insert = this.db.query("INSERT INTO ops(op_id, share, entity, seq, item, state) VALUES (?, ?, ?, ?, ?, ?)")
+      let seq = row.next_seq
+      let changed = 0
+      for (const item of items) {
+        const entity = entityOf(item)
+        if (skip.has(entity)) continue
+        const text = JSON.stringify(item)
+        const latest = latestOf.get(share.name, entity)
+        if (latest && sameContent(latest.item, text)) continue
+        if (latest && latest.state === PENDING) {
+          replace.run(text, latest.op_id)
+        } else {
+          insert.run(uuid7(now), share.name, entity, seq, text, PENDING)
+          seq += 1
+        }
+        changed += 1
+      }
+      if (seq !== row.next_seq) this.db.query("UPDATE shares SET next_seq = ? WHERE name = ?").run(seq, share.name)
+      return changed
     })
   }
 

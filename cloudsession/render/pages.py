@@ -12,8 +12,10 @@ directly with ``PublicShare`` objects. Two caches keep rendering cheap while a s
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -28,6 +30,7 @@ from markupsafe import Markup, escape
 
 from cloudsession.jsonio import stored_bytes
 from cloudsession.render import html as render
+from cloudsession.render.card import CardCache, CardText, card_text
 from cloudsession.shares.public import PublicShare
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -39,15 +42,60 @@ STATIC_DIR = PACKAGE_DIR / "static"
 # enough that a 2,000-message session renders in a fraction of a second.
 PAGE_SIZE = 100
 # Bump when templates change the markup of a message, so cached fragments are not reused.
-FRAGMENT_VERSION = "2"
+FRAGMENT_VERSION = "3"
 # Total characters of rendered fragments kept in memory (roughly bytes for ASCII-heavy HTML).
 FRAGMENT_CACHE_CHARS = 96 * 1024 * 1024
 SHARE_VIEW_CACHE_SIZE = 32
 PREVIEW_CHARS = 90
 SEARCH_HITS = 50
 SNIPPET_CHARS = 60
+# The navigator of a page lists the prompts of that page and of NAV_WINDOW pages either side;
+# every other page is a link ("Page 7 · 12 prompts") that the page script expands on demand
+# from /share/<id>/nav, so the page's weight does not grow with the share's length. At most
+# NAV_LINKS_PER_SIDE links before and after the window (far pages are grouped into ranges),
+# and one /nav answer carries at most NAV_FETCH_PAGES pages.
+NAV_WINDOW = 1
+NAV_LINKS_PER_SIDE = 8
+NAV_FETCH_PAGES = 3
 
 T = TypeVar("T")
+
+# Whitespace the templates leave between block-level tags (a line break and indentation) renders
+# as nothing but costs the browser a text node each (a tenth of a long page's DOM nodes).
+# ``compact`` removes it where a block-level tag is on either side, never inside <pre> and never
+# next to a table cell (diff cells keep their whitespace: ``white-space: pre``).
+_BLOCK_TAGS = frozenset(
+    [
+        "article", "section", "header", "footer", "div", "details", "summary", "table", "thead", "tbody", "tr",
+        "ul", "ol", "li", "p", "h1", "h2", "h3", "h4", "h5", "h6", "nav", "aside", "main", "blockquote", "hr",
+        "figure", "figcaption", "dl", "dt", "dd", "form", "pre",
+    ]
+)  # fmt: skip
+_PRE = re.compile(r"(<pre\b.*?</pre>)", re.S | re.I)
+_GAP = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)([^<>]*)>([ \t]*\n\s*)(?=<(/?)([a-zA-Z][a-zA-Z0-9]*))")
+
+
+def compact(html: str) -> str:
+    """``html`` without the whitespace-only text between block-level tags (see _BLOCK_TAGS)."""
+    html = html.strip()
+    # Where each <pre>...</pre> starts and ends: whitespace there is content.
+    starts: list[int] = []
+    ends: list[int] = []
+    for found in _PRE.finditer(html):
+        starts.append(found.start())
+        ends.append(found.end())
+
+    def close(match: re.Match[str]) -> str:
+        before, after = match.group(2).lower(), match.group(6).lower()
+        if before in ("td", "th") or after in ("td", "th") or (before not in _BLOCK_TAGS and after not in _BLOCK_TAGS):
+            return match.group(0)
+        gap = match.start(4)
+        at = bisect.bisect_right(starts, gap) - 1
+        if at >= 0 and gap < ends[at]:
+            return match.group(0)  # inside a <pre>: whitespace there is content
+        return match.group(0)[: -len(match.group(4))]
+
+    return _GAP.sub(close, html)
 
 
 def _templates_dir() -> Path:
@@ -277,6 +325,20 @@ class ShareView:
         return None
 
     @cached_property
+    def prompts_per_page(self) -> list[int]:
+        """How many user prompts each page holds (index 0 is page 1)."""
+        counts = [0] * self.pages
+        for entry in self.entries:
+            if entry.role == "user":
+                counts[entry.page - 1] += 1
+        return counts
+
+    @cached_property
+    def part_pages(self) -> dict[str, str]:
+        """Part id -> the id of the (displayed) message it belongs to."""
+        return {render.as_text(p.get("id")): e.id for e in self.entries for p in e.parts if render.as_text(p.get("id"))}
+
+    @cached_property
     def stats(self) -> ShareStats:
         cost = 0.0
         tokens = {"input": 0, "output": 0, "reasoning": 0, "read": 0, "write": 0}
@@ -330,9 +392,21 @@ class ShareView:
         first = next((e.preview for e in self.entries if e.role == "user" and e.preview), "")
         return " · ".join(bits) + (f". {first}" if first else "")
 
+    def card_text(self, site: str) -> CardText:
+        """The lines of the share's social card (``render/card.py``), redacted."""
+        stats = self.stats
+        return card_text(site=site, title=render.as_text(render.dig(self.share.session, "title")), models=stats.models,
+                         messages=stats.message_count, parts=stats.part_count, updated_ms=self.share.last_updated,
+                         redact=self.share.redact)
+
     @cached_property
     def diffs(self) -> list[render.FileDiff]:
         return [render.file_diff(d) for d in self.share.diffs if isinstance(d, dict)]
+
+
+def site_name(origin: str) -> str:
+    """What a card calls the server: the host of its public origin."""
+    return origin.split("://", 1)[-1].rstrip("/") or "cloudsession"
 
 
 # --------------------------------------------------------------------------- the renderer
@@ -384,6 +458,7 @@ class PageRenderer:
     def __post_init__(self) -> None:
         self._fragments = _FragmentCache(self.fragment_cache_chars)
         self._views: OrderedDict[str, ShareView] = OrderedDict()
+        self.cards = CardCache()
 
     def template(self, name: str) -> Template:
         return self.env.get_template(name)
@@ -408,7 +483,7 @@ class PageRenderer:
     def message_html(self, entry: MessageEntry) -> str:
         html = self._fragments.get(entry.hash)
         if html is None:
-            html = str(self._macros.message(entry))
+            html = compact(str(self._macros.message(entry)))
             self._fragments.put(entry.hash, html)
         return html
 
@@ -424,25 +499,81 @@ class PageRenderer:
 
     @staticmethod
     def nav_html(entry: MessageEntry, current_page: int, link_suffix: str = "") -> str:
-        """One navigator entry. Built in Python rather than by a macro: the navigator lists every
-        message of the share (2,000 entries for a long session), and a macro call per entry
-        would cost more than rendering a whole page of messages. Every value is escaped."""
+        """The navigator entry of a user prompt ("" for any other message: the navigator is the
+        list of the user's prompts, one per turn, as opencode shows it). Built in Python rather
+        than by a macro: a macro call per entry would cost more than rendering a whole page of
+        messages. Every value is escaped."""
+        if entry.role != "user":
+            return ""
         here = entry.page == current_page
-        role = entry.role
-        head = f'<li class="nav-{css_token(role)}{" here" if here else ""}" data-id="{escape(entry.id)}" data-p="{entry.page}"'
-        if role != "user":
-            # Listed (share.js finds every message's page here) but not shown: the navigator
-            # is the list of the user's prompts, one per turn, as opencode shows it.
-            return head + "></li>"
         href = f"#msg-{entry.id}" if here else f"?page={entry.page}{link_suffix}#msg-{entry.id}"
-        return f'{head}><a href="{escape(href)}" data-n="{entry.number}">{escape(entry.preview) or "(no text)"}</a></li>'
+        return (f'<li class="nav-user{" here" if here else ""}" data-id="{escape(entry.id)}" data-p="{entry.page}" data-n="{entry.number}">'
+                f'<a href="{escape(href)}" data-n="{entry.number}">{escape(entry.preview) or "(no text)"}</a></li>')
+
+    @staticmethod
+    def nav_more_html(view: ShareView, first: int, last: int, link_suffix: str = "") -> str:
+        """A link standing for the prompts of pages ``first``..``last`` (expanded by share.js;
+        without JavaScript it opens the first of those pages)."""
+        prompts = sum(view.prompts_per_page[first - 1 : last])
+        label = f"Page {first}" if first == last else f"Pages {first}–{last}"
+        return (f'<li class="nav-more" data-from="{first}" data-to="{last}"><a href="?page={first}{escape(link_suffix)}">'
+                f'{label} · {render.plural(prompts, "prompt")}</a></li>')
+
+    @staticmethod
+    def _page_groups(first: int, last: int, nearest_first: bool) -> list[tuple[int, int]]:
+        """Pages ``first``..``last`` as at most NAV_LINKS_PER_SIDE runs: single pages next to the
+        window, ranges further away."""
+        count = last - first + 1
+        if count <= 0:
+            return []
+        if count <= NAV_LINKS_PER_SIDE:
+            return [(n, n) for n in range(first, last + 1)]
+        singles = NAV_LINKS_PER_SIDE // 2
+        span = math.ceil((count - singles) / (NAV_LINKS_PER_SIDE - singles))
+        if nearest_first:  # after the window: singles first, then ranges
+            groups = [(n, n) for n in range(first, first + singles)]
+            start = first + singles
+            while start <= last:
+                groups.append((start, min(start + span - 1, last)))
+                start += span
+            return groups
+        groups = [(n, n) for n in range(last - singles + 1, last + 1)]
+        end = last - singles
+        ranges = []
+        while end >= first:
+            ranges.append((max(end - span + 1, first), end))
+            end -= span
+        return ranges[::-1] + groups
 
     def navigator_html(self, view: ShareView, current_page: int, link_suffix: str = "") -> str:
-        return "\n".join(self.nav_html(entry, current_page, link_suffix) for entry in view.entries)
+        """The navigator of one page: every message of the pages within NAV_WINDOW of it (the
+        user's prompts shown), and links standing for the other pages. Its size depends on the
+        page size and NAV_LINKS_PER_SIDE, not on the share's length."""
+        low = max(1, current_page - NAV_WINDOW)
+        high = min(view.pages, current_page + NAV_WINDOW)
+        parts = [self.nav_more_html(view, a, b, link_suffix) for a, b in self._page_groups(1, low - 1, nearest_first=False)]
+        start, stop = (low - 1) * view.page_size, high * view.page_size
+        parts += [html for entry in view.entries[start:stop] if (html := self.nav_html(entry, current_page, link_suffix))]
+        parts += [self.nav_more_html(view, a, b, link_suffix) for a, b in self._page_groups(high + 1, view.pages, nearest_first=True)]
+        return "".join(parts)
 
-    def share_page(self, share: PublicShare, page: int, *, link_suffix: str = "") -> str:
+    def nav_pages_html(self, view: ShareView, first: int, last: int, current_page: int, link_suffix: str = "") -> str:
+        """Navigator entries of pages ``first``..``last`` for share.js to expand a link with: at
+        most NAV_FETCH_PAGES pages, and a link standing for the rest of the range."""
+        first = min(max(first, 1), view.pages)
+        last = min(max(last, first), view.pages)
+        upto = min(last, first + NAV_FETCH_PAGES - 1)
+        entries = view.entries[(first - 1) * view.page_size : upto * view.page_size]
+        parts = [html for entry in entries if (html := self.nav_html(entry, current_page, link_suffix))]
+        if upto < last:
+            parts.append(self.nav_more_html(view, upto + 1, last, link_suffix))
+        return "\n".join(parts)
+
+    def share_page(self, share: PublicShare, page: int, *, link_suffix: str = "", origin: str = "") -> str:
         """The whole page. ``link_suffix`` (for example ``&token=...`` on a private share) is
-        appended to links to other pages so they keep working."""
+        appended to links to other pages so they keep working. With ``origin`` (the server's
+        public origin) a public share's page names its social card for link previews; a
+        private share's never does (the card needs the read token)."""
         view = self.view(share)
         page = min(max(page, 1), view.pages)
         return self.template("share.html").render(
@@ -455,7 +586,19 @@ class PageRenderer:
             navigator_html=self.navigator_html(view, page, link_suffix),
             link_suffix=link_suffix,
             live_format="events",
+            card_url=self.card_url(view, origin) if origin and not share.private else "",
         )
+
+    @staticmethod
+    def card_url(view: ShareView, origin: str) -> str:
+        """The absolute URL of the share's social card, versioned by what the card shows."""
+        digest = view.card_text(site_name(origin)).digest
+        return f"{origin}/share/{view.share.id}/card.png?v={digest}"
+
+    def card_png(self, share: PublicShare, origin: str) -> tuple[str, bytes]:
+        """The social card of ``share`` (digest, PNG), drawn once per version."""
+        text = self.view(share).card_text(site_name(origin))
+        return text.digest, self.cards.get(text)
 
     def search(self, share: PublicShare, query: str, link_suffix: str = "", limit: int = SEARCH_HITS) -> dict[str, Any]:
         """Case-insensitive matches of ``query`` in every message of the share (all pages): the
@@ -498,7 +641,7 @@ class PageRenderer:
             messages_html=self.messages_html(view.entries),
             diffs_html=Markup(self.diffs_html(view)),  # safe: rendered by parts.html (autoescape)
             # Every entry on "page 0" links as an in-page anchor.
-            navigator_html="\n".join(self.nav_html(entry, entry.page) for entry in view.entries),
+            navigator_html="\n".join(html for entry in view.entries if (html := self.nav_html(entry, entry.page))),
         )
 
     def fragments(self, share: PublicShare, ids: Iterable[str], page: int, link_suffix: str = "") -> list[Fragment | str]:

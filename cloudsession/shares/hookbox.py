@@ -140,7 +140,7 @@ class HookBox:
                 sessionId=view.session.get("id"),
                 title=title if isinstance(title, str) else "",
                 syncCount=view.sync_count,
-                messageCount=len(view.messages),
+                messageCount=view.message_count,
                 lastUpdated=view.last_updated,
                 labels=view.labels,
                 private=view.private,

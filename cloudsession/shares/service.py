@@ -16,6 +16,7 @@ a HEAD of the snapshot and a listing of the journal tail, independent of the ses
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import secrets
@@ -41,13 +42,13 @@ from cloudsession.errors import (
     StoreUnavailable,
     ValidationFailed,
 )
-from cloudsession.jsonio import parse_stored, stored_bytes
+from cloudsession.jsonio import json_bytes, parse_stored, stored_bytes
 from cloudsession.metrics import Metrics
 from cloudsession.shares import audit
 from cloudsession.shares.events import EventSink, NullSink
 from cloudsession.shares.listing import Entry, Filters, IndexWriter, Listing, Page, remove_entry
-from cloudsession.shares.public import PublicShare, Redactor, current_redactor, note_owner
-from cloudsession.shares.state import ShareState, regression, sha256_hex
+from cloudsession.shares.public import PublicJSON, PublicPieces, PublicShare, Redactor, current_redactor, note_owner
+from cloudsession.shares.state import PARSED_COST_FACTOR, ShareState, regression, sha256_hex
 from cloudsession.shares.storage import INDEX_PREFIX, journal_key, journal_prefix, snapshot_key
 from cloudsession.store import open_store
 from cloudsession.store.base import STALE_TEMP_SECONDS, ListPage, ObjectStore, PreconditionFailed, StoredObject, StoreError, iter_keys
@@ -64,6 +65,8 @@ INDEX_FLUSH_SECONDS = 5.0
 # A list request (or the server's start) waits this long for the one-time build of the listing
 # keys of a store written before they existed; past it, the list answers with what is built.
 LISTING_BUILD_WAIT_SECONDS = 5.0
+# Part of every public version (ETag): bump when the public JSON of the same state changes.
+PUBLIC_FORMAT = 1
 
 EntryBuilder = Callable[[ShareState], "dict[str, Any] | None"]
 
@@ -215,6 +218,32 @@ class _ShareLock(asyncio.Lock):
             raise
 
 
+@dataclass(slots=True)
+class _SharePieces:
+    """A share's public view kept serialised between versions (``ShareService.public_view``)."""
+
+    pairs: list[tuple[str, str]]
+    messages: PublicPieces
+    parts: PublicPieces
+    diffs_source: Any = None
+    diffs: Any = None
+    diffs_json: bytes = b"[]"
+
+    def nbytes(self) -> int:
+        m, p = self.messages, self.parts
+        return m.nbytes + p.nbytes + m.parsed_bytes + p.parsed_bytes + len(self.diffs_json) * (1 + PARSED_COST_FACTOR)
+
+
+def public_version(state: ShareState) -> str:
+    """Names the public representation of a share's version: its incarnation and folded seq
+    (with the snapshot it was folded from), and what its output depends on besides (privacy,
+    finality, the format). The same on every replica; reveals nothing about the share."""
+    extra = state.meta.extra
+    key = (PUBLIC_FORMAT, state.share_id, state.meta.incarnation, state.snapshot_etag, state.meta.seq,
+           bool(extra.get("private")), bool(extra.get("final")), state.meta.epoch)
+    return hashlib.blake2b(repr(key).encode("utf-8", "surrogatepass"), digest_size=15).hexdigest()
+
+
 class ShareService:
     def __init__(self, store: ObjectStore, settings: Settings, events: EventSink | None = None, metrics: Metrics | None = None) -> None:
         # Every store access of the domain goes through the guard: a deadline on each call, and
@@ -230,8 +259,11 @@ class ShareService:
         # Set when event hooks are configured (web/lifecycle.py): shares/hookbox.HookBox.
         self.hooks: HookBox | None = None
         self._cache: OrderedDict[str, ShareState] = OrderedDict()
+        # What the cached shares cost in memory (state, public pieces), by share and in all:
+        # bounded by the cache budget (``cache_budget_bytes``).
         self._cache_bytes = 0
-        self._cache_limit_bytes = 512 * 1024 * 1024
+        self._cache_costs: dict[str, int] = {}
+        self._cache_limit_bytes = settings.cache_budget_bytes
         self._cache_limit_entries = 2048
         self._locks: weakref.WeakValueDictionary[str, _ShareLock] = weakref.WeakValueDictionary()
         # share id -> ((snapshot ETag, seq), view). seq alone repeats when another process
@@ -245,9 +277,9 @@ class ShareService:
         self.listing = Listing(self.store, self.index_writer, self._publish_entry, cache_bytes=settings.listing_cache_mib * 1024 * 1024)
         self._listing_ready = False
         self._listing_build: asyncio.Task[None] | None = None
-        # share id -> {id(stored entity): (stored entity, redacted entity)}: a new version of a
-        # share redacts only the entities that changed.
-        self._redacted: dict[str, tuple[list[tuple[str, str]], dict[int, tuple[Any, Any]]]] = {}
+        # share id -> its messages and parts redacted and serialised, kept from one version to
+        # the next: a new version redacts only the entities that changed (``public_view``).
+        self._pieces: dict[str, _SharePieces] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -353,23 +385,37 @@ class ShareService:
             yield
 
     def _cache_put(self, state: ShareState) -> None:
-        old = self._cache.pop(state.share_id, None)
-        if old is not None:
-            self._cache_bytes -= old.approx_bytes
+        self._cache.pop(state.share_id, None)
         self._cache[state.share_id] = state
-        self._cache_bytes += state.approx_bytes
+        self._cache_account(state.share_id)
+
+    def _cache_account(self, share_id: str) -> None:
+        """Count what a cached share costs now, then evict the least recently used shares
+        while the cache is over its budget (or its entry limit)."""
+        state = self._cache.get(share_id)
+        if state is None:
+            return
+        pieces = self._pieces.get(share_id)
+        cost = state.memory_bytes() + (pieces.nbytes() if pieces is not None else 0)
+        self._cache_bytes += cost - self._cache_costs.get(share_id, 0)
+        self._cache_costs[share_id] = cost
         while self._cache and (self._cache_bytes > self._cache_limit_bytes or len(self._cache) > self._cache_limit_entries):
-            _, evicted = self._cache.popitem(last=False)
-            self._cache_bytes -= evicted.approx_bytes
-            self._public_cache.pop(evicted.share_id, None)
-            self._redacted.pop(evicted.share_id, None)
+            evicted, _ = self._cache.popitem(last=False)
+            self._forget(evicted)
+
+    def _forget(self, share_id: str) -> None:
+        self._cache_bytes -= self._cache_costs.pop(share_id, 0)
+        self._public_cache.pop(share_id, None)
+        self._pieces.pop(share_id, None)
 
     def _cache_drop(self, share_id: str) -> None:
-        old = self._cache.pop(share_id, None)
-        if old is not None:
-            self._cache_bytes -= old.approx_bytes
-        self._public_cache.pop(share_id, None)
-        self._redacted.pop(share_id, None)
+        self._cache.pop(share_id, None)
+        self._forget(share_id)
+
+    @property
+    def cache_bytes(self) -> int:
+        """What the share cache holds, as counted against ``cache_budget_bytes``."""
+        return self._cache_bytes
 
     async def store_call(self, coro: Awaitable[Any]) -> Any:
         """Await a store call. ``self.store`` already puts each call under its deadline and maps
@@ -727,7 +773,7 @@ class ShareService:
             # state without the lock, so the state may move on while the bytes are encoded in a
             # thread; the document holds its own containers and does not. Uploaded without the
             # lock so that syncs are not held up by a large snapshot write.
-            doc = state.snapshot_doc(now)
+            doc = state.snapshot_doc(now, raw=True)
             folded_seq, folded_bytes, old_etag = state.meta.seq, state.tail_bytes, state.snapshot_etag
             previous_seq, previous_at = state.snapshot_seq, state.compacted_at
             body = await asyncio.to_thread(stored_bytes, doc)
@@ -813,53 +859,85 @@ class ShareService:
             return {**entity, "sessionID": public}
         return entity
 
-    def _redact_entities(self, state: ShareState, redactor: Redactor, entities: list[Any]) -> list[Any]:
-        real = state.meta.session_id
-        public = self.public_id(real)
-        pairs = self._owner_pairs(state)
-        cached = self._redacted.get(state.share_id)
-        previous = cached[1] if cached is not None and cached[0] == pairs else {}
-        current: dict[int, tuple[Any, Any]] = {}
-        out = []
-        for entity in entities:
-            known = previous.get(id(entity))
-            if known is not None and known[0] is entity:
-                redacted = known[1]
-            else:
-                redacted = redactor.value(self._rewrite_owner(entity, real, public))
-            current[id(entity)] = (entity, redacted)
-            out.append(redacted)
-        self._redacted[state.share_id] = (pairs, current)
-        return out
+    def _public_piece(self, redactor: Redactor, real: str, public: str) -> Callable[[bytes], bytes]:
+        """Stored bytes of a message or part -> its public JSON (the owner's ids replaced)."""
+
+        def piece(raw: bytes) -> bytes:
+            # An exact-size copy: orjson's output keeps its growth buffer (EntityMap.__setitem__).
+            return memoryview(json_bytes(redactor.value(self._rewrite_owner(parse_stored(raw), real, public)))).tobytes()
+
+        return piece
 
     def public_view(self, state: ShareState) -> PublicShare:
+        """The share as the public sees it, at the state's version. Messages and parts are kept
+        redacted and serialised, piece by piece, from one version to the next: a new version
+        redacts and encodes only the entities its entries changed (``PublicPieces``), and a
+        response is the pieces joined. Everything still passes through the share's Redactor."""
         version = (state.snapshot_etag, state.meta.seq)
         cached = self._public_cache.get(state.share_id)
         if cached is not None and cached[0] == version:
             return cached[1]
         real = state.meta.session_id
         public = self.public_id(real)
-        redactor = self.redactor_for(state)
-        entities = [*state.messages.values(), *state.parts.values(), *state.models.values()]
-        redacted = self._redact_entities(state, redactor, entities)
-        messages, rest = redacted[: len(state.messages)], redacted[len(state.messages) :]
+        pairs = self._owner_pairs(state)
+        redactor = Redactor(pairs)
+        # Kept for the next version only for the share the cache holds (the store tools view
+        # states of their own, once).
+        keep = self._cache.get(state.share_id) is state
+        known = self._pieces.get(state.share_id) if keep else None
+        if known is None or known.pairs != pairs or known.messages.source is not state.messages or known.parts.source is not state.parts:
+            owner_field = b'"sessionID":' + json_bytes(real)
+            # Swapped bytes that could span two entities (holding a separator) are never used.
+            swap = None if any(c in owner_field for c in b",{}[]") else (owner_field, b'"sessionID":' + json_bytes(public))
+            known = _SharePieces(pairs, PublicPieces(state.messages, swap), PublicPieces(state.parts, swap))
+            if keep:
+                self._pieces[state.share_id] = known
+        piece = self._public_piece(redactor, real, public)
+        if not (known.messages.refresh(piece) and known.parts.refresh(piece)):
+            known = _SharePieces(pairs, PublicPieces(state.messages), PublicPieces(state.parts))
+            known.messages.refresh(piece), known.parts.refresh(piece)
+            if keep:
+                self._pieces[state.share_id] = known
+        if known.diffs_source is not state.diffs:
+            known.diffs_source = state.diffs
+            known.diffs = redactor.value(list(state.diffs))
+            known.diffs_json = json_bytes(known.diffs)
+        session = redactor.value(self.public_session(state.session, real, public))
+        models = [redactor.value(m) for m in state.models.values()]
+        extra = state.meta.extra
+        private, final = bool(extra.get("private")), bool(extra.get("final"))
+        load_messages, load_parts = known.messages.loader(), known.parts.loader()
         view = PublicShare(
             id=state.share_id,
-            session=redactor.value(self.public_session(state.session, real, public)),
-            messages=messages,
-            parts=rest[: len(state.parts)],
-            diffs=redactor.value(list(state.diffs)),
-            models=rest[len(state.parts) :],
+            session=session,
+            messages=None,
+            parts=None,
+            diffs=known.diffs,
+            models=models,
             created_at=state.meta.created_at,
             last_updated=state.meta.last_updated,
             sync_count=state.meta.sync_count,
-            private=bool(state.meta.extra.get("private")),
-            expires_at=state.meta.extra.get("expiresAt"),
+            private=private,
+            expires_at=extra.get("expiresAt"),
             redactor=redactor,
-            labels=dict(state.meta.extra.get("labels") or {}),
-            final=bool(state.meta.extra.get("final")),
+            labels=dict(extra.get("labels") or {}),
+            final=final,
+            json=PublicJSON(
+                session=json_bytes(session),
+                messages=known.messages.in_order(),
+                parts=known.parts.in_order(),
+                data_messages=known.messages.in_id_order(),
+                data_parts=known.parts.in_id_order(),
+                diffs=known.diffs_json,
+                models=json_bytes(models),
+                substitution=known.messages.substitution,
+            ),
+            version=public_version(state),
+            load=lambda: (load_messages(), load_parts()),
         )
-        self._public_cache[state.share_id] = (version, view)
+        if keep:
+            self._public_cache[state.share_id] = (version, view)
+            self._cache_account(state.share_id)
         return view
 
     def read_token_for(self, state: ShareState) -> str:

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudsession.jsonio import stored_bytes
+from cloudsession.jsonio import Fragments, parse_stored, stored_bytes
 from cloudsession.shares.audit import AUDIT_WINDOW
 from cloudsession.shares.items import model_key
 from cloudsession.shares.storage import new_incarnation
@@ -55,6 +57,106 @@ STATUS_RANK = {"pending": 0, "running": 1, "completed": 2, "error": 2}
 # oldest records are forgotten first. Documented in docs/protocol.md ("ledger window").
 OP_LEDGER_WINDOW = 4096
 IDEMPOTENCY_WINDOW = 256
+
+
+# What one entry of an ``EntityMap`` costs besides its JSON: the bytes object's header, its key (an
+# id string) and its slot in the dict (measured with sys.getsizeof on CPython 3.11, rounded up).
+ENTITY_OVERHEAD_BYTES = 160
+# Parsed JSON (dicts, lists, strings) costs about this many times its serialised size
+# (tracemalloc on real sessions: 4.5 to 6); used for the small parts kept parsed.
+PARSED_COST_FACTOR = 6
+
+
+class EntityMap(MutableMapping[str, dict[str, Any]]):
+    """Messages or parts by id, kept as their stored JSON bytes and parsed on access.
+
+    Parsed JSON costs five to six times its serialised size in CPython; a share's entities are
+    kept as bytes so that a cached share costs about what it weighs on disk (what the cache
+    budget counts, ``nbytes``), and so that the public view and snapshots are assembled from
+    the bytes without serialising the whole share again. Every read (``[id]``, ``get``,
+    ``values``) parses a fresh copy: entities are replaced by the fold, never changed in place.
+
+    ``changed`` lists the ids set since the last ``drain_changes`` (in the order they were
+    first set), for the public view to redact only what changed; past ``len(self)`` entries it
+    gives up and says "everything" (None), so a share nobody reads does not grow it."""
+
+    __slots__ = ("_raw", "nbytes", "_changed", "_all_changed")
+
+    def __init__(self) -> None:
+        self._raw: dict[str, bytes] = {}
+        self.nbytes = 0
+        self._changed: dict[str, None] = {}
+        self._all_changed = True
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        value: dict[str, Any] = parse_stored(self._raw[key])
+        return value
+
+    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
+        # A copy of exactly its size: orjson's output keeps its growth buffer (4 KB for a
+        # 500-byte entity), which would make the cache several times what it counts.
+        self.set_raw(key, memoryview(stored_bytes(value)).tobytes())
+
+    def __delitem__(self, key: str) -> None:
+        raw = self._raw.pop(key)
+        self.nbytes -= len(raw) + ENTITY_OVERHEAD_BYTES
+        self._all_changed = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._raw
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EntityMap):
+            return self._raw == other._raw or dict(self.items()) == dict(other.items())
+        return dict(self.items()) == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"EntityMap({len(self._raw)} entities, {self.nbytes} bytes)"
+
+    def set_raw(self, key: str, raw: bytes) -> None:
+        old = self._raw.get(key)
+        if old is not None:
+            self.nbytes -= len(old)
+        else:
+            self.nbytes += ENTITY_OVERHEAD_BYTES
+        self._raw[key] = raw
+        self.nbytes += len(raw)
+        if not self._all_changed:
+            self._changed[key] = None
+            if len(self._changed) > len(self._raw) // 2 + 64:
+                self._all_changed, self._changed = True, {}
+
+    def raw(self, key: str) -> bytes | None:
+        return self._raw.get(key)
+
+    def raw_map(self) -> dict[str, bytes]:
+        """The stored bytes by id (read-only: the live dict)."""
+        return self._raw
+
+    def drain_changes(self) -> list[str] | None:
+        """The ids set since the last call, in first-set order; None: treat every id as changed."""
+        if self._all_changed:
+            self._all_changed, self._changed = False, {}
+            return None
+        changed, self._changed = list(self._changed), {}
+        return changed
+
+    def fragments(self) -> Fragments:
+        """The entities as already-serialised JSON (a snapshot without encoding them again)."""
+        return Fragments(list(self._raw.values()))
+
+
+def parsed_cost(value: Any) -> int:
+    """What a small parsed JSON value costs in memory, roughly (``PARSED_COST_FACTOR``)."""
+    return len(stored_bytes(value)) * PARSED_COST_FACTOR + sys.getsizeof(value)
 
 
 @dataclass(slots=True)
@@ -115,8 +217,8 @@ class ShareState:
     share_id: str
     meta: ShareMeta
     session: dict[str, Any]
-    messages: dict[str, dict[str, Any]]
-    parts: dict[str, dict[str, Any]]
+    messages: EntityMap
+    parts: EntityMap
     diffs: list[dict[str, Any]]
     models: dict[tuple[str, str], dict[str, Any]]
     # Bookkeeping for cost control: which snapshot this came from and how much sits in the tail.
@@ -129,6 +231,8 @@ class ShareState:
     approx_bytes: int = 0
     # Updates the fold ignored because they would have moved an item backwards (in this process).
     regressions_ignored: int = 0
+    # memory_bytes' estimate of each parsed part, and what it was computed for.
+    _parsed_costs: dict[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
 
     # -- construction -----------------------------------------------------------------------
 
@@ -140,7 +244,7 @@ class ShareState:
             "version": "1", "time": {"created": now, "updated": now},
         }
         meta = ShareMeta(session_id=session_id, created_at=now, last_updated=now, incarnation=incarnation or new_incarnation())
-        return cls(share_id, meta, session, {}, {}, [], {})
+        return cls(share_id, meta, session, EntityMap(), EntityMap(), [], {})
 
     @classmethod
     def from_snapshot(cls, share_id: str, doc: Any, etag: str | None, size: int) -> ShareState:
@@ -175,7 +279,7 @@ class ShareState:
             meta.record_audit(ours["audit"])
         keys = ledger.get("keys")
         meta.record_idempotency({k: v for k, v in keys.items() if isinstance(v, dict)} if isinstance(keys, dict) else {})
-        state = cls(share_id, meta, session, {}, {}, [], {})
+        state = cls(share_id, meta, session, EntityMap(), EntityMap(), [], {})
         for message in _objects_with_id(doc.get("messages")):
             state.messages[message["id"]] = message
         for part in _objects_with_id(doc.get("parts")):
@@ -257,14 +361,16 @@ class ShareState:
 
     # -- output -----------------------------------------------------------------------------
 
-    def snapshot_doc(self, compacted_at: int) -> dict[str, Any]:
+    def snapshot_doc(self, compacted_at: int, *, raw: bool = False) -> dict[str, Any]:
         """The snapshot document. Its containers are its own (items are replaced, never changed
-        in place, by the fold), so it may be encoded while the state moves on."""
+        in place, by the fold), so it may be encoded while the state moves on. ``raw``: messages
+        and parts as ``orjson.Fragment`` (their stored bytes, for ``stored_bytes``: nothing is
+        parsed or encoded again); otherwise parsed."""
         meta = self.meta
         return {
             "session": self.session,
-            "messages": list(self.messages.values()),
-            "parts": list(self.parts.values()),
+            "messages": self.messages.fragments() if raw else list(self.messages.values()),
+            "parts": self.parts.fragments() if raw else list(self.parts.values()),
             "diffs": self.diffs,
             "models": list(self.models.values()),
             "metadata": {
@@ -316,7 +422,26 @@ class ShareState:
         return doc
 
     def snapshot_bytes_now(self, compacted_at: int) -> bytes:
-        return stored_bytes(self.snapshot_doc(compacted_at))
+        return stored_bytes(self.snapshot_doc(compacted_at, raw=True))
+
+    def memory_bytes(self) -> int:
+        """What this state costs in memory, about: the entities' bytes (counted exactly as they
+        change) plus the parsed rest (session, diffs, models, ledgers) at ``PARSED_COST_FACTOR``."""
+        meta = self.meta
+        small = (len(meta.op_ledger) * 160 + sum(len(stored_bytes(r)) for r in meta.idempotency.values()) * PARSED_COST_FACTOR
+                 + len(meta.audit) * 400 + 2048)
+        return self.messages.nbytes + self.parts.nbytes + self._parsed_bytes() + small
+
+    def _parsed_bytes(self) -> int:
+        # Each part measured again only when it was replaced (a sync usually sends the session,
+        # rarely the diffs, which may be large).
+        costs = self._parsed_costs
+        for name, value in (("session", self.session), ("diffs", self.diffs), ("models", self.models)):
+            key = id(value) if name != "models" else len(self.models)
+            known = costs.get(name)
+            if known is None or known[0] != key:
+                costs[name] = (key, parsed_cost(value if name != "models" else list(self.models.values())))
+        return sum(cost for _, cost in costs.values())
 
 
 def regression(kind: str, stored: dict[str, Any] | None, update: dict[str, Any]) -> str | None:

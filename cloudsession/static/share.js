@@ -133,20 +133,99 @@
     return byId("nav-list");
   }
 
+  // The navigator holds every message of the pages near this one (li[data-id], in order by
+  // data-n) and links standing for the other pages (li.nav-more[data-from][data-to]).
+  function navMore(n) {
+    var list = navList();
+    var found = null;
+    if (list) list.querySelectorAll("li.nav-more").forEach(function (li) {
+      if (+li.getAttribute("data-from") <= n && n <= +li.getAttribute("data-to")) found = li;
+    });
+    return found;
+  }
+
+  function lastNavPage() {
+    var list = navList();
+    var last = list && list.lastElementChild;
+    if (!last) return 0;
+    return +(last.getAttribute("data-to") || last.getAttribute("data-p") || 0);
+  }
+
   function applyNav(m) {
     var list = navList();
     if (!list || !m.nav) return;
-    var item = fromHtml(m.nav);
     var existing = list.querySelector('li[data-id="' + CSS.escape(m.id) + '"]');
     if (existing) {
-      existing.replaceWith(item);
-    } else {
-      var at = list.children[m.number - 1];
-      if (at) list.insertBefore(item, at);
-      else list.appendChild(item);
+      existing.replaceWith(fromHtml(m.nav));
+      return;
     }
-    var count = byId("nav-count");
-    if (count) count.textContent = String(list.children.length);
+    if (navMore(m.page)) return; // that page is a link: its entries are fetched when shown
+    if (m.page > lastNavPage() + 1 || (m.page > page + 1 && !list.querySelector('li[data-p="' + m.page + '"]'))) {
+      // A new page far from this one: a link to it, like the server renders.
+      var more = document.createElement("li");
+      more.className = "nav-more";
+      more.setAttribute("data-from", String(m.page));
+      more.setAttribute("data-to", String(m.page));
+      var a = document.createElement("a");
+      a.href = pageUrl(m.page);
+      a.textContent = "Page " + m.page;
+      more.appendChild(a);
+      list.appendChild(more);
+      watchMore(more);
+      return;
+    }
+    var item = fromHtml(m.nav);
+    var at = null;
+    for (var li = list.firstElementChild; li; li = li.nextElementSibling) {
+      var n = li.getAttribute("data-n");
+      if (n !== null ? +n > m.number : +li.getAttribute("data-from") > m.page) {
+        at = li;
+        break;
+      }
+    }
+    list.insertBefore(item, at);
+  }
+
+  // Links standing for other pages are expanded into their prompts when they come into view
+  // (at most a few pages per request; the server answers with a link for the rest).
+  var moreObserver = "IntersectionObserver" in window ? new IntersectionObserver(function (seen) {
+    seen.forEach(function (entry) {
+      if (entry.isIntersecting) expandMore(entry.target);
+    });
+  }) : null;
+
+  function watchMore(li) {
+    if (moreObserver) moreObserver.observe(li);
+  }
+
+  function expandMore(li) {
+    if (li.getAttribute("data-loading")) return;
+    li.setAttribute("data-loading", "1");
+    if (moreObserver) moreObserver.unobserve(li);
+    var params = new URLSearchParams({ from: li.getAttribute("data-from"), to: li.getAttribute("data-to"), page: String(page) });
+    if (readToken) params.set("token", readToken);
+    fetch(base + "/nav?" + params.toString(), { headers: { Accept: "application/json" } })
+      .then(function (res) { return res.ok ? res.json() : null; })
+      .then(function (data) {
+        if (!data || typeof data.html !== "string" || !li.parentNode) return;
+        var holder = document.createElement("template");
+        holder.innerHTML = data.html;
+        var added = Array.prototype.slice.call(holder.content.children);
+        li.replaceWith(holder.content);
+        added.forEach(function (el) {
+          if (el.classList.contains("nav-more")) watchMore(el);
+        });
+        scheduleTrack();
+      })
+      .catch(function () {
+        li.removeAttribute("data-loading");
+        watchMore(li);
+      });
+  }
+
+  function watchAllMore() {
+    var list = navList();
+    if (list) list.querySelectorAll("li.nav-more").forEach(watchMore);
   }
 
   function applyMessage(m) {
@@ -180,10 +259,12 @@
       if (typeof data.header === "string") replaceEl(byId("share-header"), data.header);
       if (typeof data.diffs === "string") replaceEl(byId("diffs"), data.diffs);
       if (typeof data.nav === "string" && data.nav) {
+        // A catch-up: the navigator as the server has it now.
         var list = navList();
-        var holder = document.createElement("template");
-        holder.innerHTML = data.nav;
-        if (list) list.appendChild(holder.content);
+        if (list) {
+          list.innerHTML = data.nav;
+          watchAllMore();
+        }
       }
       (data.messages || []).forEach(applyMessage);
       // A revert hides that message and every later one: drop them from the page.
@@ -198,10 +279,11 @@
     scheduleTrack();
     var count = byId("nav-count");
     var shown = navList();
-    if (count && shown) count.textContent = String(shown.children.length);
-    // Messages that came back (a revert undone) are not named by any sync event: when the
-    // navigator's count disagrees with the server's, catch up once through the digest.
-    if (typeof data.messageCount === "number" && !Array.isArray(data.digest) && shown && shown.children.length !== data.messageCount) {
+    if (count && typeof data.messageCount === "number") count.textContent = String(data.messageCount);
+    // Messages that came back (a revert undone) are not named by any sync event: when this
+    // page's entries in the navigator disagree with the server's count, catch up once.
+    if (typeof data.pageCount === "number" && !Array.isArray(data.digest) &&
+        document.querySelectorAll("#messages > article").length !== data.pageCount) {
       catchUp();
     }
     if (Array.isArray(data.digest)) {
@@ -257,8 +339,7 @@
     if (want.diffs) params.set("diffs", "1");
     if (want.digest) {
       params.set("digest", "1");
-      var list = navList();
-      params.set("nav_from", String((list ? list.children.length : 0) + 1));
+      params.set("nav", "1");
     }
     inflight = true;
     fetch(base + "/fragments?" + params.toString(), { cache: "no-store", headers: { Accept: "application/json" } })
@@ -358,14 +439,28 @@
     };
   }
 
-  // A link to #msg-<id> of a message on another page: follow the navigator to its page.
+  // A link to #msg-<id> or #part-<id> of something on another page: the navigator knows the
+  // page of the messages near this one; for anything else the server is asked (one small
+  // request, never the whole share).
   function followHash() {
     var hash = decodeURIComponent(location.hash.slice(1));
-    if (hash.indexOf("msg-") !== 0 || byId(hash)) return;
+    if (!/^(msg|part)-./.test(hash) || byId(hash)) return;
     var list = navList();
-    var item = list && list.querySelector('li[data-id="' + CSS.escape(hash.slice(4)) + '"]');
-    var target = item ? parseInt(item.getAttribute("data-p"), 10) : 0;
-    if (target && target !== page) location.href = pageUrl(target) + "#" + encodeURIComponent(hash);
+    var item = hash.indexOf("msg-") === 0 && list && list.querySelector('li[data-id="' + CSS.escape(hash.slice(4)) + '"]');
+    if (item) {
+      go(parseInt(item.getAttribute("data-p"), 10));
+      return;
+    }
+    var params = new URLSearchParams({ anchor: hash });
+    if (readToken) params.set("token", readToken);
+    fetch(base + "/locate?" + params.toString(), { headers: { Accept: "application/json" } })
+      .then(function (res) { return res.ok ? res.json() : null; })
+      .then(function (data) { if (data && typeof data.page === "number") go(data.page); })
+      .catch(function () {});
+
+    function go(target) {
+      if (target && target !== page) location.href = pageUrl(target) + "#" + encodeURIComponent(hash);
+    }
   }
 
   // The navigator is a side column on wide screens and a drawer on narrow ones (the toggle in
@@ -414,8 +509,12 @@
     }
     var list = navList();
     if (!top || !list) return;
-    var item = list.querySelector('li[data-id="' + CSS.escape(top.id.slice(4)) + '"]');
-    while (item && !item.classList.contains("nav-user")) item = item.previousElementSibling;
+    // The turn of the message at the top: the last prompt at or before it.
+    var number = +top.getAttribute("data-n");
+    var item = null;
+    list.querySelectorAll("li.nav-user").forEach(function (li) {
+      if (+li.getAttribute("data-n") <= number) item = li;
+    });
     list.querySelectorAll("li.current").forEach(function (li) {
       if (li !== item) li.classList.remove("current");
     });
@@ -850,11 +949,23 @@
     });
   }
 
+  // A file of the Changes list opens its (possibly collapsed) diff.
+  function openDiff() {
+    var target = /^#diff-\d+$/.test(location.hash) ? byId(location.hash.slice(1)) : null;
+    if (target && target.tagName === "DETAILS" && !target.open) {
+      target.open = true;
+      target.scrollIntoView();
+    }
+  }
+
   window.addEventListener("hashchange", followHash);
+  window.addEventListener("hashchange", openDiff);
+  openDiff();
   applyDiffMode(document);
   setupFind();
   setupJump();
   followHash();
   trackTurn();
+  watchAllMore();
   connect();
 })();

@@ -22,7 +22,6 @@ from typing import Any
 from aiohttp import web
 
 from cloudsession.errors import ValidationFailed
-from cloudsession.jsonio import json_bytes
 from cloudsession.protocol import IDEMPOTENCY_HEADER
 from cloudsession.shares import idempotency, lifecycle, ops, owner
 from cloudsession.shares.inputs import (
@@ -36,8 +35,9 @@ from cloudsession.shares.inputs import (
 )
 from cloudsession.shares.items import parse_sync_items
 from cloudsession.shares.listing import Filters
+from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import checked_admin_header, require_admin
-from cloudsession.web.http import create_context, json_response, public_origin, read_json, request_read_token
+from cloudsession.web.http import PRIVATE_PAGE_CACHE, create_context, json_response, not_modified, public_origin, read_json, request_read_token
 from cloudsession.web.keys import SERVICE, SETTINGS
 
 # The admin list's largest page (and its default: the reference answered one listing page).
@@ -93,18 +93,28 @@ async def delete_share(request: web.Request) -> web.Response:
 
 async def get_share(request: web.Request) -> web.Response:
     view = await request.app[SERVICE].public_share(request.match_info["id"], request_read_token(request))
-    return _public_json(view.agent_session(), view.redact)
+    return _public_json(request, view, view.object_etag, view.object_json)
 
 
 async def get_share_data(request: web.Request) -> web.Response:
     view = await request.app[SERVICE].public_share(request.match_info["id"], request_read_token(request))
-    return _public_json(view.data_items(), view.redact)
+    return _public_json(request, view, view.data_etag, view.data_json)
 
 
-def _public_json(data: Any, redact: Callable[[str], str]) -> web.Response:
-    text = redact(json_bytes(data).decode("utf-8"))
-    # A live share changes every second: never let a cache serve a stale copy.
-    return web.Response(text=text, content_type="application/json", headers={"Cache-Control": "no-store"})
+def _public_json(request: web.Request, view: PublicShare, etag: str | None, body: Callable[[], bytes]) -> web.Response:
+    """A public read: revalidated by its version's ETag (a 304 without a body when the client
+    has it), assembled from the view's serialised pieces otherwise. Public shares may be kept
+    by caches but must be revalidated (a live share changes every second); private ones are
+    never stored, and a reader without the token never gets this far (404, no ETag)."""
+    cache = PRIVATE_PAGE_CACHE if view.private else "no-cache"
+    headers = {"Cache-Control": cache}
+    if etag is not None:
+        headers["ETag"] = etag
+        if not_modified(request, etag):
+            return web.Response(status=304, headers=headers)
+    # The redaction middleware passes the body through the request's redactor (this share's
+    # owners) on its way out, as every response.
+    return web.Response(body=body(), content_type="application/json", charset="utf-8", headers=headers)
 
 
 async def get_share_metadata(request: web.Request) -> web.Response:

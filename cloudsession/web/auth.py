@@ -21,6 +21,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -36,30 +37,48 @@ SIGN_IN_LINK_SECONDS = 3600
 
 @dataclass(slots=True)
 class OneTimeSignIn:
-    """The token of the sign-in link ``serve`` prints: good once, for an hour, in this process."""
+    """The token of the sign-in link ``serve`` prints: good once, for an hour. With ``claim`` (the
+    workers of ``serve --workers N``, which all accept the same link), once across the processes
+    too: ``claim`` is a file the parent created, and the one worker whose unlink succeeds wins."""
 
     digest: bytes
     expires: float
     used: bool = False
+    claim: Path | None = None
 
     def redeem(self, given: str) -> bool:
         ok = hmac.compare_digest(hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest(), self.digest)
         if not ok or self.used or time.monotonic() > self.expires:
             return False
         self.used = True
+        if self.claim is not None:
+            try:
+                self.claim.unlink()
+            except OSError:  # another worker redeemed it first (or the file is gone)
+                return False
         return True
+
+
+def sign_in_claim(data_dir: Path, token: str) -> Path:
+    """The file that makes ``token`` redeemable once across worker processes (``OneTimeSignIn``)."""
+    return data_dir / f".sign-in-{hashlib.sha256(token.encode()).hexdigest()[:16]}"
 
 
 LOCAL_ADMIN_KEY: web.AppKey[str] = web.AppKey("local_admin_key")
 SIGN_IN: web.AppKey[OneTimeSignIn] = web.AppKey("sign_in")
 
 
-def enable_local_admin(app: web.Application, key: str) -> str:
+def new_sign_in_token() -> str:
+    return "st_" + secrets.token_urlsafe(24)
+
+
+def enable_local_admin(app: web.Application, key: str, token: str | None = None, claim: Path | None = None) -> str:
     """Use ``key`` (generated in the data dir) as the admin key of ``/sessions`` and
-    ``/api/sessions``; return a fresh one-time sign-in token for the startup link."""
-    token = "st_" + secrets.token_urlsafe(24)
+    ``/api/sessions``; return the one-time sign-in token for the startup link (fresh unless given,
+    as the parent of ``serve --workers N`` gives every worker the same one with its ``claim``)."""
+    token = token or new_sign_in_token()
     app[LOCAL_ADMIN_KEY] = key
-    app[SIGN_IN] = OneTimeSignIn(hashlib.sha256(token.encode()).digest(), time.monotonic() + SIGN_IN_LINK_SECONDS)
+    app[SIGN_IN] = OneTimeSignIn(hashlib.sha256(token.encode()).digest(), time.monotonic() + SIGN_IN_LINK_SECONDS, claim=claim)
     return token
 
 

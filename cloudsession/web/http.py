@@ -8,18 +8,24 @@ value counts (the proxy nearest the client).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import ipaddress
 import logging
 import re
 import sys
+from collections import OrderedDict
 from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_response import ContentCoding
+
+try:  # brotli (``br``) when the package is installed; gzip always
+    import brotli
+except ImportError:  # pragma: no cover - a dependency; kept optional for slim installs
+    brotli = None
 
 from cloudsession.errors import BodyAborted, BodyTooLarge, RequestTimeout
 from cloudsession.jsonio import json_bytes, parse_json, scrub_text
@@ -256,11 +262,22 @@ def create_context(request: web.Request) -> tuple[dict[str, str], CreateContext]
 # --------------------------------------------------------------------------- compression, caching
 
 
-def accepts_gzip(header: str) -> bool:
-    """Whether an ``Accept-Encoding`` value allows gzip, honouring q-values (``gzip;q=0`` and
-    ``identity`` alone mean no; ``*`` means yes unless gzip is refused by name)."""
-    named: float | None = None
-    wildcard: float | None = None
+# Content codings we produce, best first when the client likes them equally.
+ENCODINGS = ("br", "gzip") if brotli is not None else ("gzip",)
+# Bodies larger than this are compressed in a worker thread (the loop keeps serving), at most
+# COMPRESS_THREADS at a time; brotli's quality drops a notch for them (4: ~4 MB/s per core less
+# work than 5 for a few percent more bytes).
+LARGE_BODY_BYTES = 256 * 1024
+COMPRESS_THREADS = 2
+# Compressed bodies of responses that carry an ETag are kept (per ETag, coding and redaction
+# scope) so that a hot version is compressed once; least recently used first out.
+COMPRESSED_CACHE_BYTES = 32 * 1024 * 1024
+_ALREADY_COMPRESSED = ("image/png", "image/jpeg", "image/webp", "image/gif", "application/zip", "application/gzip")
+
+
+def accepted_encodings(header: str) -> dict[str, float]:
+    """``Accept-Encoding`` as coding -> q-value (lower-cased; at most 32 entries read)."""
+    out: dict[str, float] = {}
     for entry in header.split(",")[:32]:
         name, _, params = entry.strip().partition(";")
         quality = 1.0
@@ -268,34 +285,121 @@ def accepts_gzip(header: str) -> bool:
             key, _, value = param.strip().partition("=")
             if key.strip().lower() == "q":
                 try:
-                    quality = float(value)
+                    quality = min(1.0, max(0.0, float(value)))
                 except ValueError:
                     quality = 0.0
         token = name.strip().lower()
-        if token in ("gzip", "x-gzip"):
-            named = quality
-        elif token == "*":
-            wildcard = quality
-    if named is not None:
-        return named > 0
-    return wildcard is not None and wildcard > 0
+        if token == "x-gzip":
+            token = "gzip"
+        if token:
+            out[token] = quality
+    return out
 
 
-def compress_response(request: web.Request, response: web.StreamResponse) -> None:
-    """Gzip HTML, JSON and static text when the client accepts it and the body is worth it
-    (``compress_middleware``). Streams, WebSockets and already-encoded bodies pass untouched."""
-    if not isinstance(response, web.Response) or response.compression:
-        return
+def negotiate_encoding(header: str, available: tuple[str, ...] = ENCODINGS) -> str | None:
+    """The coding to send for an ``Accept-Encoding`` value: the available one with the highest
+    q-value (a tie goes to the first of ``available``), named or through ``*``; None when every
+    one is refused (``gzip;q=0``) or none is named (``identity``, or no header)."""
+    accepted = accepted_encodings(header)
+    wildcard = accepted.get("*")
+    best: tuple[float, str] | None = None
+    for coding in available:
+        quality = accepted.get(coding, wildcard)
+        if quality is not None and quality > 0 and (best is None or quality > best[0]):
+            best = (quality, coding)
+    return best[1] if best is not None else None
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip, honouring q-values."""
+    return negotiate_encoding(header, ("gzip",)) == "gzip"
+
+
+def compress(body: bytes, coding: str) -> bytes:
+    if coding == "br":
+        assert brotli is not None
+        return bytes(brotli.compress(body, quality=4 if len(body) > LARGE_BODY_BYTES else 5))
+    # gzip as aiohttp writes it, with a fixed mtime: the same body always gives the same bytes.
+    return gzip.compress(body, compresslevel=6, mtime=0)
+
+
+class CompressedCache:
+    """Compressed bodies by (ETag, coding, redaction scope), bounded in bytes (LRU)."""
+
+    def __init__(self, limit: int = COMPRESSED_CACHE_BYTES) -> None:
+        self.limit = limit
+        self.nbytes = 0
+        self._items: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._threads = asyncio.Semaphore(COMPRESS_THREADS)
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[Any, ...], value: bytes) -> None:
+        if len(value) > self.limit // 4:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.nbytes -= len(old)
+        self._items[key] = value
+        self.nbytes += len(value)
+        while self.nbytes > self.limit:
+            _, evicted = self._items.popitem(last=False)
+            self.nbytes -= len(evicted)
+
+    async def compress(self, body: bytes, coding: str) -> bytes:
+        if len(body) <= LARGE_BODY_BYTES:
+            return compress(body, coding)
+        async with self._threads:
+            return await asyncio.to_thread(compress, body, coding)
+
+
+def _compressible(request: web.Request, response: web.StreamResponse) -> bytes | None:
+    """The body to compress, or None: streams, WebSockets, HEAD, empty statuses, small bodies,
+    already-encoded bodies and types that do not compress pass untouched."""
+    if not isinstance(response, web.Response) or response.compression or request.method == "HEAD":
+        return None
     if "Content-Encoding" in response.headers or response.content_type not in COMPRESSIBLE_TYPES:
-        return
+        return None
     body = response.body
-    if not isinstance(body, (bytes, bytearray)) or len(body) < MIN_COMPRESS_BYTES or response.status in (204, 304):
-        return
+    if not isinstance(body, (bytes, bytearray)) or len(body) < MIN_COMPRESS_BYTES or response.status in (204, 206, 304):
+        return None
+    return body if isinstance(body, bytes) else bytes(body)
+
+
+def _add_vary(response: web.StreamResponse) -> None:
     vary = response.headers.get("Vary", "")
     if "accept-encoding" not in vary.lower():
         response.headers["Vary"] = f"{vary}, Accept-Encoding" if vary else "Accept-Encoding"
-    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
-        response.enable_compression(ContentCoding.gzip)
+
+
+async def compress_response(request: web.Request, response: web.StreamResponse, cache: CompressedCache | None = None) -> None:
+    """Brotli or gzip, as the client prefers (q-values), for HTML, JSON and static text worth it
+    (``compress_middleware``). A response with an ETag is compressed once per ETag, coding and
+    body length, and served from ``cache`` after that (an ETag names one representation: the
+    body passed the redaction before it gets here, and is the same for the same ETag)."""
+    body = _compressible(request, response)
+    if body is None:
+        if isinstance(response, web.Response) and response.content_type in COMPRESSIBLE_TYPES and response.status not in (204, 304):
+            _add_vary(response)
+        return
+    _add_vary(response)
+    coding = negotiate_encoding(request.headers.get("Accept-Encoding", ""))
+    if coding is None:
+        return
+    etag = response.headers.get("ETag")
+    key = (etag, coding, response.content_type, len(body)) if cache is not None and etag else None
+    packed = cache.get(key) if cache is not None and key is not None else None
+    if packed is None:
+        packed = await cache.compress(body, coding) if cache is not None else compress(body, coding)
+        if cache is not None and key is not None:
+            cache.put(key, packed)
+    assert isinstance(response, web.Response)
+    response.body = packed
+    response.headers["Content-Encoding"] = coding
 
 
 def weak_etag(body: bytes) -> str:

@@ -8,10 +8,12 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from cloudsession.config import Settings
+    from cloudsession.live.relay import Siblings
     from cloudsession.metrics import Metrics
     from cloudsession.render.pages import ViewRenderer
     from cloudsession.shares.events import EventSink
     from cloudsession.shares.service import ShareService
+    from cloudsession.web.http import CompressedCache
     from cloudsession.web.lifecycle import InFlight
     from cloudsession.web.ratelimit import RateLimiter
 
@@ -24,3 +26,8 @@ IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 HOOK_KEYS: web.AppKey[dict[str, bytes]] = web.AppKey("hook_keys")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 LIMITER: web.AppKey[RateLimiter | None] = web.AppKey("rate_limiter")
+# Set by `serve --workers N` in each worker process (its number, its siblings' inboxes); absent
+# in a single process.
+WORKER: web.AppKey[Siblings] = web.AppKey("worker")
+# Compressed bodies of hot responses, per ETag and coding (web/http.py).
+COMPRESSED: web.AppKey[CompressedCache] = web.AppKey("compressed")

@@ -12,11 +12,11 @@ from aiohttp import web
 from cloudsession.errors import ShareError
 from cloudsession.hooks.dispatch import Dispatcher
 from cloudsession.live.hub import LiveHub
-from cloudsession.live.relay import RedisRelay, redis_client, relay_channel
+from cloudsession.live.relay import RedisRelay, Relay, SiblingTransport, redis_client, relay_channel
 from cloudsession.shares.hookbox import HookBox
 from cloudsession.shares.service import open_service
 from cloudsession.shares.sweep import sweep
-from cloudsession.web.keys import HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, SERVICE, SETTINGS
+from cloudsession.web.keys import HOOK_KEYS, IN_FLIGHT, LIVE, METRICS, SERVICE, SETTINGS, WORKER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,6 +67,13 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
         tracker.leave()
 
 
+def first_worker(app: web.Application) -> bool:
+    """True in a single process, and in worker 1 of ``serve --workers N``: the one that does the
+    store-wide chores (the crash leftovers at startup, the periodic sweep) for all of them."""
+    worker = app.get(WORKER)
+    return worker is None or worker.index == 1
+
+
 async def share_service(app: web.Application) -> AsyncIterator[None]:
     """The store and the share service on it, telling the live hub about every change, and the
     event hooks' dispatcher when hooks are configured (docs/hooks.md)."""
@@ -74,7 +81,8 @@ async def share_service(app: web.Application) -> AsyncIterator[None]:
     async with open_service(settings, events=app[LIVE], metrics=app.get(METRICS)) as service:
         app[SERVICE] = service
         try:
-            await service.remove_crash_leftovers()
+            if first_worker(app):  # one walk of the store, not one per worker of `serve --workers`
+                await service.remove_crash_leftovers()
         except ShareError as exc:  # a store that is down at startup must not stop the server
             log.warning("could not look for temporary files left by a crash: %s", exc.message)
         # A data dir from before the listing keys: built now (or, when large, in the background).
@@ -103,7 +111,7 @@ async def close_viewers(app: web.Application) -> None:
 async def periodic_sweep(app: web.Application) -> AsyncIterator[None]:
     """Sweep every ``sweep_interval_seconds`` while the server runs: expired shares, folded journal
     entries, old delete records (``shares/sweep.py``)."""
-    interval = app[SETTINGS].sweep_interval_seconds
+    interval = app[SETTINGS].sweep_interval_seconds if first_worker(app) else 0  # one sweeper per `serve --workers`
 
     async def loop() -> None:
         while True:
@@ -125,13 +133,23 @@ async def periodic_sweep(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_fanout(app: web.Application) -> AsyncIterator[None]:
-    """With ``REDIS_URL`` set, relay share events between replicas while the application runs
-    (``RedisRelay``); without it, nothing (viewers hear their own replica)."""
+    """Relay share events to the other processes while the application runs: through Redis with
+    ``REDIS_URL`` set (``RedisRelay``: every worker of every replica), else between the sibling
+    workers of one ``serve --workers N`` (``SiblingTransport``); a single process without Redis
+    relays nothing (its viewers hear their own process)."""
     settings, hub = app[SETTINGS], app[LIVE]
-    if settings.redis_url is None or not isinstance(hub, LiveHub):
+    siblings = app.get(WORKER)
+    if not isinstance(hub, LiveHub):
         yield
         return
-    relay = RedisRelay(hub, redis_client(settings.redis_url.get_secret_value()), relay_channel(settings), app.get(SERVICE))
+    relay: Relay
+    if settings.redis_url is not None:
+        relay = RedisRelay(hub, redis_client(settings.redis_url.get_secret_value()), relay_channel(settings), app.get(SERVICE))
+    elif siblings is not None and siblings.peers:
+        relay = Relay(hub, SiblingTransport(siblings), app.get(SERVICE))
+    else:
+        yield
+        return
     await relay.start()
     hub.relay = relay
     try:

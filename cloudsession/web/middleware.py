@@ -1,6 +1,6 @@
 """Middlewares: owner keys redacted from every response, domain errors turned into responses at
 the boundary, CORS on ``/api/``, the cheap checks every request body passes before any of it
-is read (``body_guard_middleware``), and gzip negotiated for every answer worth compressing.
+is read (``body_guard_middleware``), and brotli or gzip negotiated for every answer worth compressing.
 
 Errors are JSON under ``/api/`` and ``/rpc/`` (with CORS, as the reference) and the HTML error
 page (``error.html``) elsewhere; anything unexpected is a bare 500 without a traceback (the
@@ -19,7 +19,7 @@ from cloudsession.errors import BodyTooLarge, PayloadTooLarge, RequestTimeout, S
 from cloudsession.jsonio import json_bytes
 from cloudsession.shares.public import redaction_scope
 from cloudsession.web.http import compress_response, html_response
-from cloudsession.web.keys import RENDERER, SETTINGS
+from cloudsession.web.keys import COMPRESSED, RENDERER, SETTINGS
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -123,9 +123,10 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def compress_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The outermost layer: gzip what is worth it when the client accepts it (error pages too)."""
+    """The outermost layer: brotli or gzip for what is worth it, as the client prefers (error
+    pages too); hot responses (with an ETag) are compressed once per version."""
     response = await handler(request)
-    compress_response(request, response)
+    await compress_response(request, response, request.app.get(COMPRESSED))
     return response
 
 

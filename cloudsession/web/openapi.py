@@ -30,6 +30,7 @@ _UUID7 = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-
 
 _DESCRIPTIONS = {
     200: "Success",
+    304: "Not modified: the If-None-Match header names this version's ETag (no body)",
     400: "Invalid request: malformed JSON, a body that fails validation, or a bad header",
     401: "Missing or wrong admin key",
     403: "Invalid secret (or a capability epoch that is no longer current)",
@@ -165,10 +166,9 @@ def _responses(statuses: tuple[int, ...], ok: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for status in sorted(set(statuses)):
         schema = ok if status == 200 else "Error"
-        entry: dict[str, Any] = {
-            "description": _DESCRIPTIONS[status],
-            "content": {"application/json": {"schema": {"$ref": _REF.format(model=schema)}}},
-        }
+        entry: dict[str, Any] = {"description": _DESCRIPTIONS[status]}
+        if status != 304:
+            entry["content"] = {"application/json": {"schema": {"$ref": _REF.format(model=schema)}}}
         if status in (429, 503):
             entry["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
         out[str(status)] = entry
@@ -208,6 +208,16 @@ _READ_TOKEN = [
         "schema": {"type": "string"},
     },
     {"name": "token", "in": "query", "required": False, "description": "The read token, as a browser link carries it", "schema": {"type": "string"}},
+]
+# The share object and the flat array carry a version ETag (docs/reads.md).
+_VERSIONED = [
+    {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "description": "ETags the client holds: 304 without a body when one names the share's current version",
+        "schema": {"type": "string"},
+    },
 ]
 
 
@@ -281,10 +291,10 @@ def build_document() -> dict[str, Any]:
             )
         },
         share + "/sync": {"post": _operation("syncShare", "Merge sync items into a share", _OWNER, "Synced", body=sync, params=[_ID_PARAM, _IDEMPOTENCY])},
-        share + "/data": {"get": _operation("getShareData", "The flat array opencode import reads", _READ, "ShareData", params=id_only + _READ_TOKEN)},
+        share + "/data": {"get": _operation("getShareData", "The flat array opencode import reads", (*_READ, 304), "ShareData", params=id_only + _READ_TOKEN + _VERSIONED)},
         share + "/metadata": {"get": _operation("getShareMetadata", "The share's index entry", _READ, "Metadata", params=id_only + _READ_TOKEN)},
         share: {
-            "get": _operation("getShare", "The share object (no secret, no real session ID)", _READ, "ShareObject", params=id_only + _READ_TOKEN),
+            "get": _operation("getShare", "The share object (no secret, no real session ID)", (*_READ, 304), "ShareObject", params=id_only + _READ_TOKEN + _VERSIONED),
             "delete": _operation("deleteShare", "Delete a share", _OWNER, "Deleted", body=secret, params=[_ID_PARAM, _IDEMPOTENCY]),
         },
         share + "/ops": {"post": _operation("appendOps", "Append operation envelopes, applied exactly once", _OWNER, "OpsAnswer", body=ops, params=id_only)},

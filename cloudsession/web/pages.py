@@ -20,7 +20,7 @@ from cloudsession.client import importer
 from cloudsession.credentials import secrets_equal
 from cloudsession.errors import SessionNotFound
 from cloudsession.jsonio import json_bytes
-from cloudsession.render.pages import Fragment, PageRenderer, static_asset
+from cloudsession.render.pages import Fragment, PageRenderer, site_name, static_asset
 from cloudsession.shares import lifecycle
 from cloudsession.shares.items import MAX_ID_LENGTH
 from cloudsession.shares.listing import Filters
@@ -36,6 +36,7 @@ from cloudsession.web.http import (
     is_https,
     not_modified,
     not_modified_response,
+    public_origin,
     request_read_token,
     utf8,
     weak_etag,
@@ -96,7 +97,8 @@ async def share_page(request: web.Request) -> web.Response:
     else:
         page = _int_param(request, "page", 1)
     suffix = _link_suffix(request, share)
-    text = await renderer.run(lambda pages: pages.share_page(share, page, link_suffix=suffix))
+    origin = public_origin(request)
+    text = await renderer.run(lambda pages: pages.share_page(share, page, link_suffix=suffix, origin=origin))
     if share.private:
         return html_response(text, headers={"Cache-Control": PRIVATE_PAGE_CACHE})
     # Public pages may be cached briefly and revalidated (the ETag is the rendered page's); a
@@ -119,6 +121,34 @@ async def share_search(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=f"q: 2 to {MAX_QUERY_CHARS} characters")
     suffix = _link_suffix(request, share)
     return _json_response(await request.app[RENDERER].run(lambda pages: pages.search(share, query, suffix)))
+
+
+async def share_card(request: web.Request) -> web.Response:
+    """``GET /share/{id}/card.png``: the share's social card (1200×630 PNG) for link previews,
+    drawn from the public view with every line redacted (render/card.py), once per version (the
+    ETag is the digest of what it shows). A private share's card needs its read token."""
+    share = await _public_share(request)
+    if share is None:
+        raise web.HTTPNotFound(text="Session not found")
+    site = site_name(public_origin(request))
+    text = await request.app[RENDERER].run(lambda pages: pages.view(share).card_text(site))
+    if share.private:
+        cache = PRIVATE_PAGE_CACHE
+    else:
+        cache = FINAL_CACHE_CONTROL if share.final else PUBLIC_PAGE_CACHE
+    etag = f'W/"card-{text.digest}"'
+    if not share.private and not_modified(request, etag):
+        return not_modified_response(etag, cache)
+    cards = request.app[RENDERER].pages.cards
+    # Drawn outside the renderer's lock (pages keep rendering); the card cache draws one at a time.
+    png = await asyncio.to_thread(cards.get, text)
+    # An image runs nothing: no page CSP (opened on its own, the browser's image view would
+    # report its own inline styles as violations).
+    response = web.Response(body=png, content_type="image/png")
+    response.headers.update({"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": cache})
+    if not share.private:
+        response.headers["ETag"] = etag
+    return response
 
 
 def _download(body: bytes, content_type: str, filename: str, share: PublicShare) -> web.Response:
@@ -169,7 +199,7 @@ async def share_fragments(request: web.Request) -> web.Response:
 
     Query: ``id`` (a message id, repeated, at most 200), ``page`` (the viewer's page),
     ``header=1``, ``diffs=1``, ``digest=1`` (id and content hash of every message on ``page``),
-    ``nav_from=N`` (navigator entries from position N on). Only public data is returned.
+    ``nav=1`` (the navigator of ``page``, as the page itself has it). Only public data is returned.
     """
     share = await _public_share(request)
     if share is None:
@@ -180,8 +210,7 @@ async def share_fragments(request: web.Request) -> web.Response:
     if len(ids) > MAX_FRAGMENT_IDS or any(len(i) > MAX_ID_LENGTH for i in ids):
         raise web.HTTPBadRequest(text=f"at most {MAX_FRAGMENT_IDS} ids of at most {MAX_ID_LENGTH} characters")
     page = _int_param(request, "page", 1)
-    flags = {name: request.query.get(name) == "1" for name in ("header", "diffs", "digest")}
-    nav_from = _int_param(request, "nav_from", 0) if "nav_from" in request.query else None
+    flags = {name: request.query.get(name) == "1" for name in ("header", "diffs", "digest", "nav")}
     suffix = _link_suffix(request, share)
 
     def build(pages: PageRenderer) -> dict[str, Any]:
@@ -191,6 +220,9 @@ async def share_fragments(request: web.Request) -> web.Response:
             "lastUpdated": share.last_updated,
             "pages": view.pages,
             "messageCount": len(view.entries),
+            # How many messages the viewer's page holds: a page script that counts otherwise
+            # has missed one that no sync event named (a revert undone) and catches up.
+            "pageCount": len(view.page_entries(min(page, view.pages))),
         }
         if flags["header"]:
             body["header"] = pages.header_html(view)
@@ -199,8 +231,8 @@ async def share_fragments(request: web.Request) -> web.Response:
             body["diffs"] = pages.diffs_html(view)
         if flags["digest"]:
             body["digest"] = [{"id": e.id, "hash": e.hash} for e in view.page_entries(min(page, view.pages))]
-        if nav_from is not None:
-            body["nav"] = "".join(pages.nav_html(e, page, suffix) for e in view.entries[max(nav_from - 1, 0) :])
+        if flags["nav"]:
+            body["nav"] = pages.navigator_html(view, min(page, view.pages), suffix)
         messages, missing = [], []
         for fragment in pages.fragments(share, ids, page, suffix):
             if isinstance(fragment, Fragment):
@@ -212,6 +244,50 @@ async def share_fragments(request: web.Request) -> web.Response:
         return body
 
     return _json_response(await request.app[RENDERER].run(build))
+
+
+async def share_nav(request: web.Request) -> web.Response:
+    """``GET /share/{id}/nav?from=A&to=B&page=P``: navigator entries of pages A..B (at most
+    NAV_FETCH_PAGES of them, then a link standing for the rest), for the page script to expand
+    the page links of a navigator with; links are built as seen from page P."""
+    share = await _public_share(request)
+    if share is None:
+        raise web.HTTPNotFound(text="Session not found")
+    first = _int_param(request, "from", 1)
+    last = _int_param(request, "to", first)
+    page = _int_param(request, "page", 1)
+    suffix = _link_suffix(request, share)
+
+    def build(pages: PageRenderer) -> dict[str, Any]:
+        view = pages.view(share)
+        return {"pages": view.pages, "html": pages.nav_pages_html(view, first, last, page, suffix)}
+
+    return _json_response(await request.app[RENDERER].run(build))
+
+
+async def share_locate(request: web.Request) -> web.Response:
+    """``GET /share/{id}/locate?anchor=msg-X`` (or ``part-X``): the page that shows a message or
+    a part, so a link to ``/share/<id>#part-X`` lands on the right page without the page script
+    downloading the share. Public data only: a private share needs its read token (else 404),
+    and a hidden (reverted) or unknown message is a 404 like any unknown id."""
+    share = await _public_share(request)
+    if share is None:
+        raise web.HTTPNotFound(text="Session not found")
+    anchor = request.query.get("anchor", "")
+    kind, _, anchor_id = anchor.partition("-")
+    if kind not in ("msg", "part") or not anchor_id or len(anchor_id) > MAX_ID_LENGTH:
+        raise web.HTTPBadRequest(text=f"anchor: msg-<id> or part-<id>, ids of at most {MAX_ID_LENGTH} characters")
+
+    def find(pages: PageRenderer) -> dict[str, Any] | None:
+        view = pages.view(share)
+        entry = view.by_id.get(anchor_id if kind == "msg" else view.part_pages.get(anchor_id, ""))
+        return None if entry is None else {"page": entry.page, "message": entry.id}
+
+    found = await request.app[RENDERER].run(find)
+    if found is None:
+        # Counted as a miss by the rate limiter like any 404 on a share route.
+        raise web.HTTPNotFound(text="No such message or part")
+    return _json_response(found)
 
 
 # --------------------------------------------------------------------------- static files

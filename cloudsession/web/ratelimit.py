@@ -15,7 +15,11 @@ Five limits (``RateLimitSettings`` in config.py, defaults in docs/operations.md)
 
 Counting uses the ``limits`` library's sliding-window counter (two counters per address and
 limit, so memory stays small whatever the traffic): in memory on one replica, in Redis when
-``REDIS_URL`` is set so that replicas share the counts. A rate-limit store that fails or does not
+``REDIS_URL`` is set so that replicas share the counts. The workers of one ``serve --workers N``
+without Redis count in memory each, and each allows ``1/N`` of every limit (rounded down, at least
+1): a client cannot get more than the limit in total however the kernel spreads its connections
+over the workers, at the price of getting less when they all land on one (``worker_share``;
+docs/running.md). A rate-limit store that fails or does not
 answer within ``STORAGE_DEADLINE`` lets the request through (counted in /metrics): limits
 protect the service, they must never take it down.
 
@@ -45,7 +49,7 @@ from cloudsession.errors import RateLimited, ShareError
 from cloudsession.live.relay import relay_channel
 from cloudsession.metrics import Metrics
 from cloudsession.web.http import IPNetwork, client_ip
-from cloudsession.web.keys import LIMITER, METRICS, SETTINGS
+from cloudsession.web.keys import LIMITER, METRICS, SETTINGS, WORKER
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +76,7 @@ SHARE_ROUTES = frozenset(
     {
         "api.get", "api.data", "api.metadata", "api.sync", "api.delete",
         "durable.ops", "durable.redeem", "durable.rotate", "durable.read_token", "durable.privacy", "durable.expiry",
-        "views.share", "views.fragments", "live.socket",
+        "views.share", "views.fragments", "views.nav", "views.locate", "views.card", "live.socket",
     }
 )  # fmt: skip
 
@@ -89,12 +93,15 @@ class RateLimiter:
         self._warned_at = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> RateLimiter | None:
-        """None when rate limits are off."""
+    def from_settings(cls, settings: Settings, metrics: Metrics | None = None, workers: int = 1) -> RateLimiter | None:
+        """None when rate limits are off. ``workers``: the processes of one ``serve --workers N``
+        that count in memory side by side (each gets its share of every limit)."""
         cfg = settings.rate_limits
         if not cfg.enabled:
             return None
         limits = {name: parse_many(getattr(cfg, name)) for name in LIMIT_NAMES if getattr(cfg, name) != "off"}
+        if settings.redis_url is None and workers > 1:
+            limits = {name: [worker_share(item, workers) for item in items] for name, items in limits.items()}
         storage: Storage
         if settings.redis_url is not None:
             url = settings.redis_url.get_secret_value()
@@ -165,6 +172,12 @@ class RateLimiter:
                 self._warned_at = now
                 log.warning("rate-limit store failed (%s); requests are let through until it answers", type(exc).__name__)
             return default
+
+
+def worker_share(item: RateLimitItem, workers: int) -> RateLimitItem:
+    """``item`` for one of ``workers`` processes that each count alone: a ``1/workers`` share of
+    its amount, rounded down (never above the limit in total), and at least 1."""
+    return type(item)(max(1, item.amount // workers), item.multiples, item.namespace)
 
 
 # -- the web side: the app key, the middleware, and the admin-key hook ---------------------------
@@ -241,7 +254,8 @@ async def ratelimit_middleware(request: web.Request, handler: Handler) -> web.St
 
 async def rate_limiter(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the limiter (memory or Redis) for the application's lifetime."""
-    limiter = RateLimiter.from_settings(app[SETTINGS], app.get(METRICS))
+    worker = app.get(WORKER)
+    limiter = RateLimiter.from_settings(app[SETTINGS], app.get(METRICS), workers=worker.count if worker is not None else 1)
     app[LIMITER] = limiter
     try:
         yield
