@@ -282,7 +282,7 @@ async def test_a_burst_of_syncs_is_one_index_write_and_close_flushes_the_last(tm
     assert [k async for k in iter_keys(counting, LISTING_PREFIX) if k.endswith(creds.id)] == [listing_key(creds.id, last)]
 
 
-async def test_an_index_write_that_fails_is_retried_and_never_goes_backwards(tmp_path: Path) -> None:
+async def test_an_older_index_entry_is_never_written_over_a_newer_one(tmp_path: Path) -> None:
     counting = Counting(FilesystemStore(tmp_path / "store"))
     service = make_service(counting, tmp_path, index_write_delay_seconds=0)
     creds = await service.create("ses_retry0000000000000000001", origin="http://x")
