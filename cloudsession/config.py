@@ -430,6 +430,16 @@ class Settings(BaseModel):
     sweep_interval_seconds: float = Field(
         300.0, ge=0, description="How often the server deletes expired shares and prunes folded journal entries (what `cloudsession gc` does once); 0: never."
     )
+    # The listing (shares/listing.py): index entries are written after the sync answered, one write
+    # per share for every burst of changes within this delay; pages are read newest first.
+    index_write_delay_seconds: float = Field(
+        0.5, ge=0, le=60, description="A share's index entry is written this long after a change, off the request path: "
+        "a burst of syncs within it costs one index write (`docs/storage-layout.md`). Other replicas' lists lag by about this much."
+    )
+    listing_cache_mib: int = Field(
+        32, ge=0, description="Memory (MiB) for the index entries the `/sessions` list and `/api/sessions` have read, so a warm page "
+        "costs one store listing call and no reads (about 0.85 KiB per share: 96 keeps 100,000 shares warm for the sweep)."
+    )
     # redis://[user:password@]host:port/db: live updates reach viewers on every replica
     # (live/relay.py). Unset: each replica tells only its own viewers. Holds a password, so secret.
     redis_url: SecretStr | None = Field(
@@ -631,6 +641,8 @@ VARS: dict[str, tuple[str, ...]] = {
     "WRITER_TRUST_SECONDS": ("writer_trust_seconds",),
     "JOURNAL_GRACE_SECONDS": ("journal_grace_seconds",),
     "SWEEP_INTERVAL_SECONDS": ("sweep_interval_seconds",),
+    "INDEX_WRITE_DELAY_SECONDS": ("index_write_delay_seconds",),
+    "LISTING_CACHE_MIB": ("listing_cache_mib",),
     "STORE_TIMEOUT_SECONDS": ("store_timeout_seconds",),
     "READY_TIMEOUT_SECONDS": ("ready_timeout_seconds",),
     "REDIS_URL": ("redis_url",),

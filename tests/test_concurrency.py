@@ -69,5 +69,6 @@ async def test_the_index_ends_at_the_last_sync_within_one_process(tmp_path):
         await service.sync(creds.id, creds.secret, [{"type": "message", "data": {"id": f"msg_{i:03d}", "role": "user"}}])
 
     await asyncio.gather(*(one(i) for i in range(40)))
+    await service.settle_index()  # written after the syncs answered, the newest last
     index = await read_json_object(store, f"index/{creds.id}")
     assert index is not None and index["syncCount"] == 40 and index["messageCount"] == 40

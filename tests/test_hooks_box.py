@@ -86,6 +86,7 @@ async def test_delivered_records_are_deleted_after_they_are_kept(box, monkeypatc
 async def test_the_idle_scan_records_each_quiet_share_once(box):
     service = box.service
     await service.create(SID, origin="http://share.test")
+    await service.settle_index()  # the idle scan reads the list, written just after the answer
     await box.flush()
     writes = CountingPuts(service.store)
     service.store = writes

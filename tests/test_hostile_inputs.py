@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import json
 import socket
+import time
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
@@ -370,6 +371,15 @@ def seeded(server: ServerProcess) -> Seeded:
     _call(server, f"/api/share/{share['id']}/sync", {"secret": share["secret"], "data": items})
     private = _call(server, "/api/share", {"sessionID": PRIVATE_SID, "private": True})
     _call(server, f"/api/share/{private['id']}/sync", {"secret": private["secret"], "data": items[:1]})
+    # The server writes index entries just after answering (INDEX_WRITE_DELAY_SECONDS, 0.5 s):
+    # every case compares the store with what it was once they have landed.
+    last = snapshot(server.data_dir)
+    for _ in range(30):
+        time.sleep(1.0)
+        now = snapshot(server.data_dir)
+        if now == last:
+            break
+        last = now
     return Seeded(share["id"], share["secret"], private["id"], private["secret"], private["readToken"])
 
 

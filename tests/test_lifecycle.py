@@ -19,6 +19,7 @@ from cloudsession.client.ids import uuid7
 from cloudsession.client.transport import RpcBatchTransport
 from cloudsession.config import ConfigError, load_settings
 from cloudsession.web.app import create_app
+from cloudsession.web.keys import SERVICE
 
 SID = "ses_lifecycle000000000000001"
 ADMIN = "lifecycle-admin-key"
@@ -180,6 +181,7 @@ async def test_a_final_share_refuses_every_write_and_keeps_its_data(admin_client
     assert done.status == 200 and (await done.json())["final"] is True
 
     store = tmp_path / "data" / "store"
+    await admin_client.app[SERVICE].settle_index()  # the index entry lands just after the answer
     before = store_digest(store)
     attempts = [
         ("sync", {"secret": secret, "data": [f.item("session", f.session(SID, title="Changed"))]}),

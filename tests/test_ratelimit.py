@@ -75,8 +75,8 @@ async def test_a_burst_of_100_creates_from_one_address_gets_60_through(aiohttp_c
     await assert_429(refused[0], json_body=True)
     assert refused[0].headers["Access-Control-Allow-Origin"] == "*"  # the reference's CORS on errors too
     # A refused create wrote nothing: exactly 60 shares exist.
-    listing = await client.app[_service_key()].list_index(fresh=True)
-    assert len(listing) == 60
+    listing = await client.app[_service_key()].list_page(limit=1000)
+    assert len(listing.entries) == 60
 
 
 def _store_bytes(root: Path) -> dict[str, bytes]:
@@ -189,6 +189,7 @@ async def test_sync_limit_counts_rest_and_rpc_calls(aiohttp_client, tmp_path):
     [rejected] = [line for line in answer if line[0] == "reject"]
     assert rejected[2][:3] == ["error", "Error", rejected[2][2]] and rejected[2][2].startswith("Too many requests; retry in ")
     before = await (await client.get(f"/api/share/{share['id']}/data")).read()
+    await client.app[_service_key()].settle_index()  # the index entry lands just after the answer
     store_before = _store_bytes(tmp_path / "data" / "store")
     refused_body = {"secret": share["secret"], "data": [f.item("session", f.session("ses_sync_limit_0000000001", title="refused"))]}
     resp = await client.post(f"/api/share/{share['id']}/sync", json=refused_body)

@@ -93,7 +93,7 @@ async def test_a_store_that_never_answers_is_a_503_within_the_deadline(store_ope
         service.public_share(creds.id),
         service.sync(creds.id, creds.secret, [message(1)]),
         service.create("ses_another00000000000000001", origin="http://x"),
-        service.list_index(fresh=True),
+        service.list_page(),
         service.delete(creds.id, creds.secret),
     ]
     for call in calls:
@@ -159,7 +159,7 @@ async def test_a_failing_listing_is_a_503_where_a_listing_is_needed(store_opener
     service._cache.clear()
     assert await service.sync(creds.id, creds.secret, [message(2)]) == 2
     calls = [
-        service.list_index(fresh=True),
+        service.list_page(),
         service.delete(creds.id, creds.secret),  # the journal is listed to be purged
         service.ready(),
     ]

@@ -277,11 +277,22 @@ async def test_session_list_sorts_searches_and_paginates(web) -> None:  # type: 
     cards = first.select(".session-card")
     assert len(cards) == 50
     assert cards[0]["href"] == f"/share/{made[-1]['id']}"  # newest first
-    assert "55 shares · page 1 of 2" in first.select_one("p.meta").get_text()
+    assert "shares 1–50, newest first" in first.select_one("p.meta").get_text()
     meta = " ".join(cards[0].select_one(".meta").get_text().split())
     assert re.fullmatch(r"/w/dir54 · 0 messages · 0 parts · 1 sync · \w{3} \d+, \d\d:\d\d [AP]M", meta)
-    second = soup_of(await (await web.get("/sessions?page=2", headers=key)).text())
-    assert len(second.select(".session-card")) == 5
+    # The next page continues from a cursor; it links back to the newest.
+    older = first.select_one('nav.pager a[rel="next"]')["href"]
+    assert "cursor=" in older and "page=2" in older
+    second = soup_of(await (await web.get("/sessions" + older, headers=key)).text())
+    assert [c["href"] for c in second.select(".session-card")] == [f"/share/{m['id']}" for m in reversed(made[:5])]
+    assert "shares 51–55, newest first · page 2" in second.select_one("p.meta").get_text()
+    assert second.select('nav.pager a[rel="next"]') == [] and second.select('nav.pager a[rel="first"]')
+    # A numbered link from before cursors still lands on the same page.
+    legacy = soup_of(await (await web.get("/sessions?page=2", headers=key)).text())
+    assert [c["href"] for c in legacy.select(".session-card")] == [c["href"] for c in second.select(".session-card")]
+    # The whole list on one page says how many there are.
+    few = soup_of(await (await web.get("/sessions", params={"q": "/w/dir5"}, headers=key)).text())
+    assert "6 shares matching" in few.select_one("p.meta").get_text()
     found = soup_of(await (await web.get("/sessions", params={"q": "ALPHA"}, headers=key)).text())
     assert len(found.select(".session-card")) == 27
     assert all(c.select_one(".session-title").get_text() == "Alpha project" for c in found.select(".session-card"))

@@ -34,6 +34,7 @@ from cloudsession.store.base import ObjectStore, iter_keys
 from cloudsession.store.fs import FilesystemStore
 from cloudsession.store.s3 import S3Store
 from cloudsession.web.app import create_app
+from cloudsession.web.keys import SERVICE
 
 NAMESPACE = uuid.UUID(f.NAMESPACE)
 NOW = 1_795_236_034_225
@@ -210,7 +211,9 @@ async def test_a_served_worker_bucket_migrates_exactly(places: dict[str, Place],
     served_list = await listing(served)
     assert sorted(e["id"] for e in served_list["sessions"]) == sorted(s for s, _ in shares.values())
 
-    # The other readers of a reference blob agree with the served view.
+    # The other readers of a reference blob agree with the served view (once the server's index
+    # writes, made after its answers, have landed).
+    await served.app[SERVICE].settle_index()
     assert await admin("fsck", "--store", source.url) == 0
     assert "fsck: shares 4" in capsys.readouterr().out
     assert await admin("backfill-index", "--store", source.url) == 0
@@ -295,6 +298,7 @@ async def test_lone_surrogates_are_served_kept_and_deletable(places: dict[str, P
     assert (await service.load(share_id)).session["title"] == f"cut {LONE}"
 
     url = places["source"].url
+    await client.app[SERVICE].settle_index()  # the server's index writes, made after its answers
     assert await admin("fsck", "--store", url) == 0
     assert await admin("backfill-index", "--store", url) == 0
     assert "backfill-index: ok 2" in capsys.readouterr().out
@@ -324,7 +328,8 @@ async def test_odd_keys_never_break_the_list(places: dict[str, Place], aiohttp_c
     client = await aiohttp_client(create_app(places["source"].settings))
     answer = await listing(client)
     assert sorted(e["id"] for e in answer["sessions"]) == sorted([ok, odd, spaced])
-    assert answer["count"] == 3 and answer["skipped"] == 3
+    # The odd index entries never get a listing key (fsck reports them): nothing to skip.
+    assert answer["count"] == 3 and "skipped" not in answer
     page = await client.get("/sessions", headers={"x-opencode-share-key": ADMIN_KEY})
     assert page.status == 200
     links = re.findall(r'href="(/share/[^"]*)"', await page.text())

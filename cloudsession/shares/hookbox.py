@@ -211,8 +211,7 @@ class HookBox:
         replicas notice it."""
         now = _now()
         since = self._last_idle_scan or now - 24 * 3600 * 1000
-        for entry in await self.service.list_index(fresh=True):
-            updated = entry.get("lastUpdated")
-            if isinstance(updated, int) and since - idle_ms < updated <= now - idle_ms:
-                self.emit_once("share.idle", entry["id"], updated)
+        # The listing is ordered by last update: only the shares that went quiet are read.
+        async for entry in self.service.iter_listing(newest=now - idle_ms, oldest=since - idle_ms):
+            self.emit_once("share.idle", entry.share_id, entry.last_updated)
         self._last_idle_scan = now

@@ -35,6 +35,7 @@ from typing import Any
 from cloudsession import credentials
 from cloudsession.errors import SessionNotFound, ShareError, ShareNotFound
 from cloudsession.jsonio import parse_stored, stored_bytes
+from cloudsession.shares.listing import entry_state, write_entry
 from cloudsession.shares.service import ShareService
 from cloudsession.shares.state import ShareState
 from cloudsession.shares.storage import (
@@ -46,6 +47,7 @@ from cloudsession.shares.storage import (
     journal_prefix,
     snapshot_key,
 )
+from cloudsession.shares.sweep import LISTING_GRACE_MS
 from cloudsession.store.base import STALE_TEMP_SECONDS, ObjectStore, PreconditionFailed, StoredObject, is_valid_key, iter_keys, read_json_object
 
 CONCURRENCY = 16
@@ -234,24 +236,21 @@ async def diagnose_stored(store: ObjectStore, share_id: str, body: bytes) -> Dia
 
 
 async def sync_index(service: ShareService, share_id: str, *, dry_run: bool) -> str:
-    """Bring ``index/<id>`` in line with the folded share: "ok", "missing" or "stale"."""
+    """Bring ``index/<id>`` and its listing key in line with the folded share: "ok",
+    "missing", "stale" or "unlisted" (the entry was right, its listing key missing)."""
     state = await service.load(share_id)
     expected = state.index_doc()
-    current = await service.store_call(service.store.get(index_key(share_id)))
-    if current is not None:
-        try:
-            if parse_stored(current.body) == expected:
-                return "ok"
-        except ValueError:
-            pass
-    if not dry_run:
-        await service.store_call(service.store.put(index_key(share_id), stored_bytes(expected)))
-    return "missing" if current is None else "stale"
+    outcome: str = await service.store_call(entry_state(service.store, share_id, expected))
+    if outcome != "ok" and not dry_run:
+        await service.store_call(write_entry(service.store, share_id, expected, force=True))
+    return outcome
 
 
 async def backfill_index(service: ShareService, *, dry_run: bool = False, start: Callable[[int], Tick]) -> Report:
-    """Write every missing or stale index entry (``start(total)`` returns the progress tick)."""
+    """Write every missing or stale index entry and listing key (``start(total)`` returns the
+    progress tick)."""
     report = Report()
+    await service.index_writer.flush(service.settings.store_timeout_seconds)  # this process's own first
     ids = await ids_under(service.store, SNAPSHOT_PREFIX)
     tick = start(len(ids))
 
@@ -275,6 +274,9 @@ async def backfill_index(service: ShareService, *, dry_run: bool = False, start:
             report.findings.append(Finding(share_id, f"index {outcome}", verb))
 
     await for_each(ids, work, tick)
+    if not dry_run and not any(f.kind in ("failed",) for f in report.findings):
+        # Every share's listing key exists now: the list no longer needs building.
+        await service.store_call(service.listing.mark_built(report.counts.total()))
     return report
 
 
@@ -304,9 +306,11 @@ class FsckOptions:
 
 
 async def fsck(service: ShareService, options: FsckOptions, *, start: Callable[[int], Tick]) -> Report:
-    """Check every share, index entry and journal; repair, delete or report (module docstring)."""
+    """Check every share, index entry, listing key and journal; repair, delete or report
+    (module docstring)."""
     store = service.store
     report = Report()
+    await service.index_writer.flush(service.settings.store_timeout_seconds)  # this process's own first
     share_ids = await ids_under(store, SNAPSHOT_PREFIX)
     index_ids = await ids_under(store, INDEX_PREFIX)
     journal_ids = await ids_under(store, JOURNAL_PREFIX, below=2)
@@ -314,20 +318,24 @@ async def fsck(service: ShareService, options: FsckOptions, *, start: Callable[[
     orphans = sorted((set(index_ids) | set(journal_ids)) - shares)
     tick = start(len(share_ids) + len(orphans))
 
-    async def check(share_id: str) -> None:
-        try:
-            await _check_share(service, share_id, options, report)
-        except Exception as exc:  # one share must never stop the run
-            report.add(Finding(share_id, "check-failed", _describe(exc)))
-
     async def orphan(share_id: str) -> None:
         try:
             await _check_orphan(service, share_id, options, report)
         except Exception as exc:
             report.add(Finding(share_id, "check-failed", _describe(exc)))
 
+    built = not await service.store_call(service.listing.needs_backfill())
+    unlisted: list[str] = []
+
+    async def check(share_id: str) -> None:
+        try:
+            await _check_share(service, share_id, options, report, unlisted=None if built else unlisted)
+        except Exception as exc:  # one share must never stop the run
+            report.add(Finding(share_id, "check-failed", _describe(exc)))
+
     await for_each(share_ids, check, tick)
     await for_each(orphans, orphan, tick)
+    await _check_listing(service, options, report, built=built, unlisted=len(unlisted))
     await _check_temp(service, options, report)
     report.counts["shares"] = len(share_ids)
     return report
@@ -343,7 +351,7 @@ async def _check_temp(service: ShareService, options: FsckOptions, report: Repor
         report.add(Finding("(store)", "stale-temp", f"{count} temporary files left by interrupted writes", action))
 
 
-async def _check_share(service: ShareService, share_id: str, options: FsckOptions, report: Report) -> None:
+async def _check_share(service: ShareService, share_id: str, options: FsckOptions, report: Report, *, unlisted: list[str] | None) -> None:
     store = service.store
     reason = credentials.unservable_reason(share_id)
     if reason is not None:
@@ -375,23 +383,58 @@ async def _check_share(service: ShareService, share_id: str, options: FsckOption
         if action != "repaired":
             return  # the index and journal checks need a readable share
     state = await service.load(share_id)
-    await _check_index(service, state, options, report)
+    await _check_index(service, state, options, report, unlisted=unlisted)
     await _check_journal(service, state, options, report)
 
 
-async def _check_index(service: ShareService, state: ShareState, options: FsckOptions, report: Report) -> None:
-    expected = state.index_doc()
-    current = await _read_index(service.store, state.share_id)
-    if current == expected:
+async def _check_index(service: ShareService, state: ShareState, options: FsckOptions, report: Report, *, unlisted: list[str] | None) -> None:
+    """``unlisted``: where to count shares without a listing key when the store's list was never
+    built (one finding for the store, ``_check_listing``); None: each is a finding."""
+    outcome = await service.store_call(entry_state(service.store, state.share_id, state.index_doc()))
+    if outcome == "ok":
         return
-    kind = "index-missing" if current is None else "index-stale"
+    if outcome == "unlisted" and unlisted is not None:
+        unlisted.append(state.share_id)
+        return
     action = ""
     if options.repair:
         action = options.act("repaired", "would repair")
         if not options.dry_run:
             await sync_index(service, state.share_id, dry_run=False)
-    detail = "no readable index entry" if current is None else "the index entry does not match the share"
+    kind, detail = {
+        "missing": ("index-missing", "no readable index entry"),
+        "stale": ("index-stale", "the index entry does not match the share"),
+        "unlisted": ("listing-missing", "the index entry has no listing key: the share is missing from the list"),
+    }[outcome]
     report.add(Finding(state.share_id, kind, detail, action))
+
+
+async def _check_listing(service: ShareService, options: FsckOptions, report: Report, *, built: bool, unlisted: int) -> None:
+    """Listing keys that are not their share's current one (a crash in the index writer): never
+    shown, but read past by every page and sweep. And a store whose listing keys were never
+    built from its index entries (written before they existed): one finding for the store
+    rather than one per share."""
+    if not built and unlisted:
+        action = ""
+        if options.repair:
+            action = options.act("repaired", "would repair")
+            if not options.dry_run:
+                await service.listing.backfill()
+        report.add(Finding("(store)", "listing-unbuilt", f"{unlisted} shares are missing from the list: its keys were never built from "
+                           "the index entries (a store written before they existed); the server builds them at startup, as do "
+                           "--repair and backfill-index", action))
+    scan = service.listing.scan(None, batch=1000, evict=False)
+    scan.stale_grace_ms = LISTING_GRACE_MS
+    while await scan.next() is not None:
+        pass
+    if not scan.stale:
+        return
+    action = ""
+    if options.repair:
+        action = options.act("deleted", "would delete")
+        if not options.dry_run:
+            await service.delete_keys(scan.stale)
+    report.add(Finding("(store)", "listing-stale", f"{len(scan.stale)} listing keys that are not their share's current one", action))
 
 
 async def _check_journal(service: ShareService, state: ShareState, options: FsckOptions, report: Report) -> None:
@@ -727,6 +770,5 @@ async def _migrate_one(source: ShareService, target: ShareService, share_id: str
         await sync_index(target, target_id, dry_run=False)  # the target may have synced since
     else:
         await _verify(source, state, target, target_id)
-        if await _read_index(target.store, target_id) != state.index_doc():
-            await target.store_call(target.store.put(index_key(target_id), stored_bytes(state.index_doc())))
+        await sync_index(target, target_id, dry_run=False)
     return (f"{outcome} (repaired)" if repaired else outcome), moved_to

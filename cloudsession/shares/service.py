@@ -63,11 +63,12 @@ from cloudsession.jsonio import json_bytes, parse_stored, stored_bytes
 from cloudsession.metrics import Metrics
 from cloudsession.shares import audit
 from cloudsession.shares.events import EventSink, NullSink
+from cloudsession.shares.listing import Entry, Filters, IndexWriter, Listing, Page, remove_entry
 from cloudsession.shares.public import PublicJSON, PublicPieces, PublicShare, Redactor, current_redactor, note_owner
 from cloudsession.shares.state import PARSED_COST_FACTOR, ShareState, regression, sha256_hex
-from cloudsession.shares.storage import INDEX_PREFIX, index_key, journal_key, journal_prefix, snapshot_key
+from cloudsession.shares.storage import INDEX_PREFIX, journal_key, journal_prefix, snapshot_key
 from cloudsession.store import open_store
-from cloudsession.store.base import STALE_TEMP_SECONDS, ListPage, ObjectStore, PreconditionFailed, StoredObject, StoreError, iter_keys, read_json_object
+from cloudsession.store.base import STALE_TEMP_SECONDS, ListPage, ObjectStore, PreconditionFailed, StoredObject, StoreError, iter_keys
 from cloudsession.store.instrumented import InstrumentedStore
 
 if TYPE_CHECKING:
@@ -76,9 +77,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_WRITE_ATTEMPTS = 64
-# The share list is read from every index entry; kept this long, and updated in place by this
-# process's own writes, so a busy /sessions page does not cost one GET per share per view.
-LISTING_TTL_SECONDS = 10.0
+# At shutdown, index entries not yet written get this long (shares/listing.py).
+INDEX_FLUSH_SECONDS = 5.0
+# A list request (or the server's start) waits this long for the one-time build of the listing
+# keys of a store written before they existed; past it, the list answers with what is built.
+LISTING_BUILD_WAIT_SECONDS = 5.0
 # Part of every public version (ETag): bump when the public JSON of the same state changes.
 PUBLIC_FORMAT = 1
 
@@ -290,17 +293,15 @@ class ShareService:
         self._public_cache: dict[str, tuple[tuple[str | None, int], PublicShare]] = {}
         self._compacting: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
-        # share id -> stored index entry (real ids; made public on the way out), and when read.
-        self._listing: dict[str, dict[str, Any]] | None = None
-        self._listing_read_at = 0.0
-        # share id -> (stored index entry, its public form); and every listed owner's id.
-        self._public_entries: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        self._listing_redactor = Redactor()
+        # Index entries are written off the request path, a burst of changes at a time, and the
+        # list is read a page at a time (shares/listing.py).
+        self.index_writer = IndexWriter(self.store, delay=settings.index_write_delay_seconds, on_written=self._index_written)
+        self.listing = Listing(self.store, self.index_writer, self._publish_entry, cache_bytes=settings.listing_cache_mib * 1024 * 1024)
+        self._listing_ready = False
+        self._listing_build: asyncio.Task[None] | None = None
         # share id -> its messages and parts redacted and serialised, kept from one version to
         # the next: a new version redacts only the entities that changed (``public_view``).
         self._pieces: dict[str, _SharePieces] = {}
-        # Index keys the last listing could not read (skipped, counted and logged).
-        self.listing_skipped = 0
         # real session id -> public id (public_id), bounded.
         self._public_ids: dict[str, str] = {}
 
@@ -323,13 +324,44 @@ class ShareService:
             log.warning("removed %d temporary files left in the store by interrupted writes", removed)
         return removed
 
+    async def prepare_listing(self, wait: float = LISTING_BUILD_WAIT_SECONDS) -> bool:
+        """At server start: make sure the listing keys exist (``ensure_listing``), waiting at
+        most ``wait`` seconds; a longer build goes on in the background. True when ready."""
+        task = self._listing_task()
+        await asyncio.wait({task}, timeout=wait)
+        return self._listing_ready
+
+    async def ensure_listing(self) -> None:
+        """Build the listing keys from the ``index/`` entries once, if this store was written
+        before they existed (or a build was interrupted): a data dir from an older version keeps
+        its list. On an empty store this only writes ``listing/built``; a no-op once done."""
+        if not self._listing_ready:
+            await asyncio.shield(self._listing_task())
+
+    def _listing_task(self) -> asyncio.Task[None]:
+        if self._listing_build is None or self._listing_build.done():
+            self._listing_build = asyncio.get_running_loop().create_task(self._build_listing())
+            self._background.add(self._listing_build)
+            self._listing_build.add_done_callback(self._background.discard)
+        return self._listing_build
+
+    async def _build_listing(self) -> None:
+        try:
+            if await self.listing.needs_backfill():
+                await self.listing.backfill()
+            self._listing_ready = True
+        except ShareError as exc:
+            log.warning("listing: could not build the list from the index entries (%s); retried at the next sweep", exc.message)
+
     async def check_store(self) -> None:
         """``ready()`` for an operator at startup: the same one-key listing, but the store's own
         error (``StoreError``, naming what went wrong) propagates instead of a generic 503."""
         await self.store.list_page(INDEX_PREFIX, limit=1)
 
     async def close(self) -> None:
-        """Wait briefly for background compactions, then cancel what is left."""
+        """Write the index entries still pending (within INDEX_FLUSH_SECONDS), wait briefly for
+        background compactions, then cancel what is left."""
+        await self.index_writer.flush(INDEX_FLUSH_SECONDS)
         if self._background:
             done, pending = await asyncio.wait(self._background, timeout=5)
             for task in pending:
@@ -593,24 +625,26 @@ class ShareService:
                 if self.metrics is not None:
                     self.metrics.journal_appended(content, len(body))
                 result = CommitResult(state, sync_count)
-                # Under the lock, so this process's index writes land in commit order and the
-                # list never keeps an older entry behind a newer one (other replicas may still
-                # briefly overwrite it with theirs: the index is derived and may lag).
-                await self._write_index(share_id, state.index_doc())
+                # Under the lock, so this process hands the writer its entries in commit order;
+                # written after the answer, a burst at a time (shares/listing.py).
+                self._schedule_index(share_id, state.index_doc())
                 break
             else:
                 raise StoreUnavailable("Too many concurrent writers on this share; retry")
         self._maybe_compact(state)
         return result
 
-    async def _write_index(self, share_id: str, index: dict[str, Any]) -> None:
-        if self._listing is not None:
-            self._listing[share_id] = index
-        # The index is derived and may lag; losing a write here must not fail a durable sync.
-        try:
-            await self.store.put(index_key(share_id), stored_bytes(index))
-        except StoreUnavailable:
-            log.warning("share %s: index write failed; it will be rewritten on the next change", share_id)
+    def _schedule_index(self, share_id: str, index: dict[str, Any]) -> None:
+        """The index entry is derived and may lag: it is written off the request path, and a
+        failure to write it never fails a durable change (shares/listing.py)."""
+        self.index_writer.schedule(share_id, index)
+
+    def _index_written(self, share_id: str, index: dict[str, Any]) -> None:
+        self.listing.written(share_id, index)
+
+    async def settle_index(self) -> None:
+        """Wait until every index entry this process scheduled is written (tests and tools)."""
+        await self.index_writer.settle()
 
     async def create(
         self,
@@ -674,7 +708,7 @@ class ShareService:
                 # Slot 1 was free when the create won: the writer may trust this state.
                 state.checked_at = started
                 self._cache_put(state)
-                await self._write_index(share_id, state.index_doc())
+                self._schedule_index(share_id, state.index_doc())
                 # Here, after the create-if-absent won: concurrent creates fire one event.
                 self.emit("share.created", share_id)
                 return state
@@ -758,10 +792,11 @@ class ShareService:
             log.exception("share %s: delete notification failed", share_id)
 
     async def purge(self, share_id: str) -> int:
-        """Remove the index entry and every journal entry of a share whose snapshot is gone."""
-        if self._listing is not None:
-            self._listing.pop(share_id, None)
-        await self.store_call(self.store.delete(index_key(share_id)))
+        """Remove the listing key, the index entry and every journal entry of a share whose
+        snapshot is gone (in that order: a crash in between never leaves it listed)."""
+        known = await self.index_writer.forget(share_id, self.settings.store_timeout_seconds)
+        self.listing.forget(share_id)
+        await self.store_call(remove_entry(self.store, share_id, [known] if known is not None else []))
         keys = [key async for key in iter_keys(self.store, journal_prefix(share_id))]
         await self.delete_keys(keys)
         return len(keys)
@@ -1059,70 +1094,35 @@ class ShareService:
         self.check_readable(state, read_token)
         return self.public_index(state.index_doc())
 
-    async def _read_listing(self) -> dict[str, dict[str, Any]]:
-        """Every readable index entry. One odd key never fails the list: an entry whose id is
-        not served, that cannot be read or is not an index entry is skipped, counted in
-        ``listing_skipped`` and logged (``admin fsck`` says what is wrong with it)."""
-        try:
-            keys = [key async for key in iter_keys(self.store, INDEX_PREFIX)]
-        except StoreError as exc:
-            log.error("store error: %s", exc)
-            raise StoreUnavailable() from exc
-        semaphore = asyncio.Semaphore(16)
-        skipped: list[str] = []
-        failures = 0
+    def _publish_entry(self, index: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
+        """An index entry's public form, and its owner's (real, public) ids."""
+        real = index.get("sessionID")
+        owner = (real, self.public_id(real)) if isinstance(real, str) and real else None
+        return self.public_index(index), owner
 
-        async def one(key: str) -> dict[str, Any] | None:
-            nonlocal failures
-            share_id = key[len(INDEX_PREFIX):]
-            if not credentials.is_served_id(share_id):
-                skipped.append(key)
-                return None
-            try:
-                async with semaphore:
-                    doc = await read_json_object(self.store, key)
-            except StoreError as exc:
-                log.error("listing: index entry %r cannot be read: %s", key, exc)
-                failures += 1
-                doc = None
-            if doc is None or not isinstance(doc.get("id"), str) or not credentials.is_served_id(doc["id"]):
-                skipped.append(key)
-                return None
-            return doc
+    async def list_page(self, cursor: str | None = None, limit: int = 50, filters: Filters | None = None) -> Page:
+        """A page of the share list, newest first, after ``cursor`` (the previous page's);
+        ValidationFailed for a cursor this list did not give (shares/listing.py). While the
+        one-time build of the listing keys runs, ``page.building`` is set."""
+        if not self._listing_ready:
+            await self.prepare_listing(LISTING_BUILD_WAIT_SECONDS / 2)
+        page: Page = await self.store_call(self.listing.page(cursor, limit, filters or Filters()))
+        self._note_owners(page.entries)
+        page.building = not self._listing_ready
+        return page
 
-        docs = await asyncio.gather(*(one(k) for k in keys))
-        if keys and failures == len(keys):
-            raise StoreUnavailable()  # the store is down, not one entry damaged
-        if skipped:
-            log.warning("listing: skipped %d index entries that cannot be listed (e.g. %r); run `cloudsession admin fsck`", len(skipped), skipped[0])
-        self.listing_skipped = len(skipped)
-        return {doc["id"]: doc for doc in docs if doc is not None}
-
-    async def list_index(self, *, include_expired: bool = False, fresh: bool = False) -> list[dict[str, Any]]:
-        """Every index entry (all pages), public ids, newest first. Unreadable entries skipped;
-        expired ones too unless ``include_expired`` (the expiry sweep needs them). The list may
-        be up to LISTING_TTL_SECONDS behind other replicas' writes unless ``fresh``."""
-        if fresh or self._listing is None or time.monotonic() - self._listing_read_at > LISTING_TTL_SECONDS:
-            self._listing, self._listing_read_at = await self._read_listing(), time.monotonic()
-        entries = []
-        for share_id, doc in self._listing.items():
-            known = self._public_entries.get(share_id)
-            if known is None or known[0] is not doc:
-                known = (doc, self.public_index(doc))
-                self._public_entries[share_id] = known
-                if isinstance(doc.get("sessionID"), str):
-                    self._listing_redactor.add(doc["sessionID"], self.public_id(doc["sessionID"]))
-            entries.append(known[1])
-        for gone in self._public_entries.keys() - self._listing.keys():
-            del self._public_entries[gone]
+    def _note_owners(self, entries: list[Entry]) -> None:
         scope = current_redactor()
         if scope is not None:  # this request's output is redacted of every listed owner
-            scope.include(self._listing_redactor)
-        now = now_ms()
-        if not include_expired:
-            entries = [e for e in entries if not (isinstance(e.get("expiresAt"), int) and e["expiresAt"] <= now)]
-        entries.sort(key=lambda e: e["lastUpdated"] if isinstance(e.get("lastUpdated"), int) else 0, reverse=True)
-        return entries
+            for entry in entries:
+                if entry.owner is not None:
+                    scope.add(*entry.owner)
+
+    def iter_listing(self, *, newest: int | None = None, oldest: int | None = None) -> AsyncIterator[Entry]:
+        """Every listed share (expired ones too), newest first, a listing page at a time: for the
+        sweep and the hooks, which must not hold every entry in memory. Only those updated at or
+        before ``newest`` and after ``oldest`` (epoch ms) when given."""
+        return self.listing.entries(newest=newest, oldest=oldest)
 
 
 @asynccontextmanager

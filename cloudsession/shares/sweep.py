@@ -19,8 +19,17 @@ from cloudsession.errors import (
     ShareNotFound,
 )
 from cloudsession.shares.idempotency import DELETE_RECORD_TTL_MS
+from cloudsession.shares.listing import Entry
 from cloudsession.shares.service import ShareService, is_expired, now_ms
-from cloudsession.shares.storage import DELETE_RECORD_PREFIX, JOURNAL_PREFIX, journal_key, snapshot_key
+from cloudsession.shares.storage import (
+    DELETE_RECORD_PREFIX,
+    INDEX_PREFIX,
+    JOURNAL_PREFIX,
+    LISTING_PREFIX,
+    journal_key,
+    parse_listing_key,
+    snapshot_key,
+)
 from cloudsession.store.base import iter_keys
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,9 @@ Tick = Callable[[int], None]
 # ``start(phase, total)`` -> the tick of that phase's progress; phases: "expiry", "journals", "records".
 PhaseStart = Callable[[str, int], Tick]
 PHASES = ("expiry", "journals", "records")
+# A listing key that is newer than its share's index entry, or whose index entry is gone, is
+# deleted only once it is this old: until then it may be a write in progress (shares/listing.py).
+LISTING_GRACE_MS = 3600 * 1000
 
 
 def _no_progress(phase: str, total: int) -> Tick:
@@ -47,6 +59,8 @@ class SweepReport:
     records_deleted: int = 0
     # Index entries whose share was already gone (an interrupted delete), removed.
     stale_index_entries: list[str] = field(default_factory=list)
+    # Listing keys that were not their share's current one (a crash in the index writer).
+    stale_listing_keys: int = 0
     dry_run: bool = False
 
     def as_json(self) -> dict[str, Any]:
@@ -55,6 +69,7 @@ class SweepReport:
             "journalEntriesDeleted": self.journal_entries_deleted,
             "recordsDeleted": self.records_deleted,
             "staleIndexEntries": self.stale_index_entries,
+            "staleListingKeys": self.stale_listing_keys,
             "dryRun": self.dry_run,
         }
 
@@ -67,13 +82,41 @@ async def sweep(service: ShareService, *, now: int | None = None, dry_run: bool 
     now = now_ms() if now is None else now
     start = start or _no_progress
     report = SweepReport(dry_run=dry_run)
-    entries = await service.list_index(include_expired=True, fresh=True)
-    tick = start("expiry", len(entries))
-    for entry in entries:
-        expires = entry.get("expiresAt")
-        if isinstance(expires, int) and expires <= now:
-            await _delete_if_expired(service, entry["id"], now, report)
-        tick(1)
+    if not dry_run:
+        await service.ensure_listing()  # a store from before the listing keys: built once
+    built = not await service.store_call(service.listing.needs_backfill())
+    expired: list[str] = []
+
+    async def collect(entry: Entry | None) -> None:
+        nonlocal expired
+        if entry is not None and entry.expires_at is not None and entry.expires_at <= now:
+            expired.append(entry.share_id)
+        if len(expired) >= 100:
+            for share_id in expired:
+                await _delete_if_expired(service, share_id, now, report)
+            expired = []
+
+    # Every listed share, a listing page at a time (never all of them in memory); a progress
+    # bar's total costs one more pass over the keys alone.
+    prefix = LISTING_PREFIX if built else INDEX_PREFIX
+    tick = start("expiry", await service.listing.count_keys(prefix) if start is not _no_progress else 0)
+    if built:
+        scan = service.listing.scan(None, batch=1000, evict=False)
+        scan.stale_grace_ms = LISTING_GRACE_MS
+        while (step := await scan.next()) is not None:
+            if parse_listing_key(step[0]) is not None:
+                await collect(step[1])
+                tick(1)
+    else:  # only a dry run on a store from before the listing keys gets here
+        async for entry in service.listing.index_entries():
+            await collect(entry)
+            tick(1)
+    for share_id in expired:
+        await _delete_if_expired(service, share_id, now, report)
+    if built:
+        report.stale_listing_keys = len(scan.stale)
+        if not dry_run:
+            await service.delete_keys(scan.stale)
     # In a dry run the expired shares are still there; a real run would have deleted them, journal and all.
     doomed_shares = set(report.expired) if dry_run else set()
     report.journal_entries_deleted = await _prune_journals(service, now, dry_run=dry_run, start=start, doomed=doomed_shares)

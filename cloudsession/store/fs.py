@@ -242,31 +242,60 @@ class FilesystemStore:
             os.unlink(path)
 
     def _list(self, prefix: str, start_after: str | None, limit: int) -> ListPage:
+        """Up to ``limit`` keys after ``start_after``, walking directories in key order and
+        stopping as soon as the page is full: a page costs the directories it passes through,
+        not the whole subtree (a directory whose keys all sort before ``start_after`` is never
+        read)."""
         full_prefix = self.prefix + prefix
-        base_rel = full_prefix.rsplit("/", 1)[0] if "/" in full_prefix else ""
+        after = None if start_after is None else self.prefix + start_after
+        base_rel, _, partial = full_prefix.rpartition("/")
         base = self._objects / "/".join(_escape(seg) for seg in base_rel.split("/")) if base_rel else self._objects
         found: list[str] = []
-        for dirpath, _dirs, files in os.walk(base):
-            rel = os.path.relpath(dirpath, self._objects)
-            segments = [] if rel == "." else [_unescape(seg) for seg in rel.split(os.sep)]
-            if any(seg is None for seg in segments):
-                continue  # not a directory this store made
-            rel_dir = "".join(f"{seg}/" for seg in segments)
-            for name in files:
-                if not name.endswith(_SUFFIX):
+        more = False
+        for key in self._walk(str(base), f"{base_rel}/" if base_rel else "", after, partial):
+            if len(found) == limit:
+                more = True
+                break
+            found.append(key[len(self.prefix):])
+        return ListPage(found, found[-1] if more and found else None)
+
+    def _walk(self, directory: str, rel: str, after: str | None, partial: str) -> Iterator[str]:
+        """Keys under ``directory`` (whose keys start with ``rel``) in ascending order, after
+        ``after``; at the top level only names starting with ``partial``. Within a directory a
+        file ``f`` is the key ``rel + f`` and a subdirectory ``d`` holds the keys starting with
+        ``rel + d + "/"``: sorting on those strings interleaves them exactly as S3 orders keys
+        ("a-b" < "a.b" < "a/..." < "a0")."""
+        try:
+            with os.scandir(directory) as entries:
+                names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        items: list[tuple[str, str | None]] = []
+        for name, is_dir in names:
+            if is_dir:
+                segment = _unescape(name)
+                if segment is None:
+                    continue  # not a directory this store made
+                sort_key = f"{rel}{segment}/"
+            elif name.endswith(_SUFFIX):
+                segment = _unescape(name[: -len(_SUFFIX)])
+                if segment is None:
                     continue
-                last = _unescape(name[: -len(_SUFFIX)])
-                if last is None:
-                    continue
-                full = rel_dir + last
-                if full.startswith(full_prefix):
-                    found.append(full[len(self.prefix):])
-        found.sort()
-        if start_after is not None:
-            found = [k for k in found if k > start_after]
-        page = found[:limit]
-        more = len(found) > limit
-        return ListPage(page, page[-1] if more and page else None)
+                sort_key = rel + segment
+            else:
+                continue
+            if partial and not segment.startswith(partial):
+                continue
+            if after is not None and sort_key <= after and not (is_dir and after.startswith(sort_key)):
+                # A file at or before the cursor, or a directory whose every key sorts before it.
+                continue
+            items.append((sort_key, os.path.join(directory, name) if is_dir else None))
+        items.sort()
+        for sort_key, subdirectory in items:
+            if subdirectory is None:
+                yield sort_key
+            else:
+                yield from self._walk(subdirectory, sort_key, after if after is not None and after.startswith(sort_key) else None, "")
 
     # -- async interface ------------------------------------------------------------------------
 

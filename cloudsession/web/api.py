@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cloudsession.errors import ValidationFailed
 from cloudsession.protocol import IDEMPOTENCY_HEADER
 from cloudsession.shares import idempotency, lifecycle, ops, owner
 from cloudsession.shares.inputs import (
@@ -33,10 +34,15 @@ from cloudsession.shares.inputs import (
     parse_body,
 )
 from cloudsession.shares.items import parse_sync_items
+from cloudsession.shares.listing import Filters
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import checked_admin_header, require_admin
 from cloudsession.web.http import PRIVATE_PAGE_CACHE, create_context, json_response, not_modified, public_origin, read_json, request_read_token
 from cloudsession.web.keys import SERVICE, SETTINGS
+
+# The admin list's largest page (and its default: the reference answered one listing page).
+MAX_SESSIONS_PER_PAGE = 1000
+MAX_QUERY_CHARS = 200
 
 # -- reference routes ---------------------------------------------------------------------------
 
@@ -117,15 +123,43 @@ async def get_share_metadata(request: web.Request) -> web.Response:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    """The admin list; ``?label=k=v`` (repeatable) keeps the shares carrying every such label."""
+    """The admin list, newest first, a page at a time: ``?limit=`` (1-1000, default 1000, the
+    reference's one page), ``?cursor=`` (the previous answer's ``next``), ``?q=`` (search in
+    titles, directories, ids and labels) and ``?label=k=v`` (repeatable: shares carrying every
+    such label). Answers ``{sessions, count, next?, skipped?}``; ``next`` is absent at the end."""
     await require_admin(request)
     service = request.app[SERVICE]
-    wanted = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
-    sessions = [s for s in await service.list_index() if lifecycle.matches_labels(s, wanted)]
+    query = request.query
+    filters = Filters(
+        query=query.get("q", "").strip()[:MAX_QUERY_CHARS],
+        labels=[lifecycle.parse_label_filter(text) for text in query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]],
+    )
+    page = await service.list_page(_cursor(request), _limit(request), filters)
+    sessions = [entry.doc() for entry in page.entries]
     body: dict[str, Any] = {"sessions": sessions, "count": len(sessions)}
-    if service.listing_skipped:
-        body["skipped"] = service.listing_skipped  # unreadable index entries (logged; see fsck)
+    if page.cursor is not None:
+        body["next"] = page.cursor
+    if page.skipped:
+        body["skipped"] = page.skipped  # unreadable index entries (logged; see fsck)
+    if page.building:
+        body["building"] = True  # a store from before the listing keys: the list is being built
     return json_response(body)
+
+
+def _cursor(request: web.Request) -> str | None:
+    values = request.query.getall("cursor", [])
+    if len(values) > 1:
+        raise ValidationFailed("cursor given more than once", [{"path": ["cursor"], "message": "at most one"}])
+    return values[0] if values else None
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return MAX_SESSIONS_PER_PAGE
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= MAX_SESSIONS_PER_PAGE):
+        raise ValidationFailed(f"limit must be a whole number from 1 to {MAX_SESSIONS_PER_PAGE}", [{"path": ["limit"], "message": "out of range"}])
+    return int(raw)
 
 
 async def api_not_found(request: web.Request) -> web.Response:

@@ -85,6 +85,8 @@ async def share_service(app: web.Application) -> AsyncIterator[None]:
                 await service.remove_crash_leftovers()
         except ShareError as exc:  # a store that is down at startup must not stop the server
             log.warning("could not look for temporary files left by a crash: %s", exc.message)
+        # A data dir from before the listing keys: built now (or, when large, in the background).
+        await service.prepare_listing()
         if not settings.hooks.enabled:
             yield
             return

@@ -136,7 +136,12 @@ def _response_schemas() -> dict[str, Any]:
         "ShareData": {"type": "array", "items": _object({"type": _STR, "data": {}})},
         "ShareObject": {"type": "object", "description": "The reference's share object; never the secret or the real session ID."},
         "Metadata": {"type": "object", "description": "The share's index entry."},
-        "Sessions": _object({"sessions": {"type": "array", "items": {"type": "object"}}, "count": _INT}),
+        "Sessions": _object(
+            {"sessions": {"type": "array", "items": {"type": "object"}}, "count": _INT},
+            next=_STR,
+            skipped=_INT,
+            building=_BOOL,
+        ),
         "OpsAnswer": _object(
             {
                 "cursor": _INT,
@@ -213,6 +218,14 @@ _VERSIONED = [
         "description": "ETags the client holds: 304 without a body when one names the share's current version",
         "schema": {"type": "string"},
     },
+]
+
+
+_LIST_PARAMS = [
+    {"name": "limit", "in": "query", "required": False, "description": "Page size, 1-1000 (default 1000)", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    {"name": "cursor", "in": "query", "required": False, "description": "The previous page's `next`", "schema": {"type": "string", "maxLength": 200}},
+    {"name": "q", "in": "query", "required": False, "description": "Search in titles, directories, ids and labels", "schema": {"type": "string"}},
+    {"name": "label", "in": "query", "required": False, "description": "k=v: only shares carrying this label (repeatable)", "schema": {"type": "string"}},
 ]
 
 
@@ -306,7 +319,7 @@ def build_document() -> dict[str, Any]:
         },
         "/api/sessions": {
             "get": {
-                **_operation("listSessions", "Admin list of every share", (200, 401, *_ALWAYS), "Sessions"),
+                **_operation("listSessions", "Admin list of the shares, newest first, a page at a time", (200, 400, 401, *_ALWAYS), "Sessions", params=_LIST_PARAMS),
                 "security": [{"adminKey": []}],
             }
         },

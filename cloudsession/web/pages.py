@@ -11,7 +11,6 @@ server, no inline code, no third-party requests.
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any, NoReturn
 from urllib.parse import urlencode
 
@@ -24,6 +23,7 @@ from cloudsession.jsonio import json_bytes
 from cloudsession.render.pages import Fragment, PageRenderer, site_name, static_asset
 from cloudsession.shares import lifecycle
 from cloudsession.shares.items import MAX_ID_LENGTH
+from cloudsession.shares.listing import Filters
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import ADMIN_COOKIE, SIGN_IN, admin_key, cookie_token, is_admin
 from cloudsession.web.http import (
@@ -46,6 +46,8 @@ from cloudsession.web.ratelimit import admin_attempt
 
 ADMIN_COOKIE_MAX_AGE = 30 * 24 * 3600
 SESSIONS_PER_PAGE = 50
+# ``/sessions?page=N`` without a cursor (links from before cursors) walks at most this far.
+MAX_SESSIONS_PAGE = 20
 MAX_QUERY_CHARS = 200
 FINAL_CACHE_CONTROL = "public, max-age=86400, stale-while-revalidate=604800"
 MAX_FRAGMENT_IDS = 200
@@ -308,17 +310,11 @@ async def static_file(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- session list
 
 
-def _matches(entry: dict[str, Any], needle: str) -> bool:
-    labels = entry.get("labels")
-    texts = [entry.get(k) for k in ("title", "directory", "id")]
-    if isinstance(labels, dict):
-        texts += [f"{k}={v}" for k, v in labels.items()]
-    return any(isinstance(text, str) and needle in text.lower() for text in texts)
-
-
 async def sessions_page(request: web.Request) -> web.Response:
-    """``GET /sessions``: shares newest first, searchable, paginated; admin only unless
-    ``public_listing`` is on (then private shares stay hidden)."""
+    """``GET /sessions``: shares newest first, searchable, a page at a time; admin only unless
+    ``public_listing`` is on (then private shares stay hidden). ``?cursor=`` continues from the
+    previous page (``?page=`` is only its number, shown); a bare ``?page=N`` (old links) walks
+    there from the start."""
     admin = await is_admin(request)
     public = request.app[SETTINGS].public_listing
     renderer = request.app[RENDERER]
@@ -328,31 +324,45 @@ async def sessions_page(request: web.Request) -> web.Response:
             # A stale cookie (the key changed) counts as one failed sign-in, not one per view.
             login_page.del_cookie(ADMIN_COOKIE, path="/sessions")
         return login_page
+    service = request.app[SERVICE]
     query = request.query.get("q", "").strip()[:MAX_QUERY_CHARS]
     label_filters = [lifecycle.parse_label_filter(text) for text in request.query.getall("label", [])[: lifecycle.MAX_LABEL_FILTERS]]
-    entries = await request.app[SERVICE].list_index()
-    if not admin:
-        entries = [e for e in entries if not e.get("private")]
-    entries = [e for e in entries if lifecycle.matches_labels(e, label_filters)]
-    if query:
-        needle = query.lower()
-        entries = [e for e in entries if _matches(e, needle)]
-    pages = max(1, math.ceil(len(entries) / SESSIONS_PER_PAGE))
-    page = min(_int_param(request, "page", 1), pages)
-    shown = entries[(page - 1) * SESSIONS_PER_PAGE : page * SESSIONS_PER_PAGE]
+    filters = Filters(query=query, labels=label_filters, include_private=admin)
+    cursor = request.query.get("cursor") or None
+    number = _int_param(request, "page", 1, MAX_SESSIONS_PAGE)
+    if cursor is None and number > 1:
+        # An old numbered link: walk there (a few pages at most), or stop at the last one.
+        walked = 1
+        while walked < number:
+            step = await service.list_page(cursor, SESSIONS_PER_PAGE, filters)
+            if step.cursor is None:
+                break
+            cursor, walked = step.cursor, walked + 1
+        number = walked
+    page = await service.list_page(cursor, SESSIONS_PER_PAGE, filters)
+    shown = [entry.doc() for entry in page.entries]
+    first = (number - 1) * SESSIONS_PER_PAGE + 1
 
-    def page_query(n: int) -> str:
-        params = ([("q", query)] if query else []) + [("label", f"{k}={v}") for k, v in label_filters] + [("page", str(n))]
+    def page_query(after: str | None, n: int) -> str:
+        params = ([("q", query)] if query else []) + [("label", f"{k}={v}") for k, v in label_filters]
+        if after is not None:
+            params += [("cursor", after), ("page", str(n))]
         return urlencode(params)
 
     text = await renderer.run(
         lambda p: p.template("sessions.html").render(
             sessions=shown,
-            total=len(entries),
+            # The whole list is known only when it fits on the first page.
+            total=len(shown) if number == 1 and page.cursor is None else None,
+            first=first,
+            last=first + len(shown) - 1,
             query=query,
-            page=page,
-            pages=pages,
-            page_query=page_query,
+            page=number,
+            newest_query=page_query(None, 1) if cursor is not None else None,
+            next_query=page_query(page.cursor, number + 1) if page.cursor is not None else None,
+            partial=page.partial,
+            building=page.building,
+            scanned=page.scanned,
             can_logout=ADMIN_COOKIE in request.cookies,
             label_filters=label_filters,
         )
