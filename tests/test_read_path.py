@@ -206,3 +206,28 @@ def test_a_snapshot_from_stored_bytes_reads_back_as_the_parsed_one_even_with_lon
     raw = stored_bytes(state.snapshot_doc(5, raw=True))  # orjson refuses the session: the standard library writes it
     assert parse_stored(raw) == parse_stored(stored_bytes(state.snapshot_doc(5)))
     assert parse_stored(raw)["parts"][0]["text"] == "tail \udc00"
+
+
+async def test_a_view_of_a_state_the_cache_no_longer_holds_leaves_the_kept_pieces_current(service: ShareService, tmp_path: Path) -> None:
+    """A request that loaded the share, then saw the cache replace its state (another read found
+    a new snapshot), builds a one-off view of its state: that view must not consume the change
+    list the kept pieces follow, or the kept view goes stale once the state is cached again (a
+    commit in flight puts its state back)."""
+    creds = await service.create(SES, origin=ORIGIN)
+    items = rich_items()
+    await service.sync(creds.id, creds.secret, items)
+    state = await service.load(creds.id)
+    service.public_view(state)  # the kept pieces follow this state's entities
+    target = next(i["data"] for i in items if i["type"] == "part")
+    await service.sync(creds.id, creds.secret, [item("part", {**target, "text": "changed after the kept view"})])
+    assert service._cache[creds.id] is state
+    # Another process compacts; a read here finds the new snapshot and caches a new object.
+    elsewhere = ShareService(FilesystemStore(tmp_path / "store"), service.settings)
+    assert await elsewhere.compact(creds.id, force=True)
+    other = await service.load(creds.id)
+    assert other is not state
+    service.public_view(state)  # a one-off view of the state this request still holds
+    service._cache_put(state)  # a commit in flight puts its state back
+    view = service.public_view(state)
+    assert b"changed after the kept view" in view.object_json()
+    assert view.object_json() == json_bytes(view.agent_session())
