@@ -17,7 +17,7 @@ import time
 import urllib.request
 from typing import Any
 
-from common import Server, add_common_args, resolve_executable, workdir
+from common import Server, add_common_args, resolve_executable, workdir, write_json
 from playwright.sync_api import sync_playwright
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -62,6 +62,7 @@ def main() -> None:
             browser.close()
     print(f"sync to visible on an open page, {args.runs} syncs: median {statistics.median(latencies):.0f} ms, "
           f"max {max(latencies):.0f} ms (includes the sync request itself)")
+    write_json(args.json, {"runs": args.runs, "latencies_ms": latencies, "median_ms": statistics.median(latencies)})
 
 
 if __name__ == "__main__":

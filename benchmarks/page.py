@@ -32,7 +32,7 @@ import statistics
 import urllib.request
 from typing import Any
 
-from common import Server, add_common_args, cpu_seconds, loadavg, resolve_executable, workdir
+from common import Server, add_common_args, cpu_seconds, loadavg, resolve_executable, workdir, write_json
 from playwright.sync_api import Browser, Page, sync_playwright
 from shapes import SES, build_items  # the share shape every benchmark uses
 
@@ -146,6 +146,11 @@ def main() -> None:
         print(f"  browser work cold    {sum(work.values()):>10.0f} ms  (main thread before first paint, median of {args.runs}:"
               f" {', '.join(f'{k} {v:.0f}' for k, v in work.items() if v >= 0.5)})")
         print(f"  load average         {loadavg()}")
+    write_json(args.json, {
+        "messages": args.messages, "page": args.page, "html_bytes": len(raw), "gzip_bytes": gzipped, "navigator_bytes": navigator,
+        "server_cpu_first_ms": first_render * 1000, "server_cpu_warm_ms": warm_render * 1000, "dom_elements": elements,
+        "dom_nodes": nodes, "first_paint_cold_ms": cold, "first_paint_warm_ms": warm, "browser_work_cold_ms": work,
+    })
 
 
 if __name__ == "__main__":
