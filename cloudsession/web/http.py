@@ -310,11 +310,6 @@ def negotiate_encoding(header: str, available: tuple[str, ...] = ENCODINGS) -> s
     return best[1] if best is not None else None
 
 
-def accepts_gzip(header: str) -> bool:
-    """Whether an ``Accept-Encoding`` value allows gzip, honouring q-values."""
-    return negotiate_encoding(header, ("gzip",)) == "gzip"
-
-
 def compress(body: bytes, coding: str) -> bytes:
     if coding == "br":
         assert brotli is not None
