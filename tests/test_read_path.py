@@ -231,3 +231,17 @@ async def test_a_view_of_a_state_the_cache_no_longer_holds_leaves_the_kept_piece
     view = service.public_view(state)
     assert b"changed after the kept view" in view.object_json()
     assert view.object_json() == json_bytes(view.agent_session())
+
+
+def test_the_memory_estimate_counts_idempotency_records_as_they_come_and_go() -> None:
+    """The records' size is kept as they are added, replaced and evicted (not serialised again
+    on every commit), and stays what serialising the window gives."""
+    from cloudsession.jsonio import stored_bytes
+    from cloudsession.shares.state import IDEMPOTENCY_WINDOW, ShareState
+
+    state = ShareState.new("abcdefgh", SES, 1)
+    for round_ in range(3):
+        state.meta.record_idempotency({f"k{i:04d}": {"status": 200, "body": {"n": i * round_}, "at": i} for i in range(0, IDEMPOTENCY_WINDOW + 40, 3)})
+        state.meta.record_idempotency({"k0003": {"status": 409, "body": {"error": "x" * round_}}})
+        assert len(state.meta.idempotency) <= IDEMPOTENCY_WINDOW
+        assert state.meta.idempotency_bytes == sum(len(stored_bytes(r)) for r in state.meta.idempotency.values())
