@@ -209,6 +209,11 @@ def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", env={"CLOUDSESSION_LOG_LEVEL": "INFO"}, args=WORKERS).start()
     assert server.proc is not None
     try:
+        # /healthz answers once one worker listens; a worker that dies before the parent has
+        # seen every one of them listen is a failed start (the parent stops): wait for it.
+        deadline = time.monotonic() + 30
+        while "listening on" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
         before = _children(server.proc.pid)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
