@@ -126,6 +126,7 @@ async def test_api_reads_answer_304_while_the_version_is_the_same(web) -> None: 
         same = await web.get(path, headers={"If-None-Match": tag, "Accept-Encoding": "br, gzip"}, auto_decompress=False)
         assert same.status == 304 and await same.read() == b"" and same.headers["ETag"] == tag
         assert "Content-Encoding" not in same.headers and same.headers["Access-Control-Allow-Origin"] == "*"
+        assert same.headers["Vary"] == "Accept-Encoding"  # as on the 200 (RFC 9110 15.4.5)
     assert (await web.get(f"/api/share/{sid}", headers={"If-None-Match": '"other", ' + etag})).status == 304
     await web.post(f"/api/share/{sid}/sync", json={"secret": creds["secret"], "data": [item("message", user(90_000))]})
     changed = await web.get(f"/api/share/{sid}", headers={"If-None-Match": etag})

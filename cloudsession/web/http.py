@@ -413,8 +413,15 @@ def not_modified(request: web.Request, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == bare for tag in header.split(",")[:64])
 
 
-def not_modified_response(etag: str, cache_control: str) -> web.Response:
+# What a 304 must repeat of its 200's Vary (RFC 9110 15.4.5): compressible answers vary on it.
+VARY_ENCODING = {"Vary": "Accept-Encoding"}
+
+
+def not_modified_response(etag: str, cache_control: str, *, compressible: bool = True) -> web.Response:
+    """A 304 with the headers its 200 would carry: the ETag, Cache-Control and, for a
+    compressible resource, ``Vary: Accept-Encoding`` (the compression middleware adds it to the
+    200 and leaves 304s alone)."""
     response = web.Response(status=304)
     response.headers.update(SECURITY_HEADERS)
-    response.headers.update({"ETag": etag, "Cache-Control": cache_control})
+    response.headers.update({"ETag": etag, "Cache-Control": cache_control, **(VARY_ENCODING if compressible else {})})
     return response
