@@ -16,11 +16,11 @@ edits, written files, step parts), then prints for page ``--page``:
   scripts, paint: from a Chromium trace), which a loaded machine inflates far less than the
   paint times (an event nested in another, a script run while parsing, counts in both).
 
-``--python`` runs the server with another interpreter (another checkout's venv: a before/after
-comparison on one machine, alternating runs).
+``--cloudsession`` runs another build's server (an executable or another checkout's venv: a
+before/after comparison on one machine, alternating runs).
 
 Usage: .venv/bin/python benchmarks/page.py [--messages 400] [--page 1] [--runs 7]
-       [--chromium /usr/bin/chromium] [--python PATH]
+       [--chromium /usr/bin/chromium] [--cloudsession PATH]
 """
 
 from __future__ import annotations
@@ -28,22 +28,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
+from common import Server, add_common_args, cpu_seconds, loadavg, resolve_executable, workdir, write_json
 from playwright.sync_api import Browser, Page, sync_playwright
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from shapes import SES, build_items  # noqa: E402  (the share shape every benchmark uses)
+from shapes import SES, build_items  # the share shape every benchmark uses
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -59,19 +50,6 @@ def fetch(url: str, encoding: str | None) -> tuple[bytes, dict[str, str]]:
     headers = {"Accept-Encoding": encoding} if encoding else {"Accept-Encoding": "identity"}
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
         return response.read(), dict(response.headers)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def first_paint(page: Page, url: str) -> float:
@@ -109,85 +87,70 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--page", type=int, default=1)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--python", default=sys.executable, help="interpreter that runs the server")
+    add_common_args(parser)
     args = parser.parse_args()
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as data:
-        env = {**os.environ, "SESSIONS_SHARED_SECRET": "6ba7b810-9dad-11d1-80b4-00c04fd430c8", "PUBLIC_URL": base,
-               "CLOUDSESSION_LOG_LEVEL": "WARNING"}
-        server = subprocess.Popen(
-            [args.python, "-m", "cloudsession", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data],
-            # Started from the data directory, so `-m cloudsession` imports the interpreter's own
-            # installation, not a checkout in the current directory.
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=data,
-        )
-        try:
-            for _ in range(1200):
-                try:
-                    urllib.request.urlopen(base + "/healthz", timeout=1)
-                    break
-                except OSError:
-                    if server.poll() is not None:
-                        sys.exit(f"the server exited with {server.returncode}")
-                    time.sleep(0.05)
-            items = build_items(args.messages)
-            creds = call(base + "/api/share", {"sessionID": SES})
-            for start in range(0, len(items), 5000):
-                call(f"{base}/api/share/{creds['id']}/sync", {"secret": creds["secret"], "data": items[start : start + 5000]})
-            url = f"{base}/share/{creds['id']}?page={args.page}"
-            before = cpu_seconds(server.pid)
-            raw, _ = fetch(url, None)
-            first_render = cpu_seconds(server.pid) - before
-            served, headers = fetch(url, "gzip")
-            encoding = headers.get("Content-Encoding", "identity")
-            gzipped = len(served) if encoding == "gzip" else len(gzip.compress(raw, 6))
-            before = cpu_seconds(server.pid)
-            for _ in range(10):
-                fetch(url, None)
-            warm_render = (cpu_seconds(server.pid) - before) / 10
-            text = raw.decode("utf-8")
-            start = text.find('<ol id="nav-list">')
-            navigator = len(text[start : text.find("</ol>", start)].encode()) if start >= 0 else 0
-            print(f"share of {args.messages} messages, page {args.page}")
-            print(f"  HTML raw             {len(raw):>10,} bytes")
-            print(f"  HTML gzip            {gzipped:>10,} bytes  (served {encoding} to Accept-Encoding: gzip)")
-            print(f"  navigator            {navigator:>10,} bytes")
-            print(f"  server CPU first     {first_render * 1000:>10.0f} ms  (first render of the page)")
-            print(f"  server CPU warm      {warm_render * 1000:>10.1f} ms  (mean of 10, caches warm)")
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=args.chromium, args=ARGS)
-                cold, warm = [], []
-                elements = nodes = 0
-                for _ in range(args.runs):
-                    context = browser.new_context(viewport={"width": 1440, "height": 900})
-                    page = context.new_page()
-                    cold.append(first_paint(page, url))
-                    elements = page.evaluate("document.getElementsByTagName('*').length")
-                    nodes = page.evaluate(
-                        "(() => { let n = 0; const w = document.createTreeWalker(document, NodeFilter.SHOW_ALL);"
-                        " while (w.nextNode()) n++; return n; })()"
-                    )
-                    warm.append(first_paint(page, url))
-                    context.close()
-                traces = []
-                for _ in range(args.runs):
-                    context = browser.new_context(viewport={"width": 1440, "height": 900})
-                    traces.append(traced_paint(browser, context.new_page(), url))
-                    context.close()
-                browser.close()
-            print(f"  DOM elements         {elements:>10,}")
-            print(f"  DOM nodes            {nodes:>10,}")
-            print(f"  first paint cold     {statistics.median(cold):>10.0f} ms  (median of {args.runs})")
-            print(f"  first paint warm     {statistics.median(warm):>10.0f} ms  (median of {args.runs})")
-            work = {name: statistics.median(t[name] for t in traces) for name in WORK}
-            print(f"  browser work cold    {sum(work.values()):>10.0f} ms  (main thread before first paint, median of {args.runs}:"
-                  f" {', '.join(f'{k} {v:.0f}' for k, v in work.items() if v >= 0.5)})")
-            print(f"  load average         {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    executable = resolve_executable(args.cloudsession)
+    with workdir(args.tmp, "bench-page-") as tmp, Server(executable, tmp / "data", log_level=args.log_level) as server:
+        base = server.url
+        items = build_items(args.messages)
+        creds = call(base + "/api/share", {"sessionID": SES})
+        for start in range(0, len(items), 5000):
+            call(f"{base}/api/share/{creds['id']}/sync", {"secret": creds["secret"], "data": items[start : start + 5000]})
+        url = f"{base}/share/{creds['id']}?page={args.page}"
+        before = cpu_seconds(server.pid)
+        raw, _ = fetch(url, None)
+        first_render = cpu_seconds(server.pid) - before
+        served, headers = fetch(url, "gzip")
+        encoding = headers.get("Content-Encoding", "identity")
+        gzipped = len(served) if encoding == "gzip" else len(gzip.compress(raw, 6))
+        before = cpu_seconds(server.pid)
+        for _ in range(10):
+            fetch(url, None)
+        warm_render = (cpu_seconds(server.pid) - before) / 10
+        text = raw.decode("utf-8")
+        start = text.find('<ol id="nav-list">')
+        navigator = len(text[start : text.find("</ol>", start)].encode()) if start >= 0 else 0
+        print(f"share of {args.messages} messages, page {args.page}")
+        print(f"  HTML raw             {len(raw):>10,} bytes")
+        print(f"  HTML gzip            {gzipped:>10,} bytes  (served {encoding} to Accept-Encoding: gzip)")
+        print(f"  navigator            {navigator:>10,} bytes")
+        print(f"  server CPU first     {first_render * 1000:>10.0f} ms  (first render of the page)")
+        print(f"  server CPU warm      {warm_render * 1000:>10.1f} ms  (mean of 10, caches warm)")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=args.chromium, args=ARGS)
+            cold, warm = [], []
+            elements = nodes = 0
+            for _ in range(args.runs):
+                context = browser.new_context(viewport={"width": 1440, "height": 900})
+                page = context.new_page()
+                cold.append(first_paint(page, url))
+                elements = page.evaluate("document.getElementsByTagName('*').length")
+                nodes = page.evaluate(
+                    "(() => { let n = 0; const w = document.createTreeWalker(document, NodeFilter.SHOW_ALL);"
+                    " while (w.nextNode()) n++; return n; })()"
+                )
+                warm.append(first_paint(page, url))
+                context.close()
+            traces = []
+            for _ in range(args.runs):
+                context = browser.new_context(viewport={"width": 1440, "height": 900})
+                traces.append(traced_paint(browser, context.new_page(), url))
+                context.close()
+            browser.close()
+        print(f"  DOM elements         {elements:>10,}")
+        print(f"  DOM nodes            {nodes:>10,}")
+        print(f"  first paint cold     {statistics.median(cold):>10.0f} ms  (median of {args.runs})")
+        print(f"  first paint warm     {statistics.median(warm):>10.0f} ms  (median of {args.runs})")
+        work = {name: statistics.median(t[name] for t in traces) for name in WORK}
+        print(f"  browser work cold    {sum(work.values()):>10.0f} ms  (main thread before first paint, median of {args.runs}:"
+              f" {', '.join(f'{k} {v:.0f}' for k, v in work.items() if v >= 0.5)})")
+        print(f"  load average         {loadavg()}")
+    write_json(args.json, {
+        "messages": args.messages, "page": args.page, "html_bytes": len(raw), "gzip_bytes": gzipped, "navigator_bytes": navigator,
+        "server_cpu_first_ms": first_render * 1000, "server_cpu_warm_ms": warm_render * 1000, "dom_elements": elements,
+        "dom_nodes": nodes, "first_paint_cold_ms": cold, "first_paint_warm_ms": warm, "browser_work_cold_ms": work,
+    })
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ measured window. The client runs in this process, on the same machine: it compet
 workers for the cores, and its CPU per sync is printed too.
 
     .venv/bin/python benchmarks/workers.py [--workers 1,2] [--clients 32] [--seconds 6] [--rounds 4]
+        [--cloudsession PATH] [--log-level WARNING]
+
+The figures in docs/running.md were taken with the server logging at WARNING (``--log-level
+WARNING``; the default is INFO, as operators run it, which adds an access-log line per sync).
 """
 
 from __future__ import annotations
@@ -18,76 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-NAMESPACE = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of ``pid`` and its children (the workers)."""
-    pids = [pid]
-    try:
-        pids += [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        pass
-    total = 0
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
-
-
-class Server:
-    def __init__(self, workers: int, data_dir: Path) -> None:
-        self.workers = workers
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SESSIONS_SHARED_SECRET": NAMESPACE, "PUBLIC_URL": self.url, "CLOUDSESSION_RATE_LIMITS": "false", "CLOUDSESSION_LOG_LEVEL": "WARNING"}
-        cmd = [sys.executable, "-m", "cloudsession", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(data_dir)]
-        if workers > 1:
-            cmd += ["--workers", str(workers)]
-        self.log = open(data_dir.parent / f"server-w{workers}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}") from None
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=40)
-        self.log.close()
+from common import Server, add_common_args, cpu_seconds, loadavg, resolve_executable, workdir, write_json
 
 
 def batch(session_id: str, secret: str, n: int) -> dict[str, Any]:
@@ -128,10 +68,10 @@ async def round_(server: Server, clients: int, seconds: float, salt: str) -> dic
         tasks = [asyncio.create_task(client(*share)) for share in shares]
         await asyncio.sleep(1.0)  # warm up: connections open, shares cached
         state["measuring"] = True
-        cpu0, client0, t0 = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
+        cpu0, client0, t0 = cpu_seconds(server.pid), time.process_time(), time.perf_counter()
         await asyncio.sleep(seconds)
         elapsed = time.perf_counter() - t0
-        cpu1, client1 = cpu_seconds(server.proc.pid), time.process_time()
+        cpu1, client1 = cpu_seconds(server.pid), time.process_time()
         state["stop"] = True
         await asyncio.gather(*tasks)
     count = max(done[0], 1)
@@ -144,14 +84,18 @@ async def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=4, help="rounds per worker count, alternated")
+    add_common_args(parser)
     args = parser.parse_args()
+    executable = resolve_executable(args.cloudsession)
     counts = [int(value) for value in args.workers.split(",")]
     print(f"{os.cpu_count()} CPUs, load average {loadavg()}; "
           f"{args.clients} clients, {args.seconds:g} s per round, {args.rounds} rounds per worker count")
     results: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
-    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-        servers = {n: Server(n, Path(tmp) / f"data-w{n}") for n in counts}
+    with workdir(args.tmp, "bench-workers-") as tmp:
+        servers: dict[int, Server] = {}
         try:
+            for n in counts:
+                servers[n] = Server(executable, tmp / f"data-w{n}", args=["--workers", str(n)] if n > 1 else [], log_level=args.log_level).start()
             for r in range(args.rounds):
                 for n in counts if r % 2 == 0 else reversed(counts):
                     result = await round_(servers[n], args.clients, args.seconds, f"{r:02d}")
@@ -168,6 +112,7 @@ async def main() -> int:
         rate = statistics.median(r["rate"] for r in results[n])
         cpu = statistics.median(r["cpu_ms"] for r in results[n])
         print(f"{n:7d}  {rate:16.1f}  {rate / base:7.2f}x  {cpu:27.2f}")
+    write_json(args.json, {"clients": args.clients, "seconds": args.seconds, "rounds": {str(n): results[n] for n in counts}})
     return 0
 
 

@@ -126,6 +126,7 @@ async def test_api_reads_answer_304_while_the_version_is_the_same(web) -> None: 
         same = await web.get(path, headers={"If-None-Match": tag, "Accept-Encoding": "br, gzip"}, auto_decompress=False)
         assert same.status == 304 and await same.read() == b"" and same.headers["ETag"] == tag
         assert "Content-Encoding" not in same.headers and same.headers["Access-Control-Allow-Origin"] == "*"
+        assert same.headers["Vary"] == "Accept-Encoding"  # as on the 200 (RFC 9110 15.4.5)
     assert (await web.get(f"/api/share/{sid}", headers={"If-None-Match": '"other", ' + etag})).status == 304
     await web.post(f"/api/share/{sid}/sync", json={"secret": creds["secret"], "data": [item("message", user(90_000))]})
     changed = await web.get(f"/api/share/{sid}", headers={"If-None-Match": etag})
@@ -206,3 +207,42 @@ def test_a_snapshot_from_stored_bytes_reads_back_as_the_parsed_one_even_with_lon
     raw = stored_bytes(state.snapshot_doc(5, raw=True))  # orjson refuses the session: the standard library writes it
     assert parse_stored(raw) == parse_stored(stored_bytes(state.snapshot_doc(5)))
     assert parse_stored(raw)["parts"][0]["text"] == "tail \udc00"
+
+
+async def test_a_view_of_a_state_the_cache_no_longer_holds_leaves_the_kept_pieces_current(service: ShareService, tmp_path: Path) -> None:
+    """A request that loaded the share, then saw the cache replace its state (another read found
+    a new snapshot), builds a one-off view of its state: that view must not consume the change
+    list the kept pieces follow, or the kept view goes stale once the state is cached again (a
+    commit in flight puts its state back)."""
+    creds = await service.create(SES, origin=ORIGIN)
+    items = rich_items()
+    await service.sync(creds.id, creds.secret, items)
+    state = await service.load(creds.id)
+    service.public_view(state)  # the kept pieces follow this state's entities
+    target = next(i["data"] for i in items if i["type"] == "part")
+    await service.sync(creds.id, creds.secret, [item("part", {**target, "text": "changed after the kept view"})])
+    assert service._cache[creds.id] is state
+    # Another process compacts; a read here finds the new snapshot and caches a new object.
+    elsewhere = ShareService(FilesystemStore(tmp_path / "store"), service.settings)
+    assert await elsewhere.compact(creds.id, force=True)
+    other = await service.load(creds.id)
+    assert other is not state
+    service.public_view(state)  # a one-off view of the state this request still holds
+    service._cache_put(state)  # a commit in flight puts its state back
+    view = service.public_view(state)
+    assert b"changed after the kept view" in view.object_json()
+    assert view.object_json() == json_bytes(view.agent_session())
+
+
+def test_the_memory_estimate_counts_idempotency_records_as_they_come_and_go() -> None:
+    """The records' size is kept as they are added, replaced and evicted (not serialised again
+    on every commit), and stays what serialising the window gives."""
+    from cloudsession.jsonio import stored_bytes
+    from cloudsession.shares.state import IDEMPOTENCY_WINDOW, ShareState
+
+    state = ShareState.new("abcdefgh", SES, 1)
+    for round_ in range(3):
+        state.meta.record_idempotency({f"k{i:04d}": {"status": 200, "body": {"n": i * round_}, "at": i} for i in range(0, IDEMPOTENCY_WINDOW + 40, 3)})
+        state.meta.record_idempotency({"k0003": {"status": 409, "body": {"error": "x" * round_}}})
+        assert len(state.meta.idempotency) <= IDEMPOTENCY_WINDOW
+        assert state.meta.idempotency_bytes == sum(len(stored_bytes(r)) for r in state.meta.idempotency.values())

@@ -333,6 +333,37 @@ async def test_the_social_card_shows_no_owner_id_secret_or_token(web) -> None:  
     assert text.model == "Claude Sonnet 4 [hidden] (anthropic/claude-sonnet-4) and 2 more"  # mentions it too
 
 
+def test_the_card_filters_a_bounded_head_of_a_huge_title_and_never_shows_a_cut_word(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The card's lines are computed on every request for the card (before its ETag is known):
+    a title of megabytes must cost the credential filter (quadratic at worst) no more than the
+    head the card can show; the owner id is redacted wherever it stands, and a credential cut
+    by that head does not show in part."""
+    from cloudsession.render import card
+
+    pattern = card._CREDENTIAL_LIKE
+
+    class Bounded:
+        def sub(self, repl: str, text: str) -> str:
+            assert len(text) <= 4096, f"the credential filter reads {len(text)} characters of a line the card shows 400 of"
+            return pattern.sub(repl, text)
+
+    monkeypatch.setattr(card, "_CREDENTIAL_LIKE", Bounded())
+    redactor = Redactor([(SES, "ses_PUBLIC")])
+    huge = "a-" * 1_000_000
+    text = card.card_text(site="s", title=huge, models=[huge], messages=1, parts=1, updated_ms=0, redact=redactor.serialised)
+    assert text.title == card.HIDDEN and text.model == card.HIDDEN
+    # A long token early on shrinks to "[hidden]": what stood near the cut comes into view.
+    key = "sk-ant-api03-" + "Q7xLp2" * 6
+    for secret in (SES, key):
+        for start in range(780, 800):
+            prefix = "w w " + "Q7" * 250 + " "
+            title = prefix + ("x " * 400)[: start - len(prefix)].rstrip() + " " + secret + " tail"
+            shown = card.card_text(site="s", title=title, models=[], messages=1, parts=1, updated_ms=0, redact=redactor.serialised).title
+            assert shown.startswith("w w [hidden] x x") and len(shown) < 400
+            # The owner id redacted where the head holds it whole; a cut credential left out.
+            assert SES[4:10] not in shown and key[:3] not in shown
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.sampled_from(["ses_abcdefghijkl", "SES_ABCDEFGHIJKLmn", "ses_abcdefghijklmn", "x", "ses_", "é", "\"", "ses_abcdefghijk"]), max_size=12),

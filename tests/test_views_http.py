@@ -424,6 +424,7 @@ async def test_hashed_static_urls_are_immutable_and_others_revalidate(web) -> No
     assert stale.headers["Cache-Control"] == "no-cache" and stale.headers["ETag"] == etag
     again = await web.get("/static/app.css", headers={"If-None-Match": etag})
     assert again.status == 304 and await again.read() == b""
+    assert again.headers["Vary"] == hashed.headers["Vary"] == "Accept-Encoding"  # a 304 repeats its 200's Vary
     script = await web.get(page.select("script[src]")[-1]["src"])
     assert script.content_type == "text/javascript"
     for bad in ("/static/nope.css", "/static/..%2Fpages.py", "/static/%2e%2e%2fapp.py", "/static/"):
@@ -439,6 +440,7 @@ async def test_public_share_pages_are_briefly_cacheable_with_an_etag(web) -> Non
     assert etag.startswith('W/"')
     same = await web.get(f"/share/{creds['id']}", headers={"If-None-Match": etag})
     assert same.status == 304 and same.headers["ETag"] == etag and await same.read() == b""
+    assert same.headers["Vary"] == "Accept-Encoding"
     assert "Content-Security-Policy" in same.headers
     assert (await web.get(f"/share/{creds['id']}", headers={"If-None-Match": '"other", ' + etag})).status == 304
     assert (await web.get(f"/share/{creds['id']}?page=2", headers={"If-None-Match": etag})).status in (200, 304)
@@ -512,6 +514,7 @@ async def test_social_card_is_named_by_the_page_and_drawn_once_per_version(web) 
         assert image.size == (1200, 630) and image.format == "PNG"
     again = await web.get(path, headers={"If-None-Match": etag})
     assert again.status == 304 and again.headers["ETag"] == etag
+    assert "Vary" not in again.headers and "Vary" not in response.headers  # an image does not vary
     assert (await web.get(path)).headers["ETag"] == etag
     assert cards.drawn == drawn + 1  # three requests, one drawing
     # A new title is a new version: a new URL on the page and a new card.

@@ -8,6 +8,7 @@ on a given worker opens connections until one lands there (bounded).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -208,6 +209,11 @@ def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", env={"CLOUDSESSION_LOG_LEVEL": "INFO"}, args=WORKERS).start()
     assert server.proc is not None
     try:
+        # /healthz answers once one worker listens; a worker that dies before the parent has
+        # seen every one of them listen is a failed start (the parent stops): wait for it.
+        deadline = time.monotonic() + 30
+        while "listening on" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
         before = _children(server.proc.pid)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
@@ -407,6 +413,33 @@ async def test_an_event_a_full_sibling_inbox_refused_is_announced_as_a_resync() 
         assert {"type": "resync", "syncCount": count} in frames
         assert frames[-1]["type"] == "sync"
         assert sender.state()["missed_shares"] == 0
+    finally:
+        await sender.stop()
+        await receiver.stop()
+
+
+async def test_a_full_sibling_inbox_does_not_keep_the_event_from_the_other_siblings() -> None:
+    """Worker 2 is not reading (crash-looping, restarting): its inbox is full. Worker 1's sync
+    must still reach worker 3's viewers, whichever order the peers are in."""
+    pairs = inboxes(3)
+    stuck_write = pairs[1][1]
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(100_000):
+            stuck_write.send(b"share0\n" + b"x" * 4000)
+    sender_hub, receiver_hub = LiveHub(), LiveHub()
+    sender = Relay(sender_hub, SiblingTransport(Siblings(1, 3, pairs[0][0], [stuck_write, pairs[2][1]])))
+    receiver = Relay(receiver_hub, SiblingTransport(Siblings(3, 3, pairs[2][0], [pairs[0][1], stuck_write])))
+    await sender.start()
+    await receiver.start()
+    sender_hub.relay = sender
+    viewer = Viewer(_Socket(), FORMAT_EVENTS)
+    receiver_hub.add("share1", viewer)
+    try:
+        items = [{"type": "part", "data": {"id": "prt_1", "messageID": "msg_1", "text": "y"}}]
+        await sender_hub.share_synced("share1", items, 5)
+        frame = json.loads(await asyncio.wait_for(viewer.queue.get(), 10) or b"")
+        assert (frame["type"], frame["syncCount"]) == ("sync", 5)
+        assert sender.publish_failures >= 1  # worker 2 did miss it, and will be told to resync
     finally:
         await sender.stop()
         await receiver.stop()

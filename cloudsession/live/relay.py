@@ -423,8 +423,17 @@ class SiblingTransport:
 
     async def send(self, share_id: str, data: bytes) -> None:
         datagram = share_id.encode() + b"\n" + data
+        failed: OSError | None = None
         for peer in self.peers:
-            peer.send(datagram)  # non-blocking: BlockingIOError when that inbox is full
+            # Every peer is tried: one whose inbox is full (a worker restarting) must not keep
+            # the event from the others. The failure is raised after, so the relay remembers the
+            # share as missed and announces a resync to all once sends work again.
+            try:
+                peer.send(datagram)  # non-blocking: BlockingIOError when that inbox is full
+            except OSError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     async def listen(self, ready: Callable[[], None]) -> AsyncIterator[tuple[str, bytes]]:
         loop = asyncio.get_running_loop()

@@ -76,17 +76,28 @@ def card_text(*, site: str, title: str, models: list[str], messages: int, parts:
     if updated_ms > 0:
         when = "Updated " + datetime.fromtimestamp(updated_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
-    def clean(text: str) -> str:
+    def clean(text: str, limit: int) -> str:
+        # Redacted whole (linear: an owner id is never cut before the redaction sees it), then
+        # only a head is read further (these lines are computed on every card request, and the
+        # credential filter can be quadratic): twice what is shown, less a word the cut split,
+        # so that no credential is shown in part.
+        text = redact(text)
+        if len(text) > 2 * limit:
+            head, end = text[: 2 * limit], 2 * limit
+            if not text[end].isspace():
+                while end and not head[end - 1].isspace():
+                    end -= 1
+            text = head[:end] or HIDDEN
         # Control characters and lone surrogates would draw as boxes (or fail to encode).
         text = "".join(ch if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF else " " for ch in text)
-        return " ".join(_CREDENTIAL_LIKE.sub(HIDDEN, redact(text)).split())
+        return " ".join(_CREDENTIAL_LIKE.sub(HIDDEN, text).split())[:limit]
 
     return CardText(
-        site=clean(site)[:80],
-        title=clean(title or "Untitled Session")[:400],
-        model=clean(model)[:120],
-        counts=clean(f"{render.plural(messages, 'message')} · {render.plural(parts, 'part')}"),
-        updated=clean(when),
+        site=clean(site, 80),
+        title=clean(title or "Untitled Session", 400),
+        model=clean(model, 120),
+        counts=clean(f"{render.plural(messages, 'message')} · {render.plural(parts, 'part')}", 200),
+        updated=clean(when, 80),
     )
 
 

@@ -488,9 +488,10 @@ class PublicPieces:
         equal to those the piece was made from. False when the substitution cannot be used
         (the caller drops it and refreshes everything again)."""
         raw_map = self.source.raw_map()
-        changed = self.source.drain_changes()
-        if self._fresh:
-            changed, self._fresh = None, False
+        # A fresh set reads everything and leaves the change list alone: it may be a one-off
+        # view of a state whose kept pieces (another set) still follow that list.
+        changed = None if self._fresh else self.source.drain_changes()
+        self._fresh = False
         added: list[str] = []
         if changed is None:
             old_raw, old_json = self.raw, self.json

@@ -522,12 +522,10 @@ class ShareService:
         self._note_request(state)
         return state
 
-    async def catch_up(self, state: ShareState) -> bool:
+    async def catch_up(self, state: ShareState) -> None:
         """Fold the journal into a state read outside :meth:`load` (the store tools repair a
-        blob in memory and fold it as the service would). Always True (kept for callers that
-        re-read the snapshot on False)."""
+        blob in memory and fold it as the service would)."""
         await self._catch_up(state)
-        return True
 
     async def _catch_up(self, state: ShareState, *, prefetched: tuple[int, StoredObject | None] | None = None) -> int:
         """Fold the journal entries after ``state``: GET ``seq + 1``, ``seq + 2``... until one is

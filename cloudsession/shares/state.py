@@ -184,6 +184,9 @@ class ShareMeta:
     op_ledger: dict[str, int | str] = field(default_factory=dict)
     op_floor_ms: int = 0
     idempotency: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The serialised size of the ``idempotency`` records, kept as they come and go (memory_bytes
+    # counts it on every commit; serialising the whole window each time was per-sync waste).
+    idempotency_bytes: int = field(default=0, compare=False)
     # Whether ``session`` came from a sync: the placeholder a create writes (stamped "now") must
     # not make the client's real session, with older times, look like a regression.
     session_synced: bool = False
@@ -205,9 +208,13 @@ class ShareMeta:
 
     def record_idempotency(self, records: dict[str, Any]) -> None:
         for digest, record in records.items():
+            old = self.idempotency.get(digest)  # replaced in place: its place in the order kept
+            if old is not None:
+                self.idempotency_bytes -= len(stored_bytes(old))
             self.idempotency[digest] = record
+            self.idempotency_bytes += len(stored_bytes(record))
         while len(self.idempotency) > IDEMPOTENCY_WINDOW:
-            del self.idempotency[next(iter(self.idempotency))]
+            self.idempotency_bytes -= len(stored_bytes(self.idempotency.pop(next(iter(self.idempotency)))))
 
 
 @dataclass(slots=True)
@@ -441,7 +448,7 @@ class ShareState:
         """What this state costs in memory, about: the entities' bytes (counted exactly as they
         change) plus the parsed rest (session, diffs, models, ledgers) at ``PARSED_COST_FACTOR``."""
         meta = self.meta
-        small = (len(meta.op_ledger) * 160 + sum(len(stored_bytes(r)) for r in meta.idempotency.values()) * PARSED_COST_FACTOR
+        small = (len(meta.op_ledger) * 160 + meta.idempotency_bytes * PARSED_COST_FACTOR
                  + len(meta.audit) * 400 + 2048)
         return self.messages.nbytes + self.parts.nbytes + self._parsed_bytes() + small
 

@@ -37,7 +37,16 @@ from cloudsession.shares.items import parse_sync_items
 from cloudsession.shares.listing import Filters
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import checked_admin_header, require_admin
-from cloudsession.web.http import PRIVATE_PAGE_CACHE, create_context, json_response, not_modified, public_origin, read_json, request_read_token
+from cloudsession.web.http import (
+    PRIVATE_PAGE_CACHE,
+    VARY_ENCODING,
+    create_context,
+    json_response,
+    not_modified,
+    public_origin,
+    read_json,
+    request_read_token,
+)
 from cloudsession.web.keys import SERVICE, SETTINGS
 
 # The admin list's largest page (and its default: the reference answered one listing page).
@@ -111,7 +120,7 @@ def _public_json(request: web.Request, view: PublicShare, etag: str | None, body
     if etag is not None:
         headers["ETag"] = etag
         if not_modified(request, etag):
-            return web.Response(status=304, headers=headers)
+            return web.Response(status=304, headers={**headers, **VARY_ENCODING})
     # The redaction middleware passes the body through the request's redactor (this share's
     # owners) on its way out, as every response.
     return web.Response(body=body(), content_type="application/json", charset="utf-8", headers=headers)

@@ -310,11 +310,6 @@ def negotiate_encoding(header: str, available: tuple[str, ...] = ENCODINGS) -> s
     return best[1] if best is not None else None
 
 
-def accepts_gzip(header: str) -> bool:
-    """Whether an ``Accept-Encoding`` value allows gzip, honouring q-values."""
-    return negotiate_encoding(header, ("gzip",)) == "gzip"
-
-
 def compress(body: bytes, coding: str) -> bytes:
     if coding == "br":
         assert brotli is not None
@@ -418,8 +413,15 @@ def not_modified(request: web.Request, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == bare for tag in header.split(",")[:64])
 
 
-def not_modified_response(etag: str, cache_control: str) -> web.Response:
+# What a 304 must repeat of its 200's Vary (RFC 9110 15.4.5): compressible answers vary on it.
+VARY_ENCODING = {"Vary": "Accept-Encoding"}
+
+
+def not_modified_response(etag: str, cache_control: str, *, compressible: bool = True) -> web.Response:
+    """A 304 with the headers its 200 would carry: the ETag, Cache-Control and, for a
+    compressible resource, ``Vary: Accept-Encoding`` (the compression middleware adds it to the
+    200 and leaves 304s alone)."""
     response = web.Response(status=304)
     response.headers.update(SECURITY_HEADERS)
-    response.headers.update({"ETag": etag, "Cache-Control": cache_control})
+    response.headers.update({"ETag": etag, "Cache-Control": cache_control, **(VARY_ENCODING if compressible else {})})
     return response

@@ -27,10 +27,12 @@ from cloudsession.shares.listing import Filters
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import ADMIN_COOKIE, SIGN_IN, admin_key, cookie_token, is_admin
 from cloudsession.web.http import (
+    COMPRESSIBLE_TYPES,
     IMMUTABLE_CACHE,
     PRIVATE_PAGE_CACHE,
     PUBLIC_PAGE_CACHE,
     SECURITY_HEADERS,
+    VARY_ENCODING,
     body_deadline,
     html_response,
     is_https,
@@ -138,7 +140,7 @@ async def share_card(request: web.Request) -> web.Response:
         cache = FINAL_CACHE_CONTROL if share.final else PUBLIC_PAGE_CACHE
     etag = f'W/"card-{text.digest}"'
     if not share.private and not_modified(request, etag):
-        return not_modified_response(etag, cache)
+        return not_modified_response(etag, cache, compressible=False)  # a PNG
     cards = request.app[RENDERER].pages.cards
     # Drawn outside the renderer's lock (pages keep rendering); the card cache draws one at a time.
     png = await asyncio.to_thread(cards.get, text)
@@ -303,7 +305,8 @@ async def static_file(request: web.Request) -> web.Response:
     cache = IMMUTABLE_CACHE if request.query.get("v") == asset.digest else "no-cache"
     headers = {"ETag": etag, "Cache-Control": cache, "X-Content-Type-Options": "nosniff"}
     if not_modified(request, etag):
-        return web.Response(status=304, headers=headers)
+        vary = VARY_ENCODING if asset.content_type in COMPRESSIBLE_TYPES else {}
+        return web.Response(status=304, headers={**headers, **vary})
     return web.Response(body=asset.body, content_type=asset.content_type, charset="utf-8", headers=headers)
 
 
