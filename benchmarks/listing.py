@@ -49,7 +49,7 @@ def build_key(executable: str) -> str:
     """A digest of the installed cloudsession package: a cached data dir is only reused by the build that made it."""
     python = Path(executable).with_name("python")
     code = "import cloudsession, os; print(os.path.dirname(cloudsession.__file__))"
-    folder = Path(subprocess.run([str(python) if python.exists() else "python3", "-c", code], capture_output=True, text=True, timeout=60).stdout.strip())
+    folder = Path(subprocess.run([str(python) if python.exists() else "python3", "-P", "-c", code], capture_output=True, text=True, timeout=60).stdout.strip())
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*.py")):
         digest.update(path.relative_to(folder).as_posix().encode())
