@@ -62,3 +62,22 @@ async def test_a_page_parses_only_what_it_shows_and_keeps_no_dicts(tmp_path: Pat
     assert await renderer.run(lambda pages: pages.fragments(share, ids, 3)) == expected
     part_id = view.part_pages and next(iter(view.part_pages))
     assert part_id and view.part_pages[part_id] == pages_module.ShareView(other).part_pages[part_id]
+
+
+async def test_a_new_version_outlines_only_the_entities_its_sync_changed(tmp_path: Path) -> None:
+    service = ShareService(FilesystemStore(tmp_path / "store"), settings_for_tests(tmp_path / "data"))
+    creds = await service.create(SES, origin="http://share.test")
+    await service.sync(creds.id, creds.secret, long_items(120))
+    renderer = ViewRenderer(PageRenderer())
+    share = await service.public_share(creds.id)
+    await renderer.run(lambda pages: pages.share_page(share, 1))
+    asked = user(900_000, id="msg_zzlate")
+    await service.sync(creds.id, creds.secret, [item("message", asked), item("part", part(asked, "text", text="late"))])
+    newer = await service.public_share(creds.id)
+    with mock.patch.object(pages_module, "_part_outline", wraps=pages_module._part_outline) as parts, \
+         mock.patch.object(pages_module, "_message_outline", wraps=pages_module._message_outline) as messages:
+        html = await renderer.run(lambda pages: pages.share_page(newer, 3))
+    assert (parts.call_count, messages.call_count) == (1, 1)
+    assert "msg_zzlate" in html
+    fresh = await ShareService(FilesystemStore(tmp_path / "store"), service.settings).public_share(creds.id)
+    assert fresh.messages and PageRenderer().share_page(fresh, 3) == html

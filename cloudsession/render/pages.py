@@ -16,6 +16,7 @@ import bisect
 import hashlib
 import math
 import re
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -305,6 +306,22 @@ def _created(message: dict[str, Any]) -> float:
     return created if created > 0 else math.inf
 
 
+def _part_outline(part: Any) -> tuple[str, str | None]:
+    """(id, message id) of a part."""
+    if not isinstance(part, dict):
+        return "", None
+    message_id = part.get("messageID")
+    # Interned: the parts of one message share one string.
+    return render.as_text(part.get("id")), sys.intern(message_id) if type(message_id) is str else None
+
+
+def _message_outline(message: Any) -> tuple[float, str, str, tuple[Any, ...] | None] | None:
+    """(created, id, role, usage) of a message with an id, else None."""
+    if not isinstance(message, dict) or not isinstance(message.get("id"), str):
+        return None
+    return _created(message), message["id"], render.as_text(message.get("role")) or "unknown", _usage(message)
+
+
 def _usage(message: dict[str, Any]) -> tuple[Any, ...] | None:
     """What an assistant message adds to the share's totals (ShareView.stats), else None."""
     if message.get("role") != "assistant":
@@ -326,30 +343,30 @@ def _usage(message: dict[str, Any]) -> tuple[Any, ...] | None:
 class ShareView:
     """A ``PublicShare`` arranged for display. Built once per share state and cached."""
 
-    def __init__(self, share: PublicShare, page_size: int = PAGE_SIZE) -> None:
+    def __init__(self, share: PublicShare, page_size: int = PAGE_SIZE, previous: ShareView | None = None) -> None:
         self.share = share
         self.page_size = page_size
-        # Every entity is parsed once here, one at a time, and only an outline of it is kept:
-        # a page parses the messages it shows again (MessageEntry.message/parts).
+        # Every entity is parsed here, one at a time, and only an outline of it is kept: a page
+        # parses the messages it shows again (MessageEntry.message/parts). The outlines of
+        # serialised pieces are remembered by piece (``previous``: the view of the share's
+        # last version), so a new version parses only the entities a sync changed.
         self._messages, self._parts, self._parse = share.entities()
         self.loaded: list[MessageEntry] = []  # entries holding parsed dicts (see release)
+        known = previous.outlines if previous is not None else {}
+        self.outlines: dict[int, tuple[Any, Any]] = {}  # id(piece) -> (piece, outline)
         by_message: dict[str, list[int]] = {}
         part_ids: list[str] = []
         for index, handle in enumerate(self._parts):
-            part = self._parse(handle)
-            if not isinstance(part, dict):
-                part_ids.append("")
-                continue
-            part_ids.append(render.as_text(part.get("id")))
-            message_id = part.get("messageID")
-            if isinstance(message_id, str):
+            part_id, message_id = self._outline(handle, known, _part_outline)
+            part_ids.append(part_id)
+            if message_id is not None:
                 by_message.setdefault(message_id, []).append(index)
         # (created, index, id, role, usage) of each message with an id, in stored order
         outlines: list[tuple[float, int, str, str, tuple[Any, ...] | None]] = []
         for index, handle in enumerate(self._messages):
-            message = self._parse(handle)
-            if isinstance(message, dict) and isinstance(message.get("id"), str):
-                outlines.append((_created(message), index, message["id"], render.as_text(message.get("role")) or "unknown", _usage(message)))
+            outline = self._outline(handle, known, _message_outline)
+            if outline is not None:
+                outlines.append((outline[0], index, *outline[1:]))
         ordered = sorted(outlines, key=lambda o: o[0])  # stable: ties keep stored order, as the reference
         # A reverted session (session.revert.messageID) hides that message and every later one,
         # as opencode does; the page says how many.
@@ -364,6 +381,17 @@ class ShareView:
         ]
         self.by_id = {entry.id: entry for entry in self.entries}
         self._part_ids = part_ids
+
+    def _outline(self, handle: Any, known: dict[int, tuple[Any, Any]], make: Callable[[Any], T]) -> T:
+        if not isinstance(handle, bytes):  # a dict-backed share (tests, tools): nothing to remember
+            return make(self._parse(handle))
+        hit = known.get(id(handle))
+        if hit is not None and hit[0] is handle:
+            outline: T = hit[1]
+        else:
+            outline = make(self._parse(handle))
+        self.outlines[id(handle)] = (handle, outline)
+        return outline
 
     def load(self, index: int, part_refs: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The parsed message at ``index`` of the stored messages, and its parts."""
@@ -539,7 +567,7 @@ class PageRenderer:
         # cheap, and message fragments stay cached by content hash either way).
         view = self._views.get(share.id)
         if view is None or view.share is not share:
-            view = ShareView(share, self.page_size)
+            view = ShareView(share, self.page_size, previous=view)
             self._views[share.id] = view
             while len(self._views) > SHARE_VIEW_CACHE_SIZE:
                 self._views.popitem(last=False)
