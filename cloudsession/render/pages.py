@@ -306,20 +306,25 @@ def _created(message: dict[str, Any]) -> float:
     return created if created > 0 else math.inf
 
 
+def _intern(text: str) -> str:
+    """One string object for the many equal ids, roles and model names of a long share."""
+    return sys.intern(text) if type(text) is str else text
+
+
 def _part_outline(part: Any) -> tuple[str, str | None]:
     """(id, message id) of a part."""
     if not isinstance(part, dict):
         return "", None
     message_id = part.get("messageID")
     # Interned: the parts of one message share one string.
-    return render.as_text(part.get("id")), sys.intern(message_id) if type(message_id) is str else None
+    return render.as_text(part.get("id")), _intern(message_id) if isinstance(message_id, str) else None
 
 
 def _message_outline(message: Any) -> tuple[float, str, str, tuple[Any, ...] | None] | None:
     """(created, id, role, usage) of a message with an id, else None."""
     if not isinstance(message, dict) or not isinstance(message.get("id"), str):
         return None
-    return _created(message), message["id"], render.as_text(message.get("role")) or "unknown", _usage(message)
+    return _created(message), _intern(message["id"]), _intern(render.as_text(message.get("role")) or "unknown"), _usage(message)
 
 
 def _usage(message: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -335,8 +340,8 @@ def _usage(message: dict[str, Any]) -> tuple[Any, ...] | None:
         int(render.as_number(counts.get("reasoning"))),
         int(render.as_number(cache.get("read"))),
         int(render.as_number(cache.get("write"))),
-        render.as_text(message.get("providerID")),
-        render.as_text(message.get("modelID")),
+        _intern(render.as_text(message.get("providerID"))),
+        _intern(render.as_text(message.get("modelID"))),
     )
 
 
@@ -353,7 +358,10 @@ class ShareView:
         self._messages, self._parts, self._parse = share.entities()
         self.loaded: list[MessageEntry] = []  # entries holding parsed dicts (see release)
         known = previous.outlines if previous is not None else {}
-        self.outlines: dict[int, tuple[Any, Any]] = {}  # id(piece) -> (piece, outline)
+        # piece -> its outline. Keyed by the bytes themselves: a piece kept from the last version
+        # is the same object (found by identity, its hash cached in it), and one made again
+        # with the same bytes has the same outline (the sessionID swap is not part of it).
+        self.outlines: dict[bytes, Any] = {}
         by_message: dict[str, list[int]] = {}
         part_ids: list[str] = []
         for index, handle in enumerate(self._parts):
@@ -382,15 +390,13 @@ class ShareView:
         self.by_id = {entry.id: entry for entry in self.entries}
         self._part_ids = part_ids
 
-    def _outline(self, handle: Any, known: dict[int, tuple[Any, Any]], make: Callable[[Any], T]) -> T:
+    def _outline(self, handle: Any, known: dict[bytes, Any], make: Callable[[Any], T]) -> T:
         if not isinstance(handle, bytes):  # a dict-backed share (tests, tools): nothing to remember
             return make(self._parse(handle))
-        hit = known.get(id(handle))
-        if hit is not None and hit[0] is handle:
-            outline: T = hit[1]
-        else:
+        outline: T | None = known.get(handle)
+        if outline is None:
             outline = make(self._parse(handle))
-        self.outlines[id(handle)] = (handle, outline)
+        self.outlines[handle] = outline
         return outline
 
     def load(self, index: int, part_refs: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
