@@ -4,6 +4,8 @@ the page is the same, byte for byte, as one rendered from fully parsed dicts."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -81,3 +83,46 @@ async def test_a_new_version_outlines_only_the_entities_its_sync_changed(tmp_pat
     assert "msg_zzlate" in html
     fresh = await ShareService(FilesystemStore(tmp_path / "store"), service.settings).public_share(creds.id)
     assert fresh.messages and PageRenderer().share_page(fresh, 3) == html
+
+
+async def test_the_view_cache_counts_what_outlines_cost_and_stays_within_its_budget(tmp_path: Path) -> None:
+    service = ShareService(FilesystemStore(tmp_path / "store"), settings_for_tests(tmp_path / "data"))
+    shares = []
+    for n in range(3):
+        real = SES[:-2] + f"{n:02d}"
+        creds = await service.create(real, origin="http://share.test")
+        await service.sync(creds.id, creds.secret, [
+            {**i, "data": {**i["data"], "sessionID": real} if isinstance(i["data"], dict) and "sessionID" in i["data"] else i["data"]}
+            for i in long_items(400)])
+        shares.append(await service.public_share(creds.id))
+    # The estimate is within a factor of what the outlines take (tracemalloc).
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        view = pages_module.ShareView(shares[0])
+        gc.collect()
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert taken / 2 <= view.approx_bytes <= taken * 2
+    # A budget for two views keeps two (the newest), and always the one just asked for.
+    renderer = PageRenderer(view_cache_bytes=2 * view.approx_bytes + 1)
+    for share in shares:
+        renderer.share_page(share, 1)
+    assert renderer.views_bytes <= 2 * view.approx_bytes + 1
+    assert [v.share for v in renderer._views.values()] == shares[1:]
+    small = PageRenderer(view_cache_bytes=0)
+    small.share_page(shares[0], 1)
+    assert [v.share for v in small._views.values()] == shares[:1]
+
+
+def test_fragments_are_counted_as_the_memory_their_strings_take() -> None:
+    cache = pages_module._FragmentCache(1_000_000)
+    cache.put("a" * 16, "<p>" + "x" * 10_000 + "</p>")
+    ascii_cost = cache.nbytes
+    cache.put("b" * 16, "<p>" + "😀" * 10_000 + "</p>")  # 4 bytes a character in memory
+    assert ascii_cost > 10_000 and cache.nbytes - ascii_cost > 40_000
+    for n in range(200):
+        cache.put(f"k{n:015d}", "<p>" + "y" * 10_000 + "</p>")
+    assert cache.nbytes <= 1_000_000 and cache.get("a" * 16) is None

@@ -44,9 +44,19 @@ STATIC_DIR = PACKAGE_DIR / "static"
 PAGE_SIZE = 100
 # Bump when templates change the markup of a message, so cached fragments are not reused.
 FRAGMENT_VERSION = "3"
-# Total characters of rendered fragments kept in memory (roughly bytes for ASCII-heavy HTML).
-FRAGMENT_CACHE_CHARS = 96 * 1024 * 1024
+# What the rendered fragments kept in memory may cost, in bytes (each counted as the string's
+# own size, which is 1 to 4 bytes a character, plus its key and its place in the cache).
+FRAGMENT_CACHE_BYTES = 96 * 1024 * 1024
+FRAGMENT_ENTRY_BYTES = 200
+# Views kept: at most this many, and at most this much of their outlines (ShareView.approx_bytes;
+# the newest view is kept whatever it costs).
 SHARE_VIEW_CACHE_SIZE = 32
+SHARE_VIEW_CACHE_BYTES = 64 * 1024 * 1024
+# What a view's outline costs per message and per part (measured with tracemalloc on the long
+# session of benchmarks/shapes.py: the entry, its outline and index entries; the part's id,
+# message id reference and memo entry).
+VIEW_MESSAGE_BYTES = 640
+VIEW_PART_BYTES = 280
 PREVIEW_CHARS = 90
 SEARCH_HITS = 50
 SNIPPET_CHARS = 60
@@ -399,6 +409,12 @@ class ShareView:
         self.outlines[handle] = outline
         return outline
 
+    @cached_property
+    def approx_bytes(self) -> int:
+        """What this view's outlines cost in memory, about (the share's own pieces not counted:
+        the service's cache counts them)."""
+        return len(self._messages) * VIEW_MESSAGE_BYTES + len(self._parts) * VIEW_PART_BYTES
+
     def load(self, index: int, part_refs: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The parsed message at ``index`` of the stored messages, and its parts."""
         parse, parts = self._parse, self._parts
@@ -512,12 +528,16 @@ def site_name(origin: str) -> str:
 
 
 class _FragmentCache:
-    """LRU of rendered message HTML, bounded by total characters."""
+    """LRU of rendered message HTML, bounded by what the strings cost in memory."""
 
-    def __init__(self, max_chars: int) -> None:
-        self.max_chars = max_chars
-        self.chars = 0
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._items: OrderedDict[str, str] = OrderedDict()
+
+    @staticmethod
+    def cost(key: str, html: str) -> int:
+        return sys.getsizeof(html) + sys.getsizeof(key) + FRAGMENT_ENTRY_BYTES
 
     def get(self, key: str) -> str | None:
         html = self._items.get(key)
@@ -526,13 +546,14 @@ class _FragmentCache:
         return html
 
     def put(self, key: str, html: str) -> None:
-        if key in self._items or len(html) > self.max_chars // 4:
+        cost = self.cost(key, html)
+        if key in self._items or cost > self.max_bytes // 4:
             return
         self._items[key] = html
-        self.chars += len(html)
-        while self.chars > self.max_chars:
-            _, evicted = self._items.popitem(last=False)
-            self.chars -= len(evicted)
+        self.nbytes += cost
+        while self.nbytes > self.max_bytes:
+            old, evicted = self._items.popitem(last=False)
+            self.nbytes -= self.cost(old, evicted)
 
 
 @dataclass
@@ -552,10 +573,11 @@ class PageRenderer:
 
     page_size: int = PAGE_SIZE
     env: Environment = field(default_factory=make_environment)
-    fragment_cache_chars: int = FRAGMENT_CACHE_CHARS
+    fragment_cache_bytes: int = FRAGMENT_CACHE_BYTES
+    view_cache_bytes: int = SHARE_VIEW_CACHE_BYTES
 
     def __post_init__(self) -> None:
-        self._fragments = _FragmentCache(self.fragment_cache_chars)
+        self._fragments = _FragmentCache(self.fragment_cache_bytes)
         self._views: OrderedDict[str, ShareView] = OrderedDict()
         self.cards = CardCache()
 
@@ -575,10 +597,19 @@ class PageRenderer:
         if view is None or view.share is not share:
             view = ShareView(share, self.page_size, previous=view)
             self._views[share.id] = view
-            while len(self._views) > SHARE_VIEW_CACHE_SIZE:
-                self._views.popitem(last=False)
         self._views.move_to_end(share.id)
+        while len(self._views) > 1 and (len(self._views) > SHARE_VIEW_CACHE_SIZE or self.views_bytes > self.view_cache_bytes):
+            self._views.popitem(last=False)
         return view
+
+    @property
+    def views_bytes(self) -> int:
+        """What the cached views' outlines cost, about (ShareView.approx_bytes)."""
+        return sum(view.approx_bytes for view in self._views.values())
+
+    @property
+    def fragments_bytes(self) -> int:
+        return self._fragments.nbytes
 
     @cached_property
     def _macros(self) -> Any:
