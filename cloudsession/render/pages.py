@@ -16,6 +16,7 @@ import bisect
 import hashlib
 import math
 import re
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -43,9 +44,19 @@ STATIC_DIR = PACKAGE_DIR / "static"
 PAGE_SIZE = 100
 # Bump when templates change the markup of a message, so cached fragments are not reused.
 FRAGMENT_VERSION = "3"
-# Total characters of rendered fragments kept in memory (roughly bytes for ASCII-heavy HTML).
-FRAGMENT_CACHE_CHARS = 96 * 1024 * 1024
+# What the rendered fragments kept in memory may cost, in bytes (each counted as the string's
+# own size, which is 1 to 4 bytes a character, plus its key and its place in the cache).
+FRAGMENT_CACHE_BYTES = 96 * 1024 * 1024
+FRAGMENT_ENTRY_BYTES = 200
+# Views kept: at most this many, and at most this much of their outlines (ShareView.approx_bytes;
+# the newest view is kept whatever it costs).
 SHARE_VIEW_CACHE_SIZE = 32
+SHARE_VIEW_CACHE_BYTES = 64 * 1024 * 1024
+# What a view's outline costs per message and per part (measured with tracemalloc on the long
+# session of benchmarks/shapes.py: the entry, its outline and index entries; the part's id,
+# message id reference and memo entry).
+VIEW_MESSAGE_BYTES = 640
+VIEW_PART_BYTES = 280
 PREVIEW_CHARS = 90
 SEARCH_HITS = 50
 SNIPPET_CHARS = 60
@@ -188,22 +199,45 @@ def make_environment() -> Environment:
 # --------------------------------------------------------------------------- share view model
 
 
-@dataclass
 class MessageEntry:
-    """One message with its parts, its place in the page order and its content hash."""
+    """One message with its parts, its place in the page order and its content hash.
 
-    message: dict[str, Any]
-    parts: list[dict[str, Any]]
-    number: int  # 1-based position in display order
-    page: int  # 1-based page
+    The entry keeps only what every page needs of it (id, role, place, what it adds to the
+    share's totals); ``message`` and ``parts`` are parsed from the share's pieces when a page
+    shows the message, and dropped again after the request (``ShareView.release``), so a cached
+    view of a long share costs a small fraction of its dicts."""
+
+    def __init__(self, view: ShareView, index: int, id: str, role: str, number: int, page: int,
+                 part_refs: list[int], usage: tuple[Any, ...] | None) -> None:
+        self._view = view
+        self._index = index  # in the share's stored messages
+        self.id = id
+        self.role = role
+        self.number = number  # 1-based position in display order
+        self.page = page  # 1-based page
+        self.part_refs = part_refs  # indexes in the share's stored parts
+        self.usage = usage  # what an assistant message adds to the share's totals (ShareView.stats)
+        self._loaded: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
+
+    def _load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        loaded = self._loaded
+        if loaded is None:
+            loaded = self._loaded = self._view.load(self._index, self.part_refs)
+            self._view.loaded.append(self)
+        return loaded
 
     @property
-    def id(self) -> str:
-        return str(self.message["id"])
+    def message(self) -> dict[str, Any]:
+        return self._load()[0]
 
     @property
-    def role(self) -> str:
-        return render.as_text(self.message.get("role")) or "unknown"
+    def parts(self) -> list[dict[str, Any]]:
+        return self._load()[1]
+
+    def release(self) -> None:
+        """Forget the parsed dicts (and what holds them); parsed again when next needed."""
+        self._loaded = None
+        self.__dict__.pop("shown_parts", None)
 
     @cached_property
     def hash(self) -> str:
@@ -225,7 +259,7 @@ class MessageEntry:
     def footer(self) -> render.TurnFooter | None:
         return render.turn_footer(self.message, self.parts) if self.role == "assistant" else None
 
-    @cached_property
+    @property
     def search_texts(self) -> list[str]:
         """What the page shows of this message, as plain strings, for searching across pages."""
         texts: list[str] = []
@@ -282,31 +316,115 @@ def _created(message: dict[str, Any]) -> float:
     return created if created > 0 else math.inf
 
 
+def _intern(text: str) -> str:
+    """One string object for the many equal ids, roles and model names of a long share."""
+    return sys.intern(text) if type(text) is str else text
+
+
+def _part_outline(part: Any) -> tuple[str, str | None]:
+    """(id, message id) of a part."""
+    if not isinstance(part, dict):
+        return "", None
+    message_id = part.get("messageID")
+    # Interned: the parts of one message share one string.
+    return render.as_text(part.get("id")), _intern(message_id) if isinstance(message_id, str) else None
+
+
+def _message_outline(message: Any) -> tuple[float, str, str, tuple[Any, ...] | None] | None:
+    """(created, id, role, usage) of a message with an id, else None."""
+    if not isinstance(message, dict) or not isinstance(message.get("id"), str):
+        return None
+    return _created(message), _intern(message["id"]), _intern(render.as_text(message.get("role")) or "unknown"), _usage(message)
+
+
+def _usage(message: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What an assistant message adds to the share's totals (ShareView.stats), else None."""
+    if message.get("role") != "assistant":
+        return None
+    counts = render.as_dict(message.get("tokens"))
+    cache = render.as_dict(counts.get("cache"))
+    return (
+        render.as_number(message.get("cost")),
+        int(render.as_number(counts.get("input"))),
+        int(render.as_number(counts.get("output"))),
+        int(render.as_number(counts.get("reasoning"))),
+        int(render.as_number(cache.get("read"))),
+        int(render.as_number(cache.get("write"))),
+        _intern(render.as_text(message.get("providerID"))),
+        _intern(render.as_text(message.get("modelID"))),
+    )
+
+
 class ShareView:
     """A ``PublicShare`` arranged for display. Built once per share state and cached."""
 
-    def __init__(self, share: PublicShare, page_size: int = PAGE_SIZE) -> None:
+    def __init__(self, share: PublicShare, page_size: int = PAGE_SIZE, previous: ShareView | None = None) -> None:
         self.share = share
         self.page_size = page_size
-        by_message: dict[str, list[dict[str, Any]]] = {}
-        for part in share.parts:
-            message_id = part.get("messageID") if isinstance(part, dict) else None
-            if isinstance(message_id, str):
-                by_message.setdefault(message_id, []).append(part)
-        messages = [m for m in share.messages if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        ordered = sorted(messages, key=_created)  # stable: ties keep stored order, as the reference
+        # Every entity is parsed here, one at a time, and only an outline of it is kept: a page
+        # parses the messages it shows again (MessageEntry.message/parts). The outlines of
+        # serialised pieces are remembered by piece (``previous``: the view of the share's
+        # last version), so a new version parses only the entities a sync changed.
+        self._messages, self._parts, self._parse = share.entities()
+        self.loaded: list[MessageEntry] = []  # entries holding parsed dicts (see release)
+        known = previous.outlines if previous is not None else {}
+        # piece -> its outline. Keyed by the bytes themselves: a piece kept from the last version
+        # is the same object (found by identity, its hash cached in it), and one made again
+        # with the same bytes has the same outline (the sessionID swap is not part of it).
+        self.outlines: dict[bytes, Any] = {}
+        by_message: dict[str, list[int]] = {}
+        part_ids: list[str] = []
+        for index, handle in enumerate(self._parts):
+            part_id, message_id = self._outline(handle, known, _part_outline)
+            part_ids.append(part_id)
+            if message_id is not None:
+                by_message.setdefault(message_id, []).append(index)
+        # (created, index, id, role, usage) of each message with an id, in stored order
+        outlines: list[tuple[float, int, str, str, tuple[Any, ...] | None]] = []
+        for index, handle in enumerate(self._messages):
+            outline = self._outline(handle, known, _message_outline)
+            if outline is not None:
+                outlines.append((outline[0], index, *outline[1:]))
+        ordered = sorted(outlines, key=lambda o: o[0])  # stable: ties keep stored order, as the reference
         # A reverted session (session.revert.messageID) hides that message and every later one,
         # as opencode does; the page says how many.
         revert = render.as_text(render.dig(share.session, "revert", "messageID"))
-        cut = next((i for i, m in enumerate(ordered) if m["id"] == revert), None) if revert else None
-        self.reverted_ids = [m["id"] for m in ordered[cut:]] if cut is not None else []
+        cut = next((i for i, o in enumerate(ordered) if o[2] == revert), None) if revert else None
+        self.reverted_ids = [o[2] for o in ordered[cut:]] if cut is not None else []
         if cut is not None:
             ordered = ordered[:cut]
         self.entries = [
-            MessageEntry(m, by_message.get(m["id"], []), index + 1, index // page_size + 1)
-            for index, m in enumerate(ordered)
+            MessageEntry(self, o[1], o[2], o[3], number + 1, number // page_size + 1, by_message.get(o[2], []), o[4])
+            for number, o in enumerate(ordered)
         ]
         self.by_id = {entry.id: entry for entry in self.entries}
+        self._part_ids = part_ids
+
+    def _outline(self, handle: Any, known: dict[bytes, Any], make: Callable[[Any], T]) -> T:
+        if not isinstance(handle, bytes):  # a dict-backed share (tests, tools): nothing to remember
+            return make(self._parse(handle))
+        outline: T | None = known.get(handle)
+        if outline is None:
+            outline = make(self._parse(handle))
+        self.outlines[handle] = outline
+        return outline
+
+    @cached_property
+    def approx_bytes(self) -> int:
+        """What this view's outlines cost in memory, about (the share's own pieces not counted:
+        the service's cache counts them)."""
+        return len(self._messages) * VIEW_MESSAGE_BYTES + len(self._parts) * VIEW_PART_BYTES
+
+    def load(self, index: int, part_refs: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The parsed message at ``index`` of the stored messages, and its parts."""
+        parse, parts = self._parse, self._parts
+        return parse(self._messages[index]), [parse(parts[i]) for i in part_refs]
+
+    def release(self) -> None:
+        """Drop the dicts parsed for the request that is ending (the view stays cached)."""
+        loaded, self.loaded = self.loaded, []
+        for entry in loaded:
+            entry.release()
 
     @property
     def pages(self) -> int:
@@ -336,7 +454,8 @@ class ShareView:
     @cached_property
     def part_pages(self) -> dict[str, str]:
         """Part id -> the id of the (displayed) message it belongs to."""
-        return {render.as_text(p.get("id")): e.id for e in self.entries for p in e.parts if render.as_text(p.get("id"))}
+        ids = self._part_ids
+        return {ids[i]: e.id for e in self.entries for i in e.part_refs if ids[i]}
 
     @cached_property
     def stats(self) -> ShareStats:
@@ -350,24 +469,20 @@ class ShareView:
                 name = render.as_text(model.get("name"))
                 used[(provider, model_id)] = f"{name} ({provider}/{model_id})" if name else f"{provider}/{model_id}"
         for entry in self.entries:
-            message = entry.message
-            if message.get("role") != "assistant":
+            if entry.usage is None:
                 continue
-            cost += render.as_number(message.get("cost"))
-            counts = render.as_dict(message.get("tokens"))
-            cache = render.as_dict(counts.get("cache"))
-            tokens["input"] += int(render.as_number(counts.get("input")))
-            tokens["output"] += int(render.as_number(counts.get("output")))
-            tokens["reasoning"] += int(render.as_number(counts.get("reasoning")))
-            tokens["read"] += int(render.as_number(cache.get("read")))
-            tokens["write"] += int(render.as_number(cache.get("write")))
-            provider = render.as_text(message.get("providerID"))
-            model_id = render.as_text(message.get("modelID"))
+            spent, t_in, t_out, t_reason, t_read, t_write, provider, model_id = entry.usage
+            cost += spent
+            tokens["input"] += t_in
+            tokens["output"] += t_out
+            tokens["reasoning"] += t_reason
+            tokens["read"] += t_read
+            tokens["write"] += t_write
             if model_id and (provider, model_id) not in used:
                 used[(provider, model_id)] = f"{provider}/{model_id}" if provider else model_id
         return ShareStats(
             message_count=len(self.entries),
-            part_count=sum(len(entry.parts) for entry in self.entries),
+            part_count=sum(len(entry.part_refs) for entry in self.entries),
             total_cost=cost,
             input_tokens=tokens["input"],
             output_tokens=tokens["output"],
@@ -413,12 +528,16 @@ def site_name(origin: str) -> str:
 
 
 class _FragmentCache:
-    """LRU of rendered message HTML, bounded by total characters."""
+    """LRU of rendered message HTML, bounded by what the strings cost in memory."""
 
-    def __init__(self, max_chars: int) -> None:
-        self.max_chars = max_chars
-        self.chars = 0
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._items: OrderedDict[str, str] = OrderedDict()
+
+    @staticmethod
+    def cost(key: str, html: str) -> int:
+        return sys.getsizeof(html) + sys.getsizeof(key) + FRAGMENT_ENTRY_BYTES
 
     def get(self, key: str) -> str | None:
         html = self._items.get(key)
@@ -427,13 +546,14 @@ class _FragmentCache:
         return html
 
     def put(self, key: str, html: str) -> None:
-        if key in self._items or len(html) > self.max_chars // 4:
+        cost = self.cost(key, html)
+        if key in self._items or cost > self.max_bytes // 4:
             return
         self._items[key] = html
-        self.chars += len(html)
-        while self.chars > self.max_chars:
-            _, evicted = self._items.popitem(last=False)
-            self.chars -= len(evicted)
+        self.nbytes += cost
+        while self.nbytes > self.max_bytes:
+            old, evicted = self._items.popitem(last=False)
+            self.nbytes -= self.cost(old, evicted)
 
 
 @dataclass
@@ -453,12 +573,18 @@ class PageRenderer:
 
     page_size: int = PAGE_SIZE
     env: Environment = field(default_factory=make_environment)
-    fragment_cache_chars: int = FRAGMENT_CACHE_CHARS
+    fragment_cache_bytes: int = FRAGMENT_CACHE_BYTES
+    view_cache_bytes: int = SHARE_VIEW_CACHE_BYTES
 
     def __post_init__(self) -> None:
-        self._fragments = _FragmentCache(self.fragment_cache_chars)
+        self._fragments = _FragmentCache(self.fragment_cache_bytes)
         self._views: OrderedDict[str, ShareView] = OrderedDict()
         self.cards = CardCache()
+
+    def release(self) -> None:
+        """Drop what the last request parsed (the cached views keep their outlines)."""
+        for view in self._views.values():
+            view.release()
 
     def template(self, name: str) -> Template:
         return self.env.get_template(name)
@@ -469,12 +595,21 @@ class PageRenderer:
         # cheap, and message fragments stay cached by content hash either way).
         view = self._views.get(share.id)
         if view is None or view.share is not share:
-            view = ShareView(share, self.page_size)
+            view = ShareView(share, self.page_size, previous=view)
             self._views[share.id] = view
-            while len(self._views) > SHARE_VIEW_CACHE_SIZE:
-                self._views.popitem(last=False)
         self._views.move_to_end(share.id)
+        while len(self._views) > 1 and (len(self._views) > SHARE_VIEW_CACHE_SIZE or self.views_bytes > self.view_cache_bytes):
+            self._views.popitem(last=False)
         return view
+
+    @property
+    def views_bytes(self) -> int:
+        """What the cached views' outlines cost, about (ShareView.approx_bytes)."""
+        return sum(view.approx_bytes for view in self._views.values())
+
+    @property
+    def fragments_bytes(self) -> int:
+        return self._fragments.nbytes
 
     @cached_property
     def _macros(self) -> Any:
@@ -677,6 +812,9 @@ class ViewRenderer:
     async def run(self, work: Callable[[PageRenderer], T]) -> T:
         def locked() -> T:
             with self._lock:
-                return work(self.pages)
+                try:
+                    return work(self.pages)
+                finally:
+                    self.pages.release()
 
         return await asyncio.to_thread(locked)

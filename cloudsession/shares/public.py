@@ -289,6 +289,10 @@ class PublicJSON:
         return body.replace(*self.substitution) if self.substitution is not None else body
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 class PublicShare:
     """A share as anyone with the link may see it: public ids, no secret, no real session ID.
 
@@ -377,6 +381,19 @@ class PublicShare:
     def data_etag(self) -> str | None:
         """A validator of ``GET /api/share/<id>/data`` for this version."""
         return f'W/"d{self.version}"' if self.version else None
+
+    def entities(self) -> tuple[list[Any], list[Any], Callable[[Any], dict[str, Any]]]:
+        """Messages and parts as handles that ``parse`` turns into dicts one at a time (in stored
+        order), without keeping every dict: the page renderer parses only what it shows. The
+        handles are the serialised pieces of a service-built view, else the dicts themselves."""
+        j = self.json
+        if j is None or (self._messages is not None and self._parts is not None):
+            return self.messages, self.parts, _same
+        sub = j.substitution
+        if sub is None:
+            return j.messages, j.parts, parse_stored
+        old, new = sub
+        return j.messages, j.parts, lambda piece: parse_stored(piece.replace(old, new))
 
     def data_items(self) -> list[dict[str, Any]]:
         """The flat array ``opencode import`` reads: session, messages and parts in id order,
