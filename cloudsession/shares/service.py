@@ -35,8 +35,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
-import secrets
 import time
 import weakref
 from collections import OrderedDict
@@ -597,7 +597,7 @@ class ShareService:
                 # "w" makes every entry's bytes unique, so the S3 store's lost-response check
                 # (compare what is stored with what was sent) can never mistake a rival's write
                 # for ours.
-                entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": secrets.token_hex(8), **content}
+                entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": os.urandom(8).hex(), **content}
                 body = stored_bytes(entry)
                 if state.approx_bytes + len(body) > limits.max_share_bytes:
                     raise PayloadTooLarge(f"Share would exceed its size limit of {limits.max_share_bytes} bytes")
