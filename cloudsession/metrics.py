@@ -77,6 +77,8 @@ class Metrics:
         self.rate_limit_errors = Counter(
             "cloudsession_rate_limit_storage_errors", "Rate-limit checks that failed (storage unreachable) and were let through", registry=r
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._store_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._viewers: Callable[[], int] | None = None
         self._relay: Callable[[], dict[str, Any] | None] | None = None
         self._journal: Callable[[], tuple[int, int]] | None = None
@@ -126,12 +128,23 @@ class Metrics:
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_seconds.labels(route, method).observe(seconds)
+        # The labelled children, looked up once per label set (``labels()`` takes a lock and
+        # builds its key each call; route names, methods, statuses and store operations are
+        # few, so these dicts are as bounded as the series themselves).
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (self.requests.labels(route, method, str(status)), self.request_seconds.labels(route, method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def store_call(self, op: str, outcome: str, seconds: float) -> None:
-        self.store_ops.labels(op, outcome).inc()
-        self.store_seconds.labels(op).observe(seconds)
+        key = (op, outcome)
+        children = self._store_children.get(key)
+        if children is None:
+            children = self._store_children[key] = (self.store_ops.labels(op, outcome), self.store_seconds.labels(op))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def journal_appended(self, content: dict[str, Any], size: int) -> None:
         self.journal_entries.inc()

@@ -35,8 +35,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
-import secrets
 import time
 import weakref
 from collections import OrderedDict
@@ -304,6 +304,7 @@ class ShareService:
         self._pieces: dict[str, _SharePieces] = {}
         # real session id -> public id (public_id), bounded.
         self._public_ids: dict[str, str] = {}
+        self._secrets: dict[tuple[str, int], str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -376,7 +377,15 @@ class ShareService:
     # -- credentials --------------------------------------------------------------------------
 
     def secret_for(self, meta_session_id: str, epoch: int) -> str:
-        return credentials.derive_secret(self.namespace, meta_session_id, epoch)
+        # A uuid5 per call, and every write checks one: remembered, like the public ids (the
+        # namespace they derive from is in this process's memory anyway).
+        key = (meta_session_id, epoch)
+        secret = self._secrets.get(key)
+        if secret is None:
+            if len(self._secrets) >= 4096:
+                self._secrets.clear()
+            secret = self._secrets[key] = credentials.derive_secret(self.namespace, meta_session_id, epoch)
+        return secret
 
     def check_secret(self, state: ShareState, secret: object) -> None:
         """Raise InvalidSecret unless ``secret`` is the share's current write capability."""
@@ -597,7 +606,7 @@ class ShareService:
                 # "w" makes every entry's bytes unique, so the S3 store's lost-response check
                 # (compare what is stored with what was sent) can never mistake a rival's write
                 # for ours.
-                entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": secrets.token_hex(8), **content}
+                entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": os.urandom(8).hex(), **content}
                 body = stored_bytes(entry)
                 if state.approx_bytes + len(body) > limits.max_share_bytes:
                     raise PayloadTooLarge(f"Share would exceed its size limit of {limits.max_share_bytes} bytes")

@@ -108,6 +108,15 @@ async def read_body(request: web.Request) -> bytes:
     limit = settings.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"Request body exceeds {limit} bytes")
+    content = request.content
+    if content.is_eof():
+        # The whole body has arrived already (the usual case for a small body): nothing to wait
+        # for, so no deadline to arm. What is buffered is bounded by aiohttp's read-ahead limit.
+        async with body_deadline(request, timeout=None):
+            body = await content.read()
+        if len(body) > limit:
+            raise BodyTooLarge(f"Request body exceeds {limit} bytes")
+        return body
     loop = asyncio.get_running_loop()
     started, grace, rate = loop.time(), settings.body_timeout_seconds, settings.body_min_bytes_per_second
     chunks: list[bytes] = []
@@ -215,10 +224,19 @@ def client_address(request: web.BaseRequest) -> str:
     """The client's address as every per-client feature counts it (rate limits, viewer caps, the
     audit trail, the access log): ``TRUSTED_PROXIES`` decide how far ``X-Forwarded-For`` is
     believed (docs/operations.md)."""
+    known: str | None = request.get(_CLIENT_ADDRESS)
+    if known is not None:
+        return known  # worked out once per request: the audit actor, the limiter and the access log all ask
     app = request.app if isinstance(request, web.Request) else None
     trusted = app[SETTINGS].rate_limits.trusted_proxies if app is not None and SETTINGS in app else ()
     address = client_ip(request, trusted)
-    return str(address) if address is not None else (request.remote or "")
+    found = str(address) if address is not None else (request.remote or "")
+    request[_CLIENT_ADDRESS] = found
+    return found
+
+
+# A typed request key where aiohttp has them (3.13+); a plain string key before.
+_CLIENT_ADDRESS: Any = web.RequestKey("client_address", str) if hasattr(web, "RequestKey") else "cloudsession.client_address"
 
 
 def request_read_token(request: web.Request) -> str | None:

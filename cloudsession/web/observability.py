@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -48,7 +48,7 @@ def request_id_from(header: str | None) -> str:
     """The client's request id when sane, else a new one."""
     if header is not None and _REQUEST_ID_RE.match(header):
         return header
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 32 hex digits like uuid4().hex, at a fraction of its cost
 
 
 def _route_name(request: web.Request) -> str:
