@@ -218,3 +218,30 @@ async def test_pruning_reads_old_snapshots_and_finishes_an_interrupted_prune(tmp
     assert await journal() == [10]
     view = await ShareService(store, settings).public_share(creds.id)
     assert [m["id"] for m in view.messages] == [f"msg_{n:05d}" for n in range(10)] and view.sync_count == 10
+
+
+class EvictingStore(WrappedStore):
+    """A store whose HEAD lets the service's share cache be emptied meanwhile, as eviction by
+    other shares' reads (or a delete) can while a load waits on the store."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.service: ShareService | None = None
+
+    async def head(self, key: str) -> str | None:
+        etag = await self.inner.head(key)
+        if self.service is not None:
+            self.service._cache.clear()
+        return etag
+
+
+async def test_a_share_evicted_while_its_load_waits_is_loaded_not_a_500(tmp_path: Path) -> None:
+    # A load kept the cached state across its awaits and then moved it to the cache's end: a
+    # KeyError (a 500) when the share had been evicted meanwhile.
+    store = EvictingStore(FilesystemStore(tmp_path / "store"))
+    service = ShareService(store, settings_for_tests(tmp_path / "data"))
+    creds = await service.create(SESSION, origin="http://x")
+    await service.sync(creds.id, creds.secret, [message(1)])
+    store.service = service
+    state = await service.load(creds.id)
+    assert state.meta.sync_count == 1 and creds.id in service._cache

@@ -492,8 +492,9 @@ class ShareService:
                 self._cache_drop(share_id)
                 raise missing()
             if cached is not None and cached.snapshot_etag == etag:
+                # No move_to_end here: the awaits above may have let the cache evict or drop the
+                # share (a KeyError, then a 500); _cache_put below puts it back at the end.
                 state = cached
-                self._cache.move_to_end(share_id)
                 await self._catch_up(state, prefetched=(after + 1, following))
             else:
                 obj = await self.store_call(self.store.get(snapshot_key(share_id)))
