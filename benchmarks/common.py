@@ -8,6 +8,7 @@ so the same scripts measure any build (``--cloudsession PATH``: an executable or
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -358,3 +359,19 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
         print(f"figures written to {path}")
+
+
+def run_section(
+    args: argparse.Namespace,
+    key: str,
+    title: str,
+    measure: Callable[[argparse.Namespace, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]],
+    report: Callable[[dict[str, Any]], None],
+) -> None:
+    """What every section script does once its arguments are parsed: name the build, measure it,
+    print the table and, with ``--json``, write the figures under ``key``."""
+    build = build_info(resolve_executable(args.cloudsession))
+    banner(title, build)
+    out: dict[str, Any] = asyncio.run(measure(args, build))
+    report(out)
+    write_json(args.json, {"build": build, key: out})

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import Server, add_common_args, banner, build_info, fmt, loadavg, process_tree, resolve_executable, session_id, table, workdir, write_json
+from common import Server, add_common_args, fmt, loadavg, process_tree, run_section, session_id, table, workdir
 from load import connector, create_share
 from reads import fill
 from shapes import SES, build_items
@@ -97,11 +97,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=float, default=50.0, help="size of the share in MiB of sync JSON (default 50)")
     parser.add_argument("--quick", action="store_true", help="accepted for symmetry; the size stays 50 MB (the target is defined for it)")
     args = parser.parse_args()
-    build = build_info(resolve_executable(args.cloudsession))
-    banner("memory", build)
-    out = asyncio.run(measure(args, build))
-    report(out)
-    write_json(args.json, {"build": build, "memory": out})
+    run_section(args, "memory", "memory", measure, report)
 
 
 if __name__ == "__main__":

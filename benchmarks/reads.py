@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 import aiohttp
-from common import Server, add_common_args, banner, build_info, fmt, loadavg, resolve_executable, session_id, summary_ms, table, workdir, write_json
+from common import Server, add_common_args, fmt, loadavg, run_section, session_id, summary_ms, table, workdir
 from load import JSON, connector, create_share, post_sync
 from shapes import SES, build_items
 
@@ -134,11 +134,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=None, help="reads of each kind (default 15; 8 with --quick)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    build = build_info(resolve_executable(args.cloudsession))
-    banner("reads", build)
-    out = asyncio.run(measure(args, build))
-    report(out)
-    write_json(args.json, {"build": build, "reads": out})
+    run_section(args, "reads", "reads", measure, report)
 
 
 if __name__ == "__main__":

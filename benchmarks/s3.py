@@ -30,17 +30,14 @@ from common import (
     BatchMaker,
     Server,
     add_common_args,
-    banner,
-    build_info,
     fmt,
     free_port,
     loadavg,
-    resolve_executable,
+    run_section,
     session_id,
     summary_ms,
     table,
     workdir,
-    write_json,
 )
 from load import connector, create_share, post_sync
 
@@ -183,11 +180,7 @@ def main() -> None:
     parser.add_argument("--turn-every", type=int, default=10)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    build = build_info(resolve_executable(args.cloudsession))
-    banner("S3: store requests and bytes per sync", build)
-    out = asyncio.run(measure(args, build))
-    report(out)
-    write_json(args.json, {"build": build, "s3": out})
+    run_section(args, "s3", "S3: store requests and bytes per sync", measure, report)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ request measured in the same run. The share grows as a real session does: the id
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import time
 from pathlib import Path
@@ -26,16 +25,13 @@ from common import (
     BatchMaker,
     Server,
     add_common_args,
-    banner,
-    build_info,
     fmt,
     loadavg,
-    resolve_executable,
+    run_section,
     session_id,
     summary_ms,
     table,
     workdir,
-    write_json,
 )
 from load import connector, create_share, post_sync, trivial_bounds
 
@@ -117,11 +113,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--progress", action="store_true", help="print each window as it completes")
     args = parser.parse_args()
-    build = build_info(resolve_executable(args.cloudsession))
-    banner("sync cost over a share's life", build)
-    out = asyncio.run(measure(args, build))
-    report(out)
-    write_json(args.json, {"build": build, "sync_life": out})
+    run_section(args, "sync_life", "sync cost over a share's life", measure, report)
 
 
 if __name__ == "__main__":

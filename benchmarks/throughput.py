@@ -14,10 +14,9 @@ at the same concurrency, plus the disk's own temp+fsync+rename rate. When the bu
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
-from common import Server, add_common_args, banner, build_info, fmt, loadavg, resolve_executable, table, workdir, write_json
+from common import Server, add_common_args, fmt, loadavg, run_section, table, workdir
 from load import make_targets, run_load, trivial_bounds
 
 
@@ -83,11 +82,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per case (default 8; 4 with --quick)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    build = build_info(resolve_executable(args.cloudsession))
-    banner("throughput", build)
-    out = asyncio.run(measure(args, build))
-    report(out)
-    write_json(args.json, {"build": build, "throughput": out})
+    run_section(args, "throughput", "throughput", measure, report)
 
 
 if __name__ == "__main__":
