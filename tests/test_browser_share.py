@@ -529,3 +529,27 @@ def test_live_prompts_join_the_navigator_only_near_this_page(page: Page, server:
     assert ids[-2:] == [first["id"], second["id"]]
     assert page.locator(f'#nav-list li[data-id="{second["id"]}"]').inner_text().endswith("a prompt right here")
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_the_page_script_waits_for_the_first_frame(page: Page, server: ServerProcess) -> None:
+    """share.js sets nothing up between parsing and the first paint: a page parsed in one go
+    would otherwise run all of it (laying out every message, diff marks, the navigator, the
+    socket) before anything is on screen. Its work starts right after the first frame."""
+    creds = new_share(server, rich_items())
+    # Runs after the deferred share.js has executed, before the first frame of a short page.
+    page.add_init_script("""
+        document.addEventListener("DOMContentLoaded", () => {
+            window.__atParse = {
+                laidOut: document.documentElement.classList.contains("laid-out"),
+                findHidden: document.getElementById("find").hidden,
+                diffMode: document.documentElement.getAttribute("data-diff"),
+            };
+        });
+    """)
+    page.goto(f"{server.url}/share/{creds['id']}")
+    assert page.evaluate("window.__atParse") == {"laidOut": False, "findHidden": True, "diffMode": None}
+    page.wait_for_selector("#live-status.ok", timeout=10_000)
+    assert page.evaluate("document.documentElement.classList.contains('laid-out')") is True
+    assert page.locator("#find").is_visible()
+    assert page.evaluate("document.documentElement.getAttribute('data-diff')") == "unified"
+    assert page.errors == []  # type: ignore[attr-defined]

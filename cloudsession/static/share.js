@@ -12,14 +12,22 @@
   var shareId = body.getAttribute("data-share-id");
   if (!shareId) return;
 
-  // After the first frame: lay out every message (see app.css, "Long pages").
-  requestAnimationFrame(function () {
-    setTimeout(function () {
-      document.documentElement.classList.add("laid-out");
-      // True sizes above a linked message move it: put it back at the top.
-      var target = location.hash ? document.getElementById(decodeURIComponent(location.hash.slice(1))) : null;
-      if (target) target.scrollIntoView();
-    }, 0);
+  // Startup work waits until the first frame is on screen: the page reads complete without this
+  // script, so nothing below (laying out every message, diff marks, the navigator, the live
+  // socket) may hold back the first paint. A page parsed in one go would otherwise run all of it
+  // between parsing and painting.
+  function afterFirstFrame(work) {
+    requestAnimationFrame(function () {
+      setTimeout(work, 0);
+    });
+  }
+
+  // Lay out every message (see app.css, "Long pages").
+  afterFirstFrame(function () {
+    document.documentElement.classList.add("laid-out");
+    // True sizes above a linked message move it: put it back at the top.
+    var target = location.hash ? document.getElementById(decodeURIComponent(location.hash.slice(1))) : null;
+    if (target) target.scrollIntoView();
   });
 
   var page = parseInt(body.getAttribute("data-page"), 10) || 1;
@@ -960,12 +968,14 @@
 
   window.addEventListener("hashchange", followHash);
   window.addEventListener("hashchange", openDiff);
-  openDiff();
-  applyDiffMode(document);
-  setupFind();
-  setupJump();
-  followHash();
-  trackTurn();
-  watchAllMore();
-  connect();
+  afterFirstFrame(function () {
+    openDiff();
+    applyDiffMode(document);
+    setupFind();
+    setupJump();
+    followHash();
+    trackTurn();
+    watchAllMore();
+    connect();
+  });
 })();
