@@ -36,17 +36,17 @@ def run_bun(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -
     return subprocess.run([str(binary()), *args], cwd=JS_TESTS, env=full_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def test_the_plugin_outbox_logic_under_the_binarys_bun() -> None:
-    done = run_bun("test", "./outbox.test.mjs")
+def test_the_plugin_outbox_logic_under_the_binarys_bun(tmp_path: Path) -> None:
+    done = run_bun("test", "./outbox.test.mjs", env={"TMPDIR": str(tmp_path)})  # its outbox files land here
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert " 0 fail" in output and " 12 pass" in output, output
 
 
-def test_the_plugin_backfill_logic_under_the_binarys_bun() -> None:
+def test_the_plugin_backfill_logic_under_the_binarys_bun(tmp_path: Path) -> None:
     """A session shared mid-way: its earlier messages and parts are read and recorded once, without
     replacing newer changes (backfill.test.mjs)."""
-    done = run_bun("test", "./backfill.test.mjs")
+    done = run_bun("test", "./backfill.test.mjs", env={"TMPDIR": str(tmp_path)})
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert " 0 fail" in output and " 11 pass" in output, output
@@ -251,7 +251,7 @@ def test_the_plugin_delivery_against_a_real_server_under_the_binarys_bun(tmp_pat
     the stock client on the same share: sender.test.mjs."""
     server = ServerProcess(tmp_path / "share-data", env={"CLOUDSESSION_MAX_BODY_BYTES": "2048"}).start()
     try:
-        done = run_bun("test", "./sender.test.mjs", env={"CLOUDSESSION_TEST_SERVER": server.url})
+        done = run_bun("test", "./sender.test.mjs", env={"CLOUDSESSION_TEST_SERVER": server.url, "TMPDIR": str(tmp_path)})
     finally:
         server.stop()
     output = done.stdout + done.stderr
