@@ -14,10 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-import aiohttp
 from aiohttp import web
-
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade"})
+from s3_faults import FaultyS3Proxy, is_list
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,30 +34,12 @@ class S3Request:
         return "LIST" if self.is_list else self.method
 
 
-class CountingS3Proxy:
+class CountingS3Proxy(FaultyS3Proxy):
+    """The fault proxy with no faults (its forwarding and lifecycle), recording every request."""
+
     def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.rstrip("/")
-        self.url = ""
+        super().__init__(upstream)
         self.requests: list[S3Request] = []
-        self._runner: web.AppRunner | None = None
-        self._http: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> CountingS3Proxy:
-        app = web.Application(client_max_size=256 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        self._http = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=60))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._http is not None:
-            await self._http.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     @contextmanager
     def window(self) -> Iterator[list[S3Request]]:
@@ -72,20 +52,10 @@ class CountingS3Proxy:
             seen.extend(self.requests[start:])
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        assert self._http is not None
-        body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        async with self._http.request(
-            request.method, self.upstream + request.raw_path, headers=headers, data=body,
-            skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding"),
-        ) as resp:
-            data = await resp.read()
-            out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP}
-            status = resp.status
+        status, headers, data = await self._forward(request, await request.read())
         # Path-style addressing: /<bucket>/<key>.
         _, _, key = unquote(request.path).lstrip("/").partition("/")
         self.requests.append(S3Request(
-            request.method, key, request.method == "GET" and "list-type" in request.query,
-            request.headers.get("If-None-Match"), request.headers.get("If-Match"), status,
+            request.method, key, is_list(request), request.headers.get("If-None-Match"), request.headers.get("If-Match"), status,
         ))
-        return web.Response(status=status, headers=out, body=data)
+        return web.Response(status=status, headers=headers, body=data)
