@@ -182,6 +182,18 @@ def io_counters(pid: int) -> dict[str, int]:
 # -- a real server process --------------------------------------------------------------------------
 
 
+# Chromium as the browser benchmarks run it: headless, software rendering, nothing in the background.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def post_json(url: str, body: Any, timeout: float = 60) -> Any:
+    """POST ``body`` as JSON, return the decoded answer (the API calls of the browser benchmarks)."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

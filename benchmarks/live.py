@@ -11,24 +11,13 @@ Usage: .venv/bin/python benchmarks/live.py [--runs 20] [--chromium /usr/bin/chro
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-import urllib.request
-from typing import Any
 
-from common import Server, add_common_args, resolve_executable, workdir, write_json
+from common import CHROMIUM_ARGS, Server, add_common_args, post_json, resolve_executable, workdir, write_json
 from playwright.sync_api import sync_playwright
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SES = "ses_benchlive00000000000000000"
-
-
-def call(url: str, body: Any) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def main() -> None:
@@ -41,10 +30,10 @@ def main() -> None:
     executable = resolve_executable(args.cloudsession)
     with workdir(args.tmp, "bench-live-") as tmp, Server(executable, tmp / "data", log_level=args.log_level) as server:
         base = server.url
-        creds = call(base + "/api/share", {"sessionID": SES})
+        creds = post_json(base + "/api/share", {"sessionID": SES})
         sync_url = f"{base}/api/share/{creds['id']}/sync"
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=args.chromium, args=ARGS)
+            browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.goto(f"{base}/share/{creds['id']}")
             page.wait_for_selector("#live-status.ok")
@@ -55,7 +44,7 @@ def main() -> None:
                            "agent": "build", "model": {"providerID": "p", "modelID": "m"}}
                 text = {"id": f"prt_{n:012x}BenchLive0000", "sessionID": SES, "messageID": message_id, "type": "text", "text": f"message {n}"}
                 start = time.perf_counter()
-                call(sync_url, {"secret": creds["secret"], "data": [{"type": "message", "data": message}, {"type": "part", "data": text}]})
+                post_json(sync_url, {"secret": creds["secret"], "data": [{"type": "message", "data": message}, {"type": "part", "data": text}]})
                 page.wait_for_selector(f"#msg-{message_id}", timeout=10_000)
                 latencies.append((time.perf_counter() - start) * 1000)
                 page.wait_for_timeout(100)

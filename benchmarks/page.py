@@ -30,20 +30,10 @@ import gzip
 import json
 import statistics
 import urllib.request
-from typing import Any
 
-from common import Server, add_common_args, cpu_seconds, loadavg, resolve_executable, workdir, write_json
+from common import CHROMIUM_ARGS, Server, add_common_args, cpu_seconds, loadavg, post_json, resolve_executable, workdir, write_json
 from playwright.sync_api import Browser, Page, sync_playwright
 from shapes import SES, build_items  # the share shape every benchmark uses
-
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def call(url: str, body: Any) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
 
 
 def fetch(url: str, encoding: str | None) -> tuple[bytes, dict[str, str]]:
@@ -94,9 +84,9 @@ def main() -> None:
     with workdir(args.tmp, "bench-page-") as tmp, Server(executable, tmp / "data", log_level=args.log_level) as server:
         base = server.url
         items = build_items(args.messages)
-        creds = call(base + "/api/share", {"sessionID": SES})
+        creds = post_json(base + "/api/share", {"sessionID": SES})
         for start in range(0, len(items), 5000):
-            call(f"{base}/api/share/{creds['id']}/sync", {"secret": creds["secret"], "data": items[start : start + 5000]})
+            post_json(f"{base}/api/share/{creds['id']}/sync", {"secret": creds["secret"], "data": items[start : start + 5000]})
         url = f"{base}/share/{creds['id']}?page={args.page}"
         before = cpu_seconds(server.pid)
         raw, _ = fetch(url, None)
@@ -118,7 +108,7 @@ def main() -> None:
         print(f"  server CPU first     {first_render * 1000:>10.0f} ms  (first render of the page)")
         print(f"  server CPU warm      {warm_render * 1000:>10.1f} ms  (mean of 10, caches warm)")
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=args.chromium, args=ARGS)
+            browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             cold, warm = [], []
             elements = nodes = 0
             for _ in range(args.runs):
