@@ -443,3 +443,49 @@ async def test_a_full_sibling_inbox_does_not_keep_the_event_from_the_other_sibli
     finally:
         await sender.stop()
         await receiver.stop()
+
+
+# A parent whose os.fork hands the child a slow start (0.5 s before it resets its signal handling)
+# and signals the child the instant the fork returns: the SIGTERM lands in the window a real
+# shutdown could hit.
+_SIGNAL_AT_FORK = r"""
+import os, signal, socket, sys, time
+from cloudsession.cli import workers
+from cloudsession.config import Settings
+
+real_fork = os.fork
+def fork():
+    pid = real_fork()
+    if pid == 0:
+        time.sleep(0.5)
+    else:
+        os.kill(pid, signal.SIGTERM)
+    return pid
+workers.os.fork = fork
+
+def run_worker(siblings, alive, ready):
+    time.sleep(20)  # serving: a signal swallowed in the window leaves the worker here
+
+supervisor = workers.Supervisor(Settings(), 1, socket.socket(), run_worker)
+signal.signal(signal.SIGTERM, supervisor._on_signal)  # the parent's handler, as in run()
+worker = supervisor.workers[0]
+supervisor.spawn(worker)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    pid, status = os.waitpid(worker.pid, os.WNOHANG)
+    if pid:
+        print("signalled" if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM else f"status {status}")
+        break
+    time.sleep(0.05)
+else:
+    os.kill(worker.pid, signal.SIGKILL)
+    print("still running")
+"""
+
+
+def test_a_sigterm_between_fork_and_the_workers_handlers_stops_the_worker() -> None:
+    """SIGTERM stays blocked across the fork: one delivered before the worker has its own
+    handling ends it instead of running the parent's handler in the child (where it was lost and
+    the worker served on until killed after the grace period)."""
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_AT_FORK], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "signalled", done.stdout + done.stderr

@@ -63,6 +63,8 @@ RESTART_MAX_SECONDS = 30.0
 RESET_AFTER_SECONDS = 30.0
 # How often the parent looks at its workers when nothing else wakes it.
 TICK_SECONDS = 0.2
+# What stops a worker (or, in the parent, every worker).
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def parse_workers(value: str) -> int:
@@ -148,17 +150,26 @@ class Supervisor:
 
     def spawn(self, worker: Worker) -> None:
         self._drain_inbox(worker.index)  # messages for the worker that died are stale
-        pid = os.fork()
-        if pid == 0:  # the worker
-            self._in_child(worker.index)
+        # SIGTERM and SIGINT wait (blocked) across the fork until the child has its own handling:
+        # delivered in between, they would run the parent's handler in the child and be lost
+        # there (the worker would serve on until killed after the grace period).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker
+                self._in_child(worker.index, mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker.pid, worker.last_pid, worker.started = pid, pid, time.monotonic()
         worker.ready, worker.restart_at, worker.status = False, None, None
 
-    def _in_child(self, index: int) -> NoReturn:
+    def _in_child(self, index: int, mask: set[int | signal.Signals]) -> NoReturn:
         code = 1
         try:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
+            # One that arrived since the fork now ends the worker, before it serves anything.
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent, which forwards it once
             os.close(self.alive_w)  # only the parent holds it: its death is our end-of-file
             os.close(self.ready_r)
@@ -204,7 +215,7 @@ class Supervisor:
     def run(self, announce: Callable[[], None]) -> int:
         """Start the workers, announce once all listen, supervise until told to stop; the exit
         status (0: every worker stopped cleanly)."""
-        previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in _STOP_SIGNALS}
         try:
             for worker in self.workers:
                 self.spawn(worker)
