@@ -12,6 +12,8 @@ edits, written files, step parts), then prints for page ``--page``:
   (from /proc/<pid>/stat of the serve process, so other load on the machine does not count);
 - first contentful paint, cold (a fresh browser context: empty cache) and warm (the same context
   loading the page again), medians over ``--runs``, and the load average while measuring;
+- the trivial bound, measured in the same runs: the first paint of a one-line page with the
+  share page's own ``<head>`` (its stylesheets and scripts), cold and warm;
 - the browser's own main-thread work before a cold first paint (HTML parsing, style, layout,
   scripts, paint: from a Chromium trace), which a loaded machine inflates far less than the
   paint times (an event nested in another, a script run while parsing, counts in both).
@@ -29,7 +31,9 @@ import argparse
 import gzip
 import json
 import statistics
+import threading
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from common import CHROMIUM_ARGS, Server, add_common_args, cpu_seconds, loadavg, post_json, resolve_executable, workdir, write_json
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -46,6 +50,30 @@ def first_paint(page: Page, url: str) -> float:
     page.goto(url, wait_until="load")
     page.wait_for_function("() => performance.getEntriesByName('first-contentful-paint').length > 0", timeout=30_000)
     return float(page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime"))
+
+
+def serve_bound(page_html: str, origin: str) -> ThreadingHTTPServer:
+    """The trivial bound, served on its own port: the share page's own ``<head>`` (the same
+    stylesheets and scripts, from the server under test) and a one-line body, with the share
+    page's caching headers. Its first paint is what any page costs in this browser here."""
+    head = page_html[: page_html.index("<body")].replace('="/static/', f'="{origin}/static/')
+    body = (head + "<body><p>One line of text.</p></body></html>").encode()
+
+    class Bound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Cache-Control", "public, max-age=30")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Bound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 # Main-thread work the browser does before the first paint, by trace event name.
@@ -109,9 +137,16 @@ def main() -> None:
         print(f"  server CPU warm      {warm_render * 1000:>10.1f} ms  (mean of 10, caches warm)")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-            cold, warm = [], []
+            bound = serve_bound(text, base)
+            bound_url = f"http://127.0.0.1:{bound.server_address[1]}/"
+            cold, warm, bound_cold, bound_warm = [], [], [], []
             elements = nodes = 0
             for _ in range(args.runs):
+                context = browser.new_context(viewport={"width": 1440, "height": 900})
+                page = context.new_page()
+                bound_cold.append(first_paint(page, bound_url))
+                bound_warm.append(first_paint(page, bound_url))
+                context.close()
                 context = browser.new_context(viewport={"width": 1440, "height": 900})
                 page = context.new_page()
                 cold.append(first_paint(page, url))
@@ -128,10 +163,13 @@ def main() -> None:
                 traces.append(traced_paint(browser, context.new_page(), url))
                 context.close()
             browser.close()
+            bound.shutdown()
         print(f"  DOM elements         {elements:>10,}")
         print(f"  DOM nodes            {nodes:>10,}")
         print(f"  first paint cold     {statistics.median(cold):>10.0f} ms  (median of {args.runs})")
         print(f"  first paint warm     {statistics.median(warm):>10.0f} ms  (median of {args.runs})")
+        print(f"  trivial bound        {statistics.median(bound_cold):>10.0f} ms cold, {statistics.median(bound_warm):.0f} ms warm"
+              f"  (a one-line page with this page's <head>, same runs)")
         work = {name: statistics.median(t[name] for t in traces) for name in WORK}
         print(f"  browser work cold    {sum(work.values()):>10.0f} ms  (main thread before first paint, median of {args.runs}:"
               f" {', '.join(f'{k} {v:.0f}' for k, v in work.items() if v >= 0.5)})")
@@ -139,7 +177,8 @@ def main() -> None:
     write_json(args.json, {
         "messages": args.messages, "page": args.page, "html_bytes": len(raw), "gzip_bytes": gzipped, "navigator_bytes": navigator,
         "server_cpu_first_ms": first_render * 1000, "server_cpu_warm_ms": warm_render * 1000, "dom_elements": elements,
-        "dom_nodes": nodes, "first_paint_cold_ms": cold, "first_paint_warm_ms": warm, "browser_work_cold_ms": work,
+        "dom_nodes": nodes, "first_paint_cold_ms": cold, "first_paint_warm_ms": warm,
+        "bound_first_paint_cold_ms": bound_cold, "bound_first_paint_warm_ms": bound_warm, "browser_work_cold_ms": work,
     })
 
 
