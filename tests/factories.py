@@ -21,7 +21,11 @@ _counter = itertools.count(1)
 
 
 def load_fixture(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text())
+    path = FIXTURES / name
+    if not path.is_file():
+        # A clone away from the ``shared/`` folder CI puts beside it: say so, not just ENOENT.
+        raise FileNotFoundError(f"{path}: the real-client fixtures live in shared/fixtures/opencode/ beside the project checkout; clone the project next to shared/")
+    return json.loads(path.read_text())
 
 
 def _id(prefix: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from opencode_cli import Sandbox, binary
+from opencode_runs import share_items
 from servers import ServerProcess, free_port
 
 import cloudsession
@@ -141,17 +142,6 @@ def status(sandbox: Sandbox) -> dict[str, Any]:
 def share_of(sandbox: Sandbox, session_id: str) -> dict[str, Any]:
     [share] = [s for s in status(sandbox)["shares"] if s["sessionID"] == session_id]
     return share
-
-
-def share_items(server_url: str, share_id: str) -> list[dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"{server_url}/api/share/{share_id}/data", timeout=10) as resp:
-            items: list[dict[str, Any]] = json.loads(resp.read())
-            return items
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return []
-        raise
 
 
 def on_share(server_url: str, share_id: str) -> tuple[set[str], dict[str, str]]:
