@@ -81,6 +81,10 @@ class CountingStore:
         self.requests += 1
         await self.inner.delete_if_match(key, etag)
 
+    async def delete_many(self, keys: list[str]) -> None:
+        self.requests += 1
+        await self.inner.delete_many(keys)
+
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         self.requests += 1
         page = await self.inner.list_page(prefix, start_after=start_after, limit=limit)

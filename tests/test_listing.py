@@ -79,6 +79,10 @@ class Counting:
         self._count("delete", key)
         await self.inner.delete_if_match(key, etag)
 
+    async def delete_many(self, keys: list[str]) -> None:
+        for key in keys:  # one by one, through the failure hook above
+            await self.delete(key)
+
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         self._count("list", prefix)
         return await self.inner.list_page(prefix, start_after=start_after, limit=limit)

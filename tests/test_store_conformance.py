@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudsession.store.base import ObjectStore, PreconditionFailed, StoreError, iter_keys
+from cloudsession.store.base import MAX_DELETE_BATCH, ObjectStore, PreconditionFailed, StoreError, iter_keys
 from cloudsession.store.fs import FilesystemStore
 from cloudsession.store.s3 import S3Store
 
@@ -233,6 +233,18 @@ async def test_delete_if_match_on_missing_key_fails(store: ObjectStore) -> None:
     with pytest.raises(PreconditionFailed):
         await store.delete_if_match("share/d", etag)
     assert await store.get("share/d") is None
+
+
+async def test_delete_many_deletes_what_is_there_and_ignores_the_rest(store: ObjectStore) -> None:
+    keys = [f"share/j/{n:04d}" for n in range(MAX_DELETE_BATCH)]
+    await asyncio.gather(*(store.put(key, b"x") for key in keys[::2]))  # half of them exist
+    await store.put("share/kept", b"k")
+    await store.delete_many(keys)
+    assert [k async for k in iter_keys(store, "share/")] == ["share/kept"]
+    await store.delete_many([])
+    with pytest.raises(ValueError):
+        await store.delete_many([*keys, "share/kept"])  # over the batch limit: refused, nothing deleted
+    assert await store.get("share/kept") is not None
 
 
 # -- listing -------------------------------------------------------------------------------------

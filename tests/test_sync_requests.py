@@ -86,6 +86,29 @@ async def test_a_steady_state_sync_on_s3_is_one_conditional_put(aiohttp_client, 
     assert sorted(r.kind for r in seen) == ["GET", "HEAD"], seen
 
 
+async def test_pruning_on_s3_deletes_folded_entries_in_one_batch_request(proxy: CountingS3Proxy, s3_bucket: str, tmp_path: Path) -> None:
+    """Folded journal entries go in one DeleteObjects (a POST) per 1,000 keys, the last key on its
+    own (its absence marks the prune finished), not one DELETE each."""
+    settings = s3_settings(tmp_path, s3_bucket, proxy.url, compact_max_entries=1000)
+    store = await S3Store.open(bucket=s3_bucket, prefix="shares/", endpoint_url=proxy.url, region=MOTO_REGION)
+    try:
+        service = ShareService(store, settings)
+        creds = await service.create(SESSION, origin="http://x")
+        for n in range(30):
+            await service.sync(creds.id, creds.secret, [message(n)])
+        assert await service.compact(creds.id, force=True)
+        state = await service.load(creds.id)
+        with proxy.window() as seen:
+            assert await service.prune_journal(creds.id, state.meta.incarnation, 30, after=0) == 30
+        assert sorted(r.kind for r in seen) == ["DELETE", "POST"], seen
+        assert [key async for key in iter_keys(store, journal_prefix(creds.id, state.meta.incarnation))] == []
+        view = await ShareService(store, settings).public_share(creds.id)  # all of it in the snapshot
+        assert [m["id"] for m in view.messages] == [f"msg_{n:05d}" for n in range(30)]
+        await service.close()
+    finally:
+        await store.close()
+
+
 async def test_a_sync_that_loses_its_seq_on_s3_folds_the_winner_by_get_and_loses_nothing(proxy: CountingS3Proxy, s3_bucket: str, tmp_path: Path) -> None:
     settings = s3_settings(tmp_path, s3_bucket, proxy.url)
     store = await S3Store.open(bucket=s3_bucket, prefix="shares/", endpoint_url=proxy.url, region=MOTO_REGION)

@@ -68,7 +68,7 @@ from cloudsession.shares.public import PublicJSON, PublicPieces, PublicShare, Re
 from cloudsession.shares.state import PARSED_COST_FACTOR, ShareState, regression, sha256_hex
 from cloudsession.shares.storage import INDEX_PREFIX, journal_key, journal_prefix, snapshot_key
 from cloudsession.store import open_store
-from cloudsession.store.base import STALE_TEMP_SECONDS, ListPage, ObjectStore, PreconditionFailed, StoredObject, StoreError, iter_keys
+from cloudsession.store.base import MAX_DELETE_BATCH, STALE_TEMP_SECONDS, ListPage, ObjectStore, PreconditionFailed, StoredObject, StoreError, iter_keys
 from cloudsession.store.instrumented import InstrumentedStore
 
 if TYPE_CHECKING:
@@ -177,6 +177,9 @@ class GuardedStore:
 
     async def delete_if_match(self, key: str, etag: str) -> None:
         await self._call("delete_if_match", key, self.inner.delete_if_match(key, etag))
+
+    async def delete_many(self, keys: list[str]) -> None:
+        await self._call("delete_many", keys[0] if keys else "", self.inner.delete_many(keys))
 
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         return await self._call("list", prefix, self.inner.list_page(prefix, start_after=start_after, limit=limit))
@@ -810,14 +813,15 @@ class ShareService:
         return len(keys)
 
     async def delete_keys(self, keys: list[str]) -> None:
-        """Delete ``keys`` (absent ones are fine), a bounded number at a time."""
-        semaphore = asyncio.Semaphore(16)
+        """Delete ``keys`` (absent ones are fine) in batches (one S3 request each), a bounded
+        number of batches at a time."""
+        semaphore = asyncio.Semaphore(4)
 
-        async def one(key: str) -> None:
+        async def batch(chunk: list[str]) -> None:
             async with semaphore:
-                await self.store_call(self.store.delete(key))
+                await self.store_call(self.store.delete_many(chunk))
 
-        await asyncio.gather(*(one(k) for k in keys))
+        await asyncio.gather(*(batch(keys[i : i + MAX_DELETE_BATCH]) for i in range(0, len(keys), MAX_DELETE_BATCH)))
 
     # -- compaction ---------------------------------------------------------------------------
 

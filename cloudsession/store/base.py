@@ -25,6 +25,8 @@ from cloudsession.jsonio import parse_stored
 
 _BAD_KEY_CHAR_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 MAX_KEY_BYTES = 1024
+# The most keys one ``delete_many`` takes: S3's DeleteObjects limit.
+MAX_DELETE_BATCH = 1000
 # Leftovers of an interrupted write (a killed process's temporary file) older than this are
 # removed when a store opens and by ``fsck --repair``; younger ones may be a write in progress.
 STALE_TEMP_SECONDS = 600.0
@@ -73,6 +75,10 @@ class ObjectStore(Protocol):
 
     async def delete_if_match(self, key: str, etag: str) -> None:
         """Delete only if the ETag matches; raise ``PreconditionFailed`` otherwise or if absent."""
+
+    async def delete_many(self, keys: list[str]) -> None:
+        """Delete up to ``MAX_DELETE_BATCH`` keys in one call (absent ones are not an error): S3
+        takes them in one request. Not atomic: after a failure some may be gone."""
 
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         """Up to ``limit`` keys under ``prefix``, in ascending byte order, strictly after

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
-from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError, full_key
+from cloudsession.store.base import MAX_DELETE_BATCH, ListPage, PreconditionFailed, StoredObject, StoreError, full_key
 
 _SUFFIX = ".obj"
 _TOKEN_BYTES = 16
@@ -324,6 +324,15 @@ class FilesystemStore:
 
     async def delete_if_match(self, key: str, etag: str) -> None:
         await asyncio.to_thread(self._delete, key, etag)
+
+    async def delete_many(self, keys: list[str]) -> None:
+        if len(keys) > MAX_DELETE_BATCH:
+            raise ValueError(f"delete_many takes at most {MAX_DELETE_BATCH} keys, got {len(keys)}")
+        await asyncio.to_thread(self._delete_many, keys)
+
+    def _delete_many(self, keys: list[str]) -> None:
+        for key in keys:  # in one thread hop for the batch
+            self._delete(key, None)
 
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         return await asyncio.to_thread(self._list, prefix, start_after, limit)

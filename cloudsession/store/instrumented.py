@@ -61,6 +61,9 @@ class InstrumentedStore:
     async def delete_if_match(self, key: str, etag: str) -> None:
         await self._timed("delete_if_match", self.inner.delete_if_match(key, etag))
 
+    async def delete_many(self, keys: list[str]) -> None:
+        await self._timed("delete_many", self.inner.delete_many(keys))
+
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         return await self._timed("list", self.inner.list_page(prefix, start_after=start_after, limit=limit))
 
