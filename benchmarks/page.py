@@ -52,10 +52,11 @@ def first_paint(page: Page, url: str) -> float:
     return float(page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime"))
 
 
-def serve_bound(page_html: str, origin: str) -> ThreadingHTTPServer:
-    """The trivial bound, served on its own port: the share page's own ``<head>`` (the same
-    stylesheets and scripts, from the server under test) and a one-line body, with the share
-    page's caching headers. Its first paint is what any page costs in this browser here."""
+def serve_bound(page_html: str, origin: str, cache_control: str) -> ThreadingHTTPServer:
+    """The trivial bound, served on its own port: the share page's own ``<head>`` (its
+    stylesheets and its one blocking script, from the server under test) and a one-line body,
+    with the share page's ``Cache-Control``. Its first paint is what any page costs in this
+    browser here."""
     head = page_html[: page_html.index("<body")].replace('="/static/', f'="{origin}/static/')
     body = (head + "<body><p>One line of text.</p></body></html>").encode()
 
@@ -63,7 +64,7 @@ def serve_bound(page_html: str, origin: str) -> ThreadingHTTPServer:
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Cache-Control", "public, max-age=30")
+            self.send_header("Cache-Control", cache_control)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -117,7 +118,7 @@ def main() -> None:
             post_json(f"{base}/api/share/{creds['id']}/sync", {"secret": creds["secret"], "data": items[start : start + 5000]})
         url = f"{base}/share/{creds['id']}?page={args.page}"
         before = cpu_seconds(server.pid)
-        raw, _ = fetch(url, None)
+        raw, page_headers = fetch(url, None)
         first_render = cpu_seconds(server.pid) - before
         served, headers = fetch(url, "gzip")
         encoding = headers.get("Content-Encoding", "identity")
@@ -137,33 +138,36 @@ def main() -> None:
         print(f"  server CPU warm      {warm_render * 1000:>10.1f} ms  (mean of 10, caches warm)")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-            bound = serve_bound(text, base)
+            bound = serve_bound(text, base, page_headers.get("Cache-Control", "no-store"))
             bound_url = f"http://127.0.0.1:{bound.server_address[1]}/"
-            cold, warm, bound_cold, bound_warm = [], [], [], []
-            elements = nodes = 0
-            for _ in range(args.runs):
-                context = browser.new_context(viewport={"width": 1440, "height": 900})
-                page = context.new_page()
-                bound_cold.append(first_paint(page, bound_url))
-                bound_warm.append(first_paint(page, bound_url))
-                context.close()
-                context = browser.new_context(viewport={"width": 1440, "height": 900})
-                page = context.new_page()
-                cold.append(first_paint(page, url))
-                elements = page.evaluate("document.getElementsByTagName('*').length")
-                nodes = page.evaluate(
-                    "(() => { let n = 0; const w = document.createTreeWalker(document, NodeFilter.SHOW_ALL);"
-                    " while (w.nextNode()) n++; return n; })()"
-                )
-                warm.append(first_paint(page, url))
-                context.close()
-            traces = []
-            for _ in range(args.runs):
-                context = browser.new_context(viewport={"width": 1440, "height": 900})
-                traces.append(traced_paint(browser, context.new_page(), url))
-                context.close()
-            browser.close()
-            bound.shutdown()
+            try:
+                cold, warm, bound_cold, bound_warm = [], [], [], []
+                elements = nodes = 0
+                for _ in range(args.runs):
+                    context = browser.new_context(viewport={"width": 1440, "height": 900})
+                    page = context.new_page()
+                    bound_cold.append(first_paint(page, bound_url))
+                    bound_warm.append(first_paint(page, bound_url))
+                    context.close()
+                    context = browser.new_context(viewport={"width": 1440, "height": 900})
+                    page = context.new_page()
+                    cold.append(first_paint(page, url))
+                    elements = page.evaluate("document.getElementsByTagName('*').length")
+                    nodes = page.evaluate(
+                        "(() => { let n = 0; const w = document.createTreeWalker(document, NodeFilter.SHOW_ALL);"
+                        " while (w.nextNode()) n++; return n; })()"
+                    )
+                    warm.append(first_paint(page, url))
+                    context.close()
+                traces = []
+                for _ in range(args.runs):
+                    context = browser.new_context(viewport={"width": 1440, "height": 900})
+                    traces.append(traced_paint(browser, context.new_page(), url))
+                    context.close()
+                browser.close()
+            finally:
+                bound.shutdown()
+                bound.server_close()
         print(f"  DOM elements         {elements:>10,}")
         print(f"  DOM nodes            {nodes:>10,}")
         print(f"  first paint cold     {statistics.median(cold):>10.0f} ms  (median of {args.runs})")

@@ -35,7 +35,8 @@ class S3Request:
 
 
 class CountingS3Proxy(FaultyS3Proxy):
-    """The fault proxy with no faults (its forwarding and lifecycle), recording every request."""
+    """The fault proxy (no faults unless ``faults`` is set) recording every request that reached
+    the store."""
 
     def __init__(self, upstream: str) -> None:
         super().__init__(upstream)
@@ -51,11 +52,9 @@ class CountingS3Proxy(FaultyS3Proxy):
         finally:
             seen.extend(self.requests[start:])
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        status, headers, data = await self._forward(request, await request.read())
+    def _forwarded(self, request: web.Request, status: int) -> None:
         # Path-style addressing: /<bucket>/<key>.
         _, _, key = unquote(request.path).lstrip("/").partition("/")
         self.requests.append(S3Request(
             request.method, key, is_list(request), request.headers.get("If-None-Match"), request.headers.get("If-Match"), status,
         ))
-        return web.Response(status=status, headers=headers, body=data)

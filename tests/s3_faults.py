@@ -124,6 +124,7 @@ class FaultyS3Proxy:
             if self._gone(request):
                 return self._drop(request)  # the client gave up: do not write behind its back
         status, headers, data = await self._forward(request, body)
+        self._forwarded(request, status)
         if fault == "reset-after" or self._gone(request):
             if request.method in _WRITES:
                 self.stats["lost-write-answers"] += 1
@@ -140,6 +141,9 @@ class FaultyS3Proxy:
             data = await resp.read()
             out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP}
             return resp.status, out, data
+
+    def _forwarded(self, request: web.Request, status: int) -> None:
+        """Called for every request that reached the store, with its status (a hook)."""
 
     @staticmethod
     def _gone(request: web.Request) -> bool:

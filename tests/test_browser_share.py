@@ -532,9 +532,10 @@ def test_live_prompts_join_the_navigator_only_near_this_page(page: Page, server:
 
 
 def test_the_page_script_waits_for_the_first_frame(page: Page, server: ServerProcess) -> None:
-    """share.js sets nothing up between parsing and the first paint: a page parsed in one go
-    would otherwise run all of it (laying out every message, diff marks, the navigator, the
-    socket) before anything is on screen. Its work starts right after the first frame."""
+    """share.js sets nothing optional up between parsing and the first paint: a page parsed in
+    one go would otherwise run all of it (laying out every message, diff marks, the navigator,
+    the socket) before anything is on screen. Its work starts right after the first frame; a
+    reader who chose split diffs has them before it."""
     creds = new_share(server, rich_items())
     # Runs after the deferred share.js has executed, before the first frame of a short page.
     page.add_init_script("""
@@ -552,4 +553,12 @@ def test_the_page_script_waits_for_the_first_frame(page: Page, server: ServerPro
     assert page.evaluate("document.documentElement.classList.contains('laid-out')") is True
     assert page.locator("#find").is_visible()
     assert page.evaluate("document.documentElement.getAttribute('data-diff')") == "unified"
+    # Split view chosen earlier: the first frame already shows it.
+    page.evaluate("localStorage.setItem('cloudsession-diff', 'split')")
+    page.goto(f"{server.url}/share/{creds['id']}")
+    at_parse = page.evaluate("window.__atParse")
+    assert at_parse["diffMode"] == "split" and at_parse["laidOut"] is False, at_parse
+    # A malformed #fragment names nothing: the page still goes live.
+    page.goto(f"{server.url}/share/{creds['id']}#%E0%A4%A")
+    page.wait_for_selector("#live-status.ok", timeout=10_000)
     assert page.errors == []  # type: ignore[attr-defined]

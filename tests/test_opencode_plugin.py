@@ -30,15 +30,16 @@ PLUGIN_DIR = Path(cloudsession.__file__).parent / "opencode_plugin"
 JS_TESTS = Path(__file__).parent / "plugin"
 
 
-def run_bun(*args: str, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+def run_bun(*args: str, tmp: Path, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    """bun with the plugin's directory; its temporary files (outbox databases) go under ``tmp``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENCODE", "npm_config_"))}
-    full_env.update({"BUN_BE_BUN": "1", "CLOUDSESSION_PLUGIN_DIR": str(PLUGIN_DIR), "NO_COLOR": "1"})
+    full_env.update({"BUN_BE_BUN": "1", "CLOUDSESSION_PLUGIN_DIR": str(PLUGIN_DIR), "NO_COLOR": "1", "TMPDIR": str(tmp)})
     full_env.update(env or {})
     return subprocess.run([str(binary()), *args], cwd=JS_TESTS, env=full_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def test_the_plugin_outbox_logic_under_the_binarys_bun(tmp_path: Path) -> None:
-    done = run_bun("test", "./outbox.test.mjs", env={"TMPDIR": str(tmp_path)})  # its outbox files land here
+    done = run_bun("test", "./outbox.test.mjs", tmp=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert " 0 fail" in output and " 12 pass" in output, output
@@ -47,7 +48,7 @@ def test_the_plugin_outbox_logic_under_the_binarys_bun(tmp_path: Path) -> None:
 def test_the_plugin_backfill_logic_under_the_binarys_bun(tmp_path: Path) -> None:
     """A session shared mid-way: its earlier messages and parts are read and recorded once, without
     replacing newer changes (backfill.test.mjs)."""
-    done = run_bun("test", "./backfill.test.mjs", env={"TMPDIR": str(tmp_path)})
+    done = run_bun("test", "./backfill.test.mjs", tmp=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert " 0 fail" in output and " 11 pass" in output, output
@@ -241,7 +242,7 @@ def test_the_plugin_delivery_against_a_real_server_under_the_binarys_bun(tmp_pat
     the stock client on the same share: sender.test.mjs."""
     server = ServerProcess(tmp_path / "share-data", env={"CLOUDSESSION_MAX_BODY_BYTES": "2048"}).start()
     try:
-        done = run_bun("test", "./sender.test.mjs", env={"CLOUDSESSION_TEST_SERVER": server.url, "TMPDIR": str(tmp_path)})
+        done = run_bun("test", "./sender.test.mjs", tmp=tmp_path, env={"CLOUDSESSION_TEST_SERVER": server.url})
     finally:
         server.stop()
     output = done.stdout + done.stderr

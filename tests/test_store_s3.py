@@ -246,3 +246,30 @@ async def test_the_endpoint_can_come_from_the_environment(
         await store.put("k", b"via env")
         got = await store.get("k")
         assert got is not None and got.body == b"via env"
+
+
+class _DeleteResultClient:
+    """Stands in for the S3 client in one unit test: answers DeleteObjects with the per-key
+    errors S3 reports inside a 200 (moto never does), and records what was asked."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        self.errors = errors
+        self.asked: list[dict[str, object]] = []
+
+    async def delete_objects(self, **kwargs: object) -> dict[str, object]:
+        self.asked.append(kwargs)
+        return {"Errors": self.errors} if self.errors else {}
+
+
+async def test_delete_many_reports_keys_s3_did_not_delete_and_ignores_absent_ones() -> None:
+    client = _DeleteResultClient([{"Key": "p/share/b", "Code": "AccessDenied", "Message": "Access Denied"}])
+    store = S3Store(client, "bucket", "p/")
+    with pytest.raises(StoreError) as failed:
+        await store.delete_many(["share/a", "share/b"])
+    assert str(failed.value) == "S3 delete_many: 1 of 2 keys not deleted, first 'share/b': AccessDenied"
+    assert client.asked == [{"Bucket": "bucket", "Delete": {"Objects": [{"Key": "p/share/a"}, {"Key": "p/share/b"}], "Quiet": True}}]
+    # A key S3 calls missing is deleted as far as the caller is concerned.
+    await S3Store(_DeleteResultClient([{"Key": "p/share/a", "Code": "NoSuchKey"}]), "bucket", "p/").delete_many(["share/a"])
+    empty = _DeleteResultClient([])
+    await S3Store(empty, "bucket", "p/").delete_many([])
+    assert empty.asked == []  # nothing to delete: no request

@@ -109,6 +109,24 @@ async def test_pruning_on_s3_deletes_folded_entries_in_one_batch_request(proxy: 
         await store.close()
 
 
+async def test_deleting_many_keys_goes_in_batches_of_a_thousand(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "store")
+    keys = [f"share/k/{n:05d}" for n in range(2001)]
+    await asyncio.gather(*(store.put(key, b"x") for key in keys[::100]))
+    batches: list[int] = []
+
+    class Batches(WrappedStore):
+        async def delete_many(self, keys: list[str]) -> None:
+            batches.append(len(keys))
+            await self.inner.delete_many(keys)
+
+    service = ShareService(Batches(store), settings_for_tests(tmp_path / "data"))
+    await service.delete_keys(keys)
+    assert sorted(batches) == [1, 1000, 1000]
+    assert [key async for key in iter_keys(store, "share/")] == []
+    await service.close()
+
+
 async def test_a_sync_that_loses_its_seq_on_s3_folds_the_winner_by_get_and_loses_nothing(proxy: CountingS3Proxy, s3_bucket: str, tmp_path: Path) -> None:
     settings = s3_settings(tmp_path, s3_bucket, proxy.url)
     store = await S3Store.open(bucket=s3_bucket, prefix="shares/", endpoint_url=proxy.url, region=MOTO_REGION)

@@ -64,7 +64,7 @@ RESET_AFTER_SECONDS = 30.0
 # How often the parent looks at its workers when nothing else wakes it.
 TICK_SECONDS = 0.2
 # What stops a worker (or, in the parent, every worker).
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 def parse_workers(value: str) -> int:

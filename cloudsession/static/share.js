@@ -12,23 +12,29 @@
   var shareId = body.getAttribute("data-share-id");
   if (!shareId) return;
 
-  // Startup work waits until the first frame is on screen: the page reads complete without this
-  // script, so nothing below (laying out every message, diff marks, the navigator, the live
+  // Start-up work waits until the first frame is on screen: the page reads complete without this
+  // script, so nothing optional (laying out every message, diff marks, the navigator, the live
   // socket) may hold back the first paint. A page parsed in one go would otherwise run all of it
-  // between parsing and painting.
+  // between parsing and painting. A hidden tab (opened in the background) has no frames to wait
+  // for, and would otherwise stay offline until shown.
   function afterFirstFrame(work) {
+    if (document.visibilityState === "hidden") {
+      setTimeout(work, 0);
+      return;
+    }
     requestAnimationFrame(function () {
       setTimeout(work, 0);
     });
   }
 
-  // Lay out every message (see app.css, "Long pages").
-  afterFirstFrame(function () {
-    document.documentElement.classList.add("laid-out");
-    // True sizes above a linked message move it: put it back at the top.
-    var target = location.hash ? document.getElementById(decodeURIComponent(location.hash.slice(1))) : null;
-    if (target) target.scrollIntoView();
-  });
+  // The element the address's #fragment names, if any (a malformed escape names none).
+  function hashTarget() {
+    try {
+      return location.hash ? decodeURIComponent(location.hash.slice(1)) : "";
+    } catch (e) {
+      return "";
+    }
+  }
 
   var page = parseInt(body.getAttribute("data-page"), 10) || 1;
   var syncCount = parseInt(body.getAttribute("data-sync-count"), 10) || 0;
@@ -451,7 +457,7 @@
   // page of the messages near this one; for anything else the server is asked (one small
   // request, never the whole share).
   function followHash() {
-    var hash = decodeURIComponent(location.hash.slice(1));
+    var hash = hashTarget();
     if (!/^(msg|part)-./.test(hash) || byId(hash)) return;
     var list = navList();
     var item = hash.indexOf("msg-") === 0 && list && list.querySelector('li[data-id="' + CSS.escape(hash.slice(4)) + '"]');
@@ -968,12 +974,22 @@
 
   window.addEventListener("hashchange", followHash);
   window.addEventListener("hashchange", openDiff);
+  // Before the first frame, only what decides what it shows: a link to a message on another
+  // page goes there instead of painting this one, and a reader who chose split diffs gets them
+  // from the start (that cost falls on those readers only).
+  followHash();
+  var split = diffMode() === "split";
+  if (split) applyDiffMode(document);
   afterFirstFrame(function () {
+    if (!split) applyDiffMode(document);
+    // Lay out every message (see app.css, "Long pages"); true sizes above a linked message
+    // move it, so put it back at the top.
+    document.documentElement.classList.add("laid-out");
+    var target = hashTarget() ? byId(hashTarget()) : null;
+    if (target) target.scrollIntoView();
     openDiff();
-    applyDiffMode(document);
     setupFind();
     setupJump();
-    followHash();
     trackTurn();
     watchAllMore();
     connect();

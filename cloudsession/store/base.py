@@ -37,6 +37,13 @@ class PreconditionFailed(StoreError):
     (put_if_match / delete_if_match), or the key is absent for an ETag-conditional operation."""
 
 
+def check_delete_batch(keys: list[str]) -> bool:
+    """Whether a ``delete_many`` has anything to do; ``ValueError`` over ``MAX_DELETE_BATCH``."""
+    if len(keys) > MAX_DELETE_BATCH:
+        raise ValueError(f"delete_many takes at most {MAX_DELETE_BATCH} keys, got {len(keys)}")
+    return bool(keys)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     body: bytes

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
-from cloudsession.store.base import MAX_DELETE_BATCH, ListPage, PreconditionFailed, StoredObject, StoreError, full_key
+from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError, check_delete_batch, full_key
 
 _SUFFIX = ".obj"
 _TOKEN_BYTES = 16
@@ -326,9 +326,8 @@ class FilesystemStore:
         await asyncio.to_thread(self._delete, key, etag)
 
     async def delete_many(self, keys: list[str]) -> None:
-        if len(keys) > MAX_DELETE_BATCH:
-            raise ValueError(f"delete_many takes at most {MAX_DELETE_BATCH} keys, got {len(keys)}")
-        await asyncio.to_thread(self._delete_many, keys)
+        if check_delete_batch(keys):
+            await asyncio.to_thread(self._delete_many, keys)
 
     def _delete_many(self, keys: list[str]) -> None:
         for key in keys:  # in one thread hop for the batch

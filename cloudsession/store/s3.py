@@ -54,7 +54,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloudsession.store.base import MAX_DELETE_BATCH, ListPage, PreconditionFailed, StoredObject, StoreError, full_key
+from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError, check_delete_batch, full_key
 
 # S3 never returns more than 1000 keys per ListObjectsV2 call.
 _MAX_LIST_KEYS = 1000
@@ -295,22 +295,18 @@ class S3Store:
             raise _failure("delete", key, exc) from exc
 
     async def delete_many(self, keys: list[str]) -> None:
-        if not keys:
+        if not check_delete_batch(keys):
             return
-        if len(keys) > MAX_DELETE_BATCH:
-            raise ValueError(f"delete_many takes at most {MAX_DELETE_BATCH} keys, got {len(keys)}")
         objects = [{"Key": self._key(key)} for key in keys]
         try:
             answer = await self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
-        except ClientError as exc:
-            raise _failure("delete_many", keys[0], exc) from exc
-        except _TRANSPORT_ERRORS as exc:
+        except (*_TRANSPORT_ERRORS, ClientError) as exc:
             raise _failure("delete_many", keys[0], exc) from exc
         # Quiet: only the keys that failed come back (an absent key is deleted as far as S3 says).
         errors = [e for e in answer.get("Errors", []) if e.get("Code") not in _MISSING_CODES]
         if errors:
-            first = errors[0]
-            raise StoreError(f"delete_many: {len(errors)} of {len(keys)} keys not deleted, first {first.get('Key')!r}: {first.get('Code')}")
+            key = str(errors[0].get("Key", ""))[len(self.prefix) :]
+            raise StoreError(f"S3 delete_many: {len(errors)} of {len(keys)} keys not deleted, first {key!r}: {errors[0].get('Code')}")
 
     async def delete_if_match(self, key: str, etag: str) -> None:
         full = self._key(key)
