@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import random
 import time
 import weakref
@@ -606,8 +605,9 @@ class ShareService:
                 sync_count = state.meta.sync_count + int(content.get("syncs", 0))
                 # "w" makes every entry's bytes unique, so the S3 store's lost-response check
                 # (compare what is stored with what was sent) can never mistake a rival's write
-                # for ours.
-                entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": os.urandom(8).hex(), **content}
+                # for ours. Unique, not secret: ``random``, whose call (unlike os.urandom's system
+                # call) does not release the GIL.
+                entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": f"{random.getrandbits(64):016x}", **content}
                 body = stored_bytes(entry)
                 if state.approx_bytes + len(body) > limits.max_share_bytes:
                     raise PayloadTooLarge(f"Share would exceed its size limit of {limits.max_share_bytes} bytes")
