@@ -195,24 +195,22 @@ class _ShareLock(asyncio.Lock):
     deadline, they are stuck on a store that does not answer: a waiter gives up with a 503
     rather than wait out every stuck holder's deadline in turn."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         super().__init__()
+        self.deadline = deadline
         # Holders that released the lock without a store failure.
         self.progress = 0
 
-    @asynccontextmanager
-    async def hold(self, deadline: float) -> AsyncIterator[None]:
-        await self._acquire_while_progressing(deadline)
-        answered = True
-        try:
-            yield
-        except StoreUnavailable:
-            answered = False
-            raise
-        finally:
-            if answered:
-                self.progress += 1
-            self.release()
+    # ``async with lock:`` holds it with the waiting rule above. A class, not an
+    # asynccontextmanager: it is entered on every write, and a generator-based manager costs
+    # several times as much.
+    async def __aenter__(self) -> None:
+        await self._acquire_while_progressing(self.deadline)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None or not issubclass(exc_type, StoreUnavailable):
+            self.progress += 1
+        self.release()
 
     async def _acquire_while_progressing(self, deadline: float) -> None:
         if not self.locked() and not getattr(self, "_waiters", None):
@@ -220,23 +218,19 @@ class _ShareLock(asyncio.Lock):
             # waiting, so no task or deadline is needed.
             await self.acquire()
             return
-        acquiring = asyncio.ensure_future(self.acquire())
-        try:
-            while True:
-                seen = self.progress
-                done, _ = await asyncio.wait({acquiring}, timeout=deadline)
-                if done:
-                    acquiring.result()
-                    return
+        # Queued behind other writers (32 clients on one share wait here on every sync): the
+        # lock's own waiter under a timer, no task of its own. A wait cancelled by its timer
+        # takes nothing (asyncio.Lock passes a wake-up it missed on to the next waiter) and
+        # joins the back of the queue again while holders are still finishing.
+        while True:
+            seen = self.progress
+            try:
+                async with asyncio.timeout(deadline):
+                    await self.acquire()
+                return
+            except TimeoutError:
                 if self.progress == seen:
-                    raise StoreUnavailable("The share is busy; retry")
-        except BaseException:
-            # Given up or cancelled: never leave the lock taken by an orphaned acquire.
-            if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
-                self.release()
-            else:
-                acquiring.cancel()
-            raise
+                    raise StoreUnavailable("The share is busy; retry") from None
 
 
 @dataclass(slots=True)
@@ -412,15 +406,13 @@ class ShareService:
     def _lock(self, share_id: str) -> _ShareLock:
         lock = self._locks.get(share_id)
         if lock is None:
-            lock = _ShareLock()
+            lock = _ShareLock(self.settings.store_timeout_seconds)
             self._locks[share_id] = lock
         return lock
 
-    @asynccontextmanager
-    async def _exclusive(self, share_id: str) -> AsyncIterator[None]:
-        """Hold the share's write lock (``_ShareLock.hold``)."""
-        async with self._lock(share_id).hold(self.settings.store_timeout_seconds):
-            yield
+    def _exclusive(self, share_id: str) -> _ShareLock:
+        """The share's write lock, to hold with ``async with`` (``_ShareLock``)."""
+        return self._lock(share_id)
 
     def _cache_put(self, state: ShareState) -> None:
         self._cache.pop(state.share_id, None)
