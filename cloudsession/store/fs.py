@@ -182,7 +182,11 @@ class _Writer:
                         return
                 take = min(len(self._jobs), _WRITER_BATCH)
                 batch = [self._jobs.popleft() for _ in range(take)]
-            self._write(batch)
+            try:
+                self._write(batch)
+            except BaseException as exc:  # never leave a batch unanswered (each job catches its own)
+                for job in batch:
+                    job.error = job.error or exc
             self.batches += 1
             self.jobs += len(batch)
             self._answer(batch)
