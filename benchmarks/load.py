@@ -166,12 +166,13 @@ def disk_rate(folder: Path, seconds: float = 2.0, size: int = 2048) -> float:
     return done / (time.perf_counter() - t0)
 
 
-async def trivial_bounds(folder: Path, clients: list[int], seconds: float) -> dict[str, Any]:
-    """The disk's write rate and the trivial handler (with and without fsync) at each concurrency:
+async def trivial_bounds(folder: Path, clients: list[int], seconds: float, *, disk: bool = True) -> dict[str, Any]:
+    """The disk's write rate (unless ``disk`` is False: the caller measures it with
+    ``disk_rate``) and the trivial handler (with and without fsync) at each concurrency:
     syncs/s, server CPU per request, p50 and p99. With several clients the fsync handler is also
     run with its writes in a thread pool (concurrent fsyncs overlap); ``fsync_c<N>`` is the
     better of the two, the bound."""
-    out: dict[str, Any] = {"disk_writes_per_s": disk_rate(folder, min(seconds, 3.0))}
+    out: dict[str, Any] = {"disk_writes_per_s": disk_rate(folder, min(seconds, 3.0))} if disk else {}
     for name, fsync, threads in (("fsync", True, False), ("fsync_threads", True, True), ("nofsync", False, False)):
         counts = [c for c in clients if c > 1] if threads else clients
         if not counts:

@@ -411,3 +411,56 @@ async def test_fsck_finds_and_removes_listing_keys_that_are_not_current(tmp_path
     backfilled = await maintenance.backfill_index(service, start=start)
     assert backfilled.counts["unlisted"] == 1
     assert (await maintenance.fsck(service, maintenance.FsckOptions(), start=start)).findings == []
+
+
+async def test_a_share_that_keeps_changing_waits_longer_between_index_writes(tmp_path: Path) -> None:
+    from store_faults import WrappedStore
+
+    from cloudsession.shares.listing import BUSY_DELAY_FACTOR, IndexWriter
+
+    share = "busyshare1"
+    writer: IndexWriter
+
+    class StillChanging(WrappedStore):
+        """A new entry of the share is scheduled while each of its first four is written."""
+
+        def __init__(self, inner: ObjectStore) -> None:
+            super().__init__(inner)
+            self.written = 0
+
+        async def put_if_absent(self, key: str, body: bytes) -> str:
+            return await self._index_put(key, body, None)
+
+        async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
+            return await self._index_put(key, body, etag)
+
+        async def _index_put(self, key: str, body: bytes, etag: str | None) -> str:
+            result = await (self.inner.put_if_absent(key, body) if etag is None else self.inner.put_if_match(key, body, etag))
+            if key == index_key(share):
+                self.written += 1
+                if self.written < 5:
+                    writer.schedule(share, {"id": share, "lastUpdated": 1_000 + self.written})
+            return result
+
+    store = StillChanging(FilesystemStore(tmp_path / "store"))
+    await store.inner.put(f"share/{share}", b"{}")  # the share exists (the writer checks)
+    writer = IndexWriter(store, delay=0.5)
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:  # record what the writer waits, without waiting
+        pauses.append(seconds)
+
+    writer._pause = pause  # type: ignore[method-assign]
+    writer.schedule(share, {"id": share, "lastUpdated": 1_000})
+    await writer.settle()
+    # The first wait is the delay; each write that found a newer entry pending doubles it, up to
+    # BUSY_DELAY_FACTOR delays; the fifth write found nothing pending and the task ended.
+    assert pauses == [0.5, 1.0, 0.5 * BUSY_DELAY_FACTOR, 0.5 * BUSY_DELAY_FACTOR, 0.5 * BUSY_DELAY_FACTOR]
+    assert store.written == 5 and writer.written == 5
+    stored = await store.get(index_key(share))
+    assert stored is not None and json.loads(stored.body)["lastUpdated"] == 1_004
+    # Quiet again: the next change waits the plain delay.
+    pauses.clear()
+    writer.schedule(share, {"id": share, "lastUpdated": 2_000})
+    await writer.settle()
+    assert pauses == [0.5]

@@ -66,6 +66,12 @@ SCAN_BUDGET = 5000
 READ_CONCURRENCY = 16
 # A write that failed is retried after this (doubling up to the maximum).
 RETRY_FIRST_SECONDS = 0.5
+# A share that keeps changing while its entries are written waits longer between writes: the
+# pause doubles after each write that found a newer entry pending, up to this many times the
+# delay (1 s, 2 s with the default 0.5 s), and is back to the delay once the share is quiet. 32
+# busy shares so cost a quarter of the index writes (each a new listing key and a replaced index
+# file, two files made and two removed).
+BUSY_DELAY_FACTOR = 4
 RETRY_MAX_SECONDS = 30.0
 # Written entries stay in this process's pages this long after their write, so a listing call
 # that started before the write landed cannot miss them.
@@ -205,6 +211,7 @@ class IndexWriter:
 
     async def _run(self, share_id: str) -> None:
         failures = 0
+        busy = 1  # the pause after a write that found a newer entry pending, in delays
         try:
             await self._pause(self.delay)
             while True:
@@ -238,7 +245,8 @@ class IndexWriter:
                     else:
                         del self._local[share_id]  # a newer entry from elsewhere is in the store
                 if share_id in self._pending:
-                    await self._pause(self.delay)
+                    busy = min(busy * 2, BUSY_DELAY_FACTOR)
+                    await self._pause(self.delay * busy)
         finally:
             self._tasks.pop(share_id, None)
 

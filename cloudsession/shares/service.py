@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import random
 import time
 import weakref
@@ -199,24 +198,22 @@ class _ShareLock(asyncio.Lock):
     deadline, they are stuck on a store that does not answer: a waiter gives up with a 503
     rather than wait out every stuck holder's deadline in turn."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         super().__init__()
+        self.deadline = deadline
         # Holders that released the lock without a store failure.
         self.progress = 0
 
-    @asynccontextmanager
-    async def hold(self, deadline: float) -> AsyncIterator[None]:
-        await self._acquire_while_progressing(deadline)
-        answered = True
-        try:
-            yield
-        except StoreUnavailable:
-            answered = False
-            raise
-        finally:
-            if answered:
-                self.progress += 1
-            self.release()
+    # ``async with lock:`` holds it with the waiting rule above. A class, not an
+    # asynccontextmanager: it is entered on every write, and a generator-based manager costs
+    # several times as much.
+    async def __aenter__(self) -> None:
+        await self._acquire_while_progressing(self.deadline)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None or not issubclass(exc_type, StoreUnavailable):
+            self.progress += 1
+        self.release()
 
     async def _acquire_while_progressing(self, deadline: float) -> None:
         if not self.locked() and not getattr(self, "_waiters", None):
@@ -224,23 +221,31 @@ class _ShareLock(asyncio.Lock):
             # waiting, so no task or deadline is needed.
             await self.acquire()
             return
-        acquiring = asyncio.ensure_future(self.acquire())
-        try:
-            while True:
-                seen = self.progress
-                done, _ = await asyncio.wait({acquiring}, timeout=deadline)
-                if done:
-                    acquiring.result()
-                    return
+        # Queued behind other writers (32 clients on one share wait here on every sync): the
+        # lock's own waiter under a timer, no task of its own. A wait cancelled by its timer
+        # takes nothing (asyncio.Lock passes a wake-up it missed on to the next waiter) and
+        # joins the back of the queue again while holders are still finishing.
+        while True:
+            seen = self.progress
+            try:
+                async with asyncio.timeout(deadline):
+                    await self.acquire()
+                return
+            except TimeoutError:
                 if self.progress == seen:
-                    raise StoreUnavailable("The share is busy; retry")
-        except BaseException:
-            # Given up or cancelled: never leave the lock taken by an orphaned acquire.
-            if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
-                self.release()
-            else:
-                acquiring.cancel()
-            raise
+                    raise StoreUnavailable("The share is busy; retry") from None
+
+
+@dataclass(slots=True, eq=False)
+class _QueuedSync:
+    """A plain sync waiting for its share's write lock (``ShareService.sync``)."""
+
+    secret: str
+    items: list[dict[str, Any]]
+    done: bool = False
+    sync_count: int = 0
+    state: ShareState | None = None
+    error: BaseException | None = None
 
 
 @dataclass(slots=True)
@@ -308,6 +313,8 @@ class ShareService:
         # real session id -> public id (public_id), bounded.
         self._public_ids: dict[str, str] = {}
         self._secrets: dict[tuple[str, int], str] = {}
+        # share id -> plain syncs waiting for its write lock, in order of arrival (``sync``).
+        self._queued_syncs: dict[str, list[_QueuedSync]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -416,15 +423,13 @@ class ShareService:
     def _lock(self, share_id: str) -> _ShareLock:
         lock = self._locks.get(share_id)
         if lock is None:
-            lock = _ShareLock()
+            lock = _ShareLock(self.settings.store_timeout_seconds)
             self._locks[share_id] = lock
         return lock
 
-    @asynccontextmanager
-    async def _exclusive(self, share_id: str) -> AsyncIterator[None]:
-        """Hold the share's write lock (``_ShareLock.hold``)."""
-        async with self._lock(share_id).hold(self.settings.store_timeout_seconds):
-            yield
+    def _exclusive(self, share_id: str) -> _ShareLock:
+        """The share's write lock, to hold with ``async with`` (``_ShareLock``)."""
+        return self._lock(share_id)
 
     def _cache_put(self, state: ShareState) -> None:
         self._cache.pop(state.share_id, None)
@@ -591,58 +596,66 @@ class ShareService:
         A finalised share refuses every write with ShareFinal (409) unless ``allow_final``
         (finalising itself, rotation, idempotency records of creates).
         """
-        limits = self.settings.limits
         async with self._exclusive(share_id):
-            # A writer whose state is current appends the next seq with one conditional write
-            # and learns of other writers from the conflict (module docstring).
-            trusted = self._trusted(share_id)
-            for attempt in range(MAX_WRITE_ATTEMPTS):
-                state = trusted if trusted is not None else await self.load(share_id, missing=missing)
-                self.ensure_live(state)
-                content = build(state)  # checks the caller's secret first: 403 before 409
-                if content is None:
-                    return CommitResult(state, state.meta.sync_count)
-                if state.meta.extra.get("final") and not allow_final:
-                    raise ShareFinal()
-                seq = state.meta.seq + 1
-                # What this commit makes of the count, whatever reads fold meanwhile.
-                sync_count = state.meta.sync_count + int(content.get("syncs", 0))
-                # "w" makes every entry's bytes unique, so the S3 store's lost-response check
-                # (compare what is stored with what was sent) can never mistake a rival's write
-                # for ours.
-                entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": os.urandom(8).hex(), **content}
-                body = stored_bytes(entry)
-                if state.approx_bytes + len(body) > limits.max_share_bytes:
-                    raise PayloadTooLarge(f"Share would exceed its size limit of {limits.max_share_bytes} bytes")
-                if time.monotonic() - state.checked_at > self.settings.write_deadline_seconds:
-                    trusted = None
-                    continue
-                try:
-                    await self.store_call(self.store.put_if_absent(journal_key(share_id, state.meta.incarnation, seq), body))
-                except PreconditionFailed:
-                    # Another writer took this seq: fold what it (and any after it) wrote, by
-                    # GET, and try the next one. Back off a little so retries spread out.
-                    await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
-                    if state.meta.seq < seq and not await self._catch_up(state):
-                        trusted = None  # the entry vanished again: ask the store from scratch
-                    else:
-                        trusted = state
-                    continue
-                # A read that ran while the write was in flight may have found the entry in the
-                # store and folded it already (_catch_up): then it must not be folded again.
-                if state.meta.seq == seq - 1:
-                    state.apply_entry(entry, len(body))
-                self._cache_put(state)
-                if self.metrics is not None:
-                    self.metrics.journal_appended(content, len(body))
-                result = CommitResult(state, sync_count)
-                # Under the lock, so this process hands the writer its entries in commit order;
-                # written after the answer, a burst at a time (shares/listing.py).
-                self._schedule_index(share_id, state.index_doc())
-                break
-            else:
-                raise StoreUnavailable("Too many concurrent writers on this share; retry")
-        self._maybe_compact(state)
+            result = await self._commit_held(share_id, build, missing=missing, allow_final=allow_final)
+        self._maybe_compact(result.state)
+        return result
+
+    async def _commit_held(
+        self, share_id: str, build: EntryBuilder, *, missing: type[ShareError] = ShareNotFound, allow_final: bool = False
+    ) -> CommitResult:
+        """``commit`` with the share's write lock already held by the caller."""
+        limits = self.settings.limits
+        # A writer whose state is current appends the next seq with one conditional write
+        # and learns of other writers from the conflict (module docstring).
+        trusted = self._trusted(share_id)
+        for attempt in range(MAX_WRITE_ATTEMPTS):
+            state = trusted if trusted is not None else await self.load(share_id, missing=missing)
+            self.ensure_live(state)
+            content = build(state)  # checks the caller's secret first: 403 before 409
+            if content is None:
+                return CommitResult(state, state.meta.sync_count)
+            if state.meta.extra.get("final") and not allow_final:
+                raise ShareFinal()
+            seq = state.meta.seq + 1
+            # What this commit makes of the count, whatever reads fold meanwhile.
+            sync_count = state.meta.sync_count + int(content.get("syncs", 0))
+            # "w" makes every entry's bytes unique, so the S3 store's lost-response check
+            # (compare what is stored with what was sent) can never mistake a rival's write
+            # for ours. Unique, not secret: ``random``, whose call (unlike os.urandom's system
+            # call) does not release the GIL.
+            entry = {"v": 1, "seq": seq, "at": max(now_ms(), state.meta.last_updated + 1), "w": f"{random.getrandbits(64):016x}", **content}
+            body = stored_bytes(entry)
+            if state.approx_bytes + len(body) > limits.max_share_bytes:
+                raise PayloadTooLarge(f"Share would exceed its size limit of {limits.max_share_bytes} bytes")
+            if time.monotonic() - state.checked_at > self.settings.write_deadline_seconds:
+                trusted = None
+                continue
+            try:
+                await self.store_call(self.store.put_if_absent(journal_key(share_id, state.meta.incarnation, seq), body))
+            except PreconditionFailed:
+                # Another writer took this seq: fold what it (and any after it) wrote, by
+                # GET, and try the next one. Back off a little so retries spread out.
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
+                if state.meta.seq < seq and not await self._catch_up(state):
+                    trusted = None  # the entry vanished again: ask the store from scratch
+                else:
+                    trusted = state
+                continue
+            # A read that ran while the write was in flight may have found the entry in the
+            # store and folded it already (_catch_up): then it must not be folded again.
+            if state.meta.seq == seq - 1:
+                state.apply_entry(entry, len(body))
+            self._cache_put(state)
+            if self.metrics is not None:
+                self.metrics.journal_appended(content, len(body))
+            result = CommitResult(state, sync_count)
+            # Under the lock, so this process hands the writer its entries in commit order;
+            # written after the answer, a burst at a time (shares/listing.py).
+            self._schedule_index(share_id, state.index_doc())
+            break
+        else:
+            raise StoreUnavailable("Too many concurrent writers on this share; retry")
         return result
 
     def _schedule_index(self, share_id: str, index: dict[str, Any]) -> None:
@@ -726,15 +739,106 @@ class ShareService:
         raise ShareConflict("Share id collision: another session already owns this share id")
 
     async def sync(self, share_id: str, secret: str, items: list[dict[str, Any]]) -> int:
-        """Apply validated sync items; returns the new syncCount."""
+        """Apply validated sync items; returns the new syncCount.
 
-        def build(state: ShareState) -> dict[str, Any]:
-            self.check_secret(state, secret)
-            return {"items": items, "syncs": 1}
+        Syncs into one share that wait for its write lock together are committed together:
+        whichever of them gets the lock first writes **one** journal entry holding the items of
+        every waiting sync, one sync after another in their order of arrival (the order the lock
+        would have served them in), and answers each with its own count. The fold applies an
+        entry's items in order, so the share ends exactly as after one entry per sync. Each
+        sync's secret is checked on its own (a wrong one is a 403 for that sync alone), and a
+        batch the share's size limit refuses is retried one sync at a time. A busy share (many
+        clients at once) so costs one store write per batch, not one per sync."""
+        me = _QueuedSync(secret, items)
+        self._queued_syncs.setdefault(share_id, []).append(me)
+        try:
+            async with self._exclusive(share_id):
+                if not me.done:
+                    await self._commit_syncs(share_id, self._take_syncs(share_id, me))
+                if me.error is not None:
+                    raise me.error
+        except BaseException:
+            queue = self._queued_syncs.get(share_id)
+            if not me.done and queue is not None and me in queue:
+                queue.remove(me)  # gave up waiting (a deadline, a cancelled request): not applied
+                if not queue:
+                    del self._queued_syncs[share_id]
+            raise
+        assert me.state is not None
+        self._maybe_compact(me.state)
+        await self.notify_sync(me.state, items, me.sync_count)
+        return me.sync_count
 
-        result = await self.commit(share_id, build)
-        await self.notify_sync(result.state, items, result.sync_count)
-        return result.sync_count
+    def _take_syncs(self, share_id: str, me: _QueuedSync) -> list[_QueuedSync]:
+        """The waiting syncs the holder of the lock commits: from the first, while their items
+        fit in one sync's limit (``me``, the holder's own, always); the rest wait for the next."""
+        queue = self._queued_syncs.pop(share_id, [me])
+        limit = self.settings.limits.max_items_per_sync
+        batch: list[_QueuedSync] = []
+        total = 0
+        for queued in queue:
+            if batch and total + len(queued.items) > limit:
+                break
+            batch.append(queued)
+            total += len(queued.items)
+        rest = queue[len(batch):]
+        if me not in batch:
+            batch.insert(0, me)
+            rest.remove(me)
+        if rest:
+            self._queued_syncs[share_id] = rest
+        return batch
+
+    async def _commit_syncs(self, share_id: str, batch: list[_QueuedSync]) -> None:
+        """Commit ``batch`` as one entry (the lock held) and settle every one of them."""
+        valid: list[_QueuedSync] = []
+
+        def build(state: ShareState) -> dict[str, Any] | None:
+            valid.clear()
+            for queued in batch:
+                try:
+                    self.check_secret(state, queued.secret)
+                except InvalidSecret as exc:
+                    queued.error = exc
+                    continue
+                queued.error = None
+                valid.append(queued)
+            if not valid:
+                return None
+            items = valid[0].items if len(valid) == 1 else [item for queued in valid for item in queued.items]
+            return {"items": items, "syncs": len(valid)}
+
+        try:
+            try:
+                result = await self._commit_held(share_id, build)
+            except PayloadTooLarge:
+                if len(batch) == 1:
+                    raise
+                for queued in batch:  # together too large: each on its own, so only the ones too large fail
+                    try:
+                        await self._commit_syncs(share_id, [queued])
+                    except Exception:  # recorded as that sync's own error, raised by its request
+                        continue
+                return
+        except asyncio.CancelledError:
+            for queued in batch:
+                if not queued.done and queued.error is None:
+                    # This holder was cancelled, not the others: theirs is the answer to a write
+                    # that may or may not have landed, as after a store deadline.
+                    queued.error = StoreUnavailable("The share is busy; retry")
+            raise
+        except BaseException as exc:
+            for queued in batch:
+                if queued.error is None or not isinstance(queued.error, InvalidSecret):
+                    queued.error = exc
+            raise
+        finally:
+            for queued in batch:
+                queued.done = True
+        base = result.sync_count - len(valid)
+        for n, queued in enumerate(valid, 1):
+            queued.sync_count = base + n
+            queued.state = result.state
 
     async def notify_access_changed(self, share_id: str) -> None:
         """Tell live viewers that read access changed, so they re-authenticate."""

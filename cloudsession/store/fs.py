@@ -19,6 +19,15 @@ just those bytes, and a rewrite, even with identical content, always gets a new 
 mtime are not enough: ext4 reuses inode numbers at once, and coarse timestamps could then make a
 stale ETag match again.)
 
+Writes and deletes go to one writer thread per store, which takes every write waiting when it
+wakes as one batch (group commit): it writes the batch's temporary files, fsyncs each of them,
+then gives each its final name and answers each write on its own. A write is answered only once
+its file is fsync'd and in place, as when each write had a thread hop of its own; what a batch
+saves is the hops and wakeups (one of each per batch, not per write), and the file system gets
+the batch's fsyncs back to back. A write that fails (its file, its condition) fails alone: the
+others of its batch are answered as if it were not there. Reads and listings run in the default
+thread pool, never behind a batch. ``close()`` answers every write submitted before it.
+
 A process killed mid-write leaves its temporary file in ``<root>/tmp/``. ``remove_stale_temp``
 removes those older than ``base.STALE_TEMP_SECONDS``; the server calls it at startup and
 ``cloudsession admin fsck --repair`` does too. Only old ones: several processes may share the
@@ -32,11 +41,15 @@ import asyncio
 import errno
 import fcntl
 import os
+import random
 import re
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from cloudsession.store.base import ListPage, PreconditionFailed, StoredObject, StoreError, check_delete_batch, full_key
@@ -48,6 +61,11 @@ _TEMP_SUFFIX = ".tmp"
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _PLAIN_RE = re.compile(r"[A-Za-z0-9_.\-]*")  # the characters of _PLAIN, at the regex engine's speed
 _ESCAPED_NAME_RE = re.compile(r"(?:[A-Za-z0-9_.\-]|%[0-9A-F]{2})+\Z")
+# The writer thread ends after this long without work (and starts again with the next write), so
+# a store nobody writes to holds no thread.
+_WRITER_IDLE_SECONDS = 2.0
+# At most this many writes in one batch (a batch is answered only when all of it is in place).
+_WRITER_BATCH = 128
 
 
 def _escape(segment: str) -> str:
@@ -96,8 +114,128 @@ def _write_view(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+class _Job:
+    """One write (``body`` set: a put) or delete waiting for the writer thread, and where its
+    answer goes."""
+
+    __slots__ = ("loop", "future", "key", "path", "body", "condition", "etag", "fd", "tmp", "new_etag", "result", "error")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, key: str, path: str, body: bytes | None, condition: str | None,
+                 etag: str | None) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[Any] | None = loop.create_future() if loop is not None else None
+        self.key = key
+        self.path = path
+        self.body = body
+        self.condition = condition
+        self.etag = etag
+        self.fd = -1
+        self.tmp = ""
+        self.new_etag = ""
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _settle(jobs: list[_Job]) -> None:
+    """On the event loop: answer a batch's jobs (those whose caller gave up are skipped)."""
+    for job in jobs:
+        future = job.future
+        if future is None or future.done():
+            continue
+        if job.error is not None:
+            future.set_exception(job.error)
+        else:
+            future.set_result(job.result)
+
+
+class _Writer:
+    """The store's writer thread: takes every job waiting when it wakes as one batch (up to
+    ``_WRITER_BATCH``), writes the batch's temporary files, fsyncs them, then puts each in place
+    (or deletes) in the order submitted, and answers the batch with one call per event loop.
+    It ends after ``_WRITER_IDLE_SECONDS`` without work and is started again by the next job."""
+
+    def __init__(self, store: FilesystemStore) -> None:
+        self._store = store
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: deque[_Job] = deque()
+        self._running = False
+        # Batches written and jobs done (for tests): a batch of several is group commit at work.
+        self.batches = 0
+        self.jobs = 0
+
+    def submit(self, job: _Job) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="cloudsession-store-writer", daemon=True).start()
+            else:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._jobs:
+                    self._cond.wait(_WRITER_IDLE_SECONDS)
+                    if not self._jobs:
+                        self._running = False
+                        return
+                take = min(len(self._jobs), _WRITER_BATCH)
+                batch = [self._jobs.popleft() for _ in range(take)]
+            try:
+                self._write(batch)
+            except BaseException as exc:  # never leave a batch unanswered (each job catches its own)
+                for job in batch:
+                    job.error = job.error or exc
+            self.batches += 1
+            self.jobs += len(batch)
+            self._answer(batch)
+
+    def _write(self, batch: list[_Job]) -> None:
+        store = self._store
+        # 1. Every body to its temporary file (the page cache: no waiting for the disk yet).
+        for job in batch:
+            if job.body is not None:
+                try:
+                    job.fd, job.tmp, job.new_etag = store._open_temp(job.body)
+                except BaseException as exc:
+                    job.error = exc
+        # 2. fsync each: the batch's files reach the disk together. Nothing is answered before this.
+        for job in batch:
+            if job.fd >= 0:
+                fd, job.fd = job.fd, -1
+                try:
+                    store._sync_temp(fd, job.tmp)
+                except BaseException as exc:
+                    job.error = exc
+        # 3. In place (or deleted), in the order the jobs came, each under its own condition.
+        for job in batch:
+            if job.error is not None:
+                continue
+            try:
+                if job.body is not None:
+                    job.result = store._place(job.key, job.path, job.tmp, job.new_etag, job.condition, job.etag)
+                elif job.condition != "noop":
+                    store._delete(job.key, job.etag, job.path)
+            except BaseException as exc:
+                job.error = exc
+
+    @staticmethod
+    def _answer(batch: list[_Job]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        for job in batch:
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append(job)
+        for loop, jobs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, jobs)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is waiting for these answers any more
+
+
 class FilesystemStore:
-    """``ObjectStore`` on a directory. Blocking file work runs in the default thread pool."""
+    """``ObjectStore`` on a directory. Writes and deletes go to the store's writer thread, a
+    batch at a time (module docstring); reads and listings run in the default thread pool."""
 
     def __init__(self, root: str | os.PathLike[str], prefix: str = "") -> None:
         self.root = Path(root)
@@ -110,6 +248,7 @@ class FilesystemStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / "store.lock"
         self._lock_path.touch(exist_ok=True)
+        self._writer = _Writer(self)
 
     def __repr__(self) -> str:
         return f"FilesystemStore({str(self.root)!r})"
@@ -131,21 +270,39 @@ class FilesystemStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _write_temp(self, body: bytes) -> tuple[str, str]:
-        """Write body + a fresh token to a temporary file, fsync'd; returns (path, etag). The
-        token names the file too (random, so ``O_EXCL`` never collides in practice)."""
-        token = os.urandom(_TOKEN_BYTES)  # what secrets.token_bytes would return, one call shorter
+        """Write body + a fresh token to a temporary file, fsync'd; returns (path, etag)."""
+        fd, tmp, etag = self._open_temp(body)
+        self._sync_temp(fd, tmp)
+        return tmp, etag
+
+    def _open_temp(self, body: bytes) -> tuple[int, str, str]:
+        """Write body + a fresh token to a new temporary file, not yet fsync'd; returns (open
+        descriptor, path, etag). The token names the file too (random, so ``O_EXCL`` never
+        collides in practice). It needs to be unique, not secret: ``random`` (seeded from the
+        system's entropy, reseeded in a forked child), which unlike ``os.urandom`` does not
+        release the GIL for a system call."""
+        token = random.randbytes(_TOKEN_BYTES)
         etag = token.hex()
         tmp = f"{self._tmp_dir}{_TEMP_PREFIX}{etag}{_TEMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             _write_all(fd, body, token)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        return fd, tmp, etag
+
+    @staticmethod
+    def _sync_temp(fd: int, tmp: str) -> None:
+        """fsync and close a file from ``_open_temp``; on failure it is removed."""
+        try:
             os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
             raise
         os.close(fd)
-        return tmp, etag
 
     def _install(self, tmp: str, path: str) -> None:
         try:
@@ -210,6 +367,11 @@ class FilesystemStore:
     def _put(self, key: str, body: bytes, condition: str | None, etag: str | None) -> str:
         path = self._path(key)
         tmp, new_etag = self._write_temp(body)
+        return self._place(key, path, tmp, new_etag, condition, etag)
+
+    def _place(self, key: str, path: str, tmp: str, new_etag: str, condition: str | None, etag: str | None) -> str:
+        """Give the fsync'd temporary file ``tmp`` the name ``path`` of ``key`` under
+        ``condition`` (None, "absent" or "match" ``etag``); the temporary name is gone after."""
         installed = False
         try:
             if condition is None:
@@ -231,8 +393,8 @@ class FilesystemStore:
             if not installed:
                 os.unlink(tmp)
 
-    def _delete(self, key: str, etag: str | None) -> None:
-        path = self._path(key)
+    def _delete(self, key: str, etag: str | None, path: str | None = None) -> None:
+        path = path or self._path(key)
         if etag is None:
             try:
                 os.unlink(path)
@@ -308,22 +470,30 @@ class FilesystemStore:
     async def head(self, key: str) -> str | None:
         return await asyncio.to_thread(self._head, key)
 
+    def _submit(self, key: str, body: bytes | None, condition: str | None, etag: str | None) -> asyncio.Future[Any]:
+        path = self._path(key)  # an invalid key is refused here, before anything is written
+        job = _Job(asyncio.get_running_loop(), key, path, body, condition, etag)
+        self._writer.submit(job)
+        assert job.future is not None
+        return job.future
+
     async def put(self, key: str, body: bytes) -> str:
-        return await asyncio.to_thread(self._put, key, body, None, None)
+        result: str = await self._submit(key, body, None, None)
+        return result
 
     async def put_if_absent(self, key: str, body: bytes) -> str:
-        # The sync's one write: straight to the pool, without ``to_thread``'s copy of the
-        # context (the blocking work neither logs nor reads context variables).
-        return await asyncio.get_running_loop().run_in_executor(None, self._put, key, body, "absent", None)
+        result: str = await self._submit(key, body, "absent", None)
+        return result
 
     async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
-        return await asyncio.to_thread(self._put, key, body, "match", etag)
+        result: str = await self._submit(key, body, "match", etag)
+        return result
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self._delete, key, None)
+        await self._submit(key, None, None, None)
 
     async def delete_if_match(self, key: str, etag: str) -> None:
-        await asyncio.to_thread(self._delete, key, etag)
+        await self._submit(key, None, "match", etag)
 
     async def delete_many(self, keys: list[str]) -> None:
         if check_delete_batch(keys):
@@ -340,4 +510,9 @@ class FilesystemStore:
         return await asyncio.to_thread(self._remove_stale_temp, older_than_seconds, dry_run=dry_run)
 
     async def close(self) -> None:
-        return None
+        """Wait until every write submitted before this call is answered (the writer thread
+        takes jobs in order: a no-op job behind them is answered after them)."""
+        job = _Job(asyncio.get_running_loop(), "", "", None, "noop", None)
+        self._writer.submit(job)
+        assert job.future is not None
+        await job.future

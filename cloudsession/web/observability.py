@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,7 +48,9 @@ def request_id_from(header: str | None) -> str:
     """The client's request id when sane, else a new one."""
     if header is not None and _REQUEST_ID_RE.match(header):
         return header
-    return os.urandom(16).hex()  # 32 hex digits like uuid4().hex, at a fraction of its cost
+    # 32 hex digits like uuid4().hex. Unique, not secret: ``random`` (seeded from the system's
+    # entropy), not os.urandom, whose system call releases the GIL on every request.
+    return f"{random.getrandbits(128):032x}"
 
 
 def _route_name(request: web.Request) -> str:

@@ -1,0 +1,96 @@
+"""Syncs into one share that wait for its write lock together are committed as one journal
+entry (ShareService.sync): each keeps its own secret check, its own count and its own answer,
+and the share ends exactly as after one entry per sync."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import factories as f
+from factories import settings_for_tests
+
+from cloudsession.errors import InvalidSecret, PayloadTooLarge
+from cloudsession.shares.service import ShareService
+from cloudsession.store.fs import FilesystemStore
+
+SESSION = "ses_coalesce00000000000000001"
+
+
+def message(n: int, **extra: Any) -> dict[str, Any]:
+    return f.item("message", {"id": f"msg_{n:04d}", "sessionID": SESSION, "role": "user", **extra})
+
+
+def part(n: int, text: str) -> dict[str, Any]:
+    return f.item("part", {"id": "prt_0001", "sessionID": SESSION, "messageID": "msg_0001", "type": "text", "text": text,
+                           "time": {"start": n}})
+
+
+async def fresh_service(tmp_path: Path, **overrides: Any) -> ShareService:
+    settings = settings_for_tests(tmp_path / "data", **overrides)
+    return ShareService(FilesystemStore(tmp_path / "store"), settings)
+
+
+async def test_waiting_syncs_share_one_entry_and_each_gets_its_own_count(tmp_path: Path) -> None:
+    service = await fresh_service(tmp_path)
+    creds = await service.create(SESSION, origin="http://x")
+    calls = [service.sync(creds.id, creds.secret, [message(n)]) for n in range(1, 21)]
+    calls.insert(5, service.sync(creds.id, "not-the-secret", [message(99)]))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[5], InvalidSecret)
+    counts = [r for i, r in enumerate(results) if i != 5]
+    # In order of arrival, each its own count, as if each had had its own entry.
+    assert counts == list(range(1, 21))
+    state = await service.load(creds.id)
+    assert state.meta.sync_count == 20 and state.meta.cursor == 20
+    assert sorted(state.messages) == [f"msg_{n:04d}" for n in range(1, 21)]
+    # Fewer entries than syncs: the ones that waited together were written together.
+    assert state.meta.seq < 20
+    # A process that reads the store from scratch folds the same share.
+    again = await fresh_service(tmp_path)
+    fresh = await again.load(creds.id)
+    assert (fresh.meta.sync_count, sorted(fresh.messages)) == (20, sorted(state.messages))
+    await service.settle_index()
+
+
+async def test_later_syncs_of_one_item_win_within_a_shared_entry(tmp_path: Path) -> None:
+    service = await fresh_service(tmp_path)
+    creds = await service.create(SESSION, origin="http://x")
+    await service.sync(creds.id, creds.secret, [message(1)])
+    # Updates of one part, arriving in order: the last one is what the share holds, as it
+    # would be after one entry per sync.
+    results = await asyncio.gather(*(service.sync(creds.id, creds.secret, [part(n, f"text {n}")]) for n in range(1, 11)))
+    assert results == list(range(2, 12))
+    state = await service.load(creds.id)
+    stored = state.parts["prt_0001"]
+    assert (stored["text"], stored["time"]) == ("text 10", {"start": 10})
+    await service.settle_index()
+
+
+async def test_a_batch_over_the_share_limit_is_retried_one_sync_at_a_time(tmp_path: Path) -> None:
+    service = await fresh_service(tmp_path, limits={"max_share_bytes": 1024 * 1024})
+    creds = await service.create(SESSION, origin="http://x")
+    big = "x" * 100_000
+    results = await asyncio.gather(*(service.sync(creds.id, creds.secret, [message(n, note=big)]) for n in range(1, 21)),
+                                   return_exceptions=True)
+    accepted = [r for r in results if isinstance(r, int)]
+    refused = [r for r in results if not isinstance(r, int)]
+    # Together too large; alone, every sync that still fits is accepted, the rest are refused.
+    assert len(accepted) >= 5 and refused and all(isinstance(r, PayloadTooLarge) for r in refused)
+    assert accepted == list(range(1, len(accepted) + 1))
+    assert results[: len(accepted)] == accepted  # in order of arrival: the first ones fit
+    state = await service.load(creds.id)
+    assert state.meta.sync_count == len(accepted) and len(state.messages) == len(accepted)
+    await service.settle_index()
+
+
+async def test_a_batch_never_holds_more_items_than_one_sync_may(tmp_path: Path) -> None:
+    service = await fresh_service(tmp_path, limits={"max_items_per_sync": 3})
+    creds = await service.create(SESSION, origin="http://x")
+    results = await asyncio.gather(*(service.sync(creds.id, creds.secret, [message(2 * n), message(2 * n + 1)]) for n in range(1, 7)))
+    assert results == list(range(1, 7))
+    state = await service.load(creds.id)
+    # Two items each, at most three in an entry: one sync per entry.
+    assert state.meta.seq == 6 and len(state.messages) == 12
+    await service.settle_index()
