@@ -139,3 +139,32 @@ async def test_a_failed_journal_write_is_a_503_that_fails_only_its_own_sync(aioh
     data = await (await client.get(f"/api/share/{a['id']}/data")).json()
     assert [x["data"]["id"] for x in data if x["type"] == "message"] == ["msg_0002"]
     await app[SERVICE].settle_index()
+
+
+async def test_new_names_are_fsynced_in_their_directories_before_the_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file's fsync does not make its new name durable: the writer fsyncs each directory that
+    gained (or lost) an entry, and the parents of directories it made, once per batch, before
+    answering. Recorded by wrapping os.fsync in this one module."""
+    import cloudsession.store.fs as fs
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fs.os, "fsync", recording_fsync)
+    store = FilesystemStore(tmp_path / "store")
+    objects = str(tmp_path / "store" / "objects")
+    await asyncio.gather(store.put_if_absent("share/a/journal/1", b"x"), store.put("share/b", b"y"))
+    directories = {path for path in synced if os.path.isdir(path)}
+    # The entries' directories, and every directory made on the way (share/, share/a/, ...).
+    assert {objects, f"{objects}/share", f"{objects}/share/a", f"{objects}/share/a/journal"} <= directories, synced
+    # Each written file was fsync'd before its directory (temporary names live in tmp/).
+    assert all(path.startswith(str(tmp_path / "store" / "tmp")) for path in synced if not os.path.isdir(path))
+    synced.clear()
+    await store.delete_many(["share/b", "share/a/journal/1"])
+    assert {f"{objects}/share", f"{objects}/share/a/journal"} <= set(synced), synced
+    assert await store.get("share/b") is None and await store.get("share/a/journal/1") is None
+    await store.close()

@@ -219,6 +219,10 @@ class _Writer:
                     store._delete(job.key, job.etag, job.path)
             except BaseException as exc:
                 job.error = exc
+        # 4. The names themselves reach the disk: each directory that gained or lost an entry
+        # (and, for a directory made just now, its parents) is fsync'd once for the batch, before
+        # anything is answered. Without it a power loss could drop the name of an answered write.
+        store._sync_dirs([job for job in batch if job.error is None and job.condition != "noop"])
 
     @staticmethod
     def _answer(batch: list[_Job]) -> None:
@@ -249,6 +253,9 @@ class FilesystemStore:
         self._lock_path = self.root / "store.lock"
         self._lock_path.touch(exist_ok=True)
         self._writer = _Writer(self)
+        # Directories made since the writer last synced (written by the writer thread only).
+        self._new_dirs: list[str] = []
+        self._root_dir = str(self._objects)
 
     def __repr__(self) -> str:
         return f"FilesystemStore({str(self.root)!r})"
@@ -269,12 +276,6 @@ class FilesystemStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _write_temp(self, body: bytes) -> tuple[str, str]:
-        """Write body + a fresh token to a temporary file, fsync'd; returns (path, etag)."""
-        fd, tmp, etag = self._open_temp(body)
-        self._sync_temp(fd, tmp)
-        return tmp, etag
-
     def _open_temp(self, body: bytes) -> tuple[int, str, str]:
         """Write body + a fresh token to a new temporary file, not yet fsync'd; returns (open
         descriptor, path, etag). The token names the file too (random, so ``O_EXCL`` never
@@ -293,6 +294,32 @@ class FilesystemStore:
             raise
         return fd, tmp, etag
 
+    def _sync_dirs(self, jobs: list[_Job]) -> None:
+        """fsync the directories ``jobs`` changed (see ``_Writer._write``); a job whose directory
+        cannot be synced fails (its write may not survive a power loss)."""
+        dirs = {os.path.dirname(job.path) for job in jobs}
+        for made in self._new_dirs:
+            while len(made) > len(self._root_dir):
+                made = os.path.dirname(made)
+                dirs.add(made)
+        self._new_dirs.clear()
+        failed: dict[str, OSError] = {}
+        for directory in sorted(dirs):
+            try:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except FileNotFoundError:
+                pass  # a delete of a key whose directory never existed changed nothing
+            except OSError as exc:
+                failed[directory] = exc
+        for job in jobs:
+            error = failed.get(os.path.dirname(job.path))
+            if error is not None:
+                job.error = error
+
     @staticmethod
     def _sync_temp(fd: int, tmp: str) -> None:
         """fsync and close a file from ``_open_temp``; on failure it is removed."""
@@ -308,8 +335,14 @@ class FilesystemStore:
         try:
             os.replace(tmp, path)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._make_parent(path)
             os.replace(tmp, path)
+
+    def _make_parent(self, path: str) -> None:
+        """Create ``path``'s directory; the writer fsyncs every directory that got a new entry."""
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        self._new_dirs.append(directory)
 
     def _link(self, tmp: str, path: str, key: str) -> bool:
         """Give the temporary file its final name unless the name exists (a hard link is an
@@ -319,7 +352,7 @@ class FilesystemStore:
             try:
                 os.link(tmp, path)
             except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+                self._make_parent(path)
                 os.link(tmp, path)
         except FileExistsError:
             raise PreconditionFailed(key) from None
@@ -363,11 +396,6 @@ class FilesystemStore:
 
     def _head(self, key: str) -> str | None:
         return _tail_token(self._path(key))
-
-    def _put(self, key: str, body: bytes, condition: str | None, etag: str | None) -> str:
-        path = self._path(key)
-        tmp, new_etag = self._write_temp(body)
-        return self._place(key, path, tmp, new_etag, condition, etag)
 
     def _place(self, key: str, path: str, tmp: str, new_etag: str, condition: str | None, etag: str | None) -> str:
         """Give the fsync'd temporary file ``tmp`` the name ``path`` of ``key`` under
@@ -497,11 +525,9 @@ class FilesystemStore:
 
     async def delete_many(self, keys: list[str]) -> None:
         if check_delete_batch(keys):
-            await asyncio.to_thread(self._delete_many, keys)
-
-    def _delete_many(self, keys: list[str]) -> None:
-        for key in keys:  # in one thread hop for the batch
-            self._delete(key, None)
+            # Through the writer like every delete (in order with the writes before them), as
+            # one or a few of its batches.
+            await asyncio.gather(*(self._submit(key, None, None, None) for key in keys))
 
     async def list_page(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> ListPage:
         return await asyncio.to_thread(self._list, prefix, start_after, limit)
