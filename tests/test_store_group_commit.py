@@ -141,30 +141,65 @@ async def test_a_failed_journal_write_is_a_503_that_fails_only_its_own_sync(aioh
     await app[SERVICE].settle_index()
 
 
-async def test_new_names_are_fsynced_in_their_directories_before_the_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file's fsync does not make its new name durable: the writer fsyncs each directory that
-    gained (or lost) an entry, and the parents of directories it made, once per batch, before
-    answering. Recorded by wrapping os.fsync in this one module."""
+def _record_syncs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    """Wraps os.fsync and the syncfs call of the filesystem store module: (fsync'd paths,
+    syncfs'd paths), in call order, each still doing the real call."""
     import cloudsession.store.fs as fs
 
-    synced: list[str] = []
-    real_fsync = os.fsync
+    fsynced: list[str] = []
+    syncfsed: list[str] = []
+    real_fsync, real_syncfs = os.fsync, fs._syncfs_call
 
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+    def fsync(fd: int) -> None:
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(fs.os, "fsync", recording_fsync)
+    def syncfs(fd: int) -> None:
+        syncfsed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_syncfs(fd)
+
+    monkeypatch.setattr(fs.os, "fsync", fsync)
+    monkeypatch.setattr(fs, "_syncfs_call", syncfs)
+    return fsynced, syncfsed
+
+
+async def test_new_names_are_fsynced_in_their_directories_before_the_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file's fsync does not make its new name durable: without syncfs, the writer fsyncs
+    each directory that gained (or lost) an entry, and the parents of directories it made, once
+    per batch, before answering."""
+    import cloudsession.store.fs as fs
+
+    monkeypatch.setattr(fs, "_syncfs", None)
+    fsynced, syncfsed = _record_syncs(monkeypatch)
     store = FilesystemStore(tmp_path / "store")
     objects = str(tmp_path / "store" / "objects")
     await asyncio.gather(store.put_if_absent("share/a/journal/1", b"x"), store.put("share/b", b"y"))
-    directories = {path for path in synced if os.path.isdir(path)}
+    directories = {path for path in fsynced if os.path.isdir(path)}
     # The entries' directories, and every directory made on the way (share/, share/a/, ...).
-    assert {objects, f"{objects}/share", f"{objects}/share/a", f"{objects}/share/a/journal"} <= directories, synced
-    # Each written file was fsync'd before its directory (temporary names live in tmp/).
-    assert all(path.startswith(str(tmp_path / "store" / "tmp")) for path in synced if not os.path.isdir(path))
-    synced.clear()
+    assert {objects, f"{objects}/share", f"{objects}/share/a", f"{objects}/share/a/journal"} <= directories, fsynced
+    # Each written file was fsync'd (under its temporary name, in tmp/) before the directories.
+    assert all(path.startswith(str(tmp_path / "store" / "tmp")) for path in fsynced if not os.path.isdir(path))
+    fsynced.clear()
     await store.delete_many(["share/b", "share/a/journal/1"])
-    assert {f"{objects}/share", f"{objects}/share/a/journal"} <= set(synced), synced
+    assert {f"{objects}/share", f"{objects}/share/a/journal"} <= set(fsynced), fsynced
     assert await store.get("share/b") is None and await store.get("share/a/journal/1") is None
+    assert syncfsed == []
+    await store.close()
+
+
+async def test_a_batch_that_changed_several_directories_syncs_the_file_system_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cloudsession.store.fs as fs
+
+    if fs._syncfs is None:
+        pytest.fail("syncfs(2) is missing: the store syncs directories one by one here")
+    fsynced, syncfsed = _record_syncs(monkeypatch)
+    store = FilesystemStore(tmp_path / "store")
+    await store.put("warm/up", b"w")  # the writer thread is running: the next puts make one batch
+    fsynced.clear()
+    syncfsed.clear()
+    writes = [store.put_if_absent(f"share/{n}/journal/1", b"x") for n in range(8)]
+    await asyncio.gather(*writes)
+    assert syncfsed and len(syncfsed) <= len(writes) // 2, syncfsed  # one per batch, not per write
+    assert set(syncfsed) == {str(tmp_path / "store" / "objects")}
+    assert not any(os.path.isdir(path) for path in fsynced), fsynced  # no directory one by one
     await store.close()
