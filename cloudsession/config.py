@@ -435,7 +435,7 @@ class Settings(BaseModel):
     index_write_delay_seconds: float = Field(
         0.5, ge=0, le=60, description="A share's index entry is written this long after a change, off the request path: "
         "a burst of syncs within it costs one index write, and a share that keeps changing waits up to 4 times as long between writes "
-        "(`docs/storage-layout.md`). Other replicas' lists lag by about this much."
+        "(`docs/storage-layout.md`). Other replicas' lists lag by about this much (a busy share's by up to 4 times)."
     )
     listing_cache_mib: int = Field(
         32, ge=0, description="Memory (MiB) for the index entries the `/sessions` list and `/api/sessions` have read, so a warm page "

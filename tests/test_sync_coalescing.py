@@ -94,3 +94,77 @@ async def test_a_batch_never_holds_more_items_than_one_sync_may(tmp_path: Path) 
     # Two items each, at most three in an entry: one sync per entry.
     assert state.meta.seq == 6 and len(state.messages) == 12
     await service.settle_index()
+
+
+async def test_a_sync_committed_in_a_batch_is_answered_and_announced_though_the_lock_is_busy_after(tmp_path: Path) -> None:
+    """A sync the leader committed is answered from the leader, not by taking the share's lock
+    again: a writer holding the lock past a store deadline right after does not turn it into a
+    503, and its live notification is sent."""
+    service = await fresh_service(tmp_path, store_timeout_seconds=0.3)
+    creds = await service.create(SESSION, origin="http://x")
+    await service.sync(creds.id, creds.secret, [message(1)])
+    announced: list[int] = []
+    real_notify = service.notify_sync
+
+    async def notify(state: Any, items: Any, sync_count: int) -> None:
+        announced.append(sync_count)
+        await real_notify(state, items, sync_count)
+
+    service.notify_sync = notify  # type: ignore[method-assign]
+    lock = service._exclusive(creds.id)
+    holder_ready = asyncio.Event()
+
+    async def hold_after() -> None:
+        while not lock.locked():  # the leader holds it: queue right behind the leader
+            await asyncio.sleep(0)
+        async with lock:
+            holder_ready.set()
+            await asyncio.sleep(1.0)  # over three deadlines, with no progress
+
+    holder = asyncio.create_task(hold_after())
+    counts = await asyncio.gather(*(service.sync(creds.id, creds.secret, [message(n)]) for n in range(2, 6)))
+    assert counts == [2, 3, 4, 5] and sorted(announced) == [2, 3, 4, 5]
+    await holder
+    assert holder_ready.is_set()
+    await service.close()
+
+
+async def test_a_caller_that_goes_away_leaves_the_others_their_real_answers(tmp_path: Path) -> None:
+    service = await fresh_service(tmp_path)
+    creds = await service.create(SESSION, origin="http://x")
+    lock = service._exclusive(creds.id)
+    await lock.acquire()  # the leader waits for it: every sync stays queued
+    calls = [asyncio.create_task(service.sync(creds.id, creds.secret, [message(n)])) for n in range(1, 6)]
+    while len(service._queued_syncs.get(creds.id, [])) < 5:
+        await asyncio.sleep(0)
+    calls[0].cancel()  # queued, not yet taken: never applied
+    await asyncio.sleep(0)
+    lock.release()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert results[1:] == [1, 2, 3, 4]
+    view = await ShareService(service.store, service.settings).public_share(creds.id)
+    assert [m["id"] for m in view.messages] == [f"msg_{n:04d}" for n in range(2, 6)] and view.sync_count == 4
+    await service.close()
+
+
+async def test_a_waiter_keeps_its_place_in_the_lock_queue_across_deadlines(tmp_path: Path) -> None:
+    """Holders keep finishing, each within a deadline: a writer queued behind them is served in
+    its turn, not sent to the back of the queue each time its deadline passes."""
+    service = await fresh_service(tmp_path, store_timeout_seconds=0.1)
+    lock = service._exclusive("share")
+    served: list[str] = []
+
+    async def writer(name: str, hold: float) -> None:
+        async with lock:
+            served.append(name)
+            await asyncio.sleep(hold)
+
+    first = asyncio.create_task(writer("first", 0.06))
+    await asyncio.sleep(0)
+    tasks = [asyncio.create_task(writer(f"w{n}", 0.06)) for n in range(1, 4)]
+    await asyncio.sleep(0)
+    late = [asyncio.create_task(writer(f"late{n}", 0.06)) for n in range(1, 4)]
+    await asyncio.gather(first, *tasks, *late)
+    assert served == ["first", "w1", "w2", "w3", "late1", "late2", "late3"]
+    await service.close()

@@ -33,6 +33,7 @@ No listing on the hot path (``docs/storage-layout.md`` has the whole argument):
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import logging
 import random
@@ -221,31 +222,59 @@ class _ShareLock(asyncio.Lock):
             # waiting, so no task or deadline is needed.
             await self.acquire()
             return
-        # Queued behind other writers (32 clients on one share wait here on every sync): the
-        # lock's own waiter under a timer, no task of its own. A wait cancelled by its timer
-        # takes nothing (asyncio.Lock passes a wake-up it missed on to the next waiter) and
-        # joins the back of the queue again while holders are still finishing.
-        while True:
-            seen = self.progress
-            try:
-                async with asyncio.timeout(deadline):
-                    await self.acquire()
-                return
-            except TimeoutError:
+        # Queued behind other writers: one acquire for the whole wait, so a waiter keeps its
+        # place in the queue across deadlines while the holders ahead keep finishing.
+        acquiring = asyncio.ensure_future(self.acquire())
+        try:
+            while True:
+                seen = self.progress
+                done, _ = await asyncio.wait({acquiring}, timeout=deadline)
+                if done:
+                    acquiring.result()
+                    return
                 if self.progress == seen:
-                    raise StoreUnavailable("The share is busy; retry") from None
+                    raise StoreUnavailable("The share is busy; retry")
+        except BaseException:
+            # Given up or cancelled: never leave the lock taken by an orphaned acquire.
+            if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+                self.release()
+            else:
+                acquiring.cancel()
+            raise
 
 
 @dataclass(slots=True, eq=False)
 class _QueuedSync:
-    """A plain sync waiting for its share's write lock (``ShareService.sync``)."""
+    """A plain sync waiting for its share's sync leader (``ShareService.sync``): its answer,
+    (syncCount, state) or an error, arrives in ``future``."""
 
     secret: str
     items: list[dict[str, Any]]
-    done: bool = False
-    sync_count: int = 0
-    state: ShareState | None = None
-    error: BaseException | None = None
+    # The request body's bytes, decoded (a batch's bodies together stay within one body's
+    # limit); 0 when the caller does not know them (in-process calls, RPC: capped by items only).
+    size: int
+    future: asyncio.Future[tuple[int, ShareState]]
+    # In a batch the leader is committing: from then on only the leader answers it.
+    taken: bool = False
+
+
+def _settle_error(queued: _QueuedSync, exc: BaseException) -> None:
+    """Answer ``queued`` with ``exc``: its own copy when it can be made (an instance raised by
+    several requests would collect all their tracebacks)."""
+    if queued.future.done():
+        return
+    try:
+        own = copy.copy(exc)
+        own.__cause__ = exc.__cause__
+    except Exception:
+        own = exc
+    queued.future.set_exception(own)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """A done callback for an answer nobody will read (its caller went away)."""
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass(slots=True)
@@ -315,6 +344,8 @@ class ShareService:
         self._secrets: dict[tuple[str, int], str] = {}
         # share id -> plain syncs waiting for its write lock, in order of arrival (``sync``).
         self._queued_syncs: dict[str, list[_QueuedSync]] = {}
+        # share id -> the task committing its queued syncs (``_lead_syncs``).
+        self._sync_leaders: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -738,70 +769,105 @@ class ShareService:
                 return state
         raise ShareConflict("Share id collision: another session already owns this share id")
 
-    async def sync(self, share_id: str, secret: str, items: list[dict[str, Any]]) -> int:
+    async def sync(self, share_id: str, secret: str, items: list[dict[str, Any]], *, size: int | None = None) -> int:
         """Apply validated sync items; returns the new syncCount.
 
-        Syncs into one share that wait for its write lock together are committed together:
-        whichever of them gets the lock first writes **one** journal entry holding the items of
-        every waiting sync, one sync after another in their order of arrival (the order the lock
-        would have served them in), and answers each with its own count. The fold applies an
-        entry's items in order, so the share ends exactly as after one entry per sync. Each
-        sync's secret is checked on its own (a wrong one is a 403 for that sync alone), and a
-        batch the share's size limit refuses is retried one sync at a time. A busy share (many
-        clients at once) so costs one store write per batch, not one per sync."""
-        me = _QueuedSync(secret, items)
+        Syncs into one share are committed by one leader task per busy share, a batch at a
+        time: a batch is every sync waiting when the leader takes the next one, in order of
+        arrival, while their items fit in one sync's item limit and their bodies (``size``, the
+        request's bytes) in one sync's body limit; it becomes **one** journal entry, and each
+        sync is answered with its own count (the fold applies an entry's items in order, so the
+        share ends exactly as after one entry per sync). Each sync's secret is checked on its
+        own (a wrong one is a 403 for that sync alone), and a batch the share's size limit
+        refuses is retried one sync at a time. A busy share (many clients at once) so costs one
+        store write per batch, not one per sync. The leader is a task of its own: a request that
+        goes away neither takes the others' answers with it nor leaves them waiting, and every
+        wait of the leader has a deadline (the lock's and the store's), so each sync is
+        answered."""
+        loop = asyncio.get_running_loop()
+        me = _QueuedSync(secret, items, size or 0, loop.create_future())
         self._queued_syncs.setdefault(share_id, []).append(me)
+        if share_id not in self._sync_leaders:
+            self._start_sync_leader(share_id)
+        try:
+            # shield: a caller that goes away leaves its sync to the leader's answer (applied or
+            # not, as the leader decides), never half-settled.
+            sync_count, state = await asyncio.shield(me.future)
+        except asyncio.CancelledError:
+            if me.taken:
+                me.future.add_done_callback(_consume)  # the leader still answers it
+            else:
+                self._drop_queued(share_id, me)  # not applied, and never will be
+            raise
+        self._maybe_compact(state)
+        await self.notify_sync(state, items, sync_count)
+        return sync_count
+
+    def _start_sync_leader(self, share_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._lead_syncs(share_id))
+        self._sync_leaders[share_id] = task
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _drop_queued(self, share_id: str, queued: _QueuedSync) -> None:
+        queue = self._queued_syncs.get(share_id)
+        if queue is not None and queued in queue:
+            queue.remove(queued)
+            if not queue:
+                del self._queued_syncs[share_id]
+
+    async def _lead_syncs(self, share_id: str) -> None:
+        """The share's sync leader: under its write lock, commits the waiting syncs a batch at
+        a time until none is left; whatever stops it (a busy lock, a failure, shutdown) is the
+        answer of every sync still waiting."""
         try:
             async with self._exclusive(share_id):
-                if not me.done:
-                    await self._commit_syncs(share_id, self._take_syncs(share_id, me))
-                if me.error is not None:
-                    raise me.error
-        except BaseException:
-            queue = self._queued_syncs.get(share_id)
-            if not me.done and queue is not None and me in queue:
-                queue.remove(me)  # gave up waiting (a deadline, a cancelled request): not applied
-                if not queue:
-                    del self._queued_syncs[share_id]
-            raise
-        assert me.state is not None
-        self._maybe_compact(me.state)
-        await self.notify_sync(me.state, items, me.sync_count)
-        return me.sync_count
+                while self._queued_syncs.get(share_id):
+                    await self._commit_syncs(share_id, self._take_syncs(share_id))
+        except BaseException as exc:
+            for queued in self._queued_syncs.pop(share_id, []):
+                _settle_error(queued, StoreUnavailable("The share is busy; retry") if isinstance(exc, asyncio.CancelledError) else exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            del self._sync_leaders[share_id]
+            if self._queued_syncs.get(share_id):
+                self._start_sync_leader(share_id)  # one arrived as this leader was finishing
 
-    def _take_syncs(self, share_id: str, me: _QueuedSync) -> list[_QueuedSync]:
-        """The waiting syncs the holder of the lock commits: from the first, while their items
-        fit in one sync's limit (``me``, the holder's own, always); the rest wait for the next."""
-        queue = self._queued_syncs.pop(share_id, [me])
-        limit = self.settings.limits.max_items_per_sync
+    def _take_syncs(self, share_id: str) -> list[_QueuedSync]:
+        """The next batch: the waiting syncs from the first, in order, while their items fit in
+        one sync's item limit and their bodies in one sync's body limit (one alone always)."""
+        queue = self._queued_syncs.pop(share_id)
+        limits = self.settings.limits
         batch: list[_QueuedSync] = []
-        total = 0
+        items = size = 0
         for queued in queue:
-            if batch and total + len(queued.items) > limit:
+            if batch and (items + len(queued.items) > limits.max_items_per_sync or size + queued.size > limits.max_body_bytes):
                 break
             batch.append(queued)
-            total += len(queued.items)
-        rest = queue[len(batch):]
-        if me not in batch:
-            batch.insert(0, me)
-            rest.remove(me)
-        if rest:
-            self._queued_syncs[share_id] = rest
+            items += len(queued.items)
+            size += queued.size
+        if len(batch) < len(queue):
+            self._queued_syncs[share_id] = queue[len(batch) :]
+        for queued in batch:
+            queued.taken = True
         return batch
 
     async def _commit_syncs(self, share_id: str, batch: list[_QueuedSync]) -> None:
-        """Commit ``batch`` as one entry (the lock held) and settle every one of them."""
+        """Commit ``batch`` as one entry (the lock held) and settle every one of them: each gets
+        its count, or its own error. Only a cancellation leaves here by raising."""
         valid: list[_QueuedSync] = []
+        refused: dict[int, InvalidSecret] = {}
 
         def build(state: ShareState) -> dict[str, Any] | None:
             valid.clear()
-            for queued in batch:
+            refused.clear()
+            for n, queued in enumerate(batch):
                 try:
                     self.check_secret(state, queued.secret)
                 except InvalidSecret as exc:
-                    queued.error = exc
+                    refused[n] = exc
                     continue
-                queued.error = None
                 valid.append(queued)
             if not valid:
                 return None
@@ -809,36 +875,39 @@ class ShareService:
             return {"items": items, "syncs": len(valid)}
 
         try:
-            try:
-                result = await self._commit_held(share_id, build)
-            except PayloadTooLarge:
-                if len(batch) == 1:
-                    raise
-                for queued in batch:  # together too large: each on its own, so only the ones too large fail
-                    try:
-                        await self._commit_syncs(share_id, [queued])
-                    except Exception:  # recorded as that sync's own error, raised by its request
-                        continue
+            result = await self._commit_held(share_id, build)
+        except PayloadTooLarge as exc:
+            if len(batch) == 1:
+                _settle_error(batch[0], exc)
                 return
+            # Together too large: each on its own, so only the ones too large fail; a store that
+            # fails on one fails the rest too (each would wait out its own deadline).
+            for n, queued in enumerate(batch):
+                if n in refused:
+                    _settle_error(queued, refused[n])
+                    continue
+                await self._commit_syncs(share_id, [queued])
+                error = queued.future.exception() if queued.future.done() else None
+                if isinstance(error, StoreUnavailable):
+                    for rest in batch[n + 1 :]:
+                        _settle_error(rest, StoreUnavailable("The share is busy; retry"))
+                    return
+            return
         except asyncio.CancelledError:
             for queued in batch:
-                if not queued.done and queued.error is None:
-                    # This holder was cancelled, not the others: theirs is the answer to a write
-                    # that may or may not have landed, as after a store deadline.
-                    queued.error = StoreUnavailable("The share is busy; retry")
+                _settle_error(queued, StoreUnavailable("The share is busy; retry"))
             raise
-        except BaseException as exc:
-            for queued in batch:
-                if queued.error is None or not isinstance(queued.error, InvalidSecret):
-                    queued.error = exc
-            raise
-        finally:
-            for queued in batch:
-                queued.done = True
+        except Exception as exc:
+            for n, queued in enumerate(batch):
+                _settle_error(queued, refused.get(n, exc))
+            return
         base = result.sync_count - len(valid)
+        for n, queued in enumerate(batch):
+            if n in refused:
+                _settle_error(queued, refused[n])
         for n, queued in enumerate(valid, 1):
-            queued.sync_count = base + n
-            queued.state = result.state
+            if not queued.future.done():
+                queued.future.set_result((base + n, result.state))
 
     async def notify_access_changed(self, share_id: str) -> None:
         """Tell live viewers that read access changed, so they re-authenticate."""

@@ -188,29 +188,41 @@ class _Writer:
         with self._cond:
             self._jobs.append(job)
             if not self._running:
-                self._running = True
+                # Marked running only once started: a thread that cannot start leaves the next
+                # write to try again (and this one's caller to its deadline), never a store that
+                # believes a writer exists.
                 threading.Thread(target=self._run, name="cloudsession-store-writer", daemon=True).start()
+                self._running = True
             else:
                 self._cond.notify()
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._jobs:
-                    self._cond.wait(_WRITER_IDLE_SECONDS)
+        try:
+            while True:
+                with self._cond:
                     if not self._jobs:
-                        self._running = False
-                        return
-                take = min(len(self._jobs), _WRITER_BATCH)
-                batch = [self._jobs.popleft() for _ in range(take)]
-            try:
-                self._write(batch)
-            except BaseException as exc:  # never leave a batch unanswered (each job catches its own)
-                for job in batch:
-                    job.error = job.error or exc
-            self.batches += 1
-            self.jobs += len(batch)
-            self._answer(batch)
+                        self._cond.wait(_WRITER_IDLE_SECONDS)
+                        if not self._jobs:
+                            self._running = False
+                            return
+                    take = min(len(self._jobs), _WRITER_BATCH)
+                    batch = [self._jobs.popleft() for _ in range(take)]
+                try:
+                    self._write(batch)
+                except BaseException as exc:  # never leave a batch unanswered (each job catches its own)
+                    for job in batch:
+                        if job.error is None and job.result is None:  # not one already in place
+                            job.error = exc
+                self.batches += 1
+                self.jobs += len(batch)
+                self._answer(batch)
+        finally:
+            with self._cond:
+                if self._running:  # ended by an error of its own, not by idling
+                    self._running = False
+                    if self._jobs:  # jobs still waiting get a new writer
+                        threading.Thread(target=self._run, name="cloudsession-store-writer", daemon=True).start()
+                        self._running = True
 
     def _write(self, batch: list[_Job]) -> None:
         store = self._store

@@ -38,6 +38,7 @@ from cloudsession.shares.listing import Filters
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import checked_admin_header, require_admin
 from cloudsession.web.http import (
+    BODY_BYTES,
     PRIVATE_PAGE_CACHE,
     VARY_ENCODING,
     create_context,
@@ -91,7 +92,7 @@ async def sync_share(request: web.Request) -> web.Response:
     service, share_id = request.app[SERVICE], request.match_info["id"]
     if key is not None:
         return json_response(await idempotency.sync_once(service, share_id, secret, items, key))
-    sync_count = await service.sync(share_id, secret, items)
+    sync_count = await service.sync(share_id, secret, items, size=request.get(BODY_BYTES))
     return json_response({"success": True, "syncCount": sync_count})
 
 

@@ -89,11 +89,17 @@ def html_response(text: str, status: int = 200, headers: dict[str, str] | None =
     return response
 
 
+# The request key under which ``read_json`` leaves the decoded body's length.
+BODY_BYTES = web.RequestKey("body_bytes", int)
+
+
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or ``{}`` when the content type is not JSON (reference rule)."""
     if not _JSON_TYPE_RE.match(request.headers.get("Content-Type", "")):
         return {}
-    return parse_json(await read_body(request))
+    body = await read_body(request)
+    request[BODY_BYTES] = len(body)  # what a sync's body weighs, decoded (ShareService.sync)
+    return parse_json(body)
 
 
 async def read_body(request: web.Request) -> bytes:
