@@ -10,6 +10,7 @@ from typing import Any
 
 import factories as f
 from factories import settings_for_tests
+from store_faults import WrappedStore
 
 from cloudsession.errors import InvalidSecret, PayloadTooLarge
 from cloudsession.shares.service import ShareService
@@ -167,4 +168,39 @@ async def test_a_waiter_keeps_its_place_in_the_lock_queue_across_deadlines(tmp_p
     late = [asyncio.create_task(writer(f"late{n}", 0.06)) for n in range(1, 4)]
     await asyncio.gather(first, *tasks, *late)
     assert served == ["first", "w1", "w2", "w3", "late1", "late2", "late3"]
+    await service.close()
+
+
+async def test_a_stream_of_syncs_does_not_keep_other_writers_of_the_share_waiting(tmp_path: Path) -> None:
+    """The leader takes the share's lock for one batch at a time: a writer that queued for it
+    meanwhile (here a delete) gets its turn between batches, not after the stream ends. Syncs
+    arrive on their own clock (every 5 ms), so some always wait while a batch is written (20 ms)."""
+
+    class SlowJournal(WrappedStore):
+        async def put_if_absent(self, key: str, body: bytes) -> str:
+            await asyncio.sleep(0.02)
+            return await self.inner.put_if_absent(key, body)
+
+    settings = settings_for_tests(tmp_path / "data")
+    service = ShareService(SlowJournal(FilesystemStore(tmp_path / "store")), settings)
+    creds = await service.create(SESSION, origin="http://x")
+    deleted = asyncio.Event()
+    calls: list[asyncio.Task[int]] = []
+
+    async def producer() -> None:
+        n = 0
+        while not deleted.is_set():
+            n += 1
+            calls.append(asyncio.create_task(service.sync(creds.id, creds.secret, [message(n)])))
+            await asyncio.sleep(0.005)
+
+    feeding = asyncio.create_task(producer())
+    await asyncio.sleep(0.1)  # a stream under way
+    try:
+        await asyncio.wait_for(service.delete(creds.id, creds.secret), timeout=5)
+    finally:
+        deleted.set()
+        await feeding
+        await asyncio.gather(*calls, return_exceptions=True)
+    assert len(calls) < 200  # the delete did not wait out the stream (it would run until the timeout)
     await service.close()

@@ -817,13 +817,17 @@ class ShareService:
                 del self._queued_syncs[share_id]
 
     async def _lead_syncs(self, share_id: str) -> None:
-        """The share's sync leader: under its write lock, commits the waiting syncs a batch at
-        a time until none is left; whatever stops it (a busy lock, a failure, shutdown) is the
-        answer of every sync still waiting."""
+        """The share's sync leader: commits the waiting syncs a batch at a time, each under the
+        share's write lock, until none is left; whatever stops it (a busy lock, a failure,
+        shutdown) is the answer of every sync still waiting."""
         try:
-            async with self._exclusive(share_id):
-                while self._queued_syncs.get(share_id):
-                    await self._commit_syncs(share_id, self._take_syncs(share_id))
+            while self._queued_syncs.get(share_id):
+                # The lock for one batch at a time: other writers of the share (a delete, a
+                # compaction, an idempotent sync) queued meanwhile get their turn between batches
+                # instead of waiting out a stream of syncs.
+                async with self._exclusive(share_id):
+                    if self._queued_syncs.get(share_id):
+                        await self._commit_syncs(share_id, self._take_syncs(share_id))
         except BaseException as exc:
             for queued in self._queued_syncs.pop(share_id, []):
                 _settle_error(queued, StoreUnavailable("The share is busy; retry") if isinstance(exc, asyncio.CancelledError) else exc)
