@@ -233,7 +233,7 @@ class _ShareLock(asyncio.Lock):
                     acquiring.result()
                     return
                 if self.progress == seen:
-                    raise StoreUnavailable("The share is busy; retry")
+                    raise _busy()
         except BaseException:
             # Given up or cancelled: never leave the lock taken by an orphaned acquire.
             if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
@@ -254,8 +254,6 @@ class _QueuedSync:
     # limit); 0 when the caller does not know them (in-process calls, RPC: capped by items only).
     size: int
     future: asyncio.Future[tuple[int, ShareState]]
-    # In a batch the leader is committing: from then on only the leader answers it.
-    taken: bool = False
 
 
 def _settle_error(queued: _QueuedSync, exc: BaseException) -> None:
@@ -269,6 +267,11 @@ def _settle_error(queued: _QueuedSync, exc: BaseException) -> None:
     except Exception:
         own = exc
     queued.future.set_exception(own)
+
+
+def _busy() -> StoreUnavailable:
+    """The answer of a sync whose write did not finish (the share's writer stopped): retry."""
+    return StoreUnavailable("The share is busy; retry")
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
@@ -451,16 +454,13 @@ class ShareService:
 
     # -- loading ------------------------------------------------------------------------------
 
-    def _lock(self, share_id: str) -> _ShareLock:
+    def _exclusive(self, share_id: str) -> _ShareLock:
+        """The share's write lock, to hold with ``async with`` (``_ShareLock``)."""
         lock = self._locks.get(share_id)
         if lock is None:
             lock = _ShareLock(self.settings.store_timeout_seconds)
             self._locks[share_id] = lock
         return lock
-
-    def _exclusive(self, share_id: str) -> _ShareLock:
-        """The share's write lock, to hold with ``async with`` (``_ShareLock``)."""
-        return self._lock(share_id)
 
     def _cache_put(self, state: ShareState) -> None:
         self._cache.pop(state.share_id, None)
@@ -794,10 +794,8 @@ class ShareService:
             # not, as the leader decides), never half-settled.
             sync_count, state = await asyncio.shield(me.future)
         except asyncio.CancelledError:
-            if me.taken:
-                me.future.add_done_callback(_consume)  # the leader still answers it
-            else:
-                self._drop_queued(share_id, me)  # not applied, and never will be
+            if not self._drop_queued(share_id, me):  # still queued: dropped, never applied
+                me.future.add_done_callback(_consume)  # in a batch: the leader still answers it
             raise
         self._maybe_compact(state)
         await self.notify_sync(state, items, sync_count)
@@ -809,12 +807,15 @@ class ShareService:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _drop_queued(self, share_id: str, queued: _QueuedSync) -> None:
+    def _drop_queued(self, share_id: str, queued: _QueuedSync) -> bool:
+        """Take ``queued`` out of its share's queue; False when a batch has it already."""
         queue = self._queued_syncs.get(share_id)
-        if queue is not None and queued in queue:
-            queue.remove(queued)
-            if not queue:
-                del self._queued_syncs[share_id]
+        if queue is None or queued not in queue:
+            return False
+        queue.remove(queued)
+        if not queue:
+            del self._queued_syncs[share_id]
+        return True
 
     async def _lead_syncs(self, share_id: str) -> None:
         """The share's sync leader: commits the waiting syncs a batch at a time, each under the
@@ -830,7 +831,7 @@ class ShareService:
                         await self._commit_syncs(share_id, self._take_syncs(share_id))
         except BaseException as exc:
             for queued in self._queued_syncs.pop(share_id, []):
-                _settle_error(queued, StoreUnavailable("The share is busy; retry") if isinstance(exc, asyncio.CancelledError) else exc)
+                _settle_error(queued, _busy() if isinstance(exc, asyncio.CancelledError) else exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -853,8 +854,6 @@ class ShareService:
             size += queued.size
         if len(batch) < len(queue):
             self._queued_syncs[share_id] = queue[len(batch) :]
-        for queued in batch:
-            queued.taken = True
         return batch
 
     async def _commit_syncs(self, share_id: str, batch: list[_QueuedSync]) -> None:
@@ -887,19 +886,16 @@ class ShareService:
             # Together too large: each on its own, so only the ones too large fail; a store that
             # fails on one fails the rest too (each would wait out its own deadline).
             for n, queued in enumerate(batch):
-                if n in refused:
-                    _settle_error(queued, refused[n])
-                    continue
-                await self._commit_syncs(share_id, [queued])
+                await self._commit_syncs(share_id, [queued])  # a wrong secret is settled there too
                 error = queued.future.exception() if queued.future.done() else None
                 if isinstance(error, StoreUnavailable):
                     for rest in batch[n + 1 :]:
-                        _settle_error(rest, StoreUnavailable("The share is busy; retry"))
+                        _settle_error(rest, _busy())
                     return
             return
         except asyncio.CancelledError:
             for queued in batch:
-                _settle_error(queued, StoreUnavailable("The share is busy; retry"))
+                _settle_error(queued, _busy())
             raise
         except Exception as exc:
             for n, queued in enumerate(batch):
