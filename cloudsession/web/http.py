@@ -89,8 +89,13 @@ def html_response(text: str, status: int = 200, headers: dict[str, str] | None =
     return response
 
 
+def _request_key(name: str, kind: type) -> Any:
+    """A typed request key where aiohttp has them (3.13+); a plain string key before."""
+    return web.RequestKey(name, kind) if hasattr(web, "RequestKey") else f"cloudsession.{name}"
+
+
 # The request key under which ``read_json`` leaves the decoded body's length.
-BODY_BYTES = web.RequestKey("body_bytes", int)
+BODY_BYTES = _request_key("body_bytes", int)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -241,8 +246,7 @@ def client_address(request: web.BaseRequest) -> str:
     return found
 
 
-# A typed request key where aiohttp has them (3.13+); a plain string key before.
-_CLIENT_ADDRESS: Any = web.RequestKey("client_address", str) if hasattr(web, "RequestKey") else "cloudsession.client_address"
+_CLIENT_ADDRESS = _request_key("client_address", str)
 
 
 def request_read_token(request: web.Request) -> str | None:
