@@ -533,32 +533,68 @@ def test_live_prompts_join_the_navigator_only_near_this_page(page: Page, server:
 
 def test_the_page_script_waits_for_the_first_frame(page: Page, server: ServerProcess) -> None:
     """share.js sets nothing optional up between parsing and the first paint: a page parsed in
-    one go would otherwise run all of it (laying out every message, diff marks, the navigator,
-    the socket) before anything is on screen. Its work starts right after the first frame; a
-    reader who chose split diffs has them before it."""
+    one go would otherwise run all of it (diff marks, the navigator, find, the socket) before
+    anything is on screen. Its work starts right after the first frame; a reader who chose split
+    diffs has them before it."""
     creds = new_share(server, rich_items())
     # Runs after the deferred share.js has executed, before the first frame of a short page.
     page.add_init_script("""
         document.addEventListener("DOMContentLoaded", () => {
             window.__atParse = {
-                laidOut: document.documentElement.classList.contains("laid-out"),
                 findHidden: document.getElementById("find").hidden,
                 diffMode: document.documentElement.getAttribute("data-diff"),
             };
         });
     """)
     page.goto(f"{server.url}/share/{creds['id']}")
-    assert page.evaluate("window.__atParse") == {"laidOut": False, "findHidden": True, "diffMode": None}
+    assert page.evaluate("window.__atParse") == {"findHidden": True, "diffMode": None}
     page.wait_for_selector("#live-status.ok", timeout=10_000)
-    assert page.evaluate("document.documentElement.classList.contains('laid-out')") is True
     assert page.locator("#find").is_visible()
     assert page.evaluate("document.documentElement.getAttribute('data-diff')") == "unified"
     # Split view chosen earlier: the first frame already shows it.
     page.evaluate("localStorage.setItem('cloudsession-diff', 'split')")
     page.goto(f"{server.url}/share/{creds['id']}")
-    at_parse = page.evaluate("window.__atParse")
-    assert at_parse["diffMode"] == "split" and at_parse["laidOut"] is False, at_parse
+    assert page.evaluate("window.__atParse")["diffMode"] == "split"
     # A malformed #fragment names nothing: the page still goes live.
     page.goto(f"{server.url}/share/{creds['id']}#%E0%A4%A")
     page.wait_for_selector("#live-status.ok", timeout=10_000)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_a_reader_at_the_bottom_sees_all_of_a_tall_live_message(page: Page, server: ServerProcess) -> None:
+    """Once the page has started, messages off screen are skipped again (a page kept laid out
+    whole restyles every message on a theme change) but keep their true sizes, remembered from
+    one full lay-out; a message a live update adds or changes is laid out whole, so a reader
+    following at the bottom stays at the bottom when a tall one arrives or the last one grows."""
+    creds = new_share(server, conversation(60, words=200))
+    open_live(page, server, creds["id"])
+    far = "document.querySelectorAll('#messages > article')[40]"
+    page.wait_for_function("() => !document.documentElement.classList.contains('laid-out')", timeout=5_000)
+    assert page.evaluate(f"getComputedStyle({far}).contentVisibility") == "auto"
+    skipped = page.evaluate(f"{far}.getBoundingClientRect().height")
+    page.evaluate("document.documentElement.classList.add('laid-out')")
+    true_height = page.evaluate(f"{far}.getBoundingClientRect().height")
+    page.evaluate("document.documentElement.classList.remove('laid-out')")
+    assert abs(skipped - true_height) < 1 and abs(true_height - 343) > 20, (skipped, true_height)
+    at_bottom = "() => window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 2"
+    page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+    page.wait_for_function(at_bottom, timeout=5_000)
+    tall = user(10_000_000)
+    paragraphs = "\n\n".join(f"paragraph {n} of a long answer" for n in range(80))
+    text = part(tall, "text", text=paragraphs)
+    sync(server, creds, [item("message", tall), item("part", text)])
+    page.wait_for_selector(f"#msg-{tall['id']}", timeout=5_000)
+    page.wait_for_function(at_bottom, timeout=5_000)
+    article = page.locator(f"#msg-{tall['id']}")
+    box = article.bounding_box()
+    assert box is not None and box["height"] > 2_000  # its true height, not the 320 px estimate
+    assert box["y"] + box["height"] <= 900 + 20
+    assert article.evaluate("a => getComputedStyle(a).contentVisibility") == "visible"
+    # The last message grows while the reader is at the bottom.
+    grown = {**text, "text": paragraphs + "\n\n" + "\n\n".join(f"then {n} more" for n in range(40))}
+    sync(server, creds, [item("part", grown)])
+    page.wait_for_function("id => document.getElementById(id).textContent.includes('then 39 more')", arg=f"msg-{tall['id']}", timeout=5_000)
+    page.wait_for_function(at_bottom, timeout=5_000)
+    box = article.bounding_box()
+    assert box is not None and box["y"] + box["height"] <= 900 + 20
     assert page.errors == []  # type: ignore[attr-defined]

@@ -109,6 +109,7 @@
     oldEl.replaceWith(fresh);
     localise(fresh);
     if (typeof applyDiffMode === "function") applyDiffMode(fresh);
+    return fresh;
   }
 
   function localise(el) {
@@ -242,6 +243,13 @@
     if (list) list.querySelectorAll("li.nav-more").forEach(watchMore);
   }
 
+  // A message a live update adds or changes is laid out whole (app.css, "Long pages"): it has no
+  // remembered size yet, and a reader following at the bottom must see all of it.
+  function laidOut(el) {
+    if (el) el.classList.add("live");
+    return el;
+  }
+
   function applyMessage(m) {
     applyNav(m);
     var el = byId("msg-" + m.id);
@@ -253,10 +261,10 @@
       return;
     }
     if (el) {
-      if (el.getAttribute("data-hash") !== m.hash) replaceEl(el, m.html);
+      if (el.getAttribute("data-hash") !== m.hash) laidOut(replaceEl(el, m.html));
       return;
     }
-    var fresh = fromHtml(m.html);
+    var fresh = laidOut(fromHtml(m.html));
     var list = byId("messages");
     var before = m.before ? byId("msg-" + m.before) : null;
     if (before) list.insertBefore(fresh, before);
@@ -982,11 +990,14 @@
   if (split) applyDiffMode(document);
   afterFirstFrame(function () {
     if (!split) applyDiffMode(document);
-    // Lay out every message (see app.css, "Long pages"); true sizes above a linked message
-    // move it, so put it back at the top.
-    document.documentElement.classList.add("laid-out");
+    // Lay every message out once (app.css, "Long pages"): each remembers its true size, so
+    // positions are exact everywhere, then goes back to being skipped while off screen once a
+    // frame has recorded the sizes. True sizes above a linked message move it: back to the top.
+    var root = document.documentElement;
+    root.classList.add("laid-out");
     var target = hashTarget() ? byId(hashTarget()) : null;
     if (target) target.scrollIntoView();
+    afterFirstFrame(function () { root.classList.remove("laid-out"); });
     openDiff();
     setupFind();
     setupJump();
