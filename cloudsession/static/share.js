@@ -988,21 +988,30 @@
   followHash();
   var split = diffMode() === "split";
   if (split) applyDiffMode(document);
-  afterFirstFrame(function () {
-    if (!split) applyDiffMode(document);
-    // Lay every message out once (app.css, "Long pages"): each remembers its true size, so
-    // positions are exact everywhere, then goes back to being skipped while off screen once a
-    // frame has recorded the sizes. True sizes above a linked message move it: back to the top.
+  // Lay every message out once (app.css, "Long pages") so that each remembers its true size and
+  // positions are exact everywhere, then let off-screen ones be skipped again once a rendered
+  // frame has recorded the sizes (in a background tab, once it is shown). True sizes above a
+  // linked message or diff move it: back to it.
+  function rememberSizes() {
     var root = document.documentElement;
     root.classList.add("laid-out");
     var target = hashTarget() ? byId(hashTarget()) : null;
     if (target) target.scrollIntoView();
-    afterFirstFrame(function () { root.classList.remove("laid-out"); });
     openDiff();
+    requestAnimationFrame(function () {
+      setTimeout(function () { root.classList.remove("laid-out"); }, 0);
+    });
+  }
+
+  afterFirstFrame(function () {
+    if (!split) applyDiffMode(document);
     setupFind();
     setupJump();
     trackTurn();
     watchAllMore();
     connect();
+    // The longest piece of the start-up, in a task of its own: the socket, find and the
+    // navigator do not wait for it, nor does a navigation away.
+    setTimeout(rememberSizes, 0);
   });
 })();
