@@ -10,10 +10,14 @@ edits, written files, step parts), then prints for page ``--page``:
 - DOM elements and DOM nodes counted in Chromium;
 - the server's CPU time for the first render of the page and for a render from warm caches
   (from /proc/<pid>/stat of the serve process, so other load on the machine does not count);
-- first contentful paint, cold (a fresh browser context: empty cache) and warm (the same context
-  loading the page again), medians over ``--runs``, and the load average while measuring;
+- first contentful paint, medians over ``--runs``, and the load average while measuring: cold (a
+  fresh browser context: empty cache), warm (the same context loading the page again a second
+  after the first load, as a reader reloading it: cached, and the previous page done with its
+  start-up), and warm at once (loading it again the moment the previous load painted, while that
+  page's start-up work and the browser's cache writes may still be running);
 - the trivial bound, measured in the same runs: the first paint of a one-line page with the
-  share page's own ``<head>`` (its stylesheets and scripts), cold and warm;
+  share page's own ``<head>`` (its stylesheets and scripts), cold, warm and warm at once;
+- the style and layout a theme switch costs on the loaded page (light to dark and back);
 - the browser's own main-thread work before a cold first paint (HTML parsing, style, layout,
   scripts, paint: from a Chromium trace), which a loaded machine inflates far less than the
   paint times (an event nested in another, a script run while parsing, counts in both).
@@ -50,6 +54,28 @@ def first_paint(page: Page, url: str) -> float:
     page.goto(url, wait_until="load")
     page.wait_for_function("() => performance.getEntriesByName('first-contentful-paint').length > 0", timeout=30_000)
     return float(page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime"))
+
+
+SETTLE_MS = 1000  # a reader reloading: the previous load has finished its start-up
+THEME_SWITCH = """() => {
+    const root = document.documentElement, spent = [];
+    for (const theme of ["dark", "light", "dark", "light"]) {
+        const start = performance.now();
+        root.setAttribute("data-theme", theme);
+        document.body.offsetHeight;  // style and layout now, not at the next frame
+        spent.push(performance.now() - start);
+    }
+    root.removeAttribute("data-theme");
+    return spent;
+}"""
+
+
+def paints(page: Page, url: str) -> tuple[float, float, float]:
+    """Cold, warm (after the page settled) and warm at once, in one fresh context's page."""
+    cold = first_paint(page, url)
+    page.wait_for_timeout(SETTLE_MS)
+    warm = first_paint(page, url)
+    return cold, warm, first_paint(page, url)
 
 
 def serve_bound(page_html: str, origin: str, cache_control: str) -> ThreadingHTTPServer:
@@ -141,23 +167,24 @@ def main() -> None:
             bound = serve_bound(text, base, page_headers.get("Cache-Control", "no-store"))
             bound_url = f"http://127.0.0.1:{bound.server_address[1]}/"
             try:
-                cold, warm, bound_cold, bound_warm = [], [], [], []
+                cold, warm, at_once, bound_cold, bound_warm, bound_at_once, theme = [], [], [], [], [], [], []
                 elements = nodes = 0
                 for _ in range(args.runs):
                     context = browser.new_context(viewport={"width": 1440, "height": 900})
-                    page = context.new_page()
-                    bound_cold.append(first_paint(page, bound_url))
-                    bound_warm.append(first_paint(page, bound_url))
+                    for into, value in zip((bound_cold, bound_warm, bound_at_once), paints(context.new_page(), bound_url), strict=True):
+                        into.append(value)
                     context.close()
                     context = browser.new_context(viewport={"width": 1440, "height": 900})
                     page = context.new_page()
-                    cold.append(first_paint(page, url))
+                    for into, value in zip((cold, warm, at_once), paints(page, url), strict=True):
+                        into.append(value)
                     elements = page.evaluate("document.getElementsByTagName('*').length")
                     nodes = page.evaluate(
                         "(() => { let n = 0; const w = document.createTreeWalker(document, NodeFilter.SHOW_ALL);"
                         " while (w.nextNode()) n++; return n; })()"
                     )
-                    warm.append(first_paint(page, url))
+                    page.wait_for_timeout(SETTLE_MS)
+                    theme += page.evaluate(THEME_SWITCH)
                     context.close()
                 traces = []
                 for _ in range(args.runs):
@@ -171,9 +198,11 @@ def main() -> None:
         print(f"  DOM elements         {elements:>10,}")
         print(f"  DOM nodes            {nodes:>10,}")
         print(f"  first paint cold     {statistics.median(cold):>10.0f} ms  (median of {args.runs})")
-        print(f"  first paint warm     {statistics.median(warm):>10.0f} ms  (median of {args.runs})")
-        print(f"  trivial bound        {statistics.median(bound_cold):>10.0f} ms cold, {statistics.median(bound_warm):.0f} ms warm"
-              f"  (a one-line page with this page's <head>, same runs)")
+        print(f"  first paint warm     {statistics.median(warm):>10.0f} ms  (median of {args.runs}: reloaded {SETTLE_MS} ms after the first load)")
+        print(f"  warm at once         {statistics.median(at_once):>10.0f} ms  (median of {args.runs}: reloaded as soon as the last load painted)")
+        print(f"  trivial bound        {statistics.median(bound_cold):>10.0f} ms cold, {statistics.median(bound_warm):.0f} ms warm,"
+              f" {statistics.median(bound_at_once):.0f} ms at once  (a one-line page with this page's <head>, same runs)")
+        print(f"  theme switch         {statistics.median(theme):>10.1f} ms  (style and layout, median of {len(theme)} switches)")
         work = {name: statistics.median(t[name] for t in traces) for name in WORK}
         print(f"  browser work cold    {sum(work.values()):>10.0f} ms  (main thread before first paint, median of {args.runs}:"
               f" {', '.join(f'{k} {v:.0f}' for k, v in work.items() if v >= 0.5)})")
@@ -181,8 +210,9 @@ def main() -> None:
     write_json(args.json, {
         "messages": args.messages, "page": args.page, "html_bytes": len(raw), "gzip_bytes": gzipped, "navigator_bytes": navigator,
         "server_cpu_first_ms": first_render * 1000, "server_cpu_warm_ms": warm_render * 1000, "dom_elements": elements,
-        "dom_nodes": nodes, "first_paint_cold_ms": cold, "first_paint_warm_ms": warm,
-        "bound_first_paint_cold_ms": bound_cold, "bound_first_paint_warm_ms": bound_warm, "browser_work_cold_ms": work,
+        "dom_nodes": nodes, "first_paint_cold_ms": cold, "first_paint_warm_ms": warm, "first_paint_warm_at_once_ms": at_once,
+        "bound_first_paint_cold_ms": bound_cold, "bound_first_paint_warm_ms": bound_warm,
+        "bound_first_paint_warm_at_once_ms": bound_at_once, "theme_switch_ms": theme, "browser_work_cold_ms": work,
     })
 
 
