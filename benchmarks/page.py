@@ -167,7 +167,13 @@ def main() -> None:
             bound = serve_bound(text, base, page_headers.get("Cache-Control", "no-store"))
             bound_url = f"http://127.0.0.1:{bound.server_address[1]}/"
             try:
-                cold, warm, at_once, bound_cold, bound_warm, bound_at_once, theme = [], [], [], [], [], [], []
+                cold: list[float] = []
+                warm: list[float] = []
+                at_once: list[float] = []
+                bound_cold: list[float] = []
+                bound_warm: list[float] = []
+                bound_at_once: list[float] = []
+                theme: list[float] = []
                 elements = nodes = 0
                 for _ in range(args.runs):
                     context = browser.new_context(viewport={"width": 1440, "height": 900})
