@@ -18,13 +18,26 @@
   // between parsing and painting. A hidden tab (opened in the background) has no frames to wait
   // for, and would otherwise stay offline until shown.
   function afterFirstFrame(work) {
-    if (document.visibilityState === "hidden") {
-      setTimeout(work, 0);
-      return;
-    }
+    if (document.visibilityState === "hidden") setTimeout(work, 0);
+    else afterFrame(work);
+  }
+
+  // Runs work once the next frame has been rendered (in a background tab, once it is shown).
+  function afterFrame(work) {
     requestAnimationFrame(function () {
       setTimeout(work, 0);
     });
+  }
+
+  // Lay every message out once (app.css, "Long pages") so that each remembers its true size and
+  // positions stay exact, then let off-screen ones be skipped again once a rendered frame has
+  // recorded the sizes. Run at start-up and again whenever sizes change off screen (a new width,
+  // the other diff view); then() runs while everything is laid out.
+  function rememberSizes(then) {
+    var root = document.documentElement;
+    root.classList.add("laid-out");
+    if (then) then();
+    afterFrame(function () { root.classList.remove("laid-out"); });
   }
 
   // The element the address's #fragment names, if any (a malformed escape names none).
@@ -243,10 +256,13 @@
     if (list) list.querySelectorAll("li.nav-more").forEach(watchMore);
   }
 
-  // A message a live update adds or changes is laid out whole (app.css, "Long pages"): it has no
-  // remembered size yet, and a reader following at the bottom must see all of it.
-  function laidOut(el) {
-    if (el) el.classList.add("live");
+  // A message a live update adds or changes is laid out whole (app.css, "Long pages") until a
+  // rendered frame has recorded its size: it has none yet, and a reader following at the bottom
+  // must see all of it.
+  function markLive(el) {
+    if (!el) return el;
+    el.classList.add("live");
+    afterFrame(function () { el.classList.remove("live"); });
     return el;
   }
 
@@ -261,10 +277,10 @@
       return;
     }
     if (el) {
-      if (el.getAttribute("data-hash") !== m.hash) laidOut(replaceEl(el, m.html));
+      if (el.getAttribute("data-hash") !== m.hash) markLive(replaceEl(el, m.html));
       return;
     }
-    var fresh = laidOut(fromHtml(m.html));
+    var fresh = markLive(fromHtml(m.html));
     var list = byId("messages");
     var before = m.before ? byId("msg-" + m.before) : null;
     if (before) list.insertBefore(fresh, before);
@@ -942,7 +958,24 @@
     } catch (e) {
       /* private mode: this page only */
     }
-    applyDiffMode(document);
+    // Diffs of off-screen messages change height too: measure them again, keeping the place.
+    keepScroll(function () {
+      applyDiffMode(document);
+      rememberSizes();
+    });
+  });
+
+  // A new width changes the height of every message, off screen too: measure them again once
+  // the resizing (or zooming) has stopped, keeping the reader's place.
+  var sizedWidth = window.innerWidth;
+  var resizing = 0;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizing);
+    resizing = setTimeout(function () {
+      if (window.innerWidth === sizedWidth) return;
+      sizedWidth = window.innerWidth;
+      keepScroll(function () { rememberSizes(); });
+    }, 200);
   });
 
   // Long outputs: once opened, a "show less" at their end closes them again and brings the
@@ -988,21 +1021,6 @@
   followHash();
   var split = diffMode() === "split";
   if (split) applyDiffMode(document);
-  // Lay every message out once (app.css, "Long pages") so that each remembers its true size and
-  // positions are exact everywhere, then let off-screen ones be skipped again once a rendered
-  // frame has recorded the sizes (in a background tab, once it is shown). True sizes above a
-  // linked message or diff move it: back to it.
-  function rememberSizes() {
-    var root = document.documentElement;
-    root.classList.add("laid-out");
-    var target = hashTarget() ? byId(hashTarget()) : null;
-    if (target) target.scrollIntoView();
-    openDiff();
-    requestAnimationFrame(function () {
-      setTimeout(function () { root.classList.remove("laid-out"); }, 0);
-    });
-  }
-
   afterFirstFrame(function () {
     if (!split) applyDiffMode(document);
     setupFind();
@@ -1011,7 +1029,13 @@
     watchAllMore();
     connect();
     // The longest piece of the start-up, in a task of its own: the socket, find and the
-    // navigator do not wait for it, nor does a navigation away.
-    setTimeout(rememberSizes, 0);
+    // navigator do not wait for it. True sizes above a linked message or diff move it: back to it.
+    setTimeout(function () {
+      rememberSizes(function () {
+        var target = hashTarget() ? byId(hashTarget()) : null;
+        if (target) target.scrollIntoView();
+        openDiff();
+      });
+    }, 0);
   });
 })();
