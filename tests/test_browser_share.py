@@ -134,7 +134,8 @@ def test_a_changed_part_is_replaced_in_place_keeping_scroll_and_open_sections(pa
     )
     assert page.evaluate("window.__sameDocument") is True
     assert abs(reading.bounding_box()["y"] - top_before) <= 2
-    assert page.locator(f"#msg-{messages[5]['id']}").inner_text().count("new paragraph") == 30
+    # textContent: the message is off screen, so skipped, and innerText reads only what is rendered.
+    assert page.locator(f"#msg-{messages[5]['id']}").text_content().count("new paragraph") == 30
     # An opened section stays open when its message is re-rendered.
     details = page.locator(f"#part-{reasoning['id']} details")
     details.evaluate("d => d.open = true")
@@ -541,41 +542,69 @@ def test_the_page_script_waits_for_the_first_frame(page: Page, server: ServerPro
     page.add_init_script("""
         document.addEventListener("DOMContentLoaded", () => {
             window.__atParse = {
+                laidOut: document.documentElement.classList.contains("laid-out"),
                 findHidden: document.getElementById("find").hidden,
                 diffMode: document.documentElement.getAttribute("data-diff"),
             };
         });
     """)
     page.goto(f"{server.url}/share/{creds['id']}")
-    assert page.evaluate("window.__atParse") == {"findHidden": True, "diffMode": None}
+    assert page.evaluate("window.__atParse") == {"laidOut": False, "findHidden": True, "diffMode": None}
     page.wait_for_selector("#live-status.ok", timeout=10_000)
     assert page.locator("#find").is_visible()
     assert page.evaluate("document.documentElement.getAttribute('data-diff')") == "unified"
     # Split view chosen earlier: the first frame already shows it.
     page.evaluate("localStorage.setItem('cloudsession-diff', 'split')")
     page.goto(f"{server.url}/share/{creds['id']}")
-    assert page.evaluate("window.__atParse")["diffMode"] == "split"
+    at_parse = page.evaluate("window.__atParse")
+    assert at_parse["diffMode"] == "split" and at_parse["laidOut"] is False, at_parse
     # A malformed #fragment names nothing: the page still goes live.
     page.goto(f"{server.url}/share/{creds['id']}#%E0%A4%A")
     page.wait_for_selector("#live-status.ok", timeout=10_000)
     assert page.errors == []  # type: ignore[attr-defined]
 
 
-def test_a_reader_at_the_bottom_sees_all_of_a_tall_live_message(page: Page, server: ServerProcess) -> None:
+def test_messages_off_screen_are_skipped_with_their_true_sizes(page: Page, server: ServerProcess) -> None:
     """Once the page has started, messages off screen are skipped again (a page kept laid out
-    whole restyles every message on a theme change) but keep their true sizes, remembered from
-    one full lay-out; a message a live update adds or changes is laid out whole, so a reader
-    following at the bottom stays at the bottom when a tall one arrives or the last one grows."""
-    creds = new_share(server, conversation(60, words=200))
+    whole restyles every message on a theme switch) but keep their true sizes, remembered from
+    one full lay-out, and measured again when a new width changes them."""
+    creds = new_share(server, conversation(60, words=600))
+    page.add_init_script("""
+        window.__laidOut = [false];
+        new MutationObserver(() => {
+            const on = document.documentElement.classList.contains("laid-out");
+            if (window.__laidOut[window.__laidOut.length - 1] !== on) window.__laidOut.push(on);
+        }).observe(document, { subtree: true, attributes: true, attributeFilter: ["class"] });
+    """)
     open_live(page, server, creds["id"])
+    page.wait_for_function("() => window.__laidOut.join() === 'false,true,false'", timeout=5_000)
     far = "document.querySelectorAll('#messages > article')[40]"
-    page.wait_for_function("() => !document.documentElement.classList.contains('laid-out')", timeout=5_000)
-    assert page.evaluate(f"getComputedStyle({far}).contentVisibility") == "auto"
-    skipped = page.evaluate(f"{far}.getBoundingClientRect().height")
-    page.evaluate("document.documentElement.classList.add('laid-out')")
-    true_height = page.evaluate(f"{far}.getBoundingClientRect().height")
-    page.evaluate("document.documentElement.classList.remove('laid-out')")
-    assert abs(skipped - true_height) < 1 and abs(true_height - 343) > 20, (skipped, true_height)
+
+    def heights() -> tuple[float, float]:
+        """The far message's height as skipped, then laid out."""
+        assert page.evaluate(f"getComputedStyle({far}).contentVisibility") == "auto"
+        skipped = page.evaluate(f"{far}.getBoundingClientRect().height")
+        page.evaluate("document.documentElement.classList.add('laid-out')")
+        true_height = page.evaluate(f"{far}.getBoundingClientRect().height")
+        page.evaluate("document.documentElement.classList.remove('laid-out')")
+        return skipped, true_height
+
+    skipped, wide = heights()
+    assert abs(skipped - wide) < 1 and wide > 700, (skipped, wide)  # not the 320 px estimate
+    page.evaluate("window.__laidOut = [false]")  # heights() toggled the class itself
+    page.set_viewport_size({"width": 700, "height": 900})
+    page.wait_for_function("() => window.__laidOut.join() === 'false,true,false'", timeout=5_000)
+    skipped, narrow = heights()
+    assert abs(skipped - narrow) < 1 and narrow > wide + 100, (skipped, narrow, wide)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_a_reader_at_the_bottom_sees_all_of_a_tall_live_message(page: Page, server: ServerProcess) -> None:
+    """A message a live update adds or changes has no remembered size: it is laid out whole until
+    a frame has recorded one, so a reader following at the bottom stays at the bottom when a tall
+    one arrives or the last one grows."""
+    creds = new_share(server, conversation(60))
+    open_live(page, server, creds["id"])
     at_bottom = "() => window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 2"
     page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
     page.wait_for_function(at_bottom, timeout=5_000)
@@ -583,18 +612,18 @@ def test_a_reader_at_the_bottom_sees_all_of_a_tall_live_message(page: Page, serv
     paragraphs = "\n\n".join(f"paragraph {n} of a long answer" for n in range(80))
     text = part(tall, "text", text=paragraphs)
     sync(server, creds, [item("message", tall), item("part", text)])
-    page.wait_for_selector(f"#msg-{tall['id']}", timeout=5_000)
-    page.wait_for_function(at_bottom, timeout=5_000)
     article = page.locator(f"#msg-{tall['id']}")
+    article.wait_for(state="attached", timeout=5_000)
+    page.wait_for_function("id => !document.getElementById(id).classList.contains('live')", arg=f"msg-{tall['id']}", timeout=5_000)
+    page.wait_for_function(at_bottom, timeout=5_000)
     box = article.bounding_box()
     assert box is not None and box["height"] > 2_000  # its true height, not the 320 px estimate
-    assert box["y"] + box["height"] <= 900 + 20
-    assert article.evaluate("a => getComputedStyle(a).contentVisibility") == "visible"
+    assert 0 < box["y"] + box["height"] <= 900 + 20
     # The last message grows while the reader is at the bottom.
     grown = {**text, "text": paragraphs + "\n\n" + "\n\n".join(f"then {n} more" for n in range(40))}
     sync(server, creds, [item("part", grown)])
     page.wait_for_function("id => document.getElementById(id).textContent.includes('then 39 more')", arg=f"msg-{tall['id']}", timeout=5_000)
     page.wait_for_function(at_bottom, timeout=5_000)
     box = article.bounding_box()
-    assert box is not None and box["y"] + box["height"] <= 900 + 20
+    assert box is not None and 0 < box["y"] + box["height"] <= 900 + 20
     assert page.errors == []  # type: ignore[attr-defined]
