@@ -44,6 +44,14 @@ def open_page(browser: Browser, url: str, width: int, scheme: str) -> Page:
     return page
 
 
+def lay_out_whole(page: Page) -> None:
+    """Lays the page out as printed: every message, not only those near the viewport (a message
+    skipped off screen, content-visibility, neither overflows nor shows in a full-page screenshot)."""
+    page.emulate_media(media="print")
+    states = "Array.from(document.querySelectorAll('#messages > article')).map(a => getComputedStyle(a).contentVisibility)"
+    assert set(page.evaluate(states)) == {"visible"}
+
+
 def overflow(page: Page) -> dict[str, float]:
     return page.evaluate(
         "({scroll: document.documentElement.scrollWidth, inner: window.innerWidth,"
@@ -64,6 +72,7 @@ def test_no_horizontal_page_scroll_at_any_width(browser: Browser, server: Server
     for name in ("wide", "rich"):
         page = open_page(browser, f"{server.url}/share/{shares[name]}", width, scheme)
         try:
+            lay_out_whole(page)
             sizes = overflow(page)
             assert sizes["scroll"] <= sizes["inner"], f"{name} share at {width}px ({scheme}): {sizes}"
             open_everything(page)

@@ -228,7 +228,9 @@ def test_screenshots_of_the_session_list_and_a_rich_share(page: Page, server: Se
     page.wait_for_selector("#live-status.ok")
     for selector in ("section.tool-bash details.more", "section.part-reasoning details", "section.tool-read details"):
         page.locator(selector).first.evaluate("d => d.open = true")
+    page.emulate_media(media="print")  # every message laid out, as printed (app.css, "Long pages")
     page.screenshot(path=str(ARTIFACTS / "share-rich.png"), full_page=True)
+    page.emulate_media(media="screen")
     page.set_viewport_size({"width": 420, "height": 900})
     page.screenshot(path=str(ARTIFACTS / "share-rich-narrow.png"))
     for name in ("sessions-list.png", "share-rich.png", "share-rich-narrow.png"):
