@@ -32,12 +32,17 @@
   // Lay every message out once (app.css, "Long pages") so that each remembers its true size and
   // positions stay exact, then let off-screen ones be skipped again once a rendered frame has
   // recorded the sizes. Run at start-up and again whenever sizes change off screen (a new width,
-  // the other diff view); then() runs while everything is laid out.
+  // the other diff view); then() runs while everything is laid out. Only the latest call lets go:
+  // an earlier one's frame may have come before the change the latest one measures.
+  var sizing = 0;
   function rememberSizes(then) {
     var root = document.documentElement;
+    var mine = ++sizing;
     root.classList.add("laid-out");
     if (then) then();
-    afterFrame(function () { root.classList.remove("laid-out"); });
+    afterFrame(function () {
+      if (mine === sizing) root.classList.remove("laid-out");
+    });
   }
 
   // The element the address's #fragment names, if any (a malformed escape names none).
@@ -121,7 +126,7 @@
     }
     oldEl.replaceWith(fresh);
     localise(fresh);
-    if (typeof applyDiffMode === "function") applyDiffMode(fresh);
+    applyDiffMode(fresh);
     return fresh;
   }
 
