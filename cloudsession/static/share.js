@@ -38,11 +38,22 @@
   function rememberSizes(then) {
     var root = document.documentElement;
     var mine = ++sizing;
+    sized = true;
     root.classList.add("laid-out");
     if (then) then();
     afterFrame(function () {
       if (mine === sizing) root.classList.remove("laid-out");
     });
+  }
+
+  // A scroll to a target (a link to a message, find, the latest) needs true sizes above it, so
+  // the page is laid out once first. A reader who only scrolls never needs it: messages are laid
+  // out as they come near, and the browser's scroll anchoring keeps the place when one above
+  // turns out taller or shorter than its estimate.
+  var sized = false;
+  function withSizes(then) {
+    if (sized) then();
+    else rememberSizes(then);
   }
 
   // The element the address's #fragment names, if any (a malformed escape names none).
@@ -673,8 +684,10 @@
     var el = range.startContainer.parentElement;
     for (var d = el && el.closest("details"); d; d = d.parentElement && d.parentElement.closest("details")) d.open = true;
     if (window.CSS && CSS.highlights && window.Highlight) CSS.highlights.set("find-current", new Highlight(range));
-    var rect = range.getBoundingClientRect();
-    if (rect.top < 80 || rect.bottom > window.innerHeight - 40) window.scrollBy(0, rect.top - window.innerHeight / 3);
+    withSizes(function () {
+      var rect = range.getBoundingClientRect();
+      if (rect.top < 80 || rect.bottom > window.innerHeight - 40) window.scrollBy(0, rect.top - window.innerHeight / 3);
+    });
     showCount();
   }
 
@@ -822,7 +835,9 @@
       }
       var articles = document.querySelectorAll("#messages > article");
       var last = articles[articles.length - 1];
-      if (last) window.scrollTo(0, window.scrollY + last.getBoundingClientRect().bottom - window.innerHeight + 16);
+      withSizes(function () {
+        if (last) window.scrollTo(0, window.scrollY + last.getBoundingClientRect().bottom - window.innerHeight + 16);
+      });
       updateJump();
     });
     window.addEventListener("scroll", function () { requestAnimationFrame(updateJump); }, { passive: true });
@@ -1009,6 +1024,17 @@
     });
   }
 
+  // Scroll to what the address's #fragment names on this page, with true sizes above it (a
+  // collapsed diff of the Changes list is opened).
+  function toTarget() {
+    var target = hashTarget() ? byId(hashTarget()) : null;
+    if (!target) return;
+    withSizes(function () {
+      target.scrollIntoView();
+      openDiff();
+    });
+  }
+
   // A file of the Changes list opens its (possibly collapsed) diff.
   function openDiff() {
     var target = /^#diff-\d+$/.test(location.hash) ? byId(location.hash.slice(1)) : null;
@@ -1019,7 +1045,7 @@
   }
 
   window.addEventListener("hashchange", followHash);
-  window.addEventListener("hashchange", openDiff);
+  window.addEventListener("hashchange", toTarget);
   // Before the first frame, only what decides what it shows: a link to a message on another
   // page goes there instead of painting this one, and a reader who chose split diffs gets them
   // from the start (that cost falls on those readers only).
@@ -1033,14 +1059,8 @@
     trackTurn();
     watchAllMore();
     connect();
-    // The longest piece of the start-up, in a task of its own: the socket, find and the
-    // navigator do not wait for it. True sizes above a linked message or diff move it: back to it.
-    setTimeout(function () {
-      rememberSizes(function () {
-        var target = hashTarget() ? byId(hashTarget()) : null;
-        if (target) target.scrollIntoView();
-        openDiff();
-      });
-    }, 0);
+    // A page opened at a message or a diff is laid out once (the longest piece of the start-up:
+    // in a task of its own, after the rest) and put back at its target.
+    if (hashTarget()) setTimeout(toTarget, 0);
   });
 })();
