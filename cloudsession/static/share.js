@@ -13,8 +13,8 @@
   if (!shareId) return;
 
   // Start-up work waits until the first frame is on screen: the page reads complete without this
-  // script, so nothing optional (laying out every message, diff marks, the navigator, the live
-  // socket) may hold back the first paint. A page parsed in one go would otherwise run all of it
+  // script, so nothing optional (diff marks, the navigator, find, the live socket, laying out
+  // every message) may hold back the first paint. A page parsed in one go would otherwise run all of it
   // between parsing and painting. A hidden tab (opened in the background) has no frames to wait
   // for, and would otherwise stay offline until shown.
   function afterFirstFrame(work) {
@@ -31,8 +31,9 @@
 
   // Lay every message out once (app.css, "Long pages") so that each remembers its true size and
   // positions stay exact, then let off-screen ones be skipped again once a rendered frame has
-  // recorded the sizes. Run at start-up and again whenever sizes change off screen (a new width,
-  // the other diff view); then() runs while everything is laid out. Only the latest call lets go:
+  // recorded the sizes. Run before the first scroll to a target (withSizes) and, once sizes are
+  // known, whenever they change off screen (a new width, the other diff view); then() runs while
+  // everything is laid out. Only the latest call lets go:
   // an earlier one's frame may have come before the change the latest one measures.
   var sizing = 0;
   function rememberSizes(then) {
@@ -51,6 +52,7 @@
   // out as they come near, and the browser's scroll anchoring keeps the place when one above
   // turns out taller or shorter than its estimate.
   var sized = false;
+  var anchoring = !!(window.CSS && CSS.supports && CSS.supports("overflow-anchor", "auto"));
   function withSizes(then) {
     if (sized) then();
     else rememberSizes(then);
@@ -981,12 +983,12 @@
     // Diffs of off-screen messages change height too: measure them again, keeping the place.
     keepScroll(function () {
       applyDiffMode(document);
-      rememberSizes();
+      if (sized) rememberSizes();
     });
   });
 
-  // A new width changes the height of every message, off screen too: measure them again once
-  // the resizing (or zooming) has stopped, keeping the reader's place.
+  // A new width changes the height of every message, off screen too: once sizes are known,
+  // measure them again when the resizing (or zooming) has stopped, keeping the reader's place.
   var sizedWidth = window.innerWidth;
   var resizing = 0;
   window.addEventListener("resize", function () {
@@ -994,7 +996,7 @@
     resizing = setTimeout(function () {
       if (window.innerWidth === sizedWidth) return;
       sizedWidth = window.innerWidth;
-      keepScroll(function () { rememberSizes(); });
+      if (sized) keepScroll(function () { rememberSizes(); });
     }, 200);
   });
 
@@ -1024,13 +1026,22 @@
     });
   }
 
-  // Scroll to what the address's #fragment names on this page, with true sizes above it (a
-  // collapsed diff of the Changes list is opened).
+  // A message, part or diff the address's #fragment names on this page: the first time, lay the
+  // page out and put it back at the top (the browser scrolled to it with estimated sizes above);
+  // after that the browser's own scroll to it is right. A collapsed diff of the Changes list is
+  // opened.
+  // A browser without scroll anchoring (Safari) is laid out at the first call, target or not: a
+  // reader scrolling up past estimates would see the page jump.
   function toTarget() {
     var target = hashTarget() ? byId(hashTarget()) : null;
-    if (!target) return;
-    withSizes(function () {
-      target.scrollIntoView();
+    var placed = target && target.closest("#messages, #diffs");
+    if (sized) {
+      if (placed) openDiff();
+      return;
+    }
+    if (!placed && anchoring) return;
+    rememberSizes(function () {
+      if (placed) target.scrollIntoView();
       openDiff();
     });
   }
@@ -1061,6 +1072,6 @@
     connect();
     // A page opened at a message or a diff is laid out once (the longest piece of the start-up:
     // in a task of its own, after the rest) and put back at its target.
-    if (hashTarget()) setTimeout(toTarget, 0);
+    setTimeout(toTarget, 0);
   });
 })();
