@@ -40,7 +40,7 @@ import random
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -347,8 +347,8 @@ class ShareService:
         self._secrets: dict[tuple[str, int], str] = {}
         # share id -> plain syncs waiting for its write lock, in order of arrival (``sync``).
         self._queued_syncs: dict[str, list[_QueuedSync]] = {}
-        # share id -> the task committing its queued syncs (``_lead_syncs``).
-        self._sync_leaders: dict[str, asyncio.Task[None]] = {}
+        # ids of the shares whose queued syncs a leader task is committing (``_lead_syncs``).
+        self._sync_leaders: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -385,10 +385,15 @@ class ShareService:
 
     def _listing_task(self) -> asyncio.Task[None]:
         if self._listing_build is None or self._listing_build.done():
-            self._listing_build = asyncio.get_running_loop().create_task(self._build_listing())
-            self._background.add(self._listing_build)
-            self._listing_build.add_done_callback(self._background.discard)
+            self._listing_build = self._spawn(self._build_listing())
         return self._listing_build
+
+    def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``work`` as a background task that ``close`` waits for."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _build_listing(self) -> None:
         try:
@@ -769,7 +774,7 @@ class ShareService:
                 return state
         raise ShareConflict("Share id collision: another session already owns this share id")
 
-    async def sync(self, share_id: str, secret: str, items: list[dict[str, Any]], *, size: int | None = None) -> int:
+    async def sync(self, share_id: str, secret: str, items: list[dict[str, Any]], *, size: int = 0) -> int:
         """Apply validated sync items; returns the new syncCount.
 
         Syncs into one share are committed by one leader task per busy share, a batch at a
@@ -785,10 +790,11 @@ class ShareService:
         wait of the leader has a deadline (the lock's and the store's), so each sync is
         answered."""
         loop = asyncio.get_running_loop()
-        me = _QueuedSync(secret, items, size or 0, loop.create_future())
+        me = _QueuedSync(secret, items, size, loop.create_future())
         self._queued_syncs.setdefault(share_id, []).append(me)
         if share_id not in self._sync_leaders:
-            self._start_sync_leader(share_id)
+            self._sync_leaders.add(share_id)
+            self._spawn(self._lead_syncs(share_id))
         try:
             # shield: a caller that goes away leaves its sync to the leader's answer (applied or
             # not, as the leader decides), never half-settled.
@@ -800,12 +806,6 @@ class ShareService:
         self._maybe_compact(state)
         await self.notify_sync(state, items, sync_count)
         return sync_count
-
-    def _start_sync_leader(self, share_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._lead_syncs(share_id))
-        self._sync_leaders[share_id] = task
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     def _drop_queued(self, share_id: str, queued: _QueuedSync) -> bool:
         """Take ``queued`` out of its share's queue; False when a batch has it already."""
@@ -835,9 +835,8 @@ class ShareService:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            del self._sync_leaders[share_id]
-            if self._queued_syncs.get(share_id):
-                self._start_sync_leader(share_id)  # one arrived as this leader was finishing
+            # No await since the queue was last found empty (or emptied): nothing can be waiting.
+            self._sync_leaders.discard(share_id)
 
     def _take_syncs(self, share_id: str) -> list[_QueuedSync]:
         """The next batch: the waiting syncs from the first, in order, while their items fit in
@@ -887,7 +886,7 @@ class ShareService:
             # fails on one fails the rest too (each would wait out its own deadline).
             for n, queued in enumerate(batch):
                 await self._commit_syncs(share_id, [queued])  # a wrong secret is settled there too
-                error = queued.future.exception() if queued.future.done() else None
+                error = queued.future.exception()  # settled: every path of the commit settles it
                 if isinstance(error, StoreUnavailable):
                     for rest in batch[n + 1 :]:
                         _settle_error(rest, _busy())
@@ -1010,9 +1009,7 @@ class ShareService:
         if state.share_id in self._compacting or not self._needs_compaction(state):
             return
         self._compacting.add(state.share_id)
-        task = asyncio.get_running_loop().create_task(self._compact_task(state.share_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self._compact_task(state.share_id))
 
     async def _compact_task(self, share_id: str) -> None:
         try:

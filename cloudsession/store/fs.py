@@ -188,13 +188,16 @@ class _Writer:
         with self._cond:
             self._jobs.append(job)
             if not self._running:
-                # Marked running only once started: a thread that cannot start leaves the next
-                # write to try again (and this one's caller to its deadline), never a store that
-                # believes a writer exists.
-                threading.Thread(target=self._run, name="cloudsession-store-writer", daemon=True).start()
-                self._running = True
+                self._start()
             else:
                 self._cond.notify()
+
+    def _start(self) -> None:
+        """Start the writer thread (``_cond`` held). Marked running only once started: a thread
+        that cannot start leaves the next write to try again (and this one's caller to its
+        deadline), never a store that believes a writer exists."""
+        threading.Thread(target=self._run, name="cloudsession-store-writer", daemon=True).start()
+        self._running = True
 
     def _run(self) -> None:
         try:
@@ -221,8 +224,7 @@ class _Writer:
                 if self._running:  # ended by an error of its own, not by idling
                     self._running = False
                     if self._jobs:  # jobs still waiting get a new writer
-                        threading.Thread(target=self._run, name="cloudsession-store-writer", daemon=True).start()
-                        self._running = True
+                        self._start()
 
     def _write(self, batch: list[_Job]) -> None:
         store = self._store
@@ -280,7 +282,8 @@ class FilesystemStore:
         self._objects = self.root / "objects"
         self._tmp = self.root / "tmp"
         self._tmp_dir = f"{self._tmp}{os.sep}"
-        self._objects_dir = f"{self._objects}{os.sep}"
+        self._root_dir = str(self._objects)  # where every key lives; synced as a whole by syncfs
+        self._objects_dir = f"{self._root_dir}{os.sep}"
         self._objects.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / "store.lock"
@@ -288,7 +291,6 @@ class FilesystemStore:
         self._writer = _Writer(self)
         # Directories made since the writer last synced (written by the writer thread only).
         self._new_dirs: list[str] = []
-        self._root_dir = str(self._objects)
 
     def __repr__(self) -> str:
         return f"FilesystemStore({str(self.root)!r})"
@@ -353,10 +355,11 @@ class FilesystemStore:
                     pass  # a delete of a key whose directory never existed changed nothing
                 except OSError as exc:
                     failed[directory] = exc
-        for job in jobs:
-            error = failed.get(os.path.dirname(job.path))
-            if error is not None:
-                job.error = error
+        if failed:
+            for job in jobs:
+                error = failed.get(os.path.dirname(job.path))
+                if error is not None:
+                    job.error = error
 
     @staticmethod
     def _sync_temp(fd: int, tmp: str) -> None:

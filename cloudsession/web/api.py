@@ -38,7 +38,6 @@ from cloudsession.shares.listing import Filters
 from cloudsession.shares.public import PublicShare
 from cloudsession.web.auth import checked_admin_header, require_admin
 from cloudsession.web.http import (
-    BODY_BYTES,
     PRIVATE_PAGE_CACHE,
     VARY_ENCODING,
     create_context,
@@ -46,6 +45,7 @@ from cloudsession.web.http import (
     not_modified,
     public_origin,
     read_json,
+    read_json_sized,
     request_read_token,
 )
 from cloudsession.web.keys import SERVICE, SETTINGS
@@ -82,7 +82,7 @@ async def create_share(request: web.Request) -> web.Response:
 
 async def sync_share(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
-    raw = await read_json(request)
+    raw, size = await read_json_sized(request)
     if isinstance(raw, dict) and type(secret := raw.get("secret")) is str and type(data := raw.get("data")) is list:
         pass  # what SyncBody accepts, checked without building the model (the hot path)
     else:
@@ -92,7 +92,7 @@ async def sync_share(request: web.Request) -> web.Response:
     service, share_id = request.app[SERVICE], request.match_info["id"]
     if key is not None:
         return json_response(await idempotency.sync_once(service, share_id, secret, items, key))
-    sync_count = await service.sync(share_id, secret, items, size=request.get(BODY_BYTES))
+    sync_count = await service.sync(share_id, secret, items, size=size)
     return json_response({"success": True, "syncCount": sync_count})
 
 

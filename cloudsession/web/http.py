@@ -94,17 +94,18 @@ def _request_key(name: str, kind: type) -> Any:
     return web.RequestKey(name, kind) if hasattr(web, "RequestKey") else f"cloudsession.{name}"
 
 
-# The request key under which ``read_json`` leaves the decoded body's length.
-BODY_BYTES = _request_key("body_bytes", int)
-
-
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or ``{}`` when the content type is not JSON (reference rule)."""
+    return (await read_json_sized(request))[0]
+
+
+async def read_json_sized(request: web.Request) -> tuple[Any, int]:
+    """``read_json`` and the body's decoded length in bytes (what a sync weighs in
+    ``ShareService.sync``'s batches), 0 when the content type is not JSON."""
     if not _JSON_TYPE_RE.match(request.headers.get("Content-Type", "")):
-        return {}
+        return {}, 0
     body = await read_body(request)
-    request[BODY_BYTES] = len(body)  # what a sync's body weighs, decoded (ShareService.sync)
-    return parse_json(body)
+    return parse_json(body), len(body)
 
 
 async def read_body(request: web.Request) -> bytes:
