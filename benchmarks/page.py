@@ -41,7 +41,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from common import CHROMIUM_ARGS, Server, add_common_args, cpu_seconds, loadavg, post_json, resolve_executable, workdir, write_json
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
 from shapes import SES, build_items  # the share shape every benchmark uses
 
 
@@ -57,6 +57,7 @@ def first_paint(page: Page, url: str) -> float:
     return float(page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime"))
 
 
+VIEWPORT: ViewportSize = {"width": 1440, "height": 900}
 SETTLE_MS = 1000  # a reader reloading: the previous load has finished its start-up
 THEME_SWITCH = """() => {
     const root = document.documentElement, spent = [];
@@ -169,23 +170,16 @@ def main() -> None:
             bound = serve_bound(text, base, page_headers.get("Cache-Control", "no-store"))
             bound_url = f"http://127.0.0.1:{bound.server_address[1]}/"
             try:
-                cold: list[float] = []
-                warm: list[float] = []
-                at_once: list[float] = []
-                bound_cold: list[float] = []
-                bound_warm: list[float] = []
-                bound_at_once: list[float] = []
+                page_runs, bound_runs = [], []
                 theme: list[float] = []
                 elements = nodes = 0
                 for _ in range(args.runs):
-                    context = browser.new_context(viewport={"width": 1440, "height": 900})
-                    for into, value in zip((bound_cold, bound_warm, bound_at_once), paints(context.new_page(), bound_url), strict=True):
-                        into.append(value)
+                    context = browser.new_context(viewport=VIEWPORT)
+                    bound_runs.append(paints(context.new_page(), bound_url))
                     context.close()
-                    context = browser.new_context(viewport={"width": 1440, "height": 900})
+                    context = browser.new_context(viewport=VIEWPORT)
                     page = context.new_page()
-                    for into, value in zip((cold, warm, at_once), paints(page, url), strict=True):
-                        into.append(value)
+                    page_runs.append(paints(page, url))
                     elements = page.evaluate("document.getElementsByTagName('*').length")
                     nodes = page.evaluate(
                         "(() => { let n = 0; const w = document.createTreeWalker(document, NodeFilter.SHOW_ALL);"
@@ -196,17 +190,20 @@ def main() -> None:
                     context.close()
                 traces = []
                 for _ in range(args.runs):
-                    context = browser.new_context(viewport={"width": 1440, "height": 900})
+                    context = browser.new_context(viewport=VIEWPORT)
                     traces.append(traced_paint(browser, context.new_page(), url))
                     context.close()
                 browser.close()
             finally:
                 bound.shutdown()
                 bound.server_close()
+        # Per run (cold, warm, at once) -> per kind, one list each.
+        cold, warm, at_once = (list(kind) for kind in zip(*page_runs, strict=True))
+        bound_cold, bound_warm, bound_at_once = (list(kind) for kind in zip(*bound_runs, strict=True))
         print(f"  DOM elements         {elements:>10,}")
         print(f"  DOM nodes            {nodes:>10,}")
         print(f"  first paint cold     {statistics.median(cold):>10.0f} ms  (median of {args.runs})")
-        print(f"  first paint warm     {statistics.median(warm):>10.0f} ms  (median of {args.runs}: reloaded {SETTLE_MS} ms after the first load)")
+        print(f"  first paint warm     {statistics.median(warm):>10.0f} ms  (median of {args.runs}: reloaded {SETTLE_MS} ms after the previous load)")
         print(f"  warm at once         {statistics.median(at_once):>10.0f} ms  (median of {args.runs}: reloaded as soon as the cold load painted)")
         print(f"  trivial bound        {statistics.median(bound_cold):>10.0f} ms cold, {statistics.median(bound_warm):.0f} ms warm,"
               f" {statistics.median(bound_at_once):.0f} ms at once  (a one-line page with this page's <head>, same runs)")

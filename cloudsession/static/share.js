@@ -14,9 +14,9 @@
 
   // Start-up work waits until the first frame is on screen: the page reads complete without this
   // script, so nothing optional (diff marks, the navigator, find, the live socket, laying out
-  // every message) may hold back the first paint. A page parsed in one go would otherwise run all of it
-  // between parsing and painting. A hidden tab (opened in the background) has no frames to wait
-  // for, and would otherwise stay offline until shown.
+  // every message) may hold back the first paint. A page parsed in one go would otherwise run all
+  // of it between parsing and painting. A hidden tab (opened in the background) has no frames to
+  // wait for, and would otherwise stay offline until shown.
   function afterFirstFrame(work) {
     if (document.visibilityState === "hidden") setTimeout(work, 0);
     else afterFrame(work);
@@ -29,17 +29,22 @@
     });
   }
 
-  // Lay every message out once (app.css, "Long pages") so that each remembers its true size and
-  // positions stay exact, then let off-screen ones be skipped again once a rendered frame has
-  // recorded the sizes. Run before the first scroll to a target (withSizes) and, once sizes are
-  // known, whenever they change off screen (a new width, the other diff view); then() runs while
-  // everything is laid out. Only the latest call lets go:
-  // an earlier one's frame may have come before the change the latest one measures.
-  var sizing = 0;
+  // Messages are laid out only near the viewport (app.css, "Long pages"), with an estimated size
+  // until they have been laid out once. A scroll to a target (a link to a message, find, the
+  // latest) needs true sizes above it, so the first one lays the whole page out (rememberSizes);
+  // a reader who only scrolls never needs it: the browser's scroll anchoring keeps the place when
+  // a message above turns out taller or shorter than its estimate. A browser without scroll
+  // anchoring (Safari) is laid out at start-up instead (toTarget).
+  var sizing = 0; // how many times the page has been laid out whole; sizes are true once it has
+  var anchoring = !!(window.CSS && CSS.supports && CSS.supports("overflow-anchor", "auto"));
+
+  // Lay every message out once so that each remembers its true size, then let off-screen ones be
+  // skipped again once a rendered frame has recorded the sizes; then() runs while everything is
+  // laid out. Only the latest call lets go: an earlier one's frame may have come before the
+  // change the latest one measures.
   function rememberSizes(then) {
     var root = document.documentElement;
     var mine = ++sizing;
-    sized = true;
     root.classList.add("laid-out");
     if (then) then();
     afterFrame(function () {
@@ -47,15 +52,19 @@
     });
   }
 
-  // A scroll to a target (a link to a message, find, the latest) needs true sizes above it, so
-  // the page is laid out once first. A reader who only scrolls never needs it: messages are laid
-  // out as they come near, and the browser's scroll anchoring keeps the place when one above
-  // turns out taller or shorter than its estimate.
-  var sized = false;
-  var anchoring = !!(window.CSS && CSS.supports && CSS.supports("overflow-anchor", "auto"));
   function withSizes(then) {
-    if (sized) then();
+    if (sizing) then();
     else rememberSizes(then);
+  }
+
+  // Once sizes are known, a change that alters heights off screen (a new width, the other diff
+  // view) has them measured again, keeping the reader's place.
+  function sizesChange(change) {
+    if (!change && !sizing) return;
+    keepScroll(function () {
+      if (change) change();
+      if (sizing) rememberSizes();
+    });
   }
 
   // The element the address's #fragment names, if any (a malformed escape names none).
@@ -980,15 +989,11 @@
     } catch (e) {
       /* private mode: this page only */
     }
-    // Diffs of off-screen messages change height too: measure them again, keeping the place.
-    keepScroll(function () {
-      applyDiffMode(document);
-      if (sized) rememberSizes();
-    });
+    sizesChange(function () { applyDiffMode(document); });
   });
 
-  // A new width changes the height of every message, off screen too: once sizes are known,
-  // measure them again when the resizing (or zooming) has stopped, keeping the reader's place.
+  // A new width changes the height of every message, off screen too: measured again once the
+  // resizing (or zooming) has stopped.
   var sizedWidth = window.innerWidth;
   var resizing = 0;
   window.addEventListener("resize", function () {
@@ -996,7 +1001,7 @@
     resizing = setTimeout(function () {
       if (window.innerWidth === sizedWidth) return;
       sizedWidth = window.innerWidth;
-      if (sized) keepScroll(function () { rememberSizes(); });
+      sizesChange();
     }, 200);
   });
 
@@ -1029,13 +1034,12 @@
   // A message, part or diff the address's #fragment names on this page: the first time, lay the
   // page out and put it back at the top (the browser scrolled to it with estimated sizes above);
   // after that the browser's own scroll to it is right. A collapsed diff of the Changes list is
-  // opened.
-  // A browser without scroll anchoring (Safari) is laid out at the first call, target or not: a
-  // reader scrolling up past estimates would see the page jump.
+  // opened. Without scroll anchoring the first call lays the page out, target or not: a reader
+  // scrolling up past estimates would see the page jump.
   function toTarget() {
     var target = hashTarget() ? byId(hashTarget()) : null;
     var placed = target && target.closest("#messages, #diffs");
-    if (sized) {
+    if (sizing) {
       if (placed) openDiff();
       return;
     }
